@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what building and testing meshos needs on a Debian 12/13 host, only when missing.
+# Called by `make image`, `make test` and `make qemu`; safe to run again (does nothing then).
+set -euo pipefail
+
+# Host tools: command -> Debian package.
+declare -A need=(
+  [mksquashfs]=squashfs-tools
+  [mformat]=mtools
+  [mcopy]=mtools
+  [fsck.vfat]=dosfstools
+  [mke2fs]=e2fsprogs
+  [sfdisk]=fdisk
+  [depmod]=kmod
+  [mkimage]=u-boot-tools
+  [xz]=xz-utils
+  [cpio]=cpio
+  [aarch64-linux-gnu-gcc]=gcc-aarch64-linux-gnu
+  [qemu-system-aarch64]=qemu-system-arm
+  [unsquashfs]=squashfs-tools
+  [minisign]=minisign
+)
+missing=()
+for cmd in "${!need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+[ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "setup: installing host packages: ${missing[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  . /etc/os-release
+  # QEMU 10 comes from backports on bookworm: the machine's qemu-utils is from there and
+  # bookworm's own qemu-system 7.2 conflicts with it.
+  if [ "${VERSION_CODENAME:-}" = bookworm ] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "deb http://deb.debian.org/debian bookworm-backports main" | $sudo tee /etc/apt/sources.list.d/meshos-backports.list >/dev/null
+  fi
+  # Unrelated third-party sources on the host may be unreachable; the Debian lists are what matter.
+  $sudo apt-get update -qq || echo "setup: warning: apt-get update reported errors (continuing)"
+  target=()
+  [ "${VERSION_CODENAME:-}" = bookworm ] && target=(-t bookworm-backports)
+  # qemu-system-arm and qemu-utils must come from the same suite.
+  qemu=()
+  for p in "${missing[@]}"; do [ "$p" = qemu-system-arm ] && qemu=(qemu-system-arm qemu-utils); done
+  rest=()
+  for p in "${missing[@]}"; do [ "$p" = qemu-system-arm ] || rest+=("$p"); done
+  export DEBIAN_FRONTEND=noninteractive
+  [ ${#rest[@]} -eq 0 ] || $sudo apt-get install -y -qq --no-install-recommends "${rest[@]}"
+  [ ${#qemu[@]} -eq 0 ] || $sudo apt-get install -y -qq --no-install-recommends "${target[@]}" "${qemu[@]}"
+fi
+
+# Rust targets for the node firmware.
+if command -v rustup >/dev/null 2>&1; then
+  for t in aarch64-unknown-linux-musl; do
+    rustup target list --installed | grep -qx "$t" || { echo "setup: adding Rust target $t"; rustup target add "$t"; }
+  done
+else
+  echo "setup: error: rustup not found; install Rust from https://rustup.rs then run this again" >&2
+  exit 1
+fi

@@ -1,0 +1,7 @@
+//! Formats the image builder (`meshimg`) and the node daemon (`meshd`) must agree on.
+//!
+//! Each module owns one agreement; neither side keeps a private copy of these.
+
+pub mod boot_contract;
+pub mod cmdline;
+pub mod os_release;

@@ -1,0 +1,93 @@
+//! HTTP downloads with retries and resume. Plain http is fine for Debian mirrors: everything
+//! fetched is checked against hashes from a signed `InRelease` or from the lock.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+pub const ATTEMPTS: u32 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{url}: not found on the mirror (HTTP 404)")]
+    NotFound { url: String },
+    #[error("{url}: {message}")]
+    Failed { url: String, message: String },
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(20))
+        .timeout_read(Duration::from_secs(60))
+        .user_agent(concat!("meshimg/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+fn open(url: &str, from: u64) -> Result<(ureq::Response, bool), HttpError> {
+    let mut req = agent().get(url);
+    if from > 0 {
+        req = req.set("Range", &format!("bytes={from}-"));
+    }
+    match req.call() {
+        Ok(resp) => {
+            let partial = resp.status() == 206;
+            Ok((resp, partial))
+        }
+        Err(ureq::Error::Status(404, _)) => Err(HttpError::NotFound { url: url.into() }),
+        Err(ureq::Error::Status(code, r)) => Err(HttpError::Failed { url: url.into(), message: format!("HTTP {code} {}", r.status_text()) }),
+        Err(e) => Err(HttpError::Failed { url: url.into(), message: e.to_string() }),
+    }
+}
+
+/// Retries `f` with backoff; a 404 is final (a retry will not make a file appear).
+pub fn with_retries<T>(mut f: impl FnMut(u32) -> Result<T, HttpError>) -> Result<T, HttpError> {
+    let mut attempt = 1;
+    loop {
+        match f(attempt) {
+            Ok(v) => return Ok(v),
+            Err(e @ HttpError::NotFound { .. }) => return Err(e),
+            Err(e) if attempt >= ATTEMPTS => return Err(e),
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(500 * u64::from(attempt * attempt)));
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// GETs a small file into memory (one attempt; callers decide on retries).
+pub fn get(url: &str) -> Result<Vec<u8>, HttpError> {
+    let (resp, _) = open(url, 0)?;
+    let mut buf = Vec::new();
+    resp.into_reader().read_to_end(&mut buf).map_err(|e| HttpError::Failed { url: url.into(), message: e.to_string() })?;
+    Ok(buf)
+}
+
+/// Appends the rest of `url` to `partial` (resuming where a previous attempt stopped),
+/// calling `progress` with each chunk's length.
+pub fn download_resuming(url: &str, partial: &Path, progress: &dyn Fn(u64)) -> Result<(), HttpError> {
+    let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+    let (resp, resumed) = open(url, have)?;
+    let io = |e: std::io::Error| HttpError::Failed { url: url.into(), message: format!("{}: {e}", partial.display()) };
+    let mut out: File = if resumed {
+        OpenOptions::new().append(true).open(partial).map_err(io)?
+    } else {
+        // The server ignored the range: start over.
+        if have > 0 {
+            progress(0u64.wrapping_sub(have));
+        }
+        File::create(partial).map_err(io)?
+    };
+    let mut reader = resp.into_reader();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| HttpError::Failed { url: url.into(), message: e.to_string() })?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(io)?;
+        progress(n as u64);
+    }
+    out.sync_all().map_err(io)
+}

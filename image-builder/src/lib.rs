@@ -1,0 +1,5 @@
+//! meshimg: turns a board definition and overlays into a reproducible, flashable meshos image.
+
+pub mod board;
+pub mod debian;
+pub mod http;

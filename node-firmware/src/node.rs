@@ -1,0 +1,51 @@
+//! What this node is: read from the image's os-release and the kernel command line.
+
+use meshos_common::{boot_contract::ReadyLine, cmdline, os_release};
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+/// Created in the tmpfs /run once the ready line was printed, so a restarted meshd does not
+/// print it again in the same boot.
+const ANNOUNCED_MARK: &str = "/run/meshd.announced";
+
+pub struct Node {
+    pub release: os_release::OsRelease,
+    pub slot: String,
+}
+
+impl Node {
+    pub fn detect() -> Result<Node, String> {
+        let text = fs::read_to_string(os_release::PATH).map_err(|e| format!("{}: {e}", os_release::PATH))?;
+        let release = os_release::OsRelease::parse(&text)?;
+        let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+        let slot = cmdline::value(&cmdline, cmdline::SLOT_KEY)
+            .ok_or_else(|| format!("/proc/cmdline has no {}= (was the node started by the meshos boot script?)", cmdline::SLOT_KEY))?
+            .to_string();
+        Ok(Node { release, slot })
+    }
+
+    pub fn ready_line(&self) -> ReadyLine {
+        ReadyLine { version: self.release.version.clone(), board: self.release.board.clone(), slot: self.slot.clone() }
+    }
+
+    /// Prints the boot contract line on the console, once per boot.
+    pub fn announce_once(&self) -> Result<(), String> {
+        if Path::new(ANNOUNCED_MARK).exists() {
+            eprintln!("meshd: restarted ({})", self.ready_line());
+            return Ok(());
+        }
+        let line = format!("{}\n", self.ready_line());
+        // stdout is the console under init; fall back to /dev/console when started by hand.
+        let mut out = std::io::stdout().lock();
+        out.write_all(line.as_bytes()).and_then(|()| out.flush()).map_err(|e| format!("console: {e}"))?;
+        fs::write(ANNOUNCED_MARK, b"").map_err(|e| format!("{ANNOUNCED_MARK}: {e}"))
+    }
+
+    pub fn status_text(&self) -> String {
+        format!(
+            "version  {}\nboard    {}\nslot     {}\nbuild    {}",
+            self.release.version, self.release.board, self.slot, self.release.build_id
+        )
+    }
+}
