@@ -91,6 +91,9 @@ pub struct Boot {
     /// Raw writes into the disk image outside any partition (e.g. an SPL at 8 KiB).
     #[serde(default)]
     pub raw: Vec<RawWrite>,
+    /// Also copy the kernel's device trees to the partition root (where the Pi firmware looks).
+    #[serde(default)]
+    pub dtbs_at_root: bool,
     /// U-Boot load addresses for the boot script.
     pub addresses: LoadAddresses,
 }

@@ -3,3 +3,4 @@
 pub mod board;
 pub mod debian;
 pub mod http;
+pub mod lock;

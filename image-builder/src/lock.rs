@@ -1,0 +1,168 @@
+//! `board-defs/<board>.lock`: the exact Debian packages a board is built from.
+//!
+//! Only `meshimg lock` talks to the archive's indexes; builds read the lock and never resolve,
+//! as `cargo --locked` does. The lock records what each package is for (its roles).
+
+use crate::board::Board;
+use crate::debian::release::{self, ReleaseError, Verifier};
+use crate::debian::resolve::{Follow, Index, Package, ResolveError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Extracted into the root filesystem.
+    Rootfs,
+    /// Kernel image, modules and device trees.
+    Kernel,
+    /// The initramfs's static busybox.
+    Initramfs,
+    /// Firmware files for the kept drivers.
+    Firmware,
+    /// Boot loader and boot firmware.
+    Boot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedPackage {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub roles: Vec<Role>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    pub format: u32,
+    pub board: String,
+    pub suite: String,
+    pub mirror: String,
+    pub release_date: String,
+    /// Every timestamp in the image is clamped to this (the release date of the locked suite).
+    pub source_date_epoch: i64,
+    /// sha256 of the board fields that decide the lock; a mismatch means the lock is stale.
+    pub inputs_sha256: String,
+    #[serde(rename = "package")]
+    pub packages: Vec<LockedPackage>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{path}: cannot read: {source}\nhint: run 'meshimg lock {board}' to create it")]
+    Read { path: PathBuf, board: String, source: std::io::Error },
+    #[error("{path}: {message}\nhint: run 'meshimg lock {board}' to write it anew")]
+    Parse { path: PathBuf, board: String, message: String },
+    #[error("{path} is stale: {board_path} changed what is locked\nhint: run 'meshimg lock {board}' and commit the new lock")]
+    Stale { path: PathBuf, board_path: PathBuf, board: String },
+    #[error("{path}: no locked package has the role {role:?}\nhint: run 'meshimg lock {board}'")]
+    NoRole { path: PathBuf, board: String, role: Role },
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    #[error("resolving {board}: {source}")]
+    Resolve { board: String, source: ResolveError },
+    #[error("{path}: cannot write: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+pub fn lock_path(root: &Path, board: &str) -> PathBuf {
+    root.join("board-defs").join(format!("{board}.lock"))
+}
+
+pub fn inputs_hash(board: &Board) -> String {
+    hex::encode(Sha256::digest(board.lock_inputs()))
+}
+
+impl Lock {
+    pub fn load(path: &Path, board: &Board, board_path: &Path) -> Result<Lock, LockError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LockError::Read { path: path.into(), board: board.name.clone(), source })?;
+        let lock: Lock = toml::from_str(&text).map_err(|e| LockError::Parse { path: path.into(), board: board.name.clone(), message: e.to_string() })?;
+        if lock.format != FORMAT || lock.board != board.name {
+            return Err(LockError::Parse {
+                path: path.into(),
+                board: board.name.clone(),
+                message: format!("format {} for board '{}', expected format {FORMAT} for '{}'", lock.format, lock.board, board.name),
+            });
+        }
+        if lock.inputs_sha256 != inputs_hash(board) {
+            return Err(LockError::Stale { path: path.into(), board_path: board_path.into(), board: board.name.clone() });
+        }
+        Ok(lock)
+    }
+
+    pub fn render(&self) -> String {
+        let body = toml::to_string(self).expect("lock serialises");
+        format!("# Written by `meshimg lock {}`; do not edit. Builds use exactly these packages.\n{body}", self.board)
+    }
+
+    pub fn with_role(&self, role: Role) -> impl Iterator<Item = &LockedPackage> {
+        self.packages.iter().filter(move |p| p.roles.contains(&role))
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&LockedPackage> {
+        self.packages.iter().find(|p| p.name == name)
+    }
+
+    /// sha256 over the lock's text, recorded in build reports.
+    pub fn hash(&self) -> String {
+        hex::encode(Sha256::digest(self.render()))
+    }
+}
+
+/// Verifies the archive, resolves the board's packages and returns the new lock.
+pub fn resolve(board: &Board, log: &dyn Fn(&str)) -> Result<Lock, LockError> {
+    let d = &board.debian;
+    let verifier = Verifier::load(&d.keyring, &d.trusted_keys)?;
+    log(&format!("verifying {}/dists/{}/InRelease", d.mirror, d.suite));
+    let rel = release::fetch_release(&d.mirror, &d.suite, &verifier)?;
+    let mut index = Index::new(&board.arch);
+    for component in &d.components {
+        log(&format!("fetching {component}/binary-{} index", board.arch));
+        let text = release::fetch_packages(&d.mirror, &d.suite, &rel, component, &board.arch)?;
+        index.add(&format!("{}/{component}", d.suite), &text).map_err(|source| LockError::Resolve { board: board.name.clone(), source })?;
+    }
+    let resolve_err = |source| LockError::Resolve { board: board.name.clone(), source };
+    let groups: [(Role, Vec<String>, Follow); 5] = [
+        (Role::Rootfs, board.packages.clone(), Follow::All),
+        (Role::Kernel, vec![board.kernel.package.clone()], Follow::Prefix("linux-image-")),
+        (Role::Initramfs, vec![board.initramfs_busybox.clone()], Follow::Nothing),
+        (Role::Firmware, board.firmware.packages.clone(), Follow::Nothing),
+        (Role::Boot, board.boot.packages.clone(), Follow::Nothing),
+    ];
+    let mut merged: BTreeMap<String, (Package, Vec<Role>)> = BTreeMap::new();
+    for (role, roots, follow) in groups {
+        for p in index.resolve(&roots, follow).map_err(resolve_err)? {
+            let entry = merged.entry(p.name.clone()).or_insert_with(|| (p, Vec::new()));
+            entry.1.push(role);
+        }
+    }
+    let packages = merged
+        .into_values()
+        .map(|(p, roles)| LockedPackage { name: p.name, version: p.version, arch: p.arch, path: p.filename, size: p.size, sha256: p.sha256, roles })
+        .collect();
+    Ok(Lock {
+        format: FORMAT,
+        board: board.name.clone(),
+        suite: d.suite.clone(),
+        mirror: d.mirror.clone(),
+        release_date: rel.date.clone(),
+        source_date_epoch: rel.date_epoch,
+        inputs_sha256: inputs_hash(board),
+        packages,
+    })
+}
+
+/// Writes the lock atomically (temp file + rename), so a failed lock leaves the old one whole.
+pub fn write(path: &Path, lock: &Lock) -> Result<(), LockError> {
+    let tmp = path.with_extension("lock.tmp");
+    let werr = |source| LockError::Write { path: path.into(), source };
+    std::fs::write(&tmp, lock.render()).map_err(werr)?;
+    std::fs::rename(&tmp, path).map_err(werr)
+}
