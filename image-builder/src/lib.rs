@@ -4,3 +4,8 @@ pub mod board;
 pub mod debian;
 pub mod http;
 pub mod lock;
+pub mod deb;
+pub mod fetch;
+pub mod firmware;
+pub mod kmod;
+pub mod tree;

@@ -1,0 +1,235 @@
+//! Kernel modules: the dependency closure of a board's driver list, and nothing else.
+//!
+//! Debian's kernel packages ship no `modules.dep`, so the host's `depmod` computes it over the
+//! whole module tree; the kept modules are then decompressed (busybox's insmod and the kernel
+//! both take plain `.ko`) and `depmod` runs again so the node's own indexes match what it has.
+
+use crate::board::normalize_module;
+use crate::tree::{Kind, Node, Tree};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KmodError {
+    #[error("the kernel package has no modules directory (usr/lib/modules/<version>)")]
+    NoKernel,
+    #[error("kernel {kver} has no module or built-in driver '{name}'\nhint: check {field} in {board_file} (module names as `modinfo` shows them)")]
+    Unknown { kver: String, name: String, field: &'static str, board_file: String },
+    #[error("depmod failed: {0}\nhint: depmod comes with Debian's kmod package ('make image' installs it)")]
+    Depmod(String),
+    #[error("{path}: {message}")]
+    Module { path: String, message: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Module {
+    pub name: String,
+    /// Path under `lib/modules/<kver>/`, ending in `.ko`.
+    pub rel_path: String,
+    pub data: Vec<u8>,
+    pub firmware: Vec<String>,
+}
+
+pub struct Selection {
+    pub kver: String,
+    /// The closure, by name.
+    pub modules: BTreeMap<String, Module>,
+    /// Requested drivers that are built into the kernel.
+    pub builtin: Vec<String>,
+    /// `modules.*` index files for the kept set, by file name.
+    pub indexes: BTreeMap<String, Vec<u8>>,
+    deps: BTreeMap<String, Vec<String>>,
+}
+
+pub fn kernel_version(kernel: &Tree) -> Result<String, KmodError> {
+    kernel
+        .iter()
+        .filter_map(|(p, n)| (matches!(n.kind, Kind::Dir)).then_some(p))
+        .filter_map(|p| p.strip_prefix("usr/lib/modules/"))
+        .find(|rest| !rest.contains('/'))
+        .map(String::from)
+        .ok_or(KmodError::NoKernel)
+}
+
+/// Selects the closure of `wanted` from the kernel package tree. `work` is a scratch directory.
+pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path) -> Result<Selection, KmodError> {
+    let kver = kernel_version(kernel)?;
+    let src = format!("usr/lib/modules/{kver}");
+    // 1. depmod over everything the package ships.
+    let full = work.join("depmod-full");
+    let moddir = full.join("lib/modules").join(&kver);
+    for (path, node) in kernel.under(&src) {
+        if let Kind::File(data) = &node.kind {
+            let out = moddir.join(&path[src.len() + 1..]);
+            std::fs::create_dir_all(out.parent().expect("parent"))?;
+            std::fs::write(out, data.as_slice())?;
+        }
+    }
+    depmod(&full, &kver)?;
+    let dep_text = std::fs::read_to_string(moddir.join("modules.dep"))?;
+    let mut path_of: BTreeMap<String, String> = BTreeMap::new();
+    let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in dep_text.lines() {
+        let Some((path, rest)) = line.split_once(':') else { continue };
+        let name = module_name(path);
+        deps.insert(name.clone(), rest.split_whitespace().map(module_name).collect());
+        path_of.insert(name, path.to_string());
+    }
+    let builtin_text = std::fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default();
+    let builtins: BTreeSet<String> = builtin_text.lines().map(module_name).collect();
+
+    // 2. The closure.
+    let mut closure = BTreeSet::new();
+    let mut builtin = Vec::new();
+    for w in wanted {
+        let name = normalize_module(w);
+        if path_of.contains_key(&name) {
+            let mut stack = vec![name];
+            while let Some(m) = stack.pop() {
+                if closure.insert(m.clone()) {
+                    stack.extend(deps.get(&m).into_iter().flatten().cloned());
+                }
+            }
+        } else if builtins.contains(&name) {
+            builtin.push(name);
+        } else {
+            return Err(KmodError::Unknown { kver, name: w.clone(), field: "kernel.modules", board_file: board_file.into() });
+        }
+    }
+
+    // 3. Decompress the kept modules and read what firmware each asks for.
+    let mut modules = BTreeMap::new();
+    for name in &closure {
+        let packed = &path_of[name];
+        let node = kernel.get(&format!("{src}/{packed}")).ok_or_else(|| KmodError::Module { path: packed.clone(), message: "listed by depmod but missing".into() })?;
+        let Kind::File(raw) = &node.kind else { continue };
+        let data = decompress(packed, raw)?;
+        let firmware = modinfo(&data, "firmware").map_err(|message| KmodError::Module { path: packed.clone(), message })?;
+        let rel_path = packed.trim_end_matches(".xz").trim_end_matches(".zst").trim_end_matches(".gz").to_string();
+        modules.insert(name.clone(), Module { name: name.clone(), rel_path, data, firmware });
+    }
+
+    // 4. depmod over the kept set, for the node's own indexes.
+    let kept = work.join("depmod-kept");
+    let keptdir = kept.join("lib/modules").join(&kver);
+    std::fs::create_dir_all(&keptdir)?;
+    for m in modules.values() {
+        let out = keptdir.join(&m.rel_path);
+        std::fs::create_dir_all(out.parent().expect("parent"))?;
+        std::fs::write(out, &m.data)?;
+    }
+    for f in ["modules.builtin", "modules.builtin.modinfo"] {
+        if let Some(Node { kind: Kind::File(d), .. }) = kernel.get(&format!("{src}/{f}")) {
+            std::fs::write(keptdir.join(f), d.as_slice())?;
+        }
+    }
+    let order = std::fs::read_to_string(moddir.join("modules.order")).unwrap_or_default();
+    let kept_order: String = order
+        .lines()
+        .filter(|l| closure.contains(&module_name(l)))
+        .map(|l| format!("{}\n", l.trim_end_matches(".xz")))
+        .collect();
+    std::fs::write(keptdir.join("modules.order"), kept_order)?;
+    depmod(&kept, &kver)?;
+    let mut indexes = BTreeMap::new();
+    for e in std::fs::read_dir(&keptdir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("modules.") {
+            indexes.insert(name, std::fs::read(e.path())?);
+        }
+    }
+    let deps = deps.into_iter().filter(|(k, _)| closure.contains(k)).collect();
+    Ok(Selection { kver, modules, builtin, indexes, deps })
+}
+
+impl Selection {
+    /// `names` and their dependencies, dependencies first: the order insmod needs.
+    pub fn load_order(&self, names: &[String], board_file: &str) -> Result<Vec<&Module>, KmodError> {
+        let mut out: Vec<&Module> = Vec::new();
+        let mut seen = BTreeSet::new();
+        fn visit<'a>(s: &'a Selection, name: &str, seen: &mut BTreeSet<String>, out: &mut Vec<&'a Module>) {
+            if !seen.insert(name.to_string()) {
+                return;
+            }
+            for d in s.deps.get(name).into_iter().flatten() {
+                visit(s, d, seen, out);
+            }
+            if let Some(m) = s.modules.get(name) {
+                out.push(m);
+            }
+        }
+        for n in names {
+            let name = normalize_module(n);
+            if !self.modules.contains_key(&name) && !self.builtin.contains(&name) {
+                return Err(KmodError::Unknown { kver: self.kver.clone(), name: n.clone(), field: "kernel.initramfsModules (each must also be in kernel.modules)", board_file: board_file.into() });
+            }
+            visit(self, &name, &mut seen, &mut out);
+        }
+        Ok(out)
+    }
+}
+
+fn depmod(base: &Path, kver: &str) -> Result<(), KmodError> {
+    let out = Command::new("depmod")
+        .arg("-b")
+        .arg(base)
+        .arg(kver)
+        .env("PATH", format!("{}:/usr/sbin:/sbin", std::env::var("PATH").unwrap_or_default()))
+        .output()
+        .map_err(|e| KmodError::Depmod(e.to_string()))?;
+    if !out.status.success() {
+        return Err(KmodError::Depmod(String::from_utf8_lossy(&out.stderr).into_owned()));
+    }
+    Ok(())
+}
+
+/// "kernel/drivers/net/foo-bar.ko.xz" → "foo_bar"
+pub fn module_name(path: &str) -> String {
+    let file = path.trim().rsplit('/').next().unwrap_or(path);
+    normalize_module(file.split(".ko").next().unwrap_or(file))
+}
+
+fn decompress(path: &str, raw: &[u8]) -> Result<Vec<u8>, KmodError> {
+    let mut out = Vec::new();
+    let err = |e: std::io::Error| KmodError::Module { path: path.into(), message: e.to_string() };
+    if path.ends_with(".xz") {
+        liblzma::read::XzDecoder::new(raw).read_to_end(&mut out).map_err(err)?;
+    } else if path.ends_with(".gz") {
+        flate2::read::GzDecoder::new(raw).read_to_end(&mut out).map_err(err)?;
+    } else if path.ends_with(".ko") {
+        out = raw.to_vec();
+    } else {
+        return Err(KmodError::Module { path: path.into(), message: "unsupported module compression".into() });
+    }
+    Ok(out)
+}
+
+/// Values of `key` in a module's `.modinfo` section.
+pub fn modinfo(elf: &[u8], key: &str) -> Result<Vec<String>, String> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(elf).map_err(|e| format!("not an ELF module: {e}"))?;
+    let Some(section) = file.section_by_name(".modinfo") else { return Ok(Vec::new()) };
+    let data = section.data().map_err(|e| e.to_string())?;
+    let prefix = format!("{key}=");
+    Ok(data
+        .split(|b| *b == 0)
+        .filter_map(|s| std::str::from_utf8(s).ok())
+        .filter_map(|s| s.strip_prefix(&prefix))
+        .map(String::from)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_paths() {
+        assert_eq!(module_name("kernel/drivers/mmc/host/sdhci-iproc.ko.xz"), "sdhci_iproc");
+        assert_eq!(module_name("kernel/fs/ext4/ext4.ko\n"), "ext4");
+    }
+}
