@@ -9,3 +9,7 @@ pub mod fetch;
 pub mod firmware;
 pub mod kmod;
 pub mod tree;
+pub mod disk;
+pub mod fsimage;
+pub mod initramfs;
+pub mod rootfs;
