@@ -79,6 +79,10 @@ pub struct Firmware {
     /// Per module, glob patterns narrowing which of its firmware files this board needs.
     #[serde(default)]
     pub limit: BTreeMap<String, Vec<String>>,
+    /// Per module, firmware names the driver also requests that its `.modinfo` does not list
+    /// (legacy fallbacks such as ath9k_htc's `htc_9271.fw`).
+    #[serde(default)]
+    pub extra: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -249,9 +253,9 @@ impl Board {
                 return invalid(format!("debian.trustedKeys entry '{fp}' is not a 40-digit hex fingerprint"));
             }
         }
-        for m in self.firmware.limit.keys() {
+        for (field, m) in self.firmware.limit.keys().map(|m| ("limit", m)).chain(self.firmware.extra.keys().map(|m| ("extra", m))) {
             if !self.kernel.modules.iter().any(|k| normalize_module(k) == normalize_module(m)) {
-                return invalid(format!("firmware.limit names module '{m}', which is not in kernel.modules"));
+                return invalid(format!("firmware.{field} names module '{m}', which is not in kernel.modules"));
             }
         }
         if self.disk.first_partition_kib < 1 || self.boot.raw.iter().any(|r| r.offset >= u64::from(self.disk.first_partition_kib) * 1024) {

@@ -14,13 +14,21 @@ pub struct Chosen {
     pub missing: Vec<(String, String)>,
 }
 
-pub fn choose<'a>(firmware: &Tree, modules: impl Iterator<Item = &'a Module>, limits: &BTreeMap<String, Vec<String>>) -> Chosen {
+pub fn choose<'a>(
+    firmware: &Tree,
+    modules: impl Iterator<Item = &'a Module>,
+    limits: &BTreeMap<String, Vec<String>>,
+    extra: &BTreeMap<String, Vec<String>>,
+) -> Chosen {
     let available: Vec<&String> = firmware.under(DIR).filter(|(_, n)| !matches!(n.kind, Kind::Dir)).map(|(p, _)| p).collect();
     let mut paths = BTreeSet::new();
     let mut missing = Vec::new();
     for m in modules {
-        let limit = limits.iter().find(|(k, _)| crate::board::normalize_module(k) == m.name).map(|(_, v)| v);
-        for want in &m.firmware {
+        let for_module = |map: &'_ BTreeMap<String, Vec<String>>| map.iter().find(|(k, _)| crate::board::normalize_module(k) == m.name).map(|(_, v)| v.clone());
+        let limit = for_module(limits);
+        let limit = limit.as_ref();
+        let wants: Vec<String> = m.firmware.iter().cloned().chain(for_module(extra).unwrap_or_default()).collect();
+        for want in &wants {
             let mut found = false;
             for path in &available {
                 let rel = &path[DIR.len() + 1..];
@@ -91,9 +99,13 @@ mod tests {
             Module { name: "ath9k_htc".into(), rel_path: String::new(), data: vec![], firmware: vec!["htc_9271.fw".into()] },
         ];
         let limits = BTreeMap::from([("brcmfmac".to_string(), vec!["brcm/brcmfmac43430-sdio.*".to_string()])]);
-        let c = choose(&fw, mods.iter(), &limits);
+        let c = choose(&fw, mods.iter(), &limits, &BTreeMap::new());
         let got: Vec<&str> = c.paths.iter().map(String::as_str).collect();
         assert_eq!(got, ["usr/lib/firmware/brcm/brcmfmac43430-sdio.bin", "usr/lib/firmware/mediatek/rt2870.bin", "usr/lib/firmware/rt2870.bin"]);
         assert_eq!(c.missing, [("ath9k_htc".to_string(), "htc_9271.fw".to_string())]);
+        fw.insert("usr/lib/firmware/legacy.fw", Node::file(b"l".to_vec(), 0o644));
+        let extra = BTreeMap::from([("rt2800usb".to_string(), vec!["legacy.fw".to_string()])]);
+        let c = choose(&fw, mods.iter(), &limits, &extra);
+        assert!(c.paths.contains("usr/lib/firmware/legacy.fw"));
     }
 }

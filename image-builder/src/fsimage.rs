@@ -17,10 +17,15 @@ pub enum FsError {
     TooBig { image: PathBuf, what: String, need: u64, have: u64, field: String },
 }
 
+/// Runs a tool with a fixed clock: SOURCE_DATE_EPOCH, and E2FSPROGS_FAKE_TIME for mke2fs.
+/// (mksquashfs refuses SOURCE_DATE_EPOCH beside its own time options, so it gets none.)
 fn run(tool: &str, image: &Path, cmd: &mut Command, epoch: i64) -> Result<(), FsError> {
+    if tool != "mksquashfs" {
+        cmd.env("SOURCE_DATE_EPOCH", epoch.to_string()).env("E2FSPROGS_FAKE_TIME", epoch.to_string());
+    } else {
+        cmd.env_remove("SOURCE_DATE_EPOCH");
+    }
     let out = cmd
-        .env("SOURCE_DATE_EPOCH", epoch.to_string())
-        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
         .env("MTOOLS_SKIP_CHECK", "1")
         .env("TZ", "UTC")
         .env("PATH", format!("{}:/usr/sbin:/sbin", std::env::var("PATH").unwrap_or_default()))

@@ -13,3 +13,7 @@ pub mod disk;
 pub mod fsimage;
 pub mod initramfs;
 pub mod rootfs;
+pub mod build;
+pub mod node_firmware;
+pub mod plan;
+pub mod sbom;

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use meshimg::{board, lock};
+use meshimg::{board, build, fetch, lock, plan};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,6 +31,28 @@ enum Command {
     Boards,
     /// Resolve a board's packages from the signed archive and write board-defs/<board>.lock.
     Lock { board: String },
+    /// Show what a build would do (partitions, packages, boot files) without doing it.
+    Plan {
+        board: String,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
+    /// Build the board's image from its lock into <out>/<board>/.
+    Build {
+        board: String,
+        /// Output directory.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Package cache (default: $MESHOS_CACHE or ~/.cache/meshos).
+        #[arg(long, env = "MESHOS_CACHE")]
+        cache: Option<PathBuf>,
+        /// Print the build report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +97,18 @@ fn release_code(r: &meshimg::debian::release::ReleaseError) -> u8 {
     }
 }
 
+/// Loads a board, its lock and the plan for it.
+fn load(root: &std::path::Path, name: &str, out: &std::path::Path) -> Result<(board::Board, lock::Lock, plan::Plan, PathBuf)> {
+    let board_path = board::board_path(root, name);
+    let text = std::fs::read_to_string(&board_path)
+        .with_context(|| format!("{}: cannot read (boards: {})", board_path.display(), board::list(root).join(", ")))?;
+    let b = board::Board::parse(&text, &board_path)?;
+    let lock_path = lock::lock_path(root, name);
+    let l = lock::Lock::load(&lock_path, &b, &board_path)?;
+    let p = plan::Plan::new(root, out, &b, &text, &l).context("reading the overlays")?;
+    Ok((b, l, p, lock_path))
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Boards => {
@@ -99,6 +133,44 @@ fn run(cli: Cli) -> Result<()> {
                 new.suite,
                 new.release_date
             );
+            Ok(())
+        }
+        Command::Plan { board: name, json, out } => {
+            let (_, _, p, _) = load(&cli.root, &name, &out)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                println!("meshos {} for {} (inputs {})", p.version, p.board, &p.input_id[..16]);
+                println!("kernel command line: {}", p.cmdline);
+                println!("partitions:");
+                for part in &p.layout.partitions {
+                    println!("  {:<6} type 0x{:02x}  at {:>5} MiB  {:>5} MiB", part.name, part.kind, part.offset >> 20, part.size >> 20);
+                }
+                println!("packages: {}", p.packages.iter().map(|x| format!("{} {}", x.name, x.version)).collect::<Vec<_>>().join(", "));
+                println!("boot files: {}", p.boot_files.iter().map(|f| f.to.as_str()).collect::<Vec<_>>().join(", "));
+                println!("slot a: {}", p.slot_files.join(", "));
+                println!("output: {}", p.outputs.img_xz.display());
+            }
+            Ok(())
+        }
+        Command::Build { board: name, out, cache, json } => {
+            let (b, l, p, lock_path) = load(&cli.root, &name, &out)?;
+            let opts = build::Options {
+                root: cli.root.clone(),
+                lock_path,
+                cache: cache.unwrap_or_else(fetch::cache_dir),
+                firmware_target_dir: cli.root.join("target").join("node-firmware"),
+            };
+            let report = build::build(&b, &l, &p, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.json)?);
+            } else {
+                let total = report.json["total_seconds"].as_f64().unwrap_or(0.0);
+                let xz = report.json["sizes"]["img_xz"].as_u64().unwrap_or(0);
+                eprintln!("build: done in {total:.1} s");
+                println!("{}  ({:.1} MiB, sha256 {})", report.img_xz.display(), xz as f64 / 1048576.0, report.img_xz_sha256);
+                println!("also in {}: .img, .img.xz.sha256, SBOM (.cdx.json), build report (.build-report.json)", p.outputs.dir.display());
+            }
             Ok(())
         }
     }

@@ -1,0 +1,297 @@
+//! The executor: carries out a plan, step by step, timing each, and writes the outputs
+//! (`.img`, `.img.xz`, its sha256, the SBOM and the build report).
+
+use crate::board::{parse_hex, Board};
+use crate::fetch::Cache;
+use crate::lock::{Lock, Role};
+use crate::plan::{basename, Plan};
+use crate::tree::{Kind, Node, Tree};
+use crate::{disk, firmware, fsimage, initramfs, kmod, node_firmware, rootfs, sbom};
+use anyhow::{anyhow, Context, Result};
+use meshos_common::os_release::OsRelease;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const BOOT_CMD: &str = include_str!("../assets/boot.cmd");
+const CONF_D_README: &str = "Put mesh-orange style *.tar.gz archives here; they are applied over /etc in name order at boot.\r\n";
+
+pub struct Options {
+    pub root: PathBuf,
+    pub lock_path: PathBuf,
+    pub cache: PathBuf,
+    /// Where meshd is compiled (kept between builds for warm rebuilds).
+    pub firmware_target_dir: PathBuf,
+}
+
+/// What a build did, for the report and for the caller to print.
+pub struct Report {
+    pub json: serde_json::Value,
+    pub img_xz: PathBuf,
+    pub img_xz_sha256: String,
+}
+
+struct Steps {
+    done: Vec<(String, f64)>,
+    total: usize,
+}
+
+impl Steps {
+    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        eprintln!("build: [{}/{}] {name}", self.done.len() + 1, self.total);
+        let t = Instant::now();
+        let v = f().with_context(|| format!("step '{name}'"))?;
+        self.done.push((name.to_string(), t.elapsed().as_secs_f64()));
+        Ok(v)
+    }
+}
+
+fn extract(cache: &Cache, lock: &Lock, role: Role) -> Result<BTreeMap<String, Tree>> {
+    let mut out = BTreeMap::new();
+    for p in lock.with_role(role) {
+        let mut t = Tree::new();
+        t.extract_deb(&cache.path_of(&p.sha256)).with_context(|| format!("extracting {} {}", p.name, p.version))?;
+        out.insert(p.name.clone(), t);
+    }
+    Ok(out)
+}
+
+fn file_of<'a>(tree: &'a Tree, path: &str, what: &str) -> Result<&'a [u8]> {
+    let real = tree.resolve(path).ok_or_else(|| anyhow!("{what} has no {path}"))?;
+    match tree.get(&real).map(|n| &n.kind) {
+        Some(Kind::File(d)) => Ok(d.as_slice()),
+        _ => Err(anyhow!("{what}: {path} is not a file")),
+    }
+}
+
+pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<Report> {
+    let cache = Cache::new(opts.cache.clone());
+    let out = &plan.outputs;
+    let work = out.dir.join(".work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let epoch = plan.source_date_epoch;
+    let board_file = format!("board-defs/{}.yaml", board.name);
+    let mut steps = Steps { done: Vec::new(), total: 10 };
+
+    let downloaded = steps.run("fetch packages", || {
+        let all: Vec<_> = lock.packages.iter().collect();
+        Ok(cache.ensure(lock, &opts.lock_path, &all)?)
+    })?;
+
+    let meshd_path = steps.run("cross-compile meshd", || Ok(node_firmware::build(&opts.root, &board.rust_target, &opts.firmware_target_dir)?))?;
+    let meshd = std::fs::read(&meshd_path).with_context(|| format!("reading {}", meshd_path.display()))?;
+    let build_id = {
+        let mut h = Sha256::new();
+        h.update(plan.input_id.as_bytes());
+        h.update(&meshd);
+        hex::encode(h.finalize())[..16].to_string()
+    };
+    let release = OsRelease { version: plan.version.clone(), board: board.name.clone(), build_id: build_id.clone() };
+
+    let (kernel, selection) = steps.run("kernel modules", || {
+        let kernel: Tree = {
+            let mut t = Tree::new();
+            for (_, k) in extract(&cache, lock, Role::Kernel)? {
+                for (p, n) in k.iter() {
+                    t.insert(p, n.clone());
+                }
+            }
+            t
+        };
+        let sel = kmod::select(&kernel, &board.kernel.modules, &board_file, &work)?;
+        Ok((kernel, sel))
+    })?;
+    let kver = selection.kver.clone();
+
+    let (rootfs_tree, missing_firmware) = steps.run("root filesystem", || {
+        let mut t = Tree::new();
+        for p in lock.with_role(Role::Rootfs) {
+            t.extract_deb(&cache.path_of(&p.sha256)).with_context(|| format!("extracting {} {}", p.name, p.version))?;
+        }
+        rootfs::strip(&mut t);
+        rootfs::add_skeleton(&mut t);
+        rootfs::add_busybox_links(&mut t)?;
+        let moddir = format!("usr/lib/modules/{kver}");
+        for m in selection.modules.values() {
+            t.insert(&format!("{moddir}/{}", m.rel_path), Node::file(m.data.clone(), 0o644));
+        }
+        for (name, data) in &selection.indexes {
+            t.insert(&format!("{moddir}/{name}"), Node::file(data.clone(), 0o644));
+        }
+        let mut fw = Tree::new();
+        for (_, pkg) in extract(&cache, lock, Role::Firmware)? {
+            for (p, n) in pkg.under(firmware::DIR) {
+                fw.insert(p, n.clone());
+            }
+        }
+        let chosen = firmware::choose(&fw, selection.modules.values(), &board.firmware.limit, &board.firmware.extra);
+        for p in &chosen.paths {
+            t.insert(p, fw.get(p).expect("chosen from tree").clone());
+        }
+        t.insert("usr/sbin/meshd", Node::file(meshd.clone(), 0o755));
+        for dir in &plan.overlays {
+            rootfs::add_overlay(&mut t, dir)?;
+        }
+        rootfs::add_generated(&mut t, &release);
+        t.clamp_mtimes(epoch);
+        Ok((t, chosen.missing))
+    })?;
+    for (module, name) in &missing_firmware {
+        eprintln!("build: note: no package provides firmware {name} (asked for by {module})");
+    }
+
+    let rootfs_img = work.join("rootfs.squashfs");
+    steps.run("squashfs root slot", || Ok(fsimage::squashfs(&rootfs_tree, &work.join("rootfs"), &rootfs_img, epoch)?))?;
+    let rootfs_size = std::fs::metadata(&rootfs_img)?.len();
+    let slot_size = plan.layout.partitions[disk::ROOT_A].size;
+    if rootfs_size > slot_size {
+        return Err(anyhow!("{board_file}: the root filesystem is {rootfs_size} bytes but a slot holds {slot_size}\nhint: raise disk.rootSlotMib"));
+    }
+
+    let initrd = steps.run("initramfs", || {
+        let busybox = extract(&cache, lock, Role::Initramfs)?;
+        let (pkg, tree) = busybox.iter().next().ok_or_else(|| anyhow!("the lock has no initramfs busybox package"))?;
+        let order = selection.load_order(&board.kernel.initramfs_modules, &board_file)?;
+        Ok(initramfs::archive(&initramfs::tree(tree, pkg, &order, epoch)?))
+    })?;
+
+    let (boot_img, kernel_gz_len) = steps.run("boot partition", || {
+        let boot_pkgs = extract(&cache, lock, Role::Boot)?;
+        let mut fat = Tree::new();
+        for f in &board.boot.files {
+            let data = match (&f.package, &f.from, &f.content) {
+                (Some(p), Some(path), _) => {
+                    let tree = boot_pkgs.get(p).ok_or_else(|| anyhow!("{board_file}: boot package {p} is not in the lock"))?;
+                    file_of(tree, path, p)?.to_vec()
+                }
+                (_, _, Some(text)) => text.as_bytes().to_vec(),
+                _ => unreachable!("validated by Board::parse"),
+            };
+            fat.insert(&f.to, Node::file(data, 0o644));
+        }
+        let dtb_dir = format!("usr/lib/linux-image-{kver}");
+        for d in &board.kernel.dtbs {
+            let data = file_of(&kernel, &format!("{dtb_dir}/{d}"), "the kernel package")?.to_vec();
+            if board.boot.dtbs_at_root {
+                fat.insert(basename(d), Node::file(data.clone(), 0o644));
+            }
+            fat.insert(&format!("a/dtbs/{d}"), Node::file(data, 0o644));
+        }
+        let image = file_of(&kernel, &format!("boot/vmlinuz-{kver}"), "the kernel package")?;
+        let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
+        gz.write_all(image)?;
+        let kernel_gz = gz.finish()?;
+        let kernel_gz_len = kernel_gz.len() as u64;
+        fat.insert("a/vmlinuz", Node::file(kernel_gz, 0o644));
+        fat.insert("a/initrd.img", Node::file(initrd.clone(), 0o644));
+        let scr = work.join("boot.scr");
+        fsimage::uboot_script(&boot_script(board, plan, "a"), &scr, epoch)?;
+        fat.insert("boot.scr", Node::file(std::fs::read(&scr)?, 0o644));
+        let mesh_yaml = file_of(&rootfs_tree, "usr/share/meshos/mesh.yaml", "the root filesystem")?.to_vec();
+        fat.insert("mesh.yaml", Node::file(mesh_yaml, 0o644));
+        fat.insert("conf.d/README.txt", Node::file(CONF_D_README.as_bytes().to_vec(), 0o644));
+        let img = work.join("boot.vfat");
+        fsimage::fat(&fat, &img, plan.layout.partitions[disk::BOOT].size, plan.fat_serial, "MESHOS", epoch)?;
+        Ok((img, kernel_gz_len))
+    })?;
+
+    let data_img = work.join("data.ext4");
+    steps.run("data partition", || Ok(fsimage::ext4(&data_img, plan.layout.partitions[disk::DATA].size, &plan.data_uuid, "meshos-data", epoch)?))?;
+
+    steps.run("disk image", || {
+        let boot_pkgs = extract(&cache, lock, Role::Boot)?;
+        let mut raw = Vec::new();
+        for r in &board.boot.raw {
+            let tree = boot_pkgs.get(&r.package).ok_or_else(|| anyhow!("{board_file}: boot package {} is not in the lock", r.package))?;
+            raw.push((r.offset, file_of(tree, &r.from, &r.package)?.to_vec()));
+        }
+        let parts: [(usize, &Path); 3] = [(disk::BOOT, &boot_img), (disk::ROOT_A, &rootfs_img), (disk::DATA, &data_img)];
+        Ok(disk::assemble(&plan.layout, &out.img, &raw, &parts)?)
+    })?;
+
+    let xz_sha = steps.run("compress and checksum", || {
+        compress_xz(&out.img, &out.img_xz)?;
+        let sum = crate::fetch::file_sha256(&out.img_xz)?;
+        let name = out.img_xz.file_name().expect("file name").to_string_lossy();
+        std::fs::write(&out.sha256, format!("{sum}  {name}\n"))?;
+        Ok(sum)
+    })?;
+
+    let crates = node_firmware::crates(&opts.root);
+    let bom = sbom::cyclonedx(lock, &board.name, &plan.version, &build_id, &crates);
+    std::fs::write(&out.sbom, serde_json::to_vec_pretty(&bom)?)?;
+    let _ = std::fs::remove_dir_all(&work);
+
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let report = json!({
+        "board": board.name,
+        "version": plan.version,
+        "build_id": build_id,
+        "input_id": plan.input_id,
+        "lock_sha256": plan.lock_sha256,
+        "source_date_epoch": epoch,
+        "kernel": kver,
+        "downloaded_bytes": downloaded,
+        "steps": steps.done.iter().map(|(n, s)| json!({"step": n, "seconds": (s * 100.0).round() / 100.0})).collect::<Vec<_>>(),
+        "total_seconds": (steps.done.iter().map(|(_, s)| s).sum::<f64>() * 100.0).round() / 100.0,
+        "sizes": {
+            "img": size(&out.img),
+            "img_xz": size(&out.img_xz),
+            "root_squashfs": rootfs_size,
+            "initramfs": initrd.len(),
+            "kernel_gz": kernel_gz_len,
+            "meshd": meshd.len(),
+        },
+        "counts": {
+            "packages": lock.packages.len(),
+            "kernel_modules": selection.modules.len(),
+            "root_files": rootfs_tree.len(),
+        },
+        "firmware_not_packaged": missing_firmware.iter().map(|(m, f)| format!("{m}: {f}")).collect::<Vec<_>>(),
+        "outputs": {
+            "img": crate::fetch::file_sha256(&out.img)?,
+            "img_xz": xz_sha,
+        },
+    });
+    std::fs::write(&out.report, serde_json::to_vec_pretty(&report)?)?;
+    Ok(Report { json: report, img_xz: out.img_xz.clone(), img_xz_sha256: xz_sha })
+}
+
+/// The U-Boot script for `slot`, from assets/boot.cmd.
+pub fn boot_script(board: &Board, plan: &Plan, slot: &str) -> String {
+    let a = &board.boot.addresses;
+    let hex = |s: &str| format!("0x{:x}", parse_hex(s).expect("validated"));
+    BOOT_CMD
+        .replace("@SLOT@", slot)
+        .replace("@CMDLINE@", &board.kernel.cmdline)
+        .replace("@DISK@", &plan.layout.signature_hex())
+        .replace("@KERNEL_GZ_ADDR@", &hex(&a.kernel_gz))
+        .replace("@KERNEL_ADDR@", &hex(&a.kernel))
+        .replace("@RAMDISK_ADDR@", &hex(&a.ramdisk))
+        .replace("@FDT_ADDR@", &hex(&a.fdt))
+        .replace("@DEFAULT_DTB@", board.kernel.dtbs.first().map(String::as_str).unwrap_or(""))
+}
+
+/// Multi-threaded xz; the block size is fixed so the output does not depend on the core count.
+fn compress_xz(src: &Path, dst: &Path) -> Result<()> {
+    let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let stream = liblzma::stream::MtStreamBuilder::new()
+        .threads(threads)
+        .block_size(16 << 20)
+        .preset(6)
+        .check(liblzma::stream::Check::Crc64)
+        .encoder()
+        .context("starting the xz encoder")?;
+    let tmp = dst.with_extension("xz.partial");
+    let out = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut enc = liblzma::write::XzEncoder::new_stream(std::io::BufWriter::new(out), stream);
+    let mut input = std::fs::File::open(src).with_context(|| format!("reading {}", src.display()))?;
+    std::io::copy(&mut input, &mut enc)?;
+    enc.finish()?.flush()?;
+    std::fs::rename(&tmp, dst)?;
+    Ok(())
+}
