@@ -83,6 +83,10 @@ pub struct Firmware {
     /// (legacy fallbacks such as ath9k_htc's `htc_9271.fw`).
     #[serde(default)]
     pub extra: BTreeMap<String, Vec<String>>,
+    /// Links to make in the firmware directory (name → target), where a package's maintainer
+    /// scripts would have chosen an alternative (wireless-regdb's regulatory.db).
+    #[serde(default)]
+    pub links: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,6 +165,9 @@ pub struct Qemu {
     pub dtb: Option<String>,
     /// Serial ports muxed onto the console.
     pub serials: u32,
+    /// Network device for user networking (`--forward`); none if the machine has no network card.
+    #[serde(default)]
+    pub nic: Option<String>,
     #[serde(default)]
     pub extra_args: Vec<String>,
 }

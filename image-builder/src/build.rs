@@ -128,6 +128,9 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
                 fw.insert(p, n.clone());
             }
         }
+        for (name, target) in &board.firmware.links {
+            fw.insert(&format!("{}/{name}", firmware::DIR), Node::symlink(target.clone()));
+        }
         let chosen = firmware::choose(&fw, selection.modules.values(), &board.firmware.limit, &board.firmware.extra);
         for p in &chosen.paths {
             t.insert(p, fw.get(p).expect("chosen from tree").clone());

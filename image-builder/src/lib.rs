@@ -17,3 +17,4 @@ pub mod build;
 pub mod node_firmware;
 pub mod plan;
 pub mod sbom;
+pub mod qemu;

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use meshimg::{board, build, fetch, lock, plan};
+use meshimg::{board, build, fetch, lock, plan, qemu};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -52,6 +52,24 @@ enum Command {
         /// Print the build report as JSON on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// Boot a built image in the board's QEMU machine, serial console on this terminal.
+    Qemu {
+        board: String,
+        /// Image to boot (default: the one `build` made in <out>/<board>/).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Forward a loopback host port to the node: HOSTPORT:GUESTPORT (repeatable).
+        #[arg(long = "forward", value_name = "HOSTPORT:GUESTPORT")]
+        forwards: Vec<String>,
+        /// Boot test: stop once the node prints 'meshos ready', fail after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        expect_ready: Option<u64>,
+        /// Also write the console to this file.
+        #[arg(long)]
+        log: Option<PathBuf>,
     },
 }
 
@@ -170,6 +188,19 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("build: done in {total:.1} s");
                 println!("{}  ({:.1} MiB, sha256 {})", report.img_xz.display(), xz as f64 / 1048576.0, report.img_xz_sha256);
                 println!("also in {}: .img, .img.xz.sha256, SBOM (.cdx.json), build report (.build-report.json)", p.outputs.dir.display());
+            }
+            Ok(())
+        }
+        Command::Qemu { board: name, image, out, forwards, expect_ready, log } => {
+            let b = board::Board::load(&board::board_path(&cli.root, &name))?;
+            let image = image.unwrap_or_else(|| out.join(&name).join(format!("meshos-{name}-{}.img", plan::VERSION)));
+            let work = std::env::temp_dir().join(format!("meshimg-qemu-{}", std::process::id()));
+            let opts = qemu::Options { image, forwards, expect_ready: expect_ready.map(std::time::Duration::from_secs), log, work: work.clone() };
+            let booted = qemu::boot(&b, &opts);
+            let _ = std::fs::remove_dir_all(&work);
+            let booted = booted?;
+            if let Some(r) = booted.ready {
+                eprintln!("qemu: {} ready after {:.1} s (version {}, slot {})", r.board, booted.seconds, r.version, r.slot);
             }
             Ok(())
         }

@@ -1,0 +1,181 @@
+//! Boots a built image in the board's QEMU machine (TCG only: this host's /dev/kvm is not to be
+//! trusted). The image itself is never written: the guest writes to a qcow2 overlay, which
+//! also gives the power-of-two card size QEMU's SD model requires.
+//!
+//! With `expect_ready`, the console is watched for the boot contract line and QEMU is stopped
+//! once it appears: the boot test.
+
+use crate::board::Board;
+use meshos_common::boot_contract::ReadyLine;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("{path}: no such image\nhint: build it first: make image BOARD={board}")]
+    NoImage { path: PathBuf, board: String },
+    #[error("--forward needs a network card, and the {machine} machine of board {board} has none")]
+    NoNic { board: String, machine: String },
+    #[error("'{0}' is not HOSTPORT:GUESTPORT")]
+    BadForward(String),
+    #[error("{tool}: {message}\nhint: run ci/setup-host.sh (make qemu does) to install QEMU and mtools")]
+    Tool { tool: String, message: String },
+    #[error("no '{prefix}' line within {seconds} s; last console lines:\n{tail}")]
+    Timeout { prefix: &'static str, seconds: u64, tail: String },
+    #[error("QEMU exited ({status}) before the node was ready; last console lines:\n{tail}")]
+    Exited { status: String, tail: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Options {
+    pub image: PathBuf,
+    pub forwards: Vec<String>,
+    /// Stop once the node prints the ready line; fail after this long.
+    pub expect_ready: Option<Duration>,
+    /// Copy of the console output.
+    pub log: Option<PathBuf>,
+    pub work: PathBuf,
+}
+
+pub struct Booted {
+    pub ready: Option<ReadyLine>,
+    pub seconds: f64,
+}
+
+fn tool(cmd: &mut Command, name: &str) -> Result<(), QemuError> {
+    let out = cmd.output().map_err(|e| QemuError::Tool { tool: name.into(), message: e.to_string() })?;
+    if !out.status.success() {
+        return Err(QemuError::Tool { tool: name.into(), message: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    Ok(())
+}
+
+/// Copies `name` out of the image's boot partition.
+fn from_boot_partition(image: &Path, board: &Board, name: &str, to: &Path) -> Result<(), QemuError> {
+    let offset = u64::from(board.disk.first_partition_kib) * 1024;
+    let spec = format!("{}@@{offset}", image.display());
+    tool(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-o", "-n", "-i", &spec, &format!("::/{name}")]).arg(to), "mcopy")
+}
+
+pub fn command(board: &Board, opts: &Options) -> Result<Command, QemuError> {
+    if !opts.image.exists() {
+        return Err(QemuError::NoImage { path: opts.image.clone(), board: board.name.clone() });
+    }
+    std::fs::create_dir_all(&opts.work)?;
+    let q = &board.qemu;
+    let mut cmd = Command::new(&q.binary);
+    cmd.args(["-M", &q.machine, "-m", &q.memory, "-accel", "tcg", "-display", "none", "-monitor", "none"]);
+    if let Some(k) = &q.kernel {
+        let path = opts.work.join(crate::plan::basename(k));
+        from_boot_partition(&opts.image, board, k, &path)?;
+        cmd.arg("-kernel").arg(path);
+    }
+    if let Some(d) = &q.dtb {
+        let path = opts.work.join(crate::plan::basename(d));
+        from_boot_partition(&opts.image, board, d, &path)?;
+        cmd.arg("-dtb").arg(path);
+    }
+    let size = std::fs::metadata(&opts.image)?.len().next_power_of_two();
+    let overlay = opts.work.join("disk.qcow2");
+    let _ = std::fs::remove_file(&overlay);
+    let image = opts.image.canonicalize()?;
+    tool(
+        Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&image).arg(&overlay).arg(size.to_string()),
+        "qemu-img",
+    )?;
+    let interface = if q.machine.starts_with("raspi") || q.machine.starts_with("orangepi") { "sd" } else { "virtio" };
+    cmd.arg("-drive").arg(format!("if={interface},format=qcow2,file={}", overlay.display()));
+    cmd.args(["-chardev", "stdio,id=console,mux=on,signal=on"]);
+    for _ in 0..q.serials.max(1) {
+        cmd.args(["-serial", "chardev:console"]);
+    }
+    if !opts.forwards.is_empty() {
+        let nic = q.nic.as_ref().ok_or_else(|| QemuError::NoNic { board: board.name.clone(), machine: q.machine.clone() })?;
+        let mut netdev = "user,id=net0,restrict=on".to_string();
+        for f in &opts.forwards {
+            let (h, g) = f.split_once(':').ok_or_else(|| QemuError::BadForward(f.clone()))?;
+            let (h, g): (u16, u16) = (h.parse().map_err(|_| QemuError::BadForward(f.clone()))?, g.parse().map_err(|_| QemuError::BadForward(f.clone()))?);
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+        }
+        cmd.args(["-netdev", &netdev, "-device", &format!("{nic},netdev=net0")]);
+    }
+    cmd.args(&q.extra_args);
+    Ok(cmd)
+}
+
+/// Runs QEMU with the console on this terminal; with `expect_ready`, stops at the ready line.
+pub fn boot(board: &Board, opts: &Options) -> Result<Booted, QemuError> {
+    let mut cmd = command(board, opts)?;
+    let started = Instant::now();
+    let Some(limit) = opts.expect_ready else {
+        let status = cmd.status().map_err(|e| QemuError::Tool { tool: board.qemu.binary.clone(), message: e.to_string() })?;
+        if !status.success() {
+            return Err(QemuError::Exited { status: status.to_string(), tail: String::new() });
+        }
+        return Ok(Booted { ready: None, seconds: started.elapsed().as_secs_f64() });
+    };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| QemuError::Tool { tool: board.qemu.binary.clone(), message: e.to_string() })?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let err_tx = tx.clone();
+    std::thread::spawn(move || lines(stdout, tx));
+    std::thread::spawn(move || lines(stderr, err_tx));
+    let mut log = opts.log.as_ref().map(std::fs::File::create).transpose()?;
+    let mut tail: Vec<String> = Vec::new();
+    let result = loop {
+        let left = limit.saturating_sub(started.elapsed());
+        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
+            Ok(line) => {
+                println!("{line}");
+                if let Some(f) = log.as_mut() {
+                    writeln!(f, "{line}")?;
+                }
+                if let Some(ready) = ReadyLine::parse(&line) {
+                    break Ok(Booted { ready: Some(ready), seconds: started.elapsed().as_secs_f64() });
+                }
+                tail.push(line);
+                if tail.len() > 30 {
+                    tail.remove(0);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if started.elapsed() < limit => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                break Err(QemuError::Timeout { prefix: meshos_common::boot_contract::READY_PREFIX, seconds: limit.as_secs(), tail: tail.join("\n") })
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                break Err(QemuError::Exited { status, tail: tail.join("\n") });
+            }
+        }
+    };
+    stop(&mut child);
+    result
+}
+
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Console bytes to lines (lossy: a boot console is not always UTF-8).
+fn lines(r: impl Read, tx: mpsc::Sender<String>) {
+    let mut reader = BufReader::new(r);
+    let mut buf = Vec::new();
+    while reader.read_until(b'\n', &mut buf).map(|n| n > 0).unwrap_or(false) {
+        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
+        if tx.send(line).is_err() {
+            return;
+        }
+        buf.clear();
+    }
+}
