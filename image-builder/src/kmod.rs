@@ -78,6 +78,25 @@ pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path) -
         deps.insert(name.clone(), rest.split_whitespace().map(module_name).collect());
         path_of.insert(name, path.to_string());
     }
+    // Soft dependencies (ext4 → crc32c) name aliases; they are needed as much as hard ones.
+    let alias_text = std::fs::read_to_string(moddir.join("modules.alias")).unwrap_or_default();
+    let mut aliases: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in alias_text.lines() {
+        if let Some(["alias", alias, module]) = line.split_whitespace().collect::<Vec<_>>().get(..3) {
+            aliases.entry(alias.to_string()).or_default().push(normalize_module(module));
+        }
+    }
+    let softdep_text = std::fs::read_to_string(moddir.join("modules.softdep")).unwrap_or_default();
+    for line in softdep_text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some("softdep"), Some(module)) = (words.next(), words.next()) else { continue };
+        let module = normalize_module(module);
+        for w in words.filter(|w| !w.ends_with(':')) {
+            let targets = aliases.get(w).cloned().unwrap_or_else(|| vec![normalize_module(w)]);
+            let entry = deps.entry(module.clone()).or_default();
+            entry.extend(targets.into_iter().filter(|t| path_of.contains_key(t) && *t != module));
+        }
+    }
     let builtin_text = std::fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default();
     let builtins: BTreeSet<String> = builtin_text.lines().map(module_name).collect();
 
