@@ -102,8 +102,12 @@ fn applet_names(bin: &[u8]) -> Option<Vec<String>> {
     (names.len() > 10).then_some(names)
 }
 
-/// Lays `dir`'s files into the tree (owner root; mode 0755 if the checkout file is executable,
-/// else 0644, except where the checkout file is more restrictive, such as etc/shadow).
+/// Files readable by root only, whatever mode the checkout gives them (git keeps only the
+/// executable bit, so a fresh clone cannot carry 0640).
+const PRIVATE: [&str; 1] = ["etc/shadow"];
+
+/// Lays `dir`'s files into the tree: owner root, mode 0755 if the checkout file is executable,
+/// else 0644; the files in PRIVATE 0640.
 pub fn add_overlay(tree: &mut Tree, dir: &Path) -> Result<usize, RootfsError> {
     use std::os::unix::fs::PermissionsExt;
     if !dir.exists() {
@@ -129,8 +133,13 @@ pub fn add_overlay(tree: &mut Tree, dir: &Path) -> Result<usize, RootfsError> {
                 tree.insert(&rel, Node::symlink(target.to_string_lossy().into_owned()));
                 count += 1;
             } else {
-                let m = meta.permissions().mode();
-                let mode = if m & 0o111 != 0 { 0o755 } else if m & 0o044 != 0o044 { m & 0o640 } else { 0o644 };
+                let mode = if PRIVATE.contains(&rel.as_str()) {
+                    0o640
+                } else if meta.permissions().mode() & 0o111 != 0 {
+                    0o755
+                } else {
+                    0o644
+                };
                 let data = std::fs::read(&path).map_err(|e| err(&path, e))?;
                 tree.insert(&rel, Node::file(data, mode));
                 count += 1;

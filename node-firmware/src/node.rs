@@ -36,7 +36,7 @@ impl Node {
             return Ok(());
         }
         let line = format!("{}\n", self.ready_line());
-        // stdout is the console under init; fall back to /dev/console when started by hand.
+        // Under init, stdout is the console.
         let mut out = std::io::stdout().lock();
         out.write_all(line.as_bytes()).and_then(|()| out.flush()).map_err(|e| format!("console: {e}"))?;
         fs::write(ANNOUNCED_MARK, b"").map_err(|e| format!("{ANNOUNCED_MARK}: {e}"))
@@ -48,4 +48,11 @@ impl Node {
             self.release.version, self.release.board, self.slot, self.release.build_id
         )
     }
+}
+
+/// This process's resident memory, from /proc/self/status.
+pub fn rss_kib() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds BOARD again from a copy of this checkout in another directory (so meshd is compiled
+# there too) and compares the sha256 of .img and .img.xz with out/BOARD.
+set -euo pipefail
+board=$1
+cd "$(dirname "$0")/.."
+here=$PWD
+MESHIMG=${MESHIMG:-$here/target/debug/meshimg}
+other=$(mktemp -d /tmp/meshos-repro.XXXXXX)/elsewhere/meshos
+trap 'rm -rf "$(dirname "$(dirname "$other")")"' EXIT
+mkdir -p "$other"
+git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C "$other"
+"$MESHIMG" --root "$other" build "$board" --out "$other/out" >/dev/null
+status=0
+for ext in img img.xz; do
+  a=$(sha256sum "$here"/out/"$board"/meshos-"$board"-*."$ext" | cut -d' ' -f1)
+  b=$(sha256sum "$other"/out/"$board"/meshos-"$board"-*."$ext" | cut -d' ' -f1)
+  if [ "$a" = "$b" ]; then echo "reproducible: $board .$ext $a in both directories"
+  else echo "reproducible: FAIL: $board .$ext differs: $a here, $b in $other"; status=1; fi
+done
+exit $status

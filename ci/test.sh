@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# `make test`: unit and integration tests, then end to end with the real locked packages for
+# each board: build, check the image with independent tools, boot it in QEMU to the
+# 'meshos ready' line, and build it again in another directory to prove it reproducible.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MESHIMG=${MESHIMG:-target/debug/meshimg}
+BOARDS=${BOARDS:-rpi3}
+passed=0 failed=0
+
+stage() {
+  local name=$1 start=$SECONDS; shift
+  echo "== $name"
+  if "$@"; then
+    passed=$((passed + 1)); echo "== $name: ok ($((SECONDS - start)) s)"
+  else
+    failed=$((failed + 1)); echo "== $name: FAILED ($((SECONDS - start)) s)"
+  fi
+}
+
+# What each board's image must hold, beyond what every image holds.
+expect() {
+  case $1 in
+  rpi3)
+    export BOOT_FILES="u-boot.bin bootcode.bin start.elf fixup.dat config.txt bcm2837-rpi-3-b.dtb bcm2837-rpi-3-b-plus.dtb a/dtbs/broadcom/bcm2837-rpi-3-b.dtb a/dtbs/broadcom/bcm2837-rpi-3-b-plus.dtb"
+    export ROOT_FILES="usr/lib/firmware/htc_9271.fw usr/lib/firmware/ath9k_htc/htc_9271-1.4.0.fw usr/lib/firmware/rt2870.bin usr/lib/firmware/brcm/brcmfmac43430-sdio.bin usr/lib/firmware/regulatory.db brcmfmac.ko ath9k_htc.ko rt2800usb.ko mac80211.ko cfg80211.ko tun.ko squashfs.ko overlay.ko vfat.ko ext4.ko"
+    ;;
+  *) export BOOT_FILES="" ROOT_FILES="" ;;
+  esac
+}
+
+boot() { # BOARD: boot the image, console to out/BOARD/console.log
+  "$MESHIMG" qemu "$1" --out out --expect-ready 900 > "out/$1/console.log" 2>&1
+  local rc=$?
+  grep -a 'meshos ready\|qemu:' "out/$1/console.log" | tail -2
+  [ $rc -eq 0 ] || tail -40 "out/$1/console.log"
+  return $rc
+}
+
+stage "cargo tests" cargo test --workspace --locked
+for board in $BOARDS; do
+  img=out/$board/meshos-$board-$(cargo pkgid -p meshimg | sed 's/.*[#@]//').img
+  stage "build $board" "$MESHIMG" build "$board" --out out
+  expect "$board"
+  stage "check $board image" ci/check-image.sh "$img"
+  stage "boot $board in QEMU" boot "$board"
+  stage "reproducible $board" ci/reproducible.sh "$board"
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
