@@ -60,8 +60,12 @@ impl Cache {
         };
         std::fs::create_dir_all(self.root.join("sha256")).map_err(io(&self.root))?;
         std::fs::create_dir_all(self.root.join("partial")).map_err(io(&self.root))?;
-        let mut missing = Vec::new();
+        let mut missing: Vec<&LockedPackage> = Vec::new();
         for p in packages {
+            // Content-addressed: two entries with one hash are one download.
+            if missing.iter().any(|m| m.sha256 == p.sha256) {
+                continue;
+            }
             let path = self.path_of(&p.sha256);
             if path.exists() {
                 if file_sha256(&path).map_err(io(&path))? == p.sha256 {

@@ -8,6 +8,12 @@ use std::time::Duration;
 
 pub const ATTEMPTS: u32 = 4;
 
+/// The unit of the retry backoff (default 500 ms; `MESHOS_RETRY_BACKOFF_MS` changes it).
+pub fn backoff(attempt: u32) -> Duration {
+    let unit = std::env::var("MESHOS_RETRY_BACKOFF_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(500u64);
+    Duration::from_millis(unit * u64::from(attempt * attempt))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("{url}: not found on the mirror (HTTP 404)")]
@@ -49,7 +55,7 @@ pub fn with_retries<T>(mut f: impl FnMut(u32) -> Result<T, HttpError>) -> Result
             Err(e @ HttpError::NotFound { .. }) => return Err(e),
             Err(e) if attempt >= ATTEMPTS => return Err(e),
             Err(_) => {
-                std::thread::sleep(Duration::from_millis(500 * u64::from(attempt * attempt)));
+                std::thread::sleep(backoff(attempt));
                 attempt += 1;
             }
         }

@@ -144,7 +144,7 @@ pub fn fetch_packages(mirror: &str, suite: &str, release: &Release, component: &
             }
         }
         if attempt < http::ATTEMPTS {
-            std::thread::sleep(std::time::Duration::from_secs(u64::from(attempt * 2)));
+            std::thread::sleep(http::backoff(attempt + 1));
         }
     }
     Err(ReleaseError::IndexMismatch { path: format!("{base}/{rel_path}"), attempts: http::ATTEMPTS, detail: last })
