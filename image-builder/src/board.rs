@@ -301,7 +301,16 @@ fn strip_location(message: &str) -> String {
 
 /// `board-defs/<name>.yaml` under `root`.
 pub fn board_path(root: &Path, name: &str) -> PathBuf {
-    root.join("board-defs").join(format!("{name}.yaml"))
+    under(root, &format!("board-defs/{name}.yaml"))
+}
+
+/// `root/rel`, printed without a leading "./" when root is the current directory.
+pub fn under(root: &Path, rel: &str) -> PathBuf {
+    if root == Path::new(".") {
+        PathBuf::from(rel)
+    } else {
+        root.join(rel)
+    }
 }
 
 /// Names of the boards in `board-defs/`.

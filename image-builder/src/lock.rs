@@ -73,7 +73,7 @@ pub enum LockError {
 }
 
 pub fn lock_path(root: &Path, board: &str) -> PathBuf {
-    root.join("board-defs").join(format!("{board}.lock"))
+    crate::board::under(root, &format!("board-defs/{board}.lock"))
 }
 
 pub fn inputs_hash(board: &Board) -> String {
