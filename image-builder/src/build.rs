@@ -293,7 +293,15 @@ fn compress_xz(src: &Path, dst: &Path) -> Result<()> {
     let out = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut enc = liblzma::write::XzEncoder::new_stream(std::io::BufWriter::new(out), stream);
     let mut input = std::fs::File::open(src).with_context(|| format!("reading {}", src.display()))?;
-    std::io::copy(&mut input, &mut enc)?;
+    // Large writes keep liblzma's worker threads fed.
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = std::io::Read::read(&mut input, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        enc.write_all(&buf[..n])?;
+    }
     enc.finish()?.flush()?;
     std::fs::rename(&tmp, dst)?;
     Ok(())

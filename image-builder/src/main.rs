@@ -16,7 +16,7 @@ const EXIT_CODES: &str = "Exit codes:
   5  the network or the mirror failed";
 
 #[derive(Parser)]
-#[command(name = "meshimg", version, about = "Builds signed, reproducible meshos SD images", after_help = EXIT_CODES)]
+#[command(name = "meshimg", version, about = "Builds signed, reproducible meshos SD images", after_help = EXIT_CODES, max_term_width = 80)]
 struct Cli {
     /// Project root holding board-defs/ and overlays/.
     #[arg(long, global = true, default_value = ".", env = "MESHOS_ROOT")]

@@ -61,7 +61,25 @@ fn from_boot_partition(image: &Path, board: &Board, name: &str, to: &Path) -> Re
     tool(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-o", "-n", "-i", &spec, &format!("::/{name}")]).arg(to), "mcopy")
 }
 
+/// `-netdev user,… -device <nic>` for the forwards, checked before anything else is done.
+fn network(board: &Board, forwards: &[String]) -> Result<Option<[String; 4]>, QemuError> {
+    if forwards.is_empty() {
+        return Ok(None);
+    }
+    let q = &board.qemu;
+    let nic = q.nic.as_ref().ok_or_else(|| QemuError::NoNic { board: board.name.clone(), machine: q.machine.clone() })?;
+    let mut netdev = "user,id=net0,restrict=on".to_string();
+    for f in forwards {
+        let bad = || QemuError::BadForward(f.clone());
+        let (h, g) = f.split_once(':').ok_or_else(bad)?;
+        let (h, g): (u16, u16) = (h.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?);
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+    }
+    Ok(Some(["-netdev".into(), netdev, "-device".into(), format!("{nic},netdev=net0")]))
+}
+
 pub fn command(board: &Board, opts: &Options) -> Result<Command, QemuError> {
+    let netdev = network(board, &opts.forwards)?;
     if !opts.image.exists() {
         return Err(QemuError::NoImage { path: opts.image.clone(), board: board.name.clone() });
     }
@@ -93,15 +111,8 @@ pub fn command(board: &Board, opts: &Options) -> Result<Command, QemuError> {
     for _ in 0..q.serials.max(1) {
         cmd.args(["-serial", "chardev:console"]);
     }
-    if !opts.forwards.is_empty() {
-        let nic = q.nic.as_ref().ok_or_else(|| QemuError::NoNic { board: board.name.clone(), machine: q.machine.clone() })?;
-        let mut netdev = "user,id=net0,restrict=on".to_string();
-        for f in &opts.forwards {
-            let (h, g) = f.split_once(':').ok_or_else(|| QemuError::BadForward(f.clone()))?;
-            let (h, g): (u16, u16) = (h.parse().map_err(|_| QemuError::BadForward(f.clone()))?, g.parse().map_err(|_| QemuError::BadForward(f.clone()))?);
-            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
-        }
-        cmd.args(["-netdev", &netdev, "-device", &format!("{nic},netdev=net0")]);
+    if let Some(netdev) = &netdev {
+        cmd.args(netdev);
     }
     cmd.args(&q.extra_args);
     Ok(cmd)

@@ -39,10 +39,10 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let node = node::Node::detect()?;
-    node.announce_once()?;
     if let Some(kb) = node::rss_kib() {
         eprintln!("meshd: running (VmRSS {kb} kB)");
     }
+    node.announce_once()?;
     // Supervised by init: stay up. Later work (links, router, metrics) hangs off this loop.
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
