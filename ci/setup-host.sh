@@ -16,7 +16,9 @@ declare -A need=(
   [xz]=xz-utils
   [cpio]=cpio
   [aarch64-linux-gnu-gcc]=gcc-aarch64-linux-gnu
+  [arm-linux-gnueabihf-gcc]=gcc-arm-linux-gnueabihf
   [qemu-system-aarch64]=qemu-system-arm
+  [qemu-system-arm]=qemu-system-arm
   [unsquashfs]=squashfs-tools
   [minisign]=minisign
 )
@@ -25,6 +27,8 @@ for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
 done
 [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
+# meshd for armv7 links against glibc (a Recommends of the cross gcc, so name it).
+[ -f /usr/arm-linux-gnueabihf/lib/crt1.o ] || missing+=(libc6-dev-armhf-cross)
 
 if [ ${#missing[@]} -gt 0 ]; then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
@@ -52,7 +56,7 @@ fi
 
 # Rust targets for the node firmware.
 if command -v rustup >/dev/null 2>&1; then
-  for t in aarch64-unknown-linux-musl; do
+  for t in aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf; do
     rustup target list --installed | grep -qx "$t" || { echo "setup: adding Rust target $t"; rustup target add "$t"; }
   done
 else

@@ -102,6 +102,9 @@ pub struct Boot {
     /// Also copy the kernel's device trees to the partition root (where the Pi firmware looks).
     #[serde(default)]
     pub dtbs_at_root: bool,
+    /// How the kernel is stored and started.
+    #[serde(default)]
+    pub kernel_format: KernelFormat,
     /// U-Boot load addresses for the boot script.
     pub addresses: LoadAddresses,
 }
@@ -129,11 +132,22 @@ pub struct RawWrite {
     pub offset: u64,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelFormat {
+    /// arm64 `Image`, stored gzip-compressed (half the card reading), started with `booti`.
+    #[default]
+    ImageGz,
+    /// arm `zImage` (decompresses itself), started with `bootz`.
+    Zimage,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadAddresses {
-    /// Where the gzip kernel is loaded from the card.
-    pub kernel_gz: String,
+    /// Where the gzip kernel is loaded from the card (image-gz only).
+    #[serde(default)]
+    pub kernel_gz: Option<String>,
     /// Where U-Boot decompresses it.
     pub kernel: String,
     pub fdt: String,
@@ -250,7 +264,11 @@ impl Board {
                 return invalid(format!("boot.raw entry '{}' at offset {} would overwrite the partition table", r.from, r.offset));
             }
         }
-        for a in [&self.boot.addresses.kernel_gz, &self.boot.addresses.kernel, &self.boot.addresses.fdt, &self.boot.addresses.ramdisk] {
+        let a = &self.boot.addresses;
+        if self.boot.kernel_format == KernelFormat::ImageGz && a.kernel_gz.is_none() {
+            return invalid("boot.addresses.kernelGz is needed with kernelFormat image-gz".into());
+        }
+        for a in [a.kernel_gz.as_ref().unwrap_or(&a.kernel), &a.kernel, &a.fdt, &a.ramdisk] {
             if parse_hex(a).is_none() {
                 return invalid(format!("boot.addresses value '{a}' is not a hex address like 0x02000000"));
             }

@@ -1,7 +1,7 @@
 //! The executor: carries out a plan, step by step, timing each, and writes the outputs
 //! (`.img`, `.img.xz`, its sha256, the SBOM and the build report).
 
-use crate::board::{parse_hex, Board};
+use crate::board::{parse_hex, Board, KernelFormat};
 use crate::fetch::Cache;
 use crate::lock::{Lock, Role};
 use crate::plan::{basename, Plan};
@@ -185,11 +185,16 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
             fat.insert(&format!("a/dtbs/{d}"), Node::file(data, 0o644));
         }
         let image = file_of(&kernel, &format!("boot/vmlinuz-{kver}"), "the kernel package")?;
-        let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
-        gz.write_all(image)?;
-        let kernel_gz = gz.finish()?;
-        let kernel_gz_len = kernel_gz.len() as u64;
-        fat.insert("a/vmlinuz", Node::file(kernel_gz, 0o644));
+        let stored = match board.boot.kernel_format {
+            KernelFormat::ImageGz => {
+                let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
+                gz.write_all(image)?;
+                gz.finish()?
+            }
+            KernelFormat::Zimage => image.to_vec(),
+        };
+        let kernel_gz_len = stored.len() as u64;
+        fat.insert("a/vmlinuz", Node::file(stored, 0o644));
         fat.insert("a/initrd.img", Node::file(initrd.clone(), 0o644));
         let scr = work.join("boot.scr");
         fsimage::uboot_script(&boot_script(board, plan, "a"), &scr, epoch)?;
@@ -246,7 +251,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
             "img_xz": size(&out.img_xz),
             "root_squashfs": rootfs_size,
             "initramfs": initrd.len(),
-            "kernel_gz": kernel_gz_len,
+            "kernel": kernel_gz_len,
             "meshd": meshd.len(),
         },
         "counts": {
@@ -268,12 +273,22 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
 pub fn boot_script(board: &Board, plan: &Plan, slot: &str) -> String {
     let a = &board.boot.addresses;
     let hex = |s: &str| format!("0x{:x}", parse_hex(s).expect("validated"));
+    let (load, boot) = match board.boot.kernel_format {
+        KernelFormat::ImageGz => {
+            let gz = a.kernel_gz.as_deref().expect("validated");
+            (
+                format!("fatload ${{meshos_part}} {gz} @SLOT@/vmlinuz || exit\nsetenv kernel_comp_addr_r {k}\nsetenv kernel_comp_size ${{filesize}}", gz = hex(gz), k = hex(&a.kernel)),
+                format!("booti {}", hex(gz)),
+            )
+        }
+        KernelFormat::Zimage => (format!("fatload ${{meshos_part}} {k} @SLOT@/vmlinuz || exit", k = hex(&a.kernel)), format!("bootz {}", hex(&a.kernel))),
+    };
     BOOT_CMD
+        .replace("@LOAD_KERNEL@", &load)
+        .replace("@BOOT@", &boot)
         .replace("@SLOT@", slot)
         .replace("@CMDLINE@", &board.kernel.cmdline)
         .replace("@DISK@", &plan.layout.signature_hex())
-        .replace("@KERNEL_GZ_ADDR@", &hex(&a.kernel_gz))
-        .replace("@KERNEL_ADDR@", &hex(&a.kernel))
         .replace("@RAMDISK_ADDR@", &hex(&a.ramdisk))
         .replace("@FDT_ADDR@", &hex(&a.fdt))
         .replace("@DEFAULT_DTB@", board.kernel.dtbs.first().map(String::as_str).unwrap_or(""))
