@@ -39,5 +39,10 @@ done
 if grep -q 'squashfs-root/usr/share/doc/' <<<"$listing"; then fail "root slot still has /usr/share/doc"; fi
 if grep -q 'squashfs-root/usr/share/man/' <<<"$listing"; then fail "root slot still has /usr/share/man"; fi
 grep -E '^-rw-r----- 0/0 .* squashfs-root/etc/shadow$' -q <<<"$listing" || fail "/etc/shadow is not root-only"
+if [ -n "${SPL_AT:-}" ]; then # Allwinner boot ROM header: "eGON.BT0" 4 bytes into the SPL
+  magic=$(dd if="$img" bs=1 skip=$((SPL_AT + 4)) count=8 status=none)
+  [ "$magic" = eGON.BT0 ] || fail "no Allwinner SPL (eGON.BT0) at $SPL_AT"
+  [ "$(entry 1 | sed -E 's/.*start= *([0-9]+).*/\1/')" -ge 2048 ] || fail "partition 1 starts inside the first MiB"
+fi
 e2fsck -n -f "$work/data.ext4" >/dev/null 2>&1 || fail "data partition fails e2fsck"
 echo "check-image: $img: partition table, boot files, root slot and data partition are sound"

@@ -30,7 +30,7 @@ pub fn tree(busybox_pkg: &Tree, package: &str, modules: &[&Module], epoch: i64) 
     for m in modules {
         t.insert(&format!("lib/modules/{}.ko", m.name), Node::file(m.data.clone(), 0o644));
         load.push_str(&m.name);
-        load.push('\n');
+        load.push_str(if m.optional { " optional\n" } else { "\n" });
     }
     t.insert("etc/modules.load", Node::file(load.into_bytes(), 0o644));
     t.clamp_mtimes(epoch);

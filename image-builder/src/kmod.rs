@@ -31,6 +31,9 @@ pub struct Module {
     pub rel_path: String,
     pub data: Vec<u8>,
     pub firmware: Vec<String>,
+    /// Only one of several providers of a soft dependency (crc32c: generic or CPU-specific):
+    /// failing to load it on a CPU that lacks the feature is expected.
+    pub optional: bool,
 }
 
 pub struct Selection {
@@ -86,15 +89,25 @@ pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path) -
             aliases.entry(alias.to_string()).or_default().push(normalize_module(module));
         }
     }
+    let hard_deps = deps.clone();
+    let mut alternatives = BTreeSet::new();
     let softdep_text = std::fs::read_to_string(moddir.join("modules.softdep")).unwrap_or_default();
     for line in softdep_text.lines() {
         let mut words = line.split_whitespace();
         let (Some("softdep"), Some(module)) = (words.next(), words.next()) else { continue };
         let module = normalize_module(module);
         for w in words.filter(|w| !w.ends_with(':')) {
-            let targets = aliases.get(w).cloned().unwrap_or_else(|| vec![normalize_module(w)]);
-            let entry = deps.entry(module.clone()).or_default();
-            entry.extend(targets.into_iter().filter(|t| path_of.contains_key(t) && *t != module));
+            let targets: Vec<String> = aliases
+                .get(w)
+                .cloned()
+                .unwrap_or_else(|| vec![normalize_module(w)])
+                .into_iter()
+                .filter(|t| path_of.contains_key(t) && *t != module)
+                .collect();
+            if targets.len() > 1 {
+                alternatives.extend(targets.iter().cloned());
+            }
+            deps.entry(module.clone()).or_default().extend(targets);
         }
     }
     let builtin_text = std::fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default();
@@ -119,6 +132,11 @@ pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path) -
         }
     }
 
+    // Alternatives nothing needs for certain (no hard dependency, not asked for) are optional.
+    let wanted_names: BTreeSet<String> = wanted.iter().map(|w| normalize_module(w)).collect();
+    let required: BTreeSet<&String> = closure.iter().filter_map(|m| hard_deps.get(m)).flatten().chain(wanted_names.iter()).collect();
+    let optional: BTreeSet<String> = alternatives.into_iter().filter(|m| !required.contains(m)).collect();
+
     // 3. Decompress the kept modules and read what firmware each asks for.
     let mut modules = BTreeMap::new();
     for name in &closure {
@@ -128,7 +146,7 @@ pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path) -
         let data = decompress(packed, raw)?;
         let firmware = modinfo(&data, "firmware").map_err(|message| KmodError::Module { path: packed.clone(), message })?;
         let rel_path = packed.trim_end_matches(".xz").trim_end_matches(".zst").trim_end_matches(".gz").to_string();
-        modules.insert(name.clone(), Module { name: name.clone(), rel_path, data, firmware });
+        modules.insert(name.clone(), Module { name: name.clone(), rel_path, data, firmware, optional: optional.contains(name) });
     }
 
     // 4. depmod over the kept set, for the node's own indexes.
