@@ -162,8 +162,8 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         Ok(initramfs::archive(&initramfs::tree(tree, pkg, &order, epoch)?))
     })?;
 
-    let (boot_img, kernel_gz_len) = steps.run("boot partition", || {
-        let boot_pkgs = extract(&cache, lock, Role::Boot)?;
+    let boot_pkgs = extract(&cache, lock, Role::Boot)?;
+    let (boot_img, kernel_len) = steps.run("boot partition", || {
         let mut fat = Tree::new();
         for f in &board.boot.files {
             let data = match (&f.package, &f.from, &f.content) {
@@ -193,7 +193,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
             }
             KernelFormat::Zimage => image.to_vec(),
         };
-        let kernel_gz_len = stored.len() as u64;
+        let kernel_len = stored.len() as u64;
         fat.insert("a/vmlinuz", Node::file(stored, 0o644));
         fat.insert("a/initrd.img", Node::file(initrd.clone(), 0o644));
         let scr = work.join("boot.scr");
@@ -204,14 +204,13 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         fat.insert("conf.d/README.txt", Node::file(CONF_D_README.as_bytes().to_vec(), 0o644));
         let img = work.join("boot.vfat");
         fsimage::fat(&fat, &img, plan.layout.partitions[disk::BOOT].size, plan.fat_serial, "MESHOS", epoch)?;
-        Ok((img, kernel_gz_len))
+        Ok((img, kernel_len))
     })?;
 
     let data_img = work.join("data.ext4");
     steps.run("data partition", || Ok(fsimage::ext4(&data_img, plan.layout.partitions[disk::DATA].size, &plan.data_uuid, "meshos-data", epoch)?))?;
 
     steps.run("disk image", || {
-        let boot_pkgs = extract(&cache, lock, Role::Boot)?;
         let mut raw = Vec::new();
         for r in &board.boot.raw {
             let tree = boot_pkgs.get(&r.package).ok_or_else(|| anyhow!("{board_file}: boot package {} is not in the lock", r.package))?;
@@ -251,7 +250,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
             "img_xz": size(&out.img_xz),
             "root_squashfs": rootfs_size,
             "initramfs": initrd.len(),
-            "kernel": kernel_gz_len,
+            "kernel": kernel_len,
             "meshd": meshd.len(),
         },
         "counts": {
