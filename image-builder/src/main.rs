@@ -102,6 +102,14 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(r) = cause.downcast_ref::<ReleaseError>() {
             return release_code(r);
         }
+        if let Some(f) = cause.downcast_ref::<meshimg::fetch::FetchError>() {
+            use meshimg::fetch::FetchError::*;
+            return match f {
+                HashMismatch { .. } | SizeMismatch { .. } => 4,
+                Gone { .. } | Http { .. } => 5,
+                Io { .. } => 1,
+            };
+        }
     }
     1
 }
