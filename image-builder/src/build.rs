@@ -49,6 +49,16 @@ impl Steps {
     }
 }
 
+/// Every package with `role`, extracted into one tree.
+fn extract_merged(cache: &Cache, lock: &Lock, role: Role) -> Result<Tree> {
+    let mut t = Tree::new();
+    for p in lock.with_role(role) {
+        t.extract_deb(&cache.path_of(&p.sha256)).with_context(|| format!("extracting {} {}", p.name, p.version))?;
+    }
+    Ok(t)
+}
+
+/// Each package with `role` in a tree of its own, by package name.
 fn extract(cache: &Cache, lock: &Lock, role: Role) -> Result<BTreeMap<String, Tree>> {
     let mut out = BTreeMap::new();
     for p in lock.with_role(role) {
@@ -71,6 +81,8 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
     let cache = Cache::new(opts.cache.clone());
     let out = &plan.outputs;
     let work = out.dir.join(".work");
+    // Outputs are made here and moved into place together once the build has succeeded.
+    let staged = |p: &Path| work.join(p.file_name().expect("output file name"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let epoch = plan.source_date_epoch;
@@ -93,25 +105,14 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
     let release = OsRelease { version: plan.version.clone(), board: board.name.clone(), build_id: build_id.clone() };
 
     let (kernel, selection) = steps.run("kernel modules", || {
-        let kernel: Tree = {
-            let mut t = Tree::new();
-            for (_, k) in extract(&cache, lock, Role::Kernel)? {
-                for (p, n) in k.iter() {
-                    t.insert(p, n.clone());
-                }
-            }
-            t
-        };
+        let kernel = extract_merged(&cache, lock, Role::Kernel)?;
         let sel = kmod::select(&kernel, &board.kernel.modules, &board_file, &work)?;
         Ok((kernel, sel))
     })?;
     let kver = selection.kver.clone();
 
     let (rootfs_tree, missing_firmware) = steps.run("root filesystem", || {
-        let mut t = Tree::new();
-        for p in lock.with_role(Role::Rootfs) {
-            t.extract_deb(&cache.path_of(&p.sha256)).with_context(|| format!("extracting {} {}", p.name, p.version))?;
-        }
+        let mut t = extract_merged(&cache, lock, Role::Rootfs)?;
         rootfs::strip(&mut t);
         rootfs::add_skeleton(&mut t);
         rootfs::add_busybox_links(&mut t)?;
@@ -122,12 +123,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         for (name, data) in &selection.indexes {
             t.insert(&format!("{moddir}/{name}"), Node::file(data.clone(), 0o644));
         }
-        let mut fw = Tree::new();
-        for (_, pkg) in extract(&cache, lock, Role::Firmware)? {
-            for (p, n) in pkg.under(firmware::DIR) {
-                fw.insert(p, n.clone());
-            }
-        }
+        let mut fw = extract_merged(&cache, lock, Role::Firmware)?;
         for (name, target) in &board.firmware.links {
             fw.insert(&format!("{}/{name}", firmware::DIR), Node::symlink(target.clone()));
         }
@@ -217,23 +213,22 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
             raw.push((r.offset, file_of(tree, &r.from, &r.package)?.to_vec()));
         }
         let parts: [(usize, &Path); 3] = [(disk::BOOT, &boot_img), (disk::ROOT_A, &rootfs_img), (disk::DATA, &data_img)];
-        Ok(disk::assemble(&plan.layout, &out.img, &raw, &parts)?)
+        Ok(disk::assemble(&plan.layout, &staged(&out.img), &raw, &parts)?)
     })?;
 
-    let xz_sha = steps.run("compress and checksum", || {
-        compress_xz(&out.img, &out.img_xz)?;
-        let sum = crate::fetch::file_sha256(&out.img_xz)?;
+    let (img_sha, xz_sha) = steps.run("compress and checksum", || {
+        compress_xz(&staged(&out.img), &staged(&out.img_xz))?;
+        let sum = crate::fetch::file_sha256(&staged(&out.img_xz))?;
         let name = out.img_xz.file_name().expect("file name").to_string_lossy();
-        std::fs::write(&out.sha256, format!("{sum}  {name}\n"))?;
-        Ok(sum)
+        std::fs::write(staged(&out.sha256), format!("{sum}  {name}\n"))?;
+        Ok((crate::fetch::file_sha256(&staged(&out.img))?, sum))
     })?;
 
     let crates = node_firmware::crates(&opts.root);
     let bom = sbom::cyclonedx(lock, &board.name, &plan.version, &build_id, &crates);
-    std::fs::write(&out.sbom, serde_json::to_vec_pretty(&bom)?)?;
-    let _ = std::fs::remove_dir_all(&work);
+    std::fs::write(staged(&out.sbom), serde_json::to_vec_pretty(&bom)?)?;
 
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let size = |p: &Path| std::fs::metadata(staged(p)).map(|m| m.len()).unwrap_or(0);
     let report = json!({
         "board": board.name,
         "version": plan.version,
@@ -260,11 +255,16 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         },
         "firmware_not_packaged": missing_firmware.iter().map(|(m, f)| format!("{m}: {f}")).collect::<Vec<_>>(),
         "outputs": {
-            "img": crate::fetch::file_sha256(&out.img)?,
+            "img": img_sha,
             "img_xz": xz_sha,
         },
     });
-    std::fs::write(&out.report, serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(staged(&out.report), serde_json::to_vec_pretty(&report)?)?;
+    // Only a build that got this far replaces the previous outputs.
+    for f in [&out.img, &out.img_xz, &out.sha256, &out.sbom, &out.report] {
+        std::fs::rename(staged(f), f).with_context(|| format!("moving {} into place", f.display()))?;
+    }
+    let _ = std::fs::remove_dir_all(&work);
     Ok(Report { json: report, img_xz: out.img_xz.clone(), img_xz_sha256: xz_sha })
 }
 
