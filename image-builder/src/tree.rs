@@ -77,7 +77,7 @@ impl Tree {
             parent.push_str(part);
             self.nodes.entry(parent.clone()).or_insert_with(|| Node::dir(0o755));
         }
-        // A directory entry never replaces a directory's attributes with a file's, and keeps children.
+        // Children are entries of their own, so replacing a directory's node keeps them.
         self.nodes.insert(path.to_string(), node);
     }
 
