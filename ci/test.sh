@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MESHIMG=${MESHIMG:-target/debug/meshimg}
-BOARDS=${BOARDS:-rpi3 orangepi-zero}
+BOARDS=${BOARDS:-rpi3 orangepi-zero qemu-arm64}
 passed=0 failed=0
 
 stage() {
@@ -31,7 +31,12 @@ expect() {
     export ROOT_FILES="usr/lib/firmware/htc_9271.fw usr/lib/firmware/ath9k_htc/htc_9271-1.4.0.fw usr/lib/firmware/rt2870.bin usr/lib/firmware/regulatory.db ath9k_htc.ko rt2800usb.ko mac80211.ko cfg80211.ko tun.ko squashfs.ko overlay.ko ext4.ko"
     export SPL_AT=8192
     ;;
-  *) export BOOT_FILES="" ROOT_FILES="" ;;
+  qemu-arm64)
+    export BOOT_FILES="u-boot.bin"
+    export ROOT_FILES="mac80211_hwsim.ko virtio_net.ko virtio_blk.ko tun.ko usr/lib/firmware/regulatory.db"
+    export SPL_AT=
+    ;;
+  *) export BOOT_FILES="" ROOT_FILES="" SPL_AT= ;;
   esac
 }
 

@@ -177,6 +177,9 @@ pub struct Qemu {
     /// Device tree on the boot partition handed to QEMU, if the machine needs one.
     #[serde(default)]
     pub dtb: Option<String>,
+    /// File on the boot partition QEMU runs as its firmware (`-bios`: U-Boot on `virt`).
+    #[serde(default)]
+    pub bios: Option<String>,
     /// Serial ports muxed onto the console.
     pub serials: u32,
     /// Network device for user networking (`--forward`); none if the machine has no network card.

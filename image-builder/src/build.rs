@@ -282,15 +282,27 @@ pub fn boot_script(board: &Board, plan: &Plan, slot: &str) -> String {
         }
         KernelFormat::Zimage => (format!("fatload ${{meshos_part}} {k} @SLOT@/vmlinuz || exit", k = hex(&a.kernel)), format!("bootz {}", hex(&a.kernel))),
     };
+    // A board without device trees boots with the one its firmware (QEMU) hands U-Boot.
+    let (load_fdt, fdt) = match board.kernel.dtbs.first() {
+        Some(default) => (
+            format!(
+                "if test -n \"${{fdtfile}}\"; then setenv meshos_fdt ${{fdtfile}}; else setenv meshos_fdt {default}; fi\n\
+                 fatload ${{meshos_part}} {fdt} @SLOT@/dtbs/${{meshos_fdt}} || fatload ${{meshos_part}} {fdt} @SLOT@/dtbs/{default} || exit",
+                fdt = hex(&a.fdt)
+            ),
+            hex(&a.fdt),
+        ),
+        None => ("# Device tree: the one the firmware provides.".to_string(), "${fdt_addr}".to_string()),
+    };
     BOOT_CMD
         .replace("@LOAD_KERNEL@", &load)
+        .replace("@LOAD_FDT@", &load_fdt)
+        .replace("@FDT@", &fdt)
         .replace("@BOOT@", &boot)
         .replace("@SLOT@", slot)
         .replace("@CMDLINE@", &board.kernel.cmdline)
         .replace("@DISK@", &plan.layout.signature_hex())
         .replace("@RAMDISK_ADDR@", &hex(&a.ramdisk))
-        .replace("@FDT_ADDR@", &hex(&a.fdt))
-        .replace("@DEFAULT_DTB@", board.kernel.dtbs.first().map(String::as_str).unwrap_or(""))
 }
 
 /// Multi-threaded xz; the block size is fixed so the output does not depend on the core count.
@@ -319,4 +331,29 @@ fn compress_xz(src: &Path, dst: &Path) -> Result<()> {
     enc.finish()?.flush()?;
     std::fs::rename(&tmp, dst)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// Every committed board renders a complete boot script from its committed lock.
+    #[test]
+    fn boot_scripts_of_every_board_are_complete() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        for name in crate::board::list(&root) {
+            let path = crate::board::board_path(&root, &name);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let board = Board::parse(&text, &path).unwrap();
+            let lock = Lock::load(&crate::lock::lock_path(&root, &name), &board, &path).unwrap();
+            let plan = Plan::new(&root, &root.join("out"), &board, &text, &lock).unwrap();
+            let script = boot_script(&board, &plan, "b");
+            assert!(!script.contains('@'), "{name}: placeholder left in\n{script}");
+            assert!(script.contains("meshos.slot=b") && script.contains("b/initrd.img"), "{name}:\n{script}");
+            let boot = if board.boot.kernel_format == KernelFormat::Zimage { "bootz " } else { "booti " };
+            assert!(script.contains(boot), "{name}:\n{script}");
+            assert_eq!(script.contains("${fdt_addr}"), board.kernel.dtbs.is_empty(), "{name}:\n{script}");
+        }
+    }
 }

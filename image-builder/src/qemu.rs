@@ -62,9 +62,10 @@ fn from_boot_partition(image: &Path, board: &Board, name: &str, to: &Path) -> Re
 }
 
 /// `-netdev user,… -device <nic>` for the forwards, checked before anything else is done.
-fn network(board: &Board, forwards: &[String]) -> Result<Option<[String; 4]>, QemuError> {
+fn network(board: &Board, forwards: &[String]) -> Result<Vec<String>, QemuError> {
     if forwards.is_empty() {
-        return Ok(None);
+        // No network at all (QEMU would otherwise add a default card on some machines).
+        return Ok(vec!["-nic".into(), "none".into()]);
     }
     let q = &board.qemu;
     let nic = q.nic.as_ref().ok_or_else(|| QemuError::NoNic { board: board.name.clone(), machine: q.machine.clone() })?;
@@ -75,7 +76,9 @@ fn network(board: &Board, forwards: &[String]) -> Result<Option<[String; 4]>, Qe
         let (h, g): (u16, u16) = (h.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?);
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
     }
-    Ok(Some(["-netdev".into(), netdev, "-device".into(), format!("{nic},netdev=net0")]))
+    // No option ROM: U-Boot does not network-boot, and the ROM comes from a package we need not install.
+    let rom = if nic.ends_with("-pci") { ",romfile=" } else { "" };
+    Ok(vec!["-netdev".into(), netdev, "-device".into(), format!("{nic},netdev=net0{rom}")])
 }
 
 pub fn command(board: &Board, opts: &Options) -> Result<Command, QemuError> {
@@ -91,6 +94,11 @@ pub fn command(board: &Board, opts: &Options) -> Result<Command, QemuError> {
         let path = opts.work.join(crate::plan::basename(k));
         from_boot_partition(&opts.image, board, k, &path)?;
         cmd.arg("-kernel").arg(path);
+    }
+    if let Some(b) = &q.bios {
+        let path = opts.work.join(crate::plan::basename(b));
+        from_boot_partition(&opts.image, board, b, &path)?;
+        cmd.arg("-bios").arg(path);
     }
     if let Some(d) = &q.dtb {
         let path = opts.work.join(crate::plan::basename(d));
@@ -111,9 +119,7 @@ pub fn command(board: &Board, opts: &Options) -> Result<Command, QemuError> {
     for _ in 0..q.serials.max(1) {
         cmd.args(["-serial", "chardev:console"]);
     }
-    if let Some(netdev) = &netdev {
-        cmd.args(netdev);
-    }
+    cmd.args(&netdev);
     cmd.args(&q.extra_args);
     Ok(cmd)
 }
