@@ -14,13 +14,11 @@ declare -A need=(
   [depmod]=kmod
   [mkimage]=u-boot-tools
   [xz]=xz-utils
-  [cpio]=cpio
   [aarch64-linux-gnu-gcc]=gcc-aarch64-linux-gnu
   [arm-linux-gnueabihf-gcc]=gcc-arm-linux-gnueabihf
   [qemu-system-aarch64]=qemu-system-arm
   [qemu-system-arm]=qemu-system-arm
   [unsquashfs]=squashfs-tools
-  [minisign]=minisign
 )
 missing=()
 for cmd in "${!need[@]}"; do
