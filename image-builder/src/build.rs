@@ -16,7 +16,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-const BOOT_CMD: &str = include_str!("../assets/boot.cmd");
+/// The U-Boot script template; also an input of the plan (its hash).
+pub const BOOT_CMD: &str = include_str!("../assets/boot.cmd");
 const CONF_D_README: &str = "Put mesh-orange style *.tar.gz archives here; they are applied over /etc in name order at boot.\r\n";
 
 pub struct Options {

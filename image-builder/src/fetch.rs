@@ -113,7 +113,7 @@ impl Cache {
         let url = format!("{}/{}", lock.mirror.trim_end_matches('/'), p.path);
         let partial = self.root.join("partial").join(&p.sha256);
         let progress = |n: u64| bar.inc(n);
-        let result = http::with_retries(|_| {
+        let result = http::with_retries(|| {
             http::download_resuming(&url, &partial, &progress)?;
             // A partial file that grew past the expected size is garbage: start over next attempt.
             let got = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);

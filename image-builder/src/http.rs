@@ -47,10 +47,10 @@ fn open(url: &str, from: u64) -> Result<(ureq::Response, bool), HttpError> {
 }
 
 /// Retries `f` with backoff; a 404 is final (a retry will not make a file appear).
-pub fn with_retries<T>(mut f: impl FnMut(u32) -> Result<T, HttpError>) -> Result<T, HttpError> {
+pub fn with_retries<T>(mut f: impl FnMut() -> Result<T, HttpError>) -> Result<T, HttpError> {
     let mut attempt = 1;
     loop {
-        match f(attempt) {
+        match f() {
             Ok(v) => return Ok(v),
             Err(e @ HttpError::NotFound { .. }) => return Err(e),
             Err(e) if attempt >= ATTEMPTS => return Err(e),

@@ -5,7 +5,8 @@ use crate::kmod::Module;
 use crate::tree::{Kind, Node, Tree};
 use std::io::Write;
 
-const INIT: &str = include_str!("../assets/initramfs-init");
+/// Our init; also an input of the plan (its hash).
+pub const INIT: &str = include_str!("../assets/initramfs-init");
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {

@@ -10,8 +10,6 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-const INIT: &str = include_str!("../assets/initramfs-init");
-const BOOT_CMD: &str = include_str!("../assets/boot.cmd");
 
 #[derive(Debug, Serialize)]
 pub struct PlannedPackage {
@@ -71,7 +69,7 @@ impl Plan {
     pub fn new(root: &Path, out_root: &Path, board: &Board, board_text: &str, lock: &Lock) -> std::io::Result<Plan> {
         let overlays = overlay_dirs(root, &board.name);
         let mut h = Sha256::new();
-        for part in [VERSION, &lock.render(), board_text, INIT, BOOT_CMD] {
+        for part in [VERSION, &lock.render(), board_text, crate::initramfs::INIT, crate::build::BOOT_CMD] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }

@@ -87,11 +87,6 @@ impl Tree {
         self.nodes.retain(|k, _| k != path && !k.starts_with(&prefix));
     }
 
-    /// Keeps only the entries `keep` says yes to (directories are kept when anything below is).
-    pub fn retain(&mut self, mut keep: impl FnMut(&str, &Node) -> bool) {
-        self.nodes.retain(|k, n| matches!(n.kind, Kind::Dir) || keep(k, n));
-    }
-
     /// Paths under `dir` (not `dir` itself).
     pub fn under<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
         let prefix = format!("{}/", dir.trim_matches('/'));

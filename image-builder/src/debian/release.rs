@@ -114,7 +114,7 @@ impl Release {
 /// Fetches and verifies `dists/<suite>/InRelease`.
 pub fn fetch_release(mirror: &str, suite: &str, verifier: &Verifier) -> Result<Release, ReleaseError> {
     let url = format!("{}/dists/{suite}/InRelease", mirror.trim_end_matches('/'));
-    let body = http::with_retries(|_| http::get(&url))?;
+    let body = http::with_retries(|| http::get(&url))?;
     let text = verifier.verify(&url, &body)?;
     Release::parse(&url, &text)
 }
