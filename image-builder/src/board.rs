@@ -180,6 +180,9 @@ pub struct Qemu {
     /// File on the boot partition QEMU runs as its firmware (`-bios`: U-Boot on `virt`).
     #[serde(default)]
     pub bios: Option<String>,
+    /// How the image is attached: an SD card (Pi, Allwinner) or a virtio disk.
+    #[serde(default)]
+    pub drive: Drive,
     /// Serial ports muxed onto the console.
     pub serials: u32,
     /// Network device for user networking (`--forward`); none if the machine has no network card.
@@ -187,6 +190,14 @@ pub struct Qemu {
     pub nic: Option<String>,
     #[serde(default)]
     pub extra_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Drive {
+    #[default]
+    Virtio,
+    Sd,
 }
 
 fn default_mirror() -> String {

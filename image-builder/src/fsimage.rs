@@ -17,14 +17,19 @@ pub enum FsError {
     TooBig { image: PathBuf, what: String, need: u64, have: u64, field: String },
 }
 
-/// Runs a tool with a fixed clock: SOURCE_DATE_EPOCH, and E2FSPROGS_FAKE_TIME for mke2fs.
-/// (mksquashfs refuses SOURCE_DATE_EPOCH beside its own time options, so it gets none.)
-fn run(tool: &str, image: &Path, cmd: &mut Command, epoch: i64) -> Result<(), FsError> {
-    if tool != "mksquashfs" {
-        cmd.env("SOURCE_DATE_EPOCH", epoch.to_string()).env("E2FSPROGS_FAKE_TIME", epoch.to_string());
-    } else {
-        cmd.env_remove("SOURCE_DATE_EPOCH");
-    }
+/// How a tool learns the build's fixed time.
+enum Clock {
+    /// From the environment: SOURCE_DATE_EPOCH (mtools, mkimage), E2FSPROGS_FAKE_TIME (mke2fs).
+    Env(i64),
+    /// From its own options (mksquashfs, which refuses SOURCE_DATE_EPOCH beside them).
+    Options,
+}
+
+fn run(tool: &str, image: &Path, cmd: &mut Command, clock: Clock) -> Result<(), FsError> {
+    match clock {
+        Clock::Env(epoch) => cmd.env("SOURCE_DATE_EPOCH", epoch.to_string()).env("E2FSPROGS_FAKE_TIME", epoch.to_string()),
+        Clock::Options => cmd.env_remove("SOURCE_DATE_EPOCH"),
+    };
     let out = cmd
         .env("MTOOLS_SKIP_CHECK", "1")
         .env("TZ", "UTC")
@@ -65,7 +70,7 @@ pub fn squashfs(tree: &Tree, staging: &Path, image: &Path, epoch: i64) -> Result
             .args(["-mkfs-time", &epoch.to_string(), "-all-time", &epoch.to_string()])
             .arg("-pf")
             .arg(&pf),
-        epoch,
+        Clock::Options,
     )?;
     std::fs::remove_dir_all(staging).map_err(io(staging))
 }
@@ -85,21 +90,21 @@ pub fn fat(files: &Tree, image: &Path, size: u64, serial: u32, label: &str, epoc
         "mformat",
         image,
         Command::new("mformat").args(["-i", &img, "-F", "-N", &format!("{serial:08x}"), "-v", label, "-T", &(size / 512).to_string(), "-h", "64", "-s", "32", "::"]),
-        epoch,
+        Clock::Env(epoch),
     )?;
     // One file at a time, in sorted order, so directory entries always come out the same.
     let staging = image.with_extension("files");
     let _ = std::fs::remove_dir_all(&staging);
     for (path, node) in files.iter() {
         match &node.kind {
-            Kind::Dir => run("mmd", image, Command::new("mmd").args(["-i", &img, &format!("::/{path}")]), epoch)?,
+            Kind::Dir => run("mmd", image, Command::new("mmd").args(["-i", &img, &format!("::/{path}")]), Clock::Env(epoch))?,
             Kind::File(data) => {
                 let src = staging.join(path.replace('/', "_"));
                 std::fs::create_dir_all(&staging).map_err(io)?;
                 std::fs::write(&src, data.as_slice()).map_err(io)?;
                 let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch as u64);
                 std::fs::File::open(&src).and_then(|f| f.set_modified(t)).map_err(io)?;
-                run("mcopy", image, Command::new("mcopy").args(["-i", &img, "-m", "-o"]).arg(&src).arg(format!("::/{path}")), epoch)?;
+                run("mcopy", image, Command::new("mcopy").args(["-i", &img, "-m", "-o"]).arg(&src).arg(format!("::/{path}")), Clock::Env(epoch))?;
                 std::fs::remove_file(&src).map_err(io)?;
             }
             Kind::Symlink(_) => {}
@@ -120,7 +125,7 @@ pub fn ext4(image: &Path, size: u64, uuid: &str, label: &str, epoch: i64) -> Res
             .args(["-E", &format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=0")])
             .arg(image)
             .arg(format!("{}k", size / 1024)),
-        epoch,
+        Clock::Env(epoch),
     )
 }
 
@@ -128,7 +133,7 @@ pub fn ext4(image: &Path, size: u64, uuid: &str, label: &str, epoch: i64) -> Res
 pub fn uboot_script(text: &str, image: &Path, epoch: i64) -> Result<(), FsError> {
     let src = image.with_extension("cmd");
     std::fs::write(&src, text).map_err(|source| FsError::Io { path: src.clone(), source })?;
-    run("mkimage", image, Command::new("mkimage").args(["-A", "arm64", "-O", "linux", "-T", "script", "-C", "none", "-n", "meshos boot"]).arg("-d").arg(&src).arg(image), epoch)?;
+    run("mkimage", image, Command::new("mkimage").args(["-A", "arm64", "-O", "linux", "-T", "script", "-C", "none", "-n", "meshos boot"]).arg("-d").arg(&src).arg(image), Clock::Env(epoch))?;
     let _ = std::fs::remove_file(&src);
     Ok(())
 }

@@ -113,7 +113,10 @@ pub fn command(board: &Board, opts: &Options) -> Result<Command, QemuError> {
         Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&image).arg(&overlay).arg(size.to_string()),
         "qemu-img",
     )?;
-    let interface = if q.machine.starts_with("raspi") || q.machine.starts_with("orangepi") { "sd" } else { "virtio" };
+    let interface = match q.drive {
+        crate::board::Drive::Sd => "sd",
+        crate::board::Drive::Virtio => "virtio",
+    };
     cmd.arg("-drive").arg(format!("if={interface},format=qcow2,file={}", overlay.display()));
     cmd.args(["-chardev", "stdio,id=console,mux=on,signal=on"]);
     for _ in 0..q.serials.max(1) {
