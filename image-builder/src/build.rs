@@ -225,7 +225,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         Ok((crate::fetch::file_sha256(&staged(&out.img))?, sum))
     })?;
 
-    let crates = node_firmware::crates(&opts.root);
+    let crates = node_firmware::crates(&opts.root)?;
     let bom = sbom::cyclonedx(lock, &board.name, &plan.version, &build_id, &crates);
     std::fs::write(staged(&out.sbom), serde_json::to_vec_pretty(&bom)?)?;
 

@@ -10,6 +10,8 @@ pub enum FirmwareError {
     Build { target: String, code: Option<i32> },
     #[error("cannot run {tool}: {source}")]
     Tool { tool: String, source: std::io::Error },
+    #[error("{path}: {message}\nhint: the SBOM lists meshd's crates from it; restore it with 'git checkout Cargo.lock'")]
+    CargoLock { path: String, message: String },
 }
 
 /// The C cross toolchain a Rust target links with (Debian's gcc cross packages).
@@ -70,7 +72,7 @@ pub fn build(root: &Path, target: &str, target_dir: &Path) -> Result<PathBuf, Fi
 }
 
 /// meshd's crates (name, version, registry checksum) from Cargo.lock, for the SBOM.
-pub fn crates(root: &Path) -> Vec<(String, String, Option<String>)> {
+pub fn crates(root: &Path) -> Result<Vec<(String, String, Option<String>)>, FirmwareError> {
     #[derive(serde::Deserialize)]
     struct LockFile {
         package: Vec<Pkg>,
@@ -83,8 +85,10 @@ pub fn crates(root: &Path) -> Vec<(String, String, Option<String>)> {
         #[serde(default)]
         dependencies: Vec<String>,
     }
-    let Ok(text) = std::fs::read_to_string(root.join("Cargo.lock")) else { return Vec::new() };
-    let Ok(lock) = toml::from_str::<LockFile>(&text) else { return Vec::new() };
+    let path = root.join("Cargo.lock");
+    let err = |message: String| FirmwareError::CargoLock { path: path.display().to_string(), message };
+    let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+    let lock = toml::from_str::<LockFile>(&text).map_err(|e| err(e.to_string()))?;
     let mut out = std::collections::BTreeMap::new();
     let mut stack = vec!["meshd".to_string()];
     while let Some(dep) = stack.pop() {
@@ -95,5 +99,8 @@ pub fn crates(root: &Path) -> Vec<(String, String, Option<String>)> {
             stack.extend(p.dependencies.iter().cloned());
         }
     }
-    out.into_iter().map(|((n, v), c)| (n, v, c)).collect()
+    if out.is_empty() {
+        return Err(err("has no package named meshd".into()));
+    }
+    Ok(out.into_iter().map(|((n, v), c)| (n, v, c)).collect())
 }
