@@ -32,6 +32,10 @@ pub struct Board {
     pub debian: Debian,
     /// Packages installed into the root filesystem, with their dependencies.
     pub packages: Vec<String>,
+    /// Dependencies not to follow: packages that only serve maintainer scripts, which a
+    /// built image never runs (adduser, debconf). A dependency group naming one is skipped.
+    #[serde(default)]
+    pub exclude: Vec<String>,
     /// Package whose static busybox runs the initramfs.
     pub initramfs_busybox: String,
     pub kernel: Kernel,
@@ -307,6 +311,7 @@ impl Board {
     pub fn lock_inputs(&self) -> String {
         serde_json::json!({
             "arch": self.arch, "debian": self.debian, "packages": self.packages,
+            "exclude": self.exclude,
             "busybox": self.initramfs_busybox, "kernel": self.kernel.package,
             "firmware": self.firmware.packages, "boot": self.boot.packages,
         })

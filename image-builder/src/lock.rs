@@ -130,7 +130,7 @@ pub fn resolve(board: &Board, log: &dyn Fn(&str)) -> Result<Lock, LockError> {
     }
     let resolve_err = |source| LockError::Resolve { board: board.name.clone(), source };
     let groups: [(Role, Vec<String>, Follow); 5] = [
-        (Role::Rootfs, board.packages.clone(), Follow::All),
+        (Role::Rootfs, board.packages.clone(), Follow::Except(&board.exclude)),
         (Role::Kernel, vec![board.kernel.package.clone()], Follow::Prefix("linux-image-")),
         (Role::Initramfs, vec![board.initramfs_busybox.clone()], Follow::Nothing),
         (Role::Firmware, board.firmware.packages.clone(), Follow::Nothing),

@@ -4,6 +4,7 @@
 //! once per boot, and stays up under busybox init's supervision. Mesh links, routing, metrics
 //! and upgrades build on this.
 
+mod config;
 mod node;
 
 use std::process::ExitCode;

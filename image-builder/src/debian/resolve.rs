@@ -35,6 +35,8 @@ fn wanted(by: &Option<String>) -> String {
 pub enum Follow<'a> {
     /// Every Depends and Pre-Depends: a package installed into the root filesystem.
     All,
+    /// Every dependency except groups naming one of these packages.
+    Except(&'a [String]),
     /// None: a package we only take files from.
     Nothing,
     /// Only dependencies whose name starts with this prefix (a kernel metapackage to its image).
@@ -162,6 +164,7 @@ impl Index {
 fn follows(follow: Follow, group: &[Relation]) -> bool {
     match follow {
         Follow::All => true,
+        Follow::Except(skip) => !group.iter().any(|r| skip.contains(&r.name)),
         Follow::Nothing => false,
         Follow::Prefix(p) => group.iter().all(|r| r.name.starts_with(p)),
     }
@@ -252,6 +255,8 @@ Package: linux-image-6-arm64\nVersion: 1\nArchitecture: arm64\nDepends: kmod\nFi
         let got = names(index().resolve(&["meta".into()], Follow::Prefix("linux-image-")).unwrap());
         assert_eq!(got, ["linux-image-6-arm64=1", "meta=1"]);
         assert_eq!(names(index().resolve(&["meta".into()], Follow::Nothing).unwrap()), ["meta=1"]);
+        let got = names(index().resolve(&["meta".into()], Follow::Except(&["kmod".into()])).unwrap());
+        assert_eq!(got, ["linux-image-6-arm64=1", "meta=1"]);
     }
 
     #[test]
