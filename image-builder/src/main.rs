@@ -64,6 +64,14 @@ enum Command {
         /// Forward a loopback host port to the node: HOSTPORT:GUESTPORT (repeatable).
         #[arg(long = "forward", value_name = "HOSTPORT:GUESTPORT")]
         forwards: Vec<String>,
+        /// Ethernet link to another VM over UDP on 127.0.0.1: LOCALPORT:REMOTEPORT
+        /// (repeatable; the other VM gives the same ports reversed).
+        #[arg(long = "link", value_name = "LOCALPORT:REMOTEPORT")]
+        links: Vec<String>,
+        /// Put a file on this boot's copy of the FAT partition: NAME=PATH (repeatable),
+        /// e.g. --boot-file mesh.yaml=north.yaml.
+        #[arg(long = "boot-file", value_name = "NAME=PATH")]
+        boot_files: Vec<String>,
         /// Boot test: stop once the node prints 'meshos ready', fail after this many seconds.
         #[arg(long, value_name = "SECONDS")]
         expect_ready: Option<u64>,
@@ -199,11 +207,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Qemu { board: name, image, out, forwards, expect_ready, log } => {
+        Command::Qemu { board: name, image, out, forwards, links, boot_files, expect_ready, log } => {
             let b = board::Board::load(&board::board_path(&cli.root, &name))?;
             let image = image.unwrap_or_else(|| out.join(&name).join(format!("meshos-{name}-{}.img", plan::VERSION)));
             let work = std::env::temp_dir().join(format!("meshimg-qemu-{}", std::process::id()));
-            let opts = qemu::Options { image, forwards, expect_ready: expect_ready.map(std::time::Duration::from_secs), log, work: work.clone() };
+            let opts = qemu::Options { image, forwards, links, boot_files, expect_ready: expect_ready.map(std::time::Duration::from_secs), log, work: work.clone() };
             let booted = qemu::boot(&b, &opts);
             let _ = std::fs::remove_dir_all(&work);
             let booted = booted?;

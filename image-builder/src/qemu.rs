@@ -21,6 +21,10 @@ pub enum QemuError {
     NoNic { board: String, machine: String },
     #[error("'{0}' is not HOSTPORT:GUESTPORT")]
     BadForward(String),
+    #[error("'{0}' is not LOCALPORT:REMOTEPORT (two UDP ports on 127.0.0.1, the other VM's reversed)")]
+    BadLink(String),
+    #[error("'{0}' is not NAME=PATH (a file to put on the boot partition)")]
+    BadBootFile(String),
     #[error("{tool}: {message}\nhint: run ci/setup-host.sh (make qemu does) to install QEMU and mtools")]
     Tool { tool: String, message: String },
     #[error("no '{prefix}' line within {seconds} s; last console lines:\n{tail}")]
@@ -34,6 +38,10 @@ pub enum QemuError {
 pub struct Options {
     pub image: PathBuf,
     pub forwards: Vec<String>,
+    /// Point-to-point Ethernet links to other VMs: `LOCALPORT:REMOTEPORT` over UDP on loopback.
+    pub links: Vec<String>,
+    /// Files put onto this boot's copy of the FAT partition: `NAME=PATH` (e.g. a mesh.yaml).
+    pub boot_files: Vec<String>,
     /// Stop once the node prints the ready line; fail after this long.
     pub expect_ready: Option<Duration>,
     /// Copy of the console output.
@@ -61,28 +69,70 @@ fn from_boot_partition(image: &Path, board: &Board, name: &str, to: &Path) -> Re
     tool(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-o", "-n", "-i", &spec, &format!("::/{name}")]).arg(to), "mcopy")
 }
 
-/// `-netdev user,… -device <nic>` for the forwards, checked before anything else is done.
-fn network(board: &Board, forwards: &[String]) -> Result<Vec<String>, QemuError> {
-    if forwards.is_empty() {
+fn ports(spec: &str) -> Option<(u16, u16)> {
+    let (a, b) = spec.split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The network cards: one on a restricted user network for the forwards (loopback only, no
+/// way out), one per link. Checked before anything else is done.
+fn network(board: &Board, forwards: &[String], links: &[String]) -> Result<Vec<String>, QemuError> {
+    if forwards.is_empty() && links.is_empty() {
         // No network at all (QEMU would otherwise add a default card on some machines).
         return Ok(vec!["-nic".into(), "none".into()]);
     }
     let q = &board.qemu;
     let nic = q.nic.as_ref().ok_or_else(|| QemuError::NoNic { board: board.name.clone(), machine: q.machine.clone() })?;
-    let mut netdev = "user,id=net0,restrict=on".to_string();
-    for f in forwards {
-        let bad = || QemuError::BadForward(f.clone());
-        let (h, g) = f.split_once(':').ok_or_else(bad)?;
-        let (h, g): (u16, u16) = (h.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?);
-        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
-    }
     // No option ROM: U-Boot does not network-boot, and the ROM comes from a package we need not install.
     let rom = if nic.ends_with("-pci") { ",romfile=" } else { "" };
-    Ok(vec!["-netdev".into(), netdev, "-device".into(), format!("{nic},netdev=net0{rom}")])
+    let mut args: Vec<String> = Vec::new();
+    if !forwards.is_empty() {
+        let mut netdev = "user,id=net0,restrict=on".to_string();
+        for f in forwards {
+            let (h, g) = ports(f).ok_or_else(|| QemuError::BadForward(f.clone()))?;
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+        }
+        args.extend(["-netdev".into(), netdev, "-device".into(), format!("{nic},netdev=net0{rom}")]);
+    }
+    for (i, l) in links.iter().enumerate() {
+        let (local, remote) = ports(l).ok_or_else(|| QemuError::BadLink(l.clone()))?;
+        // The MAC comes from the local port, unique on this host, so link-local addresses differ
+        // between VMs (QEMU would give every VM the same default MAC).
+        let mac = format!("52:54:00:4d:{:02x}:{:02x}", local >> 8, local & 0xff);
+        args.extend([
+            "-netdev".into(),
+            format!("socket,id=link{i},udp=127.0.0.1:{remote},localaddr=127.0.0.1:{local}"),
+            "-device".into(),
+            format!("{nic},netdev=link{i},mac={mac}{rom}"),
+        ]);
+    }
+    Ok(args)
+}
+
+/// A private copy of the image (sparse, so cheap) with `boot_files` put on its FAT partition.
+fn image_with_boot_files(board: &Board, opts: &Options) -> Result<PathBuf, QemuError> {
+    if opts.boot_files.is_empty() {
+        return Ok(opts.image.canonicalize()?);
+    }
+    let copy = opts.work.join("disk.img");
+    tool(Command::new("cp").args(["--sparse=always"]).arg(&opts.image).arg(&copy), "cp")?;
+    let offset = u64::from(board.disk.first_partition_kib) * 1024;
+    let spec = format!("{}@@{offset}", copy.display());
+    for f in &opts.boot_files {
+        let (name, path) = f.split_once('=').ok_or_else(|| QemuError::BadBootFile(f.clone()))?;
+        if name.is_empty() || name.contains(['/', '\\']) {
+            return Err(QemuError::BadBootFile(f.clone()));
+        }
+        if !Path::new(path).is_file() {
+            return Err(QemuError::Tool { tool: "--boot-file".into(), message: format!("{path}: no such file") });
+        }
+        tool(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-o", "-i", &spec, path, &format!("::/{name}")]), "mcopy")?;
+    }
+    Ok(copy)
 }
 
 pub fn command(board: &Board, opts: &Options) -> Result<Command, QemuError> {
-    let netdev = network(board, &opts.forwards)?;
+    let netdev = network(board, &opts.forwards, &opts.links)?;
     if !opts.image.exists() {
         return Err(QemuError::NoImage { path: opts.image.clone(), board: board.name.clone() });
     }
@@ -108,7 +158,7 @@ pub fn command(board: &Board, opts: &Options) -> Result<Command, QemuError> {
     let size = std::fs::metadata(&opts.image)?.len().next_power_of_two();
     let overlay = opts.work.join("disk.qcow2");
     let _ = std::fs::remove_file(&overlay);
-    let image = opts.image.canonicalize()?;
+    let image = image_with_boot_files(board, opts)?;
     tool(
         Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&image).arg(&overlay).arg(size.to_string()),
         "qemu-img",
@@ -132,11 +182,7 @@ pub fn boot(board: &Board, opts: &Options) -> Result<Booted, QemuError> {
     let mut cmd = command(board, opts)?;
     let started = Instant::now();
     let Some(limit) = opts.expect_ready else {
-        let status = cmd.status().map_err(|e| QemuError::Tool { tool: board.qemu.binary.clone(), message: e.to_string() })?;
-        if !status.success() {
-            return Err(QemuError::Exited { status: status.to_string(), tail: String::new() });
-        }
-        return Ok(Booted { ready: None, seconds: started.elapsed().as_secs_f64() });
+        return run_until_stopped(board, cmd, started);
     };
     let mut child = cmd
         .stdin(Stdio::null())
@@ -180,6 +226,29 @@ pub fn boot(board: &Board, opts: &Options) -> Result<Booted, QemuError> {
     };
     stop(&mut child);
     result
+}
+
+/// Interactive (or backgrounded) run: the console is this process's. SIGINT/SIGTERM stop
+/// QEMU too, so the caller can clean up the work directory.
+fn run_until_stopped(board: &Board, mut cmd: Command, started: Instant) -> Result<Booted, QemuError> {
+    let mut child = cmd.spawn().map_err(|e| QemuError::Tool { tool: board.qemu.binary.clone(), message: e.to_string() })?;
+    let stop_asked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop_asked.clone();
+    // Only one handler per process; a second boot in the same process keeps the first.
+    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() && !stop_asked.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(QemuError::Exited { status: status.to_string(), tail: String::new() });
+            }
+            return Ok(Booted { ready: None, seconds: started.elapsed().as_secs_f64() });
+        }
+        if stop_asked.load(std::sync::atomic::Ordering::SeqCst) {
+            stop(&mut child);
+            return Ok(Booted { ready: None, seconds: started.elapsed().as_secs_f64() });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn stop(child: &mut Child) {

@@ -22,10 +22,32 @@ pub struct Config {
     pub ssh: Ssh,
     /// Overlay peers reached over the internet, as the router spells them (`tls://host:port`).
     pub peers: Vec<String>,
-    /// Wired interfaces (names, `*` allowed at the end) on which the router finds peers.
-    pub wired_peering: Vec<String>,
+    pub wired: Wired,
     pub router: Router,
     pub metrics: Metrics,
+}
+
+/// Wired interfaces, by name (`*` allowed at the end: `eth*`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Wired {
+    /// Where the router finds neighbours by link-local multicast.
+    pub peering: Vec<String>,
+    /// Where the node asks for an IPv4 address (a home LAN, an uplink).
+    pub dhcp: Vec<String>,
+}
+
+impl Default for Wired {
+    fn default() -> Wired {
+        Wired { peering: vec!["eth*".into()], dhcp: vec!["eth*".into()] }
+    }
+}
+
+impl Wired {
+    /// Whether `name` matches one of `patterns`.
+    pub fn matches(patterns: &[String], name: &str) -> bool {
+        patterns.iter().any(|p| p.strip_suffix('*').map_or(*p == name, |stem| name.starts_with(stem)))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -127,7 +149,7 @@ impl Default for Config {
             access_point: AccessPoint::default(),
             ssh: Ssh::default(),
             peers: Vec::new(),
-            wired_peering: vec!["eth*".into()],
+            wired: Wired::default(),
             router: Router::Yggdrasil,
             metrics: Metrics::default(),
         }
@@ -265,10 +287,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
             return Err(err(line_of_item(text, "peers", i), &format!("peers[{i}]"), format!("'{peer}' is not a peer URI like tls://192.0.2.1:443")));
         }
     }
-    for (i, name) in config.wired_peering.iter().enumerate() {
-        let stem = name.strip_suffix('*').unwrap_or(name);
-        if stem.is_empty() && name != "*" || stem.contains(['*', '/', ' ']) || name.len() > 15 {
-            return Err(err(line_of_item(text, "wiredPeering", i), &format!("wiredPeering[{i}]"), format!("'{name}' is not an interface name (eth0, or eth* for all)")));
+    for (list, names) in [("wired.peering", &config.wired.peering), ("wired.dhcp", &config.wired.dhcp)] {
+        for (i, name) in names.iter().enumerate() {
+            let stem = name.strip_suffix('*').unwrap_or(name);
+            if stem.is_empty() && name != "*" || stem.contains(['*', '/', ' ']) || name.len() > 15 {
+                return Err(err(line_of_item(text, list, i), &format!("{list}[{i}]"), format!("'{name}' is not an interface name (eth0, or eth* for all)")));
+            }
         }
     }
     if config.metrics.port == 0 {
@@ -404,7 +428,7 @@ mod tests {
         let text = "apiVersion: meshos/v1\nmesh:\n  id: northmesh\n  channel: 6\n  htMode: HT40+\n  country: DE\n\
 radios:\n  - driver: ath9k_htc\n    role: mesh\n  - usb: 148f:5572\n    role: accessPoint\n\
 accessPoint:\n  ssid: corner-cafe\n  passphrase: correct horse\nssh:\n  authorizedKeys:\n    - ssh-ed25519 AAAAC3Nza me@laptop\n\
-peers: [tls://192.0.2.1:443]\nwiredPeering: [eth0]\nrouter: cjdns\nmetrics:\n  enabled: false\n";
+peers: [tls://192.0.2.1:443]\nwired:\n  peering: [eth0]\n  dhcp: []\nrouter: cjdns\nmetrics:\n  enabled: false\n";
         let c = parse(Path::new("mesh.yaml"), text).unwrap();
         assert_eq!((c.mesh.frequency, c.mesh.ht_mode, c.router), (2437, HtMode::Ht40Plus, Router::Cjdns));
         assert_eq!(c.radios[1].role, Role::AccessPoint);

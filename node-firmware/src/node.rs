@@ -5,9 +5,9 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-/// Created in the tmpfs /run once the ready line was printed, so a restarted meshd does not
-/// print it again in the same boot.
-const ANNOUNCED_MARK: &str = "/run/meshd.announced";
+/// Created in the tmpfs run directory once the ready line was printed, so a restarted meshd
+/// does not print it again in the same boot.
+const ANNOUNCED_MARK: &str = "announced";
 
 pub struct Node {
     pub release: os_release::OsRelease,
@@ -30,8 +30,9 @@ impl Node {
     }
 
     /// Prints the boot contract line on the console, once per boot.
-    pub fn announce_once(&self) -> Result<(), String> {
-        if Path::new(ANNOUNCED_MARK).exists() {
+    pub fn announce_once(&self, run_dir: &Path) -> Result<(), String> {
+        let mark = run_dir.join(ANNOUNCED_MARK);
+        if mark.exists() {
             eprintln!("meshd: restarted ({})", self.ready_line());
             return Ok(());
         }
@@ -39,14 +40,7 @@ impl Node {
         // Under init, stdout is the console.
         let mut out = std::io::stdout().lock();
         out.write_all(line.as_bytes()).and_then(|()| out.flush()).map_err(|e| format!("console: {e}"))?;
-        fs::write(ANNOUNCED_MARK, b"").map_err(|e| format!("{ANNOUNCED_MARK}: {e}"))
-    }
-
-    pub fn status_text(&self) -> String {
-        format!(
-            "version  {}\nboard    {}\nslot     {}\nbuild    {}",
-            self.release.version, self.release.board, self.slot, self.release.build_id
-        )
+        fs::write(&mark, b"").map_err(|e| format!("{}: {e}", mark.display()))
     }
 }
 

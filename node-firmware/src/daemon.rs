@@ -1,0 +1,230 @@
+//! `meshd run`: the node's life. Reads the config, makes or loads the identity, starts the
+//! router, ssh and metrics, then every few seconds finds radios (new, gone, replugged), sets
+//! them up in their role, keeps the services running and publishes the status.
+
+use crate::config::{self, Config, Role, Wired};
+use crate::identity::Identity;
+use crate::node::Node;
+use crate::radio::{self, Radio};
+use crate::status::{self, NodeState, RadioState};
+use crate::supervisor::Service;
+use crate::{access_point, command, http, router};
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where a node keeps things. The defaults are the image's layout; a second meshd (say, one
+/// driving a radio moved into another network namespace) gets its own.
+pub struct Dirs {
+    /// The FAT partition: mesh.yaml, conf.d/, ap-passphrase.txt.
+    pub boot: PathBuf,
+    /// On the data partition: identity, last good config.
+    pub state: PathBuf,
+    /// tmpfs: generated configs, status.json, service logs, sockets.
+    pub run: PathBuf,
+}
+
+impl Default for Dirs {
+    fn default() -> Dirs {
+        Dirs { boot: "/boot".into(), state: "/data/meshd".into(), run: "/run/meshd".into() }
+    }
+}
+
+const SCAN_EVERY: Duration = Duration::from_secs(2);
+const RETRY_RADIO_AFTER: Duration = Duration::from_secs(20);
+
+/// A radio meshd has dealt with, and when to try again if that failed.
+struct Managed {
+    radio: Radio,
+    role: Role,
+    result: Result<String, String>,
+    retry_at: Option<Instant>,
+    services: Vec<Service>,
+}
+
+pub fn run(dirs: &Dirs) -> Result<(), String> {
+    let node = Node::detect()?;
+    for d in [&dirs.state, &dirs.run] {
+        fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let loaded = config::load(&dirs.boot.join("mesh.yaml"), &dirs.state);
+    if let Some(e) = &loaded.error {
+        eprintln!("meshd: config error: {e}");
+        eprintln!("meshd: running with {}; fix the file and restart the node", loaded.source);
+    }
+    let cfg = loaded.config;
+    apply_conf_d(&dirs.boot.join("conf.d"));
+
+    let id = Identity::load_or_create(&dirs.state, &cfg.mesh.id)?;
+    id.apply_hostname();
+    eprintln!("meshd: {} overlay address {}", id.hostname, id.address);
+
+    let mut state = NodeState {
+        name: id.hostname.clone(),
+        address: id.address.to_string(),
+        version: node.release.version.clone(),
+        board: node.release.board.clone(),
+        slot: node.slot.clone(),
+        build_id: node.release.build_id.clone(),
+        router: format!("{:?}", cfg.router).to_lowercase(),
+        config_source: loaded.source.clone(),
+        config_error: loaded.error.as_ref().map(Into::into),
+        metrics_port: cfg.metrics.enabled.then_some(cfg.metrics.port),
+        ..NodeState::default()
+    };
+    if let Err(e) = radio::set_country(&cfg.mesh.country) {
+        eprintln!("meshd: regulatory domain: {e}");
+    }
+
+    let mut services: Vec<Service> = Vec::new();
+    match start_router(&cfg, &id, dirs) {
+        Ok(s) => services.push(s),
+        Err(e) => eprintln!("meshd: router: {e}"),
+    }
+    match start_ssh(&cfg, dirs) {
+        Ok(Some(s)) => services.push(s),
+        Ok(None) => eprintln!("meshd: ssh off: mesh.yaml lists no ssh.authorizedKeys"),
+        Err(e) => eprintln!("meshd: ssh: {e}"),
+    }
+    let shared = Arc::new(Mutex::new(state.clone()));
+    if cfg.metrics.enabled {
+        if let Err(e) = http::spawn(cfg.metrics.port, shared.clone(), dirs.run.clone()) {
+            eprintln!("meshd: {e}");
+        }
+    }
+    if let Some(kb) = crate::node::rss_kib() {
+        eprintln!("meshd: running (VmRSS {kb} kB)");
+    }
+    node.announce_once(&dirs.run)?;
+
+    let mut radios: BTreeMap<String, Managed> = BTreeMap::new();
+    let mut dhcp: BTreeMap<String, Service> = BTreeMap::new();
+    let mut ap_passphrase: Option<String> = None;
+    loop {
+        manage_wired(&cfg.wired, &mut dhcp, &dirs.run);
+        manage_radios(&mut radios, &cfg, &id, dirs, &mut ap_passphrase);
+        for s in services.iter_mut().chain(dhcp.values_mut()).chain(radios.values_mut().flat_map(|m| m.services.iter_mut())) {
+            s.tick();
+        }
+        state.radios = radios.values().map(|m| RadioState::new(&m.radio, m.role, &m.result)).collect();
+        let all = services.iter().chain(dhcp.values()).chain(radios.values().flat_map(|m| m.services.iter()));
+        state.services = all.map(|s| s.status().into()).collect();
+        let changed = shared.lock().map(|mut s| std::mem::replace(&mut *s, state.clone()) != state).unwrap_or(true);
+        if changed {
+            if let Err(e) = status::write(&dirs.run, &state) {
+                eprintln!("meshd: {e}");
+            }
+        }
+        std::thread::sleep(SCAN_EVERY);
+    }
+}
+
+/// Sets up radios that appeared, forgets radios that left, retries failed ones now and then.
+fn manage_radios(radios: &mut BTreeMap<String, Managed>, cfg: &Config, id: &Identity, dirs: &Dirs, passphrase: &mut Option<String>) {
+    let present = radio::scan();
+    radios.retain(|phy, m| {
+        let still = present.iter().any(|r| r.phy == *phy && r.mac == m.radio.mac);
+        if !still {
+            eprintln!("meshd: {phy} ({}) is gone", m.radio.driver);
+        }
+        still
+    });
+    for r in present {
+        if radios.get(&r.phy).is_some_and(|m| m.retry_at.is_none_or(|t| Instant::now() < t)) {
+            continue;
+        }
+        let role = r.role(&cfg.radios);
+        let mut services = Vec::new();
+        let result = match role {
+            Role::Off => Ok(String::new()),
+            Role::Mesh => radio::bring_up_mesh(&r, &cfg.mesh),
+            Role::AccessPoint => (|| {
+                if passphrase.is_none() {
+                    *passphrase = Some(crate::identity::ap_passphrase(cfg, &dirs.state, &dirs.boot)?);
+                }
+                let ssid = cfg.access_point.ssid.clone().unwrap_or_else(|| id.hostname.clone());
+                services = access_point::bring_up(&r, &ssid, passphrase.as_deref().unwrap_or_default(), cfg, &dirs.run)?;
+                Ok(r.interface(Role::AccessPoint))
+            })(),
+        };
+        match &result {
+            Ok(iface) if role != Role::Off => eprintln!("meshd: {} ({}): {iface} up as {role:?}", r.phy, r.driver),
+            Ok(_) => eprintln!("meshd: {} ({}): off, as mesh.yaml says", r.phy, r.driver),
+            Err(e) => eprintln!("meshd: {} ({}): {e}; trying again in {} s", r.phy, r.driver, RETRY_RADIO_AFTER.as_secs()),
+        }
+        let retry_at = result.is_err().then(|| Instant::now() + RETRY_RADIO_AFTER);
+        radios.insert(r.phy.clone(), Managed { radio: r, role, result, retry_at, services });
+    }
+}
+
+/// Wired interfaces: those marked for peering or DHCP are brought up (the router needs their
+/// link-local addresses), DHCP clients follow interfaces as they come and go (USB Ethernet).
+fn manage_wired(wired: &Wired, dhcp: &mut BTreeMap<String, Service>, run_dir: &Path) {
+    let Ok(dir) = fs::read_dir("/sys/class/net") else { return };
+    let names: Vec<String> = dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    dhcp.retain(|name, _| names.contains(name));
+    for name in names {
+        let peering = Wired::matches(&wired.peering, &name);
+        let wants_dhcp = Wired::matches(&wired.dhcp, &name);
+        if !(peering || wants_dhcp) {
+            continue;
+        }
+        let flags = fs::read_to_string(Path::new("/sys/class/net").join(&name).join("flags")).unwrap_or_default();
+        let up = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).is_ok_and(|f| f & 1 == 1);
+        if !up {
+            if let Err(err) = command::run("ip", &["link", "set", &name, "up"]) {
+                eprintln!("meshd: {err}");
+            }
+        }
+        if wants_dhcp && !dhcp.contains_key(&name) {
+            // Quietly retried every 30 s when no server answers (a link to another node).
+            let args = ["-f", "-i", &name, "-s", UDHCPC_SCRIPT, "-t", "3", "-T", "2", "-A", "30"].map(String::from).to_vec();
+            dhcp.insert(name.clone(), Service::new(&format!("dhcp-{name}"), "udhcpc", args, run_dir));
+        }
+    }
+}
+
+const UDHCPC_SCRIPT: &str = "/usr/share/meshos/udhcpc.script";
+
+fn start_router(cfg: &Config, id: &Identity, dirs: &Dirs) -> Result<Service, String> {
+    let launch = router::launch(cfg, id, &dirs.state, &dirs.run)?;
+    if !Path::new("/dev/net/tun").exists() {
+        command::run("modprobe", &["tun"])?;
+    }
+    fs::write(&launch.config_path, &launch.config_text).map_err(|e| format!("{}: {e}", launch.config_path.display()))?;
+    let name = if launch.program == router::CJDROUTE { "cjdns" } else { "yggdrasil" };
+    Ok(Service::new(name, launch.program, launch.args, &dirs.run))
+}
+
+/// dropbear, key logins only (`-s`), host key kept on the data partition.
+fn start_ssh(cfg: &Config, dirs: &Dirs) -> Result<Option<Service>, String> {
+    if cfg.ssh.authorized_keys.is_empty() {
+        return Ok(None);
+    }
+    let home = Path::new("/root/.ssh");
+    fs::create_dir_all(home).map_err(|e| format!("{}: {e}", home.display()))?;
+    let keys = home.join("authorized_keys");
+    fs::write(&keys, cfg.ssh.authorized_keys.join("\n") + "\n").map_err(|e| format!("{}: {e}", keys.display()))?;
+    let host_key = dirs.state.join("dropbear_ed25519_host_key");
+    if !host_key.exists() {
+        command::run("dropbearkey", &["-t", "ed25519", "-f", &host_key.display().to_string()])?;
+    }
+    let args = ["-F", "-E", "-s", "-r", &host_key.display().to_string(), "-p", "22"].map(String::from).to_vec();
+    Ok(Some(Service::new("dropbear", "dropbear", args, &dirs.run)))
+}
+
+/// mesh-orange's conf.d: every `*.tar.gz` on the FAT partition unpacked over /etc, in name
+/// order, so a later archive wins. One bad archive is reported and skipped.
+fn apply_conf_d(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let mut archives: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(".tar.gz")).collect();
+    archives.sort();
+    for a in archives {
+        match command::run("tar", &["-xzf", &a.display().to_string(), "-C", "/etc"]) {
+            Ok(_) => eprintln!("meshd: applied {} over /etc", a.display()),
+            Err(e) => eprintln!("meshd: skipped {}: {e}", a.display()),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Who this node is: its router key and overlay address, its name, its access point
+//! passphrase. Made on first boot and kept on the data partition, so a node keeps its address
+//! across reboots and upgrades; nothing here is ever a shared default.
+
+use crate::config::Config;
+use std::fs;
+use std::io::Read;
+use std::net::Ipv6Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+pub struct Identity {
+    /// Yggdrasil's ed25519 private key, hex (seed then public key, 64 bytes).
+    pub private_key: String,
+    pub address: Ipv6Addr,
+    pub hostname: String,
+}
+
+const KEY_FILE: &str = "yggdrasil.key";
+const PASSPHRASE_FILE: &str = "ap-passphrase";
+
+impl Identity {
+    /// Reads the node's key from `state_dir`, or makes one (first boot).
+    pub fn load_or_create(state_dir: &Path, mesh_id: &str) -> Result<Identity, String> {
+        let path = state_dir.join(KEY_FILE);
+        let private_key = match fs::read_to_string(&path) {
+            Ok(text) => text.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = hex(&new_private_key()?);
+                write_private(&path, &key)?;
+                eprintln!("meshd: first boot: made this node's router key ({})", path.display());
+                key
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let bytes = unhex(&private_key).filter(|b| b.len() == 64).ok_or_else(|| {
+            format!("{} does not hold a 64-byte hex key; move it away to make a new identity (the node's address will change)", path.display())
+        })?;
+        let mut public = [0u8; 32];
+        public.copy_from_slice(&bytes[32..]);
+        let address = address_for_key(&public);
+        let hostname = format!("{mesh_id}-{:02x}{:02x}", address.octets()[14], address.octets()[15]);
+        Ok(Identity { private_key, address, hostname })
+    }
+
+    /// Sets the kernel's hostname (and /etc/hostname, for tools that read it).
+    pub fn apply_hostname(&self) {
+        let _ = fs::write("/proc/sys/kernel/hostname", &self.hostname);
+        let _ = fs::write("/etc/hostname", format!("{}\n", self.hostname));
+    }
+}
+
+/// Yggdrasil's ed25519 key: `yggdrasil-genkeys`-grade randomness from the kernel, expanded by
+/// yggdrasil itself so the key format is exactly its own.
+fn new_private_key() -> Result<Vec<u8>, String> {
+    let out = Command::new("yggdrasil").args(["-genconf", "-json"]).output().map_err(|e| format!("running yggdrasil -genconf: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("yggdrasil -genconf failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let conf: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("yggdrasil -genconf printed no JSON: {e}"))?;
+    let key = conf["PrivateKey"].as_str().ok_or("yggdrasil -genconf printed no PrivateKey")?;
+    unhex(key).filter(|k| k.len() == 64).ok_or_else(|| "yggdrasil -genconf printed a PrivateKey that is not 64 hex bytes".into())
+}
+
+/// Yggdrasil's address for a public key (its `address.AddrForKey`): 0x02, the number of
+/// leading ones of the inverted key, then the bits after the first zero.
+pub fn address_for_key(public_key: &[u8; 32]) -> Ipv6Addr {
+    let inverted: Vec<u8> = public_key.iter().map(|b| !b).collect();
+    let mut out = [0u8; 16];
+    out[0] = 0x02;
+    let (mut ones, mut done, mut acc, mut nbits, mut at) = (0u8, false, 0u8, 0, 2);
+    for i in 0..256 {
+        let bit = (inverted[i / 8] >> (7 - i % 8)) & 1;
+        if !done {
+            if bit == 1 {
+                ones = ones.wrapping_add(1); // as yggdrasil's byte does
+            } else {
+                done = true;
+            }
+            continue;
+        }
+        acc = (acc << 1) | bit;
+        nbits += 1;
+        if nbits == 8 {
+            if at < 16 {
+                out[at] = acc;
+            }
+            at += 1;
+            nbits = 0;
+        }
+    }
+    out[1] = ones;
+    Ipv6Addr::from(out)
+}
+
+/// The access point passphrase: the configured one, else one made for this node and written
+/// next to mesh.yaml so the owner can read it from the SD card.
+pub fn ap_passphrase(config: &Config, state_dir: &Path, boot_dir: &Path) -> Result<String, String> {
+    if let Some(p) = config.access_point.passphrase.as_ref().filter(|p| !p.is_empty()) {
+        return Ok(p.clone());
+    }
+    let path = state_dir.join(PASSPHRASE_FILE);
+    let phrase = match fs::read_to_string(&path) {
+        Ok(p) => p.trim().to_string(),
+        Err(_) => {
+            // 16 characters from an alphabet without look-alikes: about 80 bits.
+            const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+            let phrase: String = random_bytes(16)?.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+            write_private(&path, &phrase)?;
+            phrase
+        }
+    };
+    let owner_copy = boot_dir.join("ap-passphrase.txt");
+    let text = format!("Access point passphrase of this node (set accessPoint.passphrase in mesh.yaml to choose one):\n{phrase}\n");
+    if fs::read_to_string(&owner_copy).ok().as_deref() != Some(text.as_str()) {
+        fs::write(&owner_copy, text).map_err(|e| format!("{}: {e}", owner_copy.display()))?;
+    }
+    Ok(phrase)
+}
+
+pub fn random_bytes(n: usize) -> Result<Vec<u8>, String> {
+    let mut buf = vec![0u8; n];
+    fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).map_err(|e| format!("/dev/urandom: {e}"))?;
+    Ok(buf)
+}
+
+/// Written to a temporary name with mode 0600, then renamed: a power cut leaves the old file
+/// or the new one, never half a key.
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    fs::write(&tmp, format!("{text}\n")).map_err(err)?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(err)?;
+    fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(err)?;
+    fs::rename(&tmp, path).map_err(err)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_match_yggdrasil() {
+        // Checked against `yggdrasil -useconffile <conf> -address` (0.5.12) for this key.
+        let key = unhex(KNOWN_PUBLIC_KEY).unwrap();
+        let addr = address_for_key(&key.try_into().unwrap());
+        assert_eq!(addr.to_string(), KNOWN_ADDRESS);
+        // Nine leading ones after inversion: 0x00 then 0x7f.
+        let mut k = [0x55u8; 32];
+        (k[0], k[1]) = (0x00, 0x7f);
+        assert_eq!(address_for_key(&k).octets()[..3], [0x02, 9, 0x02]);
+    }
+
+    const KNOWN_PUBLIC_KEY: &str = "8e37ac305a749108b7118a2c5662ab846516f9345fceb0bf9296990116bb10fc";
+    const KNOWN_ADDRESS: &str = "200:e390:a79f:4b16:ddee:91dc:eba7:533a";
+
+    #[test]
+    fn hex_round_trips() {
+        assert_eq!(unhex(&hex(&[0, 1, 0xab, 0xff])).unwrap(), [0, 1, 0xab, 0xff]);
+        assert!(unhex("abc").is_none() && unhex("zz").is_none());
+    }
+}

@@ -1,0 +1,161 @@
+//! What the node is doing, as one document: kept up to date by the daemon in
+//! `<run>/status.json`, rendered by `meshd status` as a table or JSON, and read by the metrics.
+
+use crate::config::{ConfigError, Role};
+use crate::radio::Radio;
+use crate::supervisor::ServiceStatus;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+use std::path::Path;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeState {
+    pub name: String,
+    pub address: String,
+    pub version: String,
+    pub board: String,
+    pub slot: String,
+    pub build_id: String,
+    pub router: String,
+    pub config_source: String,
+    pub config_error: Option<ConfigErrorDoc>,
+    pub radios: Vec<RadioState>,
+    pub services: Vec<ServiceDoc>,
+    pub metrics_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConfigErrorDoc {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+    pub text: String,
+}
+
+impl From<&ConfigError> for ConfigErrorDoc {
+    fn from(e: &ConfigError) -> ConfigErrorDoc {
+        ConfigErrorDoc { file: e.file.display().to_string(), line: e.line, key: e.key.clone(), message: e.message.clone(), text: e.to_string() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RadioState {
+    pub phy: String,
+    pub driver: String,
+    pub usb: Option<String>,
+    pub mac: String,
+    pub role: String,
+    pub interface: String,
+    pub error: Option<String>,
+}
+
+impl RadioState {
+    pub fn new(radio: &Radio, role: Role, result: &Result<String, String>) -> RadioState {
+        RadioState {
+            phy: radio.phy.clone(),
+            driver: radio.driver.clone(),
+            usb: radio.usb.clone(),
+            mac: radio.mac.clone(),
+            role: format!("{role:?}").to_lowercase(),
+            interface: result.as_ref().cloned().unwrap_or_default(),
+            error: result.as_ref().err().cloned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceDoc {
+    pub name: String,
+    pub running: bool,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+}
+
+impl From<ServiceStatus> for ServiceDoc {
+    fn from(s: ServiceStatus) -> ServiceDoc {
+        ServiceDoc { name: s.name, running: s.running, restarts: s.restarts, last_exit: s.last_exit }
+    }
+}
+
+pub fn path(run_dir: &Path) -> std::path::PathBuf {
+    run_dir.join("status.json")
+}
+
+/// Replaces the status document whole (temp file + rename), so a reader never sees half.
+pub fn write(run_dir: &Path, state: &NodeState) -> Result<(), String> {
+    let p = path(run_dir);
+    let tmp = p.with_extension("tmp");
+    let text = serde_json::to_string_pretty(state).expect("status serialises");
+    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &p)).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+pub fn read(run_dir: &Path) -> Result<NodeState, String> {
+    let p = path(run_dir);
+    let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e} (is meshd running?)", p.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// The human table `meshd status` prints; `peers` are the router's, asked live.
+pub fn render(state: &NodeState, peers: &Result<Vec<crate::router::Peer>, String>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "name     {}", state.name);
+    let _ = writeln!(s, "address  {}", state.address);
+    let _ = writeln!(s, "version  {} ({}), slot {}, build {}", state.version, state.board, state.slot, state.build_id);
+    let _ = writeln!(s, "config   {}", state.config_source);
+    if let Some(e) = &state.config_error {
+        let _ = writeln!(s, "  error  {}", e.text);
+    }
+    let _ = writeln!(s, "\nRADIO   DRIVER           ROLE         INTERFACE  STATE");
+    if state.radios.is_empty() {
+        let _ = writeln!(s, "(none)");
+    }
+    for r in &state.radios {
+        let st = r.error.as_deref().unwrap_or("up");
+        let _ = writeln!(s, "{:<7} {:<16} {:<12} {:<10} {st}", r.phy, r.driver, r.role, r.interface);
+    }
+    let _ = writeln!(s, "\nSERVICE              STATE     RESTARTS");
+    for svc in &state.services {
+        let st = if svc.running { "running" } else { "stopped" };
+        let _ = writeln!(s, "{:<20} {st:<9} {}", svc.name, svc.restarts);
+    }
+    let _ = writeln!(s, "\nPEER ({})", state.router);
+    match peers {
+        Ok(p) if p.is_empty() => {
+            let _ = writeln!(s, "(none yet)");
+        }
+        Ok(p) => {
+            for peer in p {
+                let _ = writeln!(s, "{:<40} {} rx {} tx {}", peer.address, peer.remote, peer.rx_bytes, peer.tx_bytes);
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(s, "(unknown: {e})");
+        }
+    }
+    if let Some(port) = state.metrics_port {
+        let _ = writeln!(s, "\nmetrics  http://[{}]:{port}/metrics", state.address);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_and_renders_errors() {
+        let dir = std::env::temp_dir().join(format!("meshd-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = NodeState {
+            name: "tomesh-533a".into(),
+            config_error: Some(ConfigErrorDoc { file: "/boot/mesh.yaml".into(), line: Some(3), key: "mesh.id".into(), message: "x".into(), text: "/boot/mesh.yaml:3: mesh.id: x".into() }),
+            ..NodeState::default()
+        };
+        write(&dir, &state).unwrap();
+        assert_eq!(read(&dir).unwrap(), state);
+        let text = render(&state, &Ok(vec![]));
+        assert!(text.contains("error  /boot/mesh.yaml:3: mesh.id: x") && text.contains("(none yet)"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
