@@ -19,6 +19,9 @@ declare -A need=(
   [qemu-system-aarch64]=qemu-system-arm
   [qemu-system-arm]=qemu-system-arm
   [unsquashfs]=squashfs-tools
+  [ssh]=openssh-client          # the mesh test logs into a node with a key from its mesh.yaml
+  [ssh-keygen]=openssh-client
+  [curl]=curl                   # the mesh test reads metrics through a forwarded port
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -2,6 +2,8 @@
 # `make test`: unit and integration tests, then end to end with the real locked packages for
 # each board: build, check the image with independent tools, boot it in QEMU to the
 # 'meshos ready' line, and build it again in another directory to prove it reproducible.
+# The virtual board also runs the mesh test (ci/mesh-test.sh): three nodes, routing, a bad
+# mesh.yaml, and an 802.11s link between simulated radios.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MESHIMG=${MESHIMG:-target/debug/meshimg}
@@ -56,6 +58,9 @@ for board in $BOARDS; do
   stage "check $board image" ci/check-image.sh "$img"
   stage "boot $board in QEMU" boot "$board"
   stage "reproducible $board" ci/reproducible.sh "$board"
+  if [ "$board" = qemu-arm64 ]; then
+    stage "mesh of three qemu-arm64 nodes" ci/mesh-test.sh "$img"
+  fi
 done
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -208,12 +208,20 @@ fn router(e: &mut Exposition, state: &NodeState, peers: &Result<Vec<Peer>, Strin
     let r = [("router", state.router.as_str())];
     e.one("meshd_router_up", "gauge", "1 when the router answers on its admin socket.", &r, u8::from(peers.is_ok()));
     let Ok(peers) = peers else { return };
-    e.one("meshd_router_peers", "gauge", "Overlay peers that are up.", &r, peers.iter().filter(|p| p.up).count());
+    // Two neighbours that find each other at once keep both connections: count nodes, and
+    // sum their connections' bytes per node.
+    let mut by_node: std::collections::BTreeMap<&str, (u64, u64)> = std::collections::BTreeMap::new();
+    for p in peers.iter().filter(|p| p.up) {
+        let t = by_node.entry(p.address.as_str()).or_default();
+        (t.0, t.1) = (t.0 + p.rx_bytes, t.1 + p.tx_bytes);
+    }
+    e.one("meshd_router_peers", "gauge", "Overlay peers (nodes) with a connection up.", &r, by_node.len());
+    e.one("meshd_router_links", "gauge", "Overlay connections up.", &r, peers.iter().filter(|p| p.up).count());
     for (name, help) in [("meshd_router_peer_receive_bytes_total", "Bytes received from the overlay peer."), ("meshd_router_peer_transmit_bytes_total", "Bytes sent to the overlay peer.")] {
         e.family(name, "counter", help);
-        for p in peers {
-            let v = if name.contains("receive") { p.rx_bytes } else { p.tx_bytes };
-            e.sample(name, &[("router", &state.router), ("peer", &p.address), ("remote", &p.remote)], v);
+        for (address, (rx, tx)) in &by_node {
+            let v = if name.contains("receive") { rx } else { tx };
+            e.sample(name, &[("router", &state.router), ("peer", address)], v);
         }
     }
 }
@@ -234,7 +242,8 @@ mod tests {
             ..NodeState::default()
         };
         let st = vec![Station { interface: "mesh0".into(), mac: "02:00:00:00:01:00".into(), signal_dbm: Some(-30), tx_bitrate_mbps: Some(54.0), rx_bytes: 10, tx_bytes: 20, plink: Some("ESTAB".into()) }];
-        let peers = Ok(vec![Peer { key: "k".into(), address: "200::2".into(), remote: "tls://[fe80::2%eth1]:1".into(), up: true, rx_bytes: 5, tx_bytes: 6, uptime_seconds: 1.0 }]);
+        let link = Peer { key: "k".into(), address: "200::2".into(), remote: "tls://[fe80::2%eth1]:1".into(), up: true, rx_bytes: 5, tx_bytes: 6, uptime_seconds: 1.0 };
+        let peers = Ok(vec![link.clone(), Peer { remote: "tls://[fe80::2%eth1]:2".into(), ..link }]);
         let text = render(&state, &st, &peers, &mut Collectors::new());
         for want in [
             "meshd_mesh_peers{interface=\"mesh0\"} 1\n",
@@ -242,6 +251,8 @@ mod tests {
             "meshd_mesh_station_tx_bitrate_bits_per_second{interface=\"mesh0\",station=\"02:00:00:00:01:00\"} 54000000\n",
             "meshd_mesh_station_plink{interface=\"mesh0\",station=\"02:00:00:00:01:00\",state=\"ESTAB\"} 1\n",
             "meshd_router_peers{router=\"yggdrasil\"} 1\n",
+            "meshd_router_links{router=\"yggdrasil\"} 2\n",
+            "meshd_router_peer_receive_bytes_total{router=\"yggdrasil\",peer=\"200::2\"} 10\n",
             "meshd_service_restarts_total{service=\"yggdrasil\"} 2\n",
             "meshd_config_errors 1\n",
             "key=\"mesh.freq\",message=\"unknown field `freq`, expected \\\"id\\\"\"} 1\n",

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The mesh in QEMU, with the qemu-arm64 image `make test` built:
+#   three VMs in a line A - B - C, linked by QEMU UDP socket links on 127.0.0.1 (no A - C link);
+#   A has a restricted user network with ports forwarded to its ssh and metrics;
+#   C's mesh.yaml is malformed.
+# Checks, each printed as it passes:
+#   routing   Yggdrasil peers form by themselves and A reaches C's overlay address through B
+#             (ping6 and an HTTP GET of C's /nodeinfo.json); each /metrics shows its peers
+#   bad input C boots, names the key in error on its console and in its metrics, and routes
+#   radio     in A, two mac80211_hwsim radios in separate network namespaces, each driven by
+#             its own meshd, form an 802.11s peer link (plink ESTAB)
+# Usage: ci/mesh-test.sh [IMAGE]; logs and the generated key go to out/mesh-test/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MESHIMG=${MESHIMG:-target/debug/meshimg}
+IMAGE=${1:-out/qemu-arm64/meshos-qemu-arm64-$(cargo pkgid -p meshimg | sed 's/.*[#@]//').img}
+WORK=out/mesh-test
+PORT=${MESH_TEST_PORT:-20100}   # this and the next few UDP/TCP ports on 127.0.0.1
+SSH_PORT=$((PORT + 22)) METRICS_PORT=$((PORT + 91))
+BOOT_LIMIT=${MESH_TEST_BOOT_LIMIT:-600}
+
+rm -rf "$WORK" && mkdir -p "$WORK"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+fail() { echo "mesh-test: FAILED: $*" >&2; for n in a b c; do echo "--- node $n console (tail)"; tail -15 "$WORK/$n.log"; done >&2; exit 1; }
+ok() { echo "mesh-test: ok: $*"; }
+
+# Waits up to $1 seconds for command "${@:2}" to succeed.
+wait_for() {
+  local limit=$1; shift
+  local until=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $until ] || return 1
+    sleep 2
+  done
+}
+
+ssh-keygen -q -t ed25519 -N "" -C mesh-test -f "$WORK/key"
+cat > "$WORK/a.yaml" <<EOF
+apiVersion: meshos/v1
+ssh:
+  authorizedKeys:
+    - $(cat "$WORK/key.pub")
+wired:
+  dhcp: [eth0]   # the user network; the links to other nodes have no DHCP server
+EOF
+cat > "$WORK/c.yaml" <<'EOF'
+apiVersion: meshos/v1
+mesh:
+  id: tomesh
+  frequncy: 2412
+EOF
+
+start() { # NAME ARGS...: boot one node in the background, console to $WORK/NAME.log
+  local name=$1; shift
+  "$MESHIMG" qemu qemu-arm64 --image "$IMAGE" "$@" > "$WORK/$name.log" 2>&1 &
+  pids+=($!)
+}
+t0=$SECONDS
+start a --forward "$SSH_PORT:22" --forward "$METRICS_PORT:9100" --link "$((PORT + 1)):$((PORT + 2))" --boot-file "mesh.yaml=$WORK/a.yaml"
+start b --link "$((PORT + 2)):$((PORT + 1))" --link "$((PORT + 3)):$((PORT + 4))"
+start c --link "$((PORT + 4)):$((PORT + 3))" --boot-file "mesh.yaml=$WORK/c.yaml"
+for n in a b c; do
+  wait_for "$BOOT_LIMIT" grep -aq '^meshos ready' "$WORK/$n.log" || fail "node $n did not print 'meshos ready' within $BOOT_LIMIT s"
+done
+ready_at=$SECONDS
+ok "three nodes ready $((ready_at - t0)) s after power-on"
+first_peer() { curl -sf -m 5 "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^meshd_router_peers{router="yggdrasil"} [1-9]'; }
+wait_for 120 first_peer || fail "A found no overlay peer"
+ok "A's first overlay peer up within $((SECONDS - ready_at)) s of 'meshos ready'"
+
+address() { grep -a 'overlay address' "$WORK/$1.log" | head -1 | sed 's/.*overlay address //' | tr -d '\r'; }
+A=$(address a) B=$(address b) C=$(address c)
+[ -n "$A" ] && [ -n "$B" ] && [ -n "$C" ] || fail "a node did not print its overlay address"
+echo "mesh-test: A $A, B $B, C $C"
+
+on_a() { ssh -q -i "$WORK/key" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 root@127.0.0.1 "$@"; }
+wait_for 120 on_a true || fail "ssh to A with the key from its mesh.yaml"
+ok "ssh into A with the key from mesh.yaml (no password exists)"
+
+# Link-local neighbours over the socket links: B's address on the A-B link comes from its MAC.
+b_mac_low=$(printf '%02x%02x' $(((PORT + 2) >> 8)) $(((PORT + 2) & 255)))
+wait_for 60 on_a ping6 -c 1 -W 2 "fe80::5054:ff:fe4d:${b_mac_low}%eth1" || fail "A cannot ping B over IPv6 link-local"
+ok "A pings B over IPv6 link-local ($((SECONDS - t0)) s after power-on)"
+
+# --- bad input: C names the key on its console and in its metrics, and still routes.
+grep -aq 'config error: /boot/mesh.yaml:4: mesh.frequncy: unknown field `frequncy`' "$WORK/c.log" || fail "C's console does not name mesh.frequncy at line 4"
+ok "C reports: $(grep -a 'config error' "$WORK/c.log" | head -1 | cut -c1-100)"
+
+# --- routing: A reaches C through B.
+wait_for 180 on_a ping6 -c 1 -W 3 "$C" || fail "A cannot reach C's overlay address $C"
+ok "A pings C's overlay address through B, $((SECONDS - ready_at)) s after the last node was ready"
+on_a wget -q -O - "http://[$C]:9100/nodeinfo.json" > "$WORK/c-nodeinfo.json" || fail "GET C's /nodeinfo.json from A"
+grep -q "\"address\":\"$C\"" "$WORK/c-nodeinfo.json" || fail "C's nodeinfo does not carry its address: $(cat "$WORK/c-nodeinfo.json")"
+ok "A fetched C's nodeinfo over the overlay: $(cut -c1-90 "$WORK/c-nodeinfo.json")"
+on_a wget -q -O - "http://[$C]:9100/metrics" > "$WORK/c.metrics" || fail "GET C's /metrics from A"
+grep -q '^meshd_config_errors 1$' "$WORK/c.metrics" || fail "C's metrics do not count its config error"
+grep -q 'meshd_config_error{.*key="mesh.frequncy"' "$WORK/c.metrics" || fail "C's metrics do not name the key"
+ok "C's metrics carry the config error with its key and line"
+
+peers() { grep -q "^meshd_router_peers{router=\"yggdrasil\"} $2\$" "$1"; }
+curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/metrics" > "$WORK/a.metrics" || fail "A's metrics through --forward $METRICS_PORT:9100"
+peers "$WORK/a.metrics" 1 || fail "A's metrics do not show its one peer: $(grep router_peers "$WORK/a.metrics")"
+on_a wget -q -O - "http://[$B]:9100/metrics" > "$WORK/b.metrics" || fail "GET B's /metrics from A"
+peers "$WORK/b.metrics" 2 || fail "B's metrics do not show two peers: $(grep router_peers "$WORK/b.metrics")"
+peers "$WORK/c.metrics" 1 || fail "C's metrics do not show its one peer"
+ok "metrics show the peers: A 1, B 2, C 1 (A's read at http://127.0.0.1:$METRICS_PORT/metrics)"
+
+# --- radio: two simulated radios in separate network namespaces of A, each driven by a meshd.
+on_a sh -s > "$WORK/radio.log" 2>&1 <<'EOF' || fail "radio test setup: $(tail -5 "$WORK/radio.log")"
+set -e
+rmmod mac80211_hwsim
+modprobe mac80211_hwsim radios=2
+sleep 1
+second=$(ls /sys/class/ieee80211 | sort -V | tail -1)
+# An empty network, mount and UTS namespace, held open by a sleeping process.
+unshare -n -m -u sleep 100000 </dev/null >/dev/null 2>&1 &
+holder=$!
+sleep 1
+iw phy "$second" set netns "$holder"
+mkdir -p /tmp/ns/state /tmp/ns/run
+printf 'apiVersion: meshos/v1\nmetrics:\n  port: 9101\n' > /tmp/ns/mesh.yaml
+nsenter -t "$holder" -n -m -u sh -c 'mount -t sysfs sysfs /sys && exec meshd run --boot /tmp/ns --state /tmp/ns/state --run /tmp/ns/run' </dev/null > /tmp/ns/meshd.log 2>&1 &
+echo "holder=$holder second=$second"
+EOF
+holder=$(sed -n 's/^holder=\([0-9]*\).*/\1/p' "$WORK/radio.log")
+estab() { on_a 'for i in $(iw dev | sed -n "s/.*Interface \(mesh[0-9]*\).*/\1/p"); do iw dev $i station dump; done' | grep -q 'mesh plink:.*ESTAB'; }
+if ! wait_for 90 estab; then
+  on_a "cat /tmp/ns/meshd.log; iw dev; nsenter -t $holder -n iw dev" >&2 || true
+  fail "no 802.11s peer link between the namespaces"
+fi
+on_a "nsenter -t $holder -n iw dev" > "$WORK/ns-iw.txt"
+grep -q 'type mesh point' "$WORK/ns-iw.txt" || fail "the second namespace has no mesh point"
+ok "802.11s peer link ESTAB between mac80211_hwsim radios in two network namespaces"
+wait_for 30 sh -c "curl -sf -m 10 http://127.0.0.1:$METRICS_PORT/metrics | grep -q 'meshd_mesh_station_plink{.*state=\"ESTAB\"} 1'" \
+  || fail "A's metrics do not show the ESTAB station"
+curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^meshd_mesh_(peers|station_signal_dbm)' | sed 's/^/mesh-test:   /'
+ok "A's metrics show the mesh station and its signal"
+echo "mesh-test: all checks passed in $((SECONDS - t0)) s"
