@@ -31,3 +31,7 @@ printf '  %-38s %8s KiB\n' "meshd binary" "$(( $(field "$tmp/warm.json" "d['size
 printf '  %-38s %8s s\n' "QEMU power-on to 'meshos ready' (TCG)" "${boot:-?}"
 printf '  %-38s %8s KiB\n' "meshd resident memory, idle" "${rss:-?}"
 echo "  steps (warm): $(field "$tmp/warm.json" "', '.join(f\"{s['step']} {s['seconds']}s\" for s in d['steps'])")"
+if [ "$board" = qemu-arm64 ]; then
+  ci/mesh-test.sh > "$tmp/mesh.log" 2>&1 || { tail -30 "$tmp/mesh.log"; exit 1; }
+  sed -n 's/^mesh-test: figure: /  /p' "$tmp/mesh.log"
+fi

@@ -70,6 +70,7 @@ ok "three nodes ready $((ready_at - t0)) s after power-on"
 first_peer() { curl -sf -m 5 "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^meshd_router_peers{router="yggdrasil"} [1-9]'; }
 wait_for 120 first_peer || fail "A found no overlay peer"
 ok "A's first overlay peer up within $((SECONDS - ready_at)) s of 'meshos ready'"
+echo "mesh-test: figure: first overlay peer $((SECONDS - ready_at)) s after 'meshos ready' (2 s polling)"
 
 address() { grep -a 'overlay address' "$WORK/$1.log" | head -1 | sed 's/.*overlay address //' | tr -d '\r'; }
 A=$(address a) B=$(address b) C=$(address c)
@@ -107,6 +108,12 @@ on_a wget -q -O - "http://[$B]:9100/metrics" > "$WORK/b.metrics" || fail "GET B'
 peers "$WORK/b.metrics" 2 || fail "B's metrics do not show two peers: $(grep router_peers "$WORK/b.metrics")"
 peers "$WORK/c.metrics" 1 || fail "C's metrics do not show its one peer"
 ok "metrics show the peers: A 1, B 2, C 1 (A's read at http://127.0.0.1:$METRICS_PORT/metrics)"
+
+# Figures for `make bench` (printed, never asserted): meshd's memory idle and after scraping.
+rss_kib() { curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/metrics" | sed -n 's/^process_resident_memory_bytes //p' | awk '{print int($1 / 1024)}'; }
+idle=$(rss_kib)
+for _ in $(seq 100); do curl -sf -m 10 -o /dev/null "http://127.0.0.1:$METRICS_PORT/metrics"; done
+echo "mesh-test: figure: meshd RSS on A idle ${idle} KiB, after 100 scrapes $(rss_kib) KiB"
 
 # --- radio: two simulated radios in separate network namespaces of A, each driven by a meshd.
 on_a sh -s > "$WORK/radio.log" 2>&1 <<'EOF' || fail "radio test setup: $(tail -5 "$WORK/radio.log")"
