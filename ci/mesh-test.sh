@@ -9,6 +9,8 @@
 #   bad input C boots, names the key in error on its console and in its metrics, and routes
 #   radio     in A, two mac80211_hwsim radios in separate network namespaces, each driven by
 #             its own meshd, form an 802.11s peer link (plink ESTAB)
+#   AP        a third radio, given the accessPoint role in its meshd's mesh.yaml, serves a
+#             WPA2 client on a fourth radio, which gets an address by DHCP and pings the node
 # Usage: ci/mesh-test.sh [IMAGE]; logs and the generated key go to out/mesh-test/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -115,34 +117,55 @@ idle=$(rss_kib)
 for _ in $(seq 100); do curl -sf -m 10 -o /dev/null "http://127.0.0.1:$METRICS_PORT/metrics"; done
 echo "mesh-test: figure: meshd RSS on A idle ${idle} KiB, after 100 scrapes $(rss_kib) KiB"
 
-# --- radio: two simulated radios in separate network namespaces of A, each driven by a meshd.
+# --- radio: simulated radios in separate network namespaces of A. The first stays with A's
+# meshd; "mesh" gets its own meshd (mesh point), "ap" a meshd with the accessPoint role, and
+# "client" is an ordinary Wi-Fi client (wpa_supplicant, udhcpc).
 on_a sh -s > "$WORK/radio.log" 2>&1 <<'EOF' || fail "radio test setup: $(tail -5 "$WORK/radio.log")"
 set -e
 rmmod mac80211_hwsim
-modprobe mac80211_hwsim radios=2
+modprobe mac80211_hwsim radios=4
 sleep 1
-second=$(ls /sys/class/ieee80211 | sort -V | tail -1)
-# An empty network, mount and UTS namespace, held open by a sleeping process.
-unshare -n -m -u sleep 100000 </dev/null >/dev/null 2>&1 &
-holder=$!
-sleep 1
-iw phy "$second" set netns "$holder"
-mkdir -p /tmp/ns/state /tmp/ns/run
-printf 'apiVersion: meshos/v1\nmetrics:\n  port: 9101\n' > /tmp/ns/mesh.yaml
-nsenter -t "$holder" -n -m -u sh -c 'mount -t sysfs sysfs /sys && exec meshd run --boot /tmp/ns --state /tmp/ns/state --run /tmp/ns/run' </dev/null > /tmp/ns/meshd.log 2>&1 &
-echo "holder=$holder second=$second"
+set -- $(ls /sys/class/ieee80211 | sort -V)
+ns() { # NAME PHY: an empty network, mount and UTS namespace held by a sleeping process, given PHY
+  mkdir -p /tmp/ns/$1/state /tmp/ns/$1/run
+  unshare -n -m -u sh -c 'mount -t sysfs sysfs /sys && exec sleep 100000' </dev/null >/dev/null 2>&1 &
+  echo $! > /tmp/ns/$1.pid
+  sleep 1
+  iw phy "$2" set netns "$(cat /tmp/ns/$1.pid)"
+}
+in_ns() { nsenter -t "$(cat /tmp/ns/$1.pid)" -n -m -u sh -c "$2"; }
+ns mesh "$2"; ns ap "$3"; ns client "$4"
+printf 'apiVersion: meshos/v1\nmetrics:\n  port: 9101\n' > /tmp/ns/mesh/mesh.yaml
+printf 'apiVersion: meshos/v1\nradios:\n  - driver: mac80211_hwsim\n    role: accessPoint\naccessPoint:\n  ssid: meshos-test\n  passphrase: test-passphrase\n' > /tmp/ns/ap/mesh.yaml
+for n in mesh ap; do
+  in_ns $n "exec meshd run --boot /tmp/ns/$n --state /tmp/ns/$n/state --run /tmp/ns/$n/run" </dev/null > /tmp/ns/$n/meshd.log 2>&1 &
+done
+printf 'ctrl_interface=/run/wpa_supplicant\nnetwork={\n  ssid="meshos-test"\n  psk="test-passphrase"\n  key_mgmt=WPA-PSK\n}\n' > /tmp/ns/client/wpa.conf
+in_ns client "for i in \$(iw dev | sed -n 's/.*Interface //p'); do iw dev \$i del; done
+  iw phy $4 interface add wcl0 type managed && ip link set wcl0 up
+  wpa_supplicant -B -i wcl0 -c /tmp/ns/client/wpa.conf -f /tmp/ns/client/wpa.log"
 EOF
-holder=$(sed -n 's/^holder=\([0-9]*\).*/\1/p' "$WORK/radio.log")
+in_ns() { on_a "nsenter -t \$(cat /tmp/ns/$1.pid) -n -m -u sh -c '$2'"; }
 estab() { on_a 'for i in $(iw dev | sed -n "s/.*Interface \(mesh[0-9]*\).*/\1/p"); do iw dev $i station dump; done' | grep -q 'mesh plink:.*ESTAB'; }
 if ! wait_for 90 estab; then
-  on_a "cat /tmp/ns/meshd.log; iw dev; nsenter -t $holder -n iw dev" >&2 || true
+  on_a "cat /tmp/ns/mesh/meshd.log; iw dev" >&2 || true
   fail "no 802.11s peer link between the namespaces"
 fi
-on_a "nsenter -t $holder -n iw dev" > "$WORK/ns-iw.txt"
-grep -q 'type mesh point' "$WORK/ns-iw.txt" || fail "the second namespace has no mesh point"
+in_ns mesh "iw dev" | grep -q 'type mesh point' || fail "the mesh namespace has no mesh point"
 ok "802.11s peer link ESTAB between mac80211_hwsim radios in two network namespaces"
 wait_for 30 sh -c "curl -sf -m 10 http://127.0.0.1:$METRICS_PORT/metrics | grep -q 'meshd_mesh_station_plink{.*state=\"ESTAB\"} 1'" \
   || fail "A's metrics do not show the ESTAB station"
 curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^meshd_mesh_(peers|station_signal_dbm)' | sed 's/^/mesh-test:   /'
 ok "A's metrics show the mesh station and its signal"
+
+associated() { in_ns client "iw dev wcl0 link" | grep -q 'SSID: meshos-test'; }
+if ! wait_for 90 associated; then
+  on_a "cat /tmp/ns/ap/meshd.log /tmp/ns/ap/run/hostapd-*.log /tmp/ns/client/wpa.log" >&2 || true
+  fail "the client did not associate with the access point"
+fi
+in_ns client "udhcpc -i wcl0 -n -q -t 10 -T 2 -s /usr/share/meshos/udhcpc.script" > "$WORK/client-dhcp.log" 2>&1 \
+  || fail "the client got no address from the access point: $(tail -3 "$WORK/client-dhcp.log")"
+lease=$(in_ns client "ip -4 addr show wcl0" | sed -n 's/.*inet \([0-9.]*\).*/\1/p')
+in_ns client 'ping -c 1 -W 3 $(ip route | sed -n "s/^default via \([0-9.]*\).*/\1/p")' > /dev/null || fail "the client cannot reach the node over the access point"
+ok "a WPA2 client associated with meshd's access point (hostapd), got $lease by DHCP and pings the node"
 echo "mesh-test: all checks passed in $((SECONDS - t0)) s"

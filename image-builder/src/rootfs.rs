@@ -69,13 +69,17 @@ pub fn add_skeleton(tree: &mut Tree) {
     }
 }
 
+/// Applets the kernel (or init) runs by their /sbin path: `request_module` runs /sbin/modprobe
+/// for the crypto and protocol modules it asks for by name, orderly power-off /sbin/poweroff.
+const SBIN_APPLETS: [&str; 5] = ["init", "modprobe", "poweroff", "reboot", "halt"];
+
 /// Links for every applet the busybox binary has, where nothing else provides that name.
 pub fn add_busybox_links(tree: &mut Tree) -> Result<usize, RootfsError> {
     let Some(Node { kind: Kind::File(bin), .. }) = tree.get("usr/bin/busybox") else { return Err(RootfsError::NoBusybox) };
     let names = applet_names(bin).ok_or(RootfsError::NoApplets)?;
     let mut added = 0;
     for name in names.iter().chain(["init".to_string()].iter()) {
-        let dir = if name == "init" { "usr/sbin" } else { "usr/bin" };
+        let dir = if SBIN_APPLETS.contains(&name.as_str()) { "usr/sbin" } else { "usr/bin" };
         let taken = ["usr/bin", "usr/sbin"].iter().any(|d| tree.get(&format!("{d}/{name}")).is_some());
         if !taken {
             tree.insert(&format!("{dir}/{name}"), Node::symlink(if dir == "usr/bin" { "busybox".into() } else { "../bin/busybox".to_string() }));

@@ -74,9 +74,6 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         metrics_port: cfg.metrics.enabled.then_some(cfg.metrics.port),
         ..NodeState::default()
     };
-    if let Err(e) = radio::set_country(&cfg.mesh.country) {
-        eprintln!("meshd: regulatory domain: {e}");
-    }
 
     let mut services: Vec<Service> = Vec::new();
     match start_router(&cfg, &id, dirs) {
@@ -136,6 +133,12 @@ fn manage_radios(radios: &mut BTreeMap<String, Managed>, cfg: &Config, id: &Iden
             continue;
         }
         let role = r.role(&cfg.radios);
+        // Set with each radio: cfg80211 is only loaded once a radio's driver is.
+        if role != Role::Off {
+            if let Err(e) = radio::set_country(&cfg.mesh.country) {
+                eprintln!("meshd: regulatory domain {}: {e}", cfg.mesh.country);
+            }
+        }
         let mut services = Vec::new();
         let result = match role {
             Role::Off => Ok(String::new()),
