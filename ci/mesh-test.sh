@@ -48,6 +48,9 @@ ssh:
 wired:
   dhcp: [eth0]   # the user network; the links to other nodes have no DHCP server
 EOF
+# A mesh-orange style conf.d archive for A: unpacked over /etc at start.
+mkdir -p "$WORK/etc" && echo "meshos mesh test node" > "$WORK/etc/motd"
+tar -czf "$WORK/50-motd.tar.gz" -C "$WORK/etc" motd
 cat > "$WORK/c.yaml" <<'EOF'
 apiVersion: meshos/v1
 mesh:
@@ -61,7 +64,8 @@ start() { # NAME ARGS...: boot one node in the background, console to $WORK/NAME
   pids+=($!)
 }
 t0=$SECONDS
-start a --forward "$SSH_PORT:22" --forward "$METRICS_PORT:9100" --link "$((PORT + 1)):$((PORT + 2))" --boot-file "mesh.yaml=$WORK/a.yaml"
+start a --forward "$SSH_PORT:22" --forward "$METRICS_PORT:9100" --link "$((PORT + 1)):$((PORT + 2))" --boot-file "mesh.yaml=$WORK/a.yaml" \
+  --boot-file "conf.d/50-motd.tar.gz=$WORK/50-motd.tar.gz"
 start b --link "$((PORT + 2)):$((PORT + 1))" --link "$((PORT + 3)):$((PORT + 4))"
 start c --link "$((PORT + 4)):$((PORT + 3))" --boot-file "mesh.yaml=$WORK/c.yaml"
 for n in a b c; do
@@ -82,6 +86,8 @@ echo "mesh-test: A $A, B $B, C $C"
 on_a() { ssh -q -i "$WORK/key" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 root@127.0.0.1 "$@"; }
 wait_for 120 on_a true || fail "ssh to A with the key from its mesh.yaml"
 ok "ssh into A with the key from mesh.yaml (no password exists)"
+[ "$(on_a cat /etc/motd)" = "meshos mesh test node" ] || fail "A did not apply conf.d/50-motd.tar.gz over /etc"
+ok "A applied conf.d/50-motd.tar.gz over /etc"
 
 # Link-local neighbours over the socket links: B's address on the A-B link comes from its MAC.
 b_mac_low=$(printf '%02x%02x' $(((PORT + 2) >> 8)) $(((PORT + 2) & 255)))
@@ -110,6 +116,17 @@ on_a wget -q -O - "http://[$B]:9100/metrics" > "$WORK/b.metrics" || fail "GET B'
 peers "$WORK/b.metrics" 2 || fail "B's metrics do not show two peers: $(grep router_peers "$WORK/b.metrics")"
 peers "$WORK/c.metrics" 1 || fail "C's metrics do not show its one peer"
 ok "metrics show the peers: A 1, B 2, C 1 (A's read at http://127.0.0.1:$METRICS_PORT/metrics)"
+on_a meshd status > "$WORK/a-status.txt" || fail "meshd status on A"
+grep -q "^address  $A\$" "$WORK/a-status.txt" && grep -q "^$B " "$WORK/a-status.txt" || fail "meshd status on A: $(cat "$WORK/a-status.txt")"
+on_a meshd status --json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["peers"][0]["address"] == sys.argv[1], d' "$B" \
+  || fail "meshd status --json on A does not list B as its peer"
+ok "meshd status on A (table and --json) shows its radio, services and B as its peer"
+
+# Supervision: a killed router comes back by itself and finds its peer again.
+on_a 'kill $(pidof yggdrasil)' || fail "could not kill yggdrasil on A"
+restarted() { curl -sf -m 5 "http://127.0.0.1:$METRICS_PORT/metrics" > "$WORK/a.metrics" && grep -q '^meshd_service_restarts_total{service="yggdrasil"} 1$' "$WORK/a.metrics" && peers "$WORK/a.metrics" 1; }
+wait_for 60 restarted || fail "yggdrasil on A was not restarted, or found no peer again: $(grep -E 'yggdrasil|router_peers' "$WORK/a.metrics")"
+ok "yggdrasil killed on A was restarted by meshd and peered with B again"
 
 # Figures for `make bench` (printed, never asserted): meshd's memory idle and after scraping.
 rss_kib() { curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/metrics" | sed -n 's/^process_resident_memory_bytes //p' | awk '{print int($1 / 1024)}'; }
@@ -136,11 +153,14 @@ ns() { # NAME PHY: an empty network, mount and UTS namespace held by a sleeping 
 in_ns() { nsenter -t "$(cat /tmp/ns/$1.pid)" -n -m -u sh -c "$2"; }
 ns mesh "$2"; ns ap "$3"; ns client "$4"
 printf 'apiVersion: meshos/v1\nmetrics:\n  port: 9101\n' > /tmp/ns/mesh/mesh.yaml
-printf 'apiVersion: meshos/v1\nradios:\n  - driver: mac80211_hwsim\n    role: accessPoint\naccessPoint:\n  ssid: meshos-test\n  passphrase: test-passphrase\n' > /tmp/ns/ap/mesh.yaml
+# No passphrase: meshd makes one and writes it next to mesh.yaml for the owner.
+printf 'apiVersion: meshos/v1\nradios:\n  - driver: mac80211_hwsim\n    role: accessPoint\naccessPoint:\n  ssid: meshos-test\n' > /tmp/ns/ap/mesh.yaml
 for n in mesh ap; do
   in_ns $n "exec meshd run --boot /tmp/ns/$n --state /tmp/ns/$n/state --run /tmp/ns/$n/run" </dev/null > /tmp/ns/$n/meshd.log 2>&1 &
 done
-printf 'ctrl_interface=/run/wpa_supplicant\nnetwork={\n  ssid="meshos-test"\n  psk="test-passphrase"\n  key_mgmt=WPA-PSK\n}\n' > /tmp/ns/client/wpa.conf
+i=0; until [ -s /tmp/ns/ap/ap-passphrase.txt ] || [ $i -ge 60 ]; do sleep 1; i=$((i + 1)); done
+phrase=$(tail -1 /tmp/ns/ap/ap-passphrase.txt)
+printf 'ctrl_interface=/run/wpa_supplicant\nnetwork={\n  ssid="meshos-test"\n  psk="%s"\n  key_mgmt=WPA-PSK\n}\n' "$phrase" > /tmp/ns/client/wpa.conf
 in_ns client "for i in \$(iw dev | sed -n 's/.*Interface //p'); do iw dev \$i del; done
   iw phy $4 interface add wcl0 type managed && ip link set wcl0 up
   wpa_supplicant -B -i wcl0 -c /tmp/ns/client/wpa.conf -f /tmp/ns/client/wpa.log"
@@ -167,5 +187,8 @@ in_ns client "udhcpc -i wcl0 -n -q -t 10 -T 2 -s /usr/share/meshos/udhcpc.script
   || fail "the client got no address from the access point: $(tail -3 "$WORK/client-dhcp.log")"
 lease=$(in_ns client "ip -4 addr show wcl0" | sed -n 's/.*inet \([0-9.]*\).*/\1/p')
 in_ns client 'ping -c 1 -W 3 $(ip route | sed -n "s/^default via \([0-9.]*\).*/\1/p")' > /dev/null || fail "the client cannot reach the node over the access point"
-ok "a WPA2 client associated with meshd's access point (hostapd), got $lease by DHCP and pings the node"
+ok "a WPA2 client, with the passphrase meshd generated and wrote beside mesh.yaml, associated with meshd's access point (hostapd), got $lease by DHCP and pings the node"
+grep -aq 'meshd: phy0 (mac80211_hwsim) is gone' "$WORK/a.log" && grep -aq 'meshd: phy1 (mac80211_hwsim): mesh1 up as Mesh' "$WORK/a.log" \
+  || fail "A's meshd did not follow the radios being replaced"
+ok "A's meshd followed its radio going away and new ones appearing (a replug), with no restart"
 echo "mesh-test: all checks passed in $((SECONDS - t0)) s"

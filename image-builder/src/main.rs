@@ -69,7 +69,7 @@ enum Command {
         #[arg(long = "link", value_name = "LOCALPORT:REMOTEPORT")]
         links: Vec<String>,
         /// Put a file on this boot's copy of the FAT partition: NAME=PATH (repeatable),
-        /// e.g. --boot-file mesh.yaml=north.yaml.
+        /// e.g. --boot-file mesh.yaml=north.yaml or conf.d/50-site.tar.gz=site.tar.gz.
         #[arg(long = "boot-file", value_name = "NAME=PATH")]
         boot_files: Vec<String>,
         /// Boot test: stop once the node prints 'meshos ready', fail after this many seconds.

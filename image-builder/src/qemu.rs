@@ -120,7 +120,8 @@ fn image_with_boot_files(board: &Board, opts: &Options) -> Result<PathBuf, QemuE
     let spec = format!("{}@@{offset}", copy.display());
     for f in &opts.boot_files {
         let (name, path) = f.split_once('=').ok_or_else(|| QemuError::BadBootFile(f.clone()))?;
-        if name.is_empty() || name.contains(['/', '\\']) {
+        // A name on the FAT partition, possibly in one of its directories (conf.d/…).
+        if name.is_empty() || name.starts_with('/') || name.split('/').any(|part| part.is_empty() || part == "..") || name.contains('\\') {
             return Err(QemuError::BadBootFile(f.clone()));
         }
         if !Path::new(path).is_file() {
