@@ -22,6 +22,7 @@ declare -A need=(
   [ssh]=openssh-client          # the mesh test logs into a node with a key from its mesh.yaml
   [ssh-keygen]=openssh-client
   [curl]=curl                   # the mesh test reads metrics through a forwarded port
+  [minisign]=minisign           # the stock tool must accept our signatures (tests)
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -4,4 +4,5 @@
 
 pub mod boot_contract;
 pub mod cmdline;
+pub mod minisign;
 pub mod os_release;

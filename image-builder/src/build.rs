@@ -26,6 +26,8 @@ pub struct Options {
     pub cache: PathBuf,
     /// Where meshd is compiled (kept between builds for warm rebuilds).
     pub firmware_target_dir: PathBuf,
+    /// Signs the compressed image when given.
+    pub sign_key: Option<meshos_common::minisign::SecretKey>,
 }
 
 /// What a build did, for the report and for the caller to print.
@@ -88,7 +90,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let epoch = plan.source_date_epoch;
     let board_file = format!("board-defs/{}.yaml", board.name);
-    let mut steps = Steps { done: Vec::new(), total: 10 };
+    let mut steps = Steps { done: Vec::new(), total: if opts.sign_key.is_some() { 11 } else { 10 } };
 
     let downloaded = steps.run("fetch packages", || {
         let all: Vec<_> = lock.packages.iter().collect();
@@ -133,6 +135,9 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
             t.insert(p, fw.get(p).expect("chosen from tree").clone());
         }
         t.insert("usr/sbin/meshd", Node::file(meshd.clone(), 0o755));
+        for (path, text) in &plan.trusted_key_files {
+            t.insert(path, Node::file(text.clone().into_bytes(), 0o644));
+        }
         for dir in &plan.overlays {
             rootfs::add_overlay(&mut t, dir)?;
         }
@@ -225,6 +230,14 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         Ok((crate::fetch::file_sha256(&staged(&out.img))?, sum))
     })?;
 
+    let signed_by = match &opts.sign_key {
+        Some(key) => Some(steps.run("sign", || {
+            crate::signing::sign_file(&staged(&out.img_xz), key, epoch)?;
+            Ok(key.public().id())
+        })?),
+        None => None,
+    };
+
     let crates = node_firmware::crates(&opts.root)?;
     let bom = sbom::cyclonedx(lock, &board.name, &plan.version, &build_id, &crates);
     std::fs::write(staged(&out.sbom), serde_json::to_vec_pretty(&bom)?)?;
@@ -237,6 +250,8 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         "input_id": plan.input_id,
         "lock_sha256": plan.lock_sha256,
         "source_date_epoch": epoch,
+        "signed_by": signed_by,
+        "trusted_keys": plan.trusted_keys,
         "kernel": kver,
         "downloaded_bytes": downloaded,
         "steps": steps.done.iter().map(|(n, s)| json!({"step": n, "seconds": (s * 100.0).round() / 100.0})).collect::<Vec<_>>(),
@@ -264,6 +279,12 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
     // Only a build that got this far replaces the previous outputs.
     for f in [&out.img, &out.img_xz, &out.sha256, &out.sbom, &out.report] {
         std::fs::rename(staged(f), f).with_context(|| format!("moving {} into place", f.display()))?;
+    }
+    // A signature never sits beside an image it does not sign.
+    if signed_by.is_some() {
+        std::fs::rename(staged(&out.minisig), &out.minisig).with_context(|| format!("moving {} into place", out.minisig.display()))?;
+    } else {
+        let _ = std::fs::remove_file(&out.minisig);
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(Report { json: report, img_xz: out.img_xz.clone(), img_xz_sha256: xz_sha })
@@ -348,7 +369,7 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             let board = Board::parse(&text, &path).unwrap();
             let lock = Lock::load(&crate::lock::lock_path(&root, &name), &board, &path).unwrap();
-            let plan = Plan::new(&root, &root.join("out"), &board, &text, &lock).unwrap();
+            let plan = Plan::new(&root, &root.join("out"), &board, &text, &lock, &[]).unwrap();
             let script = boot_script(&board, &plan, "b");
             assert!(!script.contains('@'), "{name}: placeholder left in\n{script}");
             assert!(script.contains("meshos.slot=b") && script.contains("b/initrd.img"), "{name}:\n{script}");

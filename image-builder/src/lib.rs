@@ -18,3 +18,4 @@ pub mod node_firmware;
 pub mod plan;
 pub mod sbom;
 pub mod qemu;
+pub mod signing;

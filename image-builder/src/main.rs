@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use meshimg::{board, build, fetch, lock, plan, qemu};
+use meshimg::{board, build, fetch, lock, plan, qemu, signing};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,6 +39,8 @@ enum Command {
         json: bool,
         #[arg(long, default_value = "out")]
         out: PathBuf,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Build the board's image from its lock into <out>/<board>/.
     Build {
@@ -52,6 +54,37 @@ enum Command {
         /// Print the build report as JSON on stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Make an Ed25519 signing key pair (minisign format): the secret key at OUTPUT, the
+    /// public key at OUTPUT.pub. The passphrase comes from MESHOS_SIGN_PASSPHRASE or the
+    /// terminal.
+    Keygen {
+        #[arg(long, short)]
+        output: PathBuf,
+        /// No passphrase (for CI keys that live in a secret store).
+        #[arg(long)]
+        unencrypted: bool,
+        /// Replace an existing key.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign FILE into FILE.minisig (what build does for the image).
+    Sign {
+        file: PathBuf,
+        #[arg(long, env = "MESHOS_SIGN_KEY", value_name = "KEY")]
+        sign_key: PathBuf,
+    },
+    /// Check FILE against FILE.minisig with a trusted public key.
+    Verify {
+        file: PathBuf,
+        /// Public key (repeatable); default: every board-defs/keys/*.pub.
+        #[arg(long = "pubkey", short = 'p')]
+        pubkeys: Vec<PathBuf>,
+        /// Signature file (default: FILE.minisig).
+        #[arg(long)]
+        sig: Option<PathBuf>,
     },
     /// Boot a built image in the board's QEMU machine, serial console on this terminal.
     Qemu {
@@ -110,6 +143,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(r) = cause.downcast_ref::<ReleaseError>() {
             return release_code(r);
         }
+        if let Some(e) = cause.downcast_ref::<signing::SigningError>() {
+            use signing::SigningError::*;
+            return match e {
+                Verify { .. } | Untrusted { .. } => 4,
+                _ => 1,
+            };
+        }
         if let Some(f) = cause.downcast_ref::<meshimg::fetch::FetchError>() {
             use meshimg::fetch::FetchError::*;
             return match f {
@@ -132,14 +172,38 @@ fn release_code(r: &meshimg::debian::release::ReleaseError) -> u8 {
 }
 
 /// Loads a board, its lock and the plan for it.
-fn load(root: &std::path::Path, name: &str, out: &std::path::Path) -> Result<(board::Board, lock::Lock, plan::Plan, PathBuf)> {
+/// Signing options shared by `plan` and `build`.
+#[derive(clap::Args)]
+struct KeyArgs {
+    /// Secret key to sign the image with (its public key, KEY.pub, is also trusted by the image).
+    #[arg(long, env = "MESHOS_SIGN_KEY", value_name = "KEY")]
+    sign_key: Option<PathBuf>,
+    /// Also trust this public key (repeatable), beyond board-defs/keys/*.pub.
+    #[arg(long = "trust-key", value_name = "PUB")]
+    trust_keys: Vec<PathBuf>,
+}
+
+impl KeyArgs {
+    /// The public keys the image will trust.
+    fn trusted(&self, root: &std::path::Path) -> Result<Vec<meshos_common::minisign::PublicKey>> {
+        let mut extra = self.trust_keys.clone();
+        if let Some(k) = &self.sign_key {
+            signing::public_of(k)?;
+            extra.push(signing::public_path(k));
+        }
+        Ok(signing::trusted_keys(root, &extra)?)
+    }
+}
+
+fn load(root: &std::path::Path, name: &str, out: &std::path::Path, keys: &KeyArgs) -> Result<(board::Board, lock::Lock, plan::Plan, PathBuf)> {
     let board_path = board::board_path(root, name);
     let text = std::fs::read_to_string(&board_path)
         .with_context(|| format!("{}: cannot read (boards: {})", board_path.display(), board::list(root).join(", ")))?;
     let b = board::Board::parse(&text, &board_path)?;
     let lock_path = lock::lock_path(root, name);
     let l = lock::Lock::load(&lock_path, &b, &board_path)?;
-    let p = plan::Plan::new(root, out, &b, &text, &l).context("reading the overlays")?;
+    let trusted = keys.trusted(root)?;
+    let p = plan::Plan::new(root, out, &b, &text, &l, &trusted).context("reading the overlays")?;
     Ok((b, l, p, lock_path))
 }
 
@@ -169,8 +233,8 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Plan { board: name, json, out } => {
-            let (_, _, p, _) = load(&cli.root, &name, &out)?;
+        Command::Plan { board: name, json, out, keys } => {
+            let (_, _, p, _) = load(&cli.root, &name, &out, &keys)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&p)?);
             } else {
@@ -183,17 +247,26 @@ fn run(cli: Cli) -> Result<()> {
                 println!("packages: {}", p.packages.iter().map(|x| format!("{} {}", x.name, x.version)).collect::<Vec<_>>().join(", "));
                 println!("boot files: {}", p.boot_files.iter().map(|f| f.to.as_str()).collect::<Vec<_>>().join(", "));
                 println!("slot a: {}", p.slot_files.join(", "));
+                println!("trusted keys: {}", if p.trusted_keys.is_empty() { "none (no upgrades)".to_string() } else { p.trusted_keys.join(", ") });
                 println!("output: {}", p.outputs.img_xz.display());
             }
             Ok(())
         }
-        Command::Build { board: name, out, cache, json } => {
-            let (b, l, p, lock_path) = load(&cli.root, &name, &out)?;
+        Command::Build { board: name, out, cache, json, keys } => {
+            let (b, l, p, lock_path) = load(&cli.root, &name, &out, &keys)?;
+            let sign_key = keys.sign_key.as_deref().map(signing::open_secret).transpose()?;
+            if sign_key.is_none() {
+                eprintln!("build: WARNING: unsigned build (no --sign-key or MESHOS_SIGN_KEY): fine for development, not for publishing");
+            }
+            if p.trusted_keys.is_empty() {
+                eprintln!("build: WARNING: the image trusts no signing key, so its nodes will accept no upgrade bundle; add a .pub to {} or pass --trust-key", signing::KEYS_DIR);
+            }
             let opts = build::Options {
                 root: cli.root.clone(),
                 lock_path,
                 cache: cache.unwrap_or_else(fetch::cache_dir),
                 firmware_target_dir: cli.root.join("target").join("node-firmware"),
+                sign_key,
             };
             let report = build::build(&b, &l, &p, &opts)?;
             if json {
@@ -203,8 +276,34 @@ fn run(cli: Cli) -> Result<()> {
                 let xz = report.json["sizes"]["img_xz"].as_u64().unwrap_or(0);
                 eprintln!("build: done in {total:.1} s");
                 println!("{}  ({:.1} MiB, sha256 {})", report.img_xz.display(), xz as f64 / 1048576.0, report.img_xz_sha256);
-                println!("also in {}: .img, .img.xz.sha256, SBOM (.cdx.json), build report (.build-report.json)", p.outputs.dir.display());
+                let sig = if report.json["signed_by"].is_string() { ".img.xz.minisig, " } else { "" };
+                println!("also in {}: .img, .img.xz.sha256, {sig}SBOM (.cdx.json), build report (.build-report.json)", p.outputs.dir.display());
             }
+            Ok(())
+        }
+        Command::Keygen { output, unencrypted, force } => {
+            let public = signing::keygen(&output, unencrypted, force)?;
+            eprintln!("keygen: wrote {} (secret{}) and {}", output.display(), if unencrypted { ", UNENCRYPTED" } else { ", encrypted" }, signing::public_path(&output).display());
+            println!("{}", public.id());
+            Ok(())
+        }
+        Command::Sign { file, sign_key } => {
+            let key = signing::open_secret(&sign_key)?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+            let sig = signing::sign_file(&file, &key, now)?;
+            println!("{}", sig.display());
+            Ok(())
+        }
+        Command::Verify { file, pubkeys, sig } => {
+            let keys = if pubkeys.is_empty() {
+                signing::trusted_keys(&cli.root, &[])?
+            } else {
+                pubkeys.iter().map(|p| signing::read_public(p)).collect::<Result<Vec<_>, _>>()?
+            };
+            let sig = sig.unwrap_or_else(|| signing::signature_path(&file));
+            let (key, comment) = signing::verify_file(&file, &sig, &keys)?;
+            println!("{}: signature good, key {}", file.display(), key.id());
+            println!("trusted comment: {comment}");
             Ok(())
         }
         Command::Qemu { board: name, image, out, forwards, links, boot_files, expect_ready, log } => {

@@ -6,6 +6,7 @@ use crate::board::Board;
 use crate::disk::Layout;
 use crate::lock::{Lock, Role};
 use serde::Serialize;
+use meshos_common::minisign::PublicKey;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,8 @@ pub struct Outputs {
     pub sha256: PathBuf,
     pub sbom: PathBuf,
     pub report: PathBuf,
+    /// The detached signature of img_xz, when the build signs.
+    pub minisig: PathBuf,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +61,10 @@ pub struct Plan {
     pub modules: Vec<String>,
     pub initramfs_modules: Vec<String>,
     pub overlays: Vec<PathBuf>,
+    /// Ids of the public keys baked into the image: its nodes accept bundles signed by these.
+    pub trusted_keys: Vec<String>,
+    #[serde(skip)]
+    pub trusted_key_files: Vec<(String, String)>,
     pub outputs: Outputs,
 }
 
@@ -66,10 +73,13 @@ pub fn overlay_dirs(root: &Path, board: &str) -> Vec<PathBuf> {
 }
 
 impl Plan {
-    pub fn new(root: &Path, out_root: &Path, board: &Board, board_text: &str, lock: &Lock) -> std::io::Result<Plan> {
+    pub fn new(root: &Path, out_root: &Path, board: &Board, board_text: &str, lock: &Lock, trusted: &[PublicKey]) -> std::io::Result<Plan> {
         let overlays = overlay_dirs(root, &board.name);
+        let trusted_key_files: Vec<(String, String)> =
+            trusted.iter().map(|k| (format!("{}/{}.pub", crate::signing::IMAGE_KEYS_DIR, k.id()), k.render())).collect();
         let mut h = Sha256::new();
-        for part in [VERSION, &lock.render(), board_text, crate::initramfs::INIT, crate::build::BOOT_CMD] {
+        let key_texts: Vec<&str> = trusted_key_files.iter().map(|(_, t)| t.as_str()).collect();
+        for part in [VERSION, &lock.render(), board_text, crate::initramfs::INIT, crate::build::BOOT_CMD].into_iter().chain(key_texts) {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
@@ -114,6 +124,7 @@ impl Plan {
             sha256: dir.join(format!("{stem}.img.xz.sha256")),
             sbom: dir.join(format!("{stem}.cdx.json")),
             report: dir.join(format!("{stem}.build-report.json")),
+            minisig: dir.join(format!("{stem}.img.xz.minisig")),
             dir,
         };
         Ok(Plan {
@@ -136,6 +147,8 @@ impl Plan {
             modules: board.kernel.modules.clone(),
             initramfs_modules: board.kernel.initramfs_modules.clone(),
             overlays,
+            trusted_keys: trusted.iter().map(PublicKey::id).collect(),
+            trusted_key_files,
             outputs,
             input_id,
         })

@@ -10,7 +10,8 @@ use meshos_common::boot_contract::ReadyLine;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -182,8 +183,9 @@ pub fn command(board: &Board, opts: &Options) -> Result<Command, QemuError> {
 pub fn boot(board: &Board, opts: &Options) -> Result<Booted, QemuError> {
     let mut cmd = command(board, opts)?;
     let started = Instant::now();
+    let stop_asked = stop_on_signal();
     let Some(limit) = opts.expect_ready else {
-        return run_until_stopped(board, cmd, started);
+        return run_until_stopped(board, cmd, started, &stop_asked);
     };
     let mut child = cmd
         .stdin(Stdio::null())
@@ -215,6 +217,9 @@ pub fn boot(board: &Board, opts: &Options) -> Result<Booted, QemuError> {
                     tail.remove(0);
                 }
             }
+            Err(mpsc::RecvTimeoutError::Timeout) if stop_asked.load(Ordering::SeqCst) => {
+                break Err(QemuError::Exited { status: "stopped by a signal".into(), tail: tail.join("\n") })
+            }
             Err(mpsc::RecvTimeoutError::Timeout) if started.elapsed() < limit => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 break Err(QemuError::Timeout { prefix: meshos_common::boot_contract::READY_PREFIX, seconds: limit.as_secs(), tail: tail.join("\n") })
@@ -229,22 +234,30 @@ pub fn boot(board: &Board, opts: &Options) -> Result<Booted, QemuError> {
     result
 }
 
-/// Interactive (or backgrounded) run: the console is this process's. SIGINT/SIGTERM stop
-/// QEMU too, so the caller can clean up the work directory.
-fn run_until_stopped(board: &Board, mut cmd: Command, started: Instant) -> Result<Booted, QemuError> {
+/// SIGINT/SIGTERM stop QEMU too (rather than orphaning it), so the caller can clean up the
+/// work directory.
+fn stop_on_signal() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let set = flag.clone();
+        let _ = ctrlc::set_handler(move || set.store(true, Ordering::SeqCst));
+        flag
+    })
+    .clone()
+}
+
+/// Interactive (or backgrounded) run: the console is this process's.
+fn run_until_stopped(board: &Board, mut cmd: Command, started: Instant, stop_asked: &AtomicBool) -> Result<Booted, QemuError> {
     let mut child = cmd.spawn().map_err(|e| QemuError::Tool { tool: board.qemu.binary.clone(), message: e.to_string() })?;
-    let stop_asked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop_asked.clone();
-    // Only one handler per process; a second boot in the same process keeps the first.
-    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
     loop {
         if let Some(status) = child.try_wait()? {
-            if !status.success() && !stop_asked.load(std::sync::atomic::Ordering::SeqCst) {
+            if !status.success() && !stop_asked.load(Ordering::SeqCst) {
                 return Err(QemuError::Exited { status: status.to_string(), tail: String::new() });
             }
             return Ok(Booted { ready: None, seconds: started.elapsed().as_secs_f64() });
         }
-        if stop_asked.load(std::sync::atomic::Ordering::SeqCst) {
+        if stop_asked.load(Ordering::SeqCst) {
             stop(&mut child);
             return Ok(Booted { ready: None, seconds: started.elapsed().as_secs_f64() });
         }

@@ -72,8 +72,12 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         config_source: loaded.source.clone(),
         config_error: loaded.error.as_ref().map(Into::into),
         metrics_port: cfg.metrics.enabled.then_some(cfg.metrics.port),
+        trusted_keys: trusted_keys(Path::new(TRUSTED_KEYS_DIR)),
         ..NodeState::default()
     };
+    if state.trusted_keys.is_empty() {
+        eprintln!("meshd: this image trusts no signing key: it will accept no upgrade");
+    }
 
     let mut services: Vec<Service> = Vec::new();
     match start_router(&cfg, &id, dirs) {
@@ -187,6 +191,29 @@ fn manage_wired(wired: &Wired, dhcp: &mut BTreeMap<String, Service>, run_dir: &P
             dhcp.insert(name.clone(), Service::new(&format!("dhcp-{name}"), "udhcpc", args, run_dir));
         }
     }
+}
+
+/// Public keys baked into the image by meshimg; bundles must be signed by one of them.
+const TRUSTED_KEYS_DIR: &str = "/usr/share/meshos/keys";
+
+/// Ids of the readable minisign public keys in `dir`, sorted.
+fn trusted_keys(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let mut ids: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let text = fs::read_to_string(e.path()).ok()?;
+            match meshos_common::minisign::PublicKey::parse(&text) {
+                Ok(k) => Some(k.id()),
+                Err(err) => {
+                    eprintln!("meshd: {}: {err}", e.path().display());
+                    None
+                }
+            }
+        })
+        .collect();
+    ids.sort();
+    ids
 }
 
 const UDHCPC_SCRIPT: &str = "/usr/share/meshos/udhcpc.script";

@@ -77,6 +77,7 @@ pub fn render(state: &NodeState, stations: &[Station], peers: &Result<Vec<Peer>,
     for s in &state.services {
         e.sample("meshd_service_restarts_total", &[("service", &s.name)], s.restarts);
     }
+    e.one("meshd_trusted_keys", "gauge", "Signing keys this image accepts upgrade bundles from (0: no upgrades).", &[], state.trusted_keys.len());
     e.one("meshd_config_errors", "gauge", "1 when mesh.yaml is invalid and the node runs on its last good config or the defaults.", &[], u8::from(state.config_error.is_some()));
     if let Some(err) = &state.config_error {
         let line = err.line.map(|l| l.to_string()).unwrap_or_default();

@@ -22,6 +22,8 @@ pub struct NodeState {
     pub radios: Vec<RadioState>,
     pub services: Vec<ServiceDoc>,
     pub metrics_port: Option<u16>,
+    /// Ids of the signing keys this image accepts upgrade bundles from.
+    pub trusted_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -103,6 +105,11 @@ pub fn render(state: &NodeState, peers: &Result<Vec<crate::router::Peer>, String
     let _ = writeln!(s, "address  {}", state.address);
     let _ = writeln!(s, "version  {} ({}), slot {}, build {}", state.version, state.board, state.slot, state.build_id);
     let _ = writeln!(s, "config   {}", state.config_source);
+    if state.trusted_keys.is_empty() {
+        let _ = writeln!(s, "upgrades none accepted: this image trusts no signing key");
+    } else {
+        let _ = writeln!(s, "upgrades signed by {}", state.trusted_keys.join(", "));
+    }
     if let Some(e) = &state.config_error {
         let _ = writeln!(s, "  error  {}", e.text);
     }
