@@ -45,8 +45,10 @@ expect() {
 boot() { # BOARD: boot the image, console to out/BOARD/console.log
   "$MESHIMG" qemu "$1" --out out --expect-ready 900 > "out/$1/console.log" 2>&1
   local rc=$?
-  grep -a 'meshos ready\|qemu:' "out/$1/console.log" | tail -2
+  grep -a 'meshos: booting slot\|meshos ready\|qemu:' "out/$1/console.log" | tail -3
   [ $rc -eq 0 ] || tail -40 "out/$1/console.log"
+  # The boot script read the record meshimg wrote and counted this attempt.
+  grep -aq '^meshos: booting slot a (A 2 left, B 0 left)' "out/$1/console.log" || { echo "no boot-state line from the boot script"; return 1; }
   return $rc
 }
 

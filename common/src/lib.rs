@@ -3,6 +3,7 @@
 //! Each module owns one agreement; neither side keeps a private copy of these.
 
 pub mod boot_contract;
+pub mod boot_state;
 pub mod cmdline;
 pub mod minisign;
 pub mod os_release;

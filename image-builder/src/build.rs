@@ -7,6 +7,7 @@ use crate::lock::{Lock, Role};
 use crate::plan::{basename, Plan};
 use crate::tree::{Kind, Node, Tree};
 use crate::{disk, firmware, fsimage, initramfs, kmod, node_firmware, rootfs, sbom};
+use meshos_common::boot_state;
 use anyhow::{anyhow, Context, Result};
 use meshos_common::os_release::OsRelease;
 use serde_json::json;
@@ -199,7 +200,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         fat.insert("a/vmlinuz", Node::file(stored, 0o644));
         fat.insert("a/initrd.img", Node::file(initrd.clone(), 0o644));
         let scr = work.join("boot.scr");
-        fsimage::uboot_script(&boot_script(board, plan, "a"), &scr, epoch)?;
+        fsimage::uboot_script(&boot_script(board, plan), &scr, epoch)?;
         fat.insert("boot.scr", Node::file(std::fs::read(&scr)?, 0o644));
         let mesh_yaml = file_of(&rootfs_tree, "usr/share/meshos/mesh.yaml", "the root filesystem")?.to_vec();
         fat.insert("mesh.yaml", Node::file(mesh_yaml, 0o644));
@@ -213,7 +214,9 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
     steps.run("data partition", || Ok(fsimage::ext4(&data_img, plan.layout.partitions[disk::DATA].size, &plan.data_uuid, "meshos-data", epoch)?))?;
 
     steps.run("disk image", || {
-        let mut raw = Vec::new();
+        // The boot state record's first copy: slot A, full attempts (the second copy stays
+        // empty until the first write).
+        let mut raw = vec![(boot_state::SECTORS[0] * 512, boot_state::BootState::default().encode().to_vec())];
         for r in &board.boot.raw {
             let tree = boot_pkgs.get(&r.package).ok_or_else(|| anyhow!("{board_file}: boot package {} is not in the lock", r.package))?;
             raw.push((r.offset, file_of(tree, &r.from, &r.package)?.to_vec()));
@@ -290,8 +293,9 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
     Ok(Report { json: report, img_xz: out.img_xz.clone(), img_xz_sha256: xz_sha })
 }
 
-/// The U-Boot script for `slot`, from assets/boot.cmd.
-pub fn boot_script(board: &Board, plan: &Plan, slot: &str) -> String {
+/// The U-Boot script, from assets/boot.cmd: one script for both slots, which picks the slot
+/// from the boot state record.
+pub fn boot_script(board: &Board, plan: &Plan) -> String {
     let a = &board.boot.addresses;
     let hex = |s: &str| format!("0x{:x}", parse_hex(s).expect("validated"));
     let (load, boot) = match board.boot.kernel_format {
@@ -321,7 +325,11 @@ pub fn boot_script(board: &Board, plan: &Plan, slot: &str) -> String {
         .replace("@LOAD_FDT@", &load_fdt)
         .replace("@FDT@", &fdt)
         .replace("@BOOT@", &boot)
-        .replace("@SLOT@", slot)
+        .replace("@SLOT@", "${meshos_slot}")
+        .replace("@STATE_ADDR@", &hex(&a.ramdisk))
+        .replace("@SECTOR0@", &format!("0x{:x}", boot_state::SECTORS[0]))
+        .replace("@SECTOR1@", &format!("0x{:x}", boot_state::SECTORS[1]))
+        .replace("@ATTEMPTS@", &boot_state::DEFAULT_ATTEMPTS.to_string())
         .replace("@CMDLINE@", &board.kernel.cmdline)
         .replace("@DISK@", &plan.layout.signature_hex())
         .replace("@RAMDISK_ADDR@", &hex(&a.ramdisk))
@@ -370,9 +378,10 @@ mod tests {
             let board = Board::parse(&text, &path).unwrap();
             let lock = Lock::load(&crate::lock::lock_path(&root, &name), &board, &path).unwrap();
             let plan = Plan::new(&root, &root.join("out"), &board, &text, &lock, &[]).unwrap();
-            let script = boot_script(&board, &plan, "b");
+            let script = boot_script(&board, &plan);
             assert!(!script.contains('@'), "{name}: placeholder left in\n{script}");
-            assert!(script.contains("meshos.slot=b") && script.contains("b/initrd.img"), "{name}:\n{script}");
+            assert!(script.contains("meshos.slot=${meshos_slot}") && script.contains("${meshos_slot}/initrd.img"), "{name}:\n{script}");
+            assert!(script.contains("read ") && script.contains(" 0x780 1") && script.contains("env export -c -s 0x200"), "{name}:\n{script}");
             let boot = if board.boot.kernel_format == KernelFormat::Zimage { "bootz " } else { "booti " };
             assert!(script.contains(boot), "{name}:\n{script}");
             assert_eq!(script.contains("${fdt_addr}"), board.kernel.dtbs.is_empty(), "{name}:\n{script}");

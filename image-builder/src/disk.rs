@@ -80,6 +80,11 @@ pub fn assemble(layout: &Layout, out: &Path, raw: &[(u64, Vec<u8>)], parts: &[(u
     f.set_len(layout.total).map_err(|e| ctx(out, e))?;
     f.write_all(&layout.mbr()).map_err(|e| ctx(out, e))?;
     let first = layout.partitions[0].offset;
+    let mut ranges: Vec<(u64, u64)> = raw.iter().map(|(o, d)| (*o, o + d.len() as u64)).collect();
+    ranges.sort();
+    if let Some(w) = ranges.windows(2).find(|w| w[0].1 > w[1].0) {
+        return Err(std::io::Error::other(format!("raw writes at {} and {} overlap (a boot loader too big for the gap?)", w[0].0, w[1].0)));
+    }
     for (offset, data) in raw {
         if offset + data.len() as u64 > first {
             return Err(std::io::Error::other(format!("raw write at {offset} ({} bytes) runs into the first partition at {first}", data.len())));

@@ -8,7 +8,8 @@ use crate::node::Node;
 use crate::radio::{self, Radio};
 use crate::status::{self, NodeState, RadioState};
 use crate::supervisor::Service;
-use crate::{access_point, command, http, router};
+use crate::{access_point, command, http, router, slots};
+use meshos_common::boot_state::Slot;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -99,6 +100,8 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         eprintln!("meshd: running (VmRSS {kb} kB)");
     }
     node.announce_once(&dirs.run)?;
+    let mut health = Health::new(&node.slot);
+    state.slots = health.report.clone();
 
     let mut radios: BTreeMap<String, Managed> = BTreeMap::new();
     let mut dhcp: BTreeMap<String, Service> = BTreeMap::new();
@@ -109,6 +112,8 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         for s in services.iter_mut().chain(dhcp.values_mut()).chain(radios.values_mut().flat_map(|m| m.services.iter_mut())) {
             s.tick();
         }
+        health.check(&services);
+        state.slots = health.report.clone();
         state.radios = radios.values().map(|m| RadioState::new(&m.radio, m.role, &m.result)).collect();
         let all = services.iter().chain(dhcp.values()).chain(radios.values().flat_map(|m| m.services.iter()));
         state.services = all.map(|s| s.status().into()).collect();
@@ -189,6 +194,72 @@ fn manage_wired(wired: &Wired, dhcp: &mut BTreeMap<String, Service>, run_dir: &P
             // Quietly retried every 30 s when no server answers (a link to another node).
             let args = ["-f", "-i", &name, "-s", UDHCPC_SCRIPT, "-t", "3", "-T", "2", "-A", "30"].map(String::from).to_vec();
             dhcp.insert(name.clone(), Service::new(&format!("dhcp-{name}"), "udhcpc", args, run_dir));
+        }
+    }
+}
+
+/// How long the node must look healthy before its slot is marked good.
+const HEALTHY_FOR: Duration = Duration::from_secs(10);
+
+/// The health check that commits a boot: meshd up (it runs this), the data partition mounted,
+/// the router running without a restart for a while. Then the running slot is marked good in
+/// the boot state record, once per boot.
+struct Health {
+    disk: Option<PathBuf>,
+    running: Option<Slot>,
+    healthy_since: Option<Instant>,
+    report: crate::slots::SlotReport,
+}
+
+impl Health {
+    fn new(slot: &str) -> Health {
+        let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let running = Slot::parse(slot);
+        let found = slots::boot_disk(&cmdline).and_then(|d| slots::read_state(&d).map(|(s, _)| (d, s)));
+        let mut h = Health { disk: None, running, healthy_since: None, report: crate::slots::SlotReport::default() };
+        match (found, running) {
+            (Ok((disk, boot_state)), Some(slot)) => {
+                h.report = slots::report(&boot_state, slot, None, false);
+                h.disk = Some(disk);
+            }
+            (Err(e), _) => h.report.error = Some(format!("boot state: {e}")),
+            (_, None) => h.report.error = Some(format!("unknown running slot '{slot}'")),
+        }
+        if let Some(e) = &h.report.error {
+            eprintln!("meshd: {e}; this boot cannot be marked good");
+        }
+        h
+    }
+
+    fn check(&mut self, services: &[Service]) {
+        let (Some(disk), Some(slot)) = (&self.disk, self.running) else { return };
+        if self.report.marked_good {
+            return;
+        }
+        let data = fs::read_to_string("/proc/mounts").unwrap_or_default().lines().any(|l| l.split_whitespace().nth(1) == Some("/data"));
+        let router = services.iter().find(|s| s.name == "yggdrasil" || s.name == "cjdns").map(|s| s.status());
+        let router_ok = router.is_some_and(|r| r.running);
+        if !(data && router_ok) {
+            self.healthy_since = None;
+            return;
+        }
+        let since = *self.healthy_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < HEALTHY_FOR {
+            return;
+        }
+        match slots::mark_good(disk, slot) {
+            Ok(report) => {
+                match &report.rolled_back_from {
+                    Some(from) => eprintln!("meshd: ROLLBACK: slot {from} ran out of boot attempts; slot {slot} is running and marked good"),
+                    None => eprintln!("meshd: slot {slot} healthy, marked good (order {}, attempts left A {} B {})", report.order.join(" "), report.a_left, report.b_left),
+                }
+                self.report = report;
+            }
+            Err(e) => {
+                eprintln!("meshd: marking slot {slot} good: {e}");
+                self.report.error = Some(e);
+                self.disk = None;
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ mod metrics;
 mod node;
 mod radio;
 mod router;
+mod slots;
 mod status;
 mod supervisor;
 

@@ -77,6 +77,14 @@ pub fn render(state: &NodeState, stations: &[Station], peers: &Result<Vec<Peer>,
     for s in &state.services {
         e.sample("meshd_service_restarts_total", &[("service", &s.name)], s.restarts);
     }
+    let sl = &state.slots;
+    if sl.error.is_none() && !sl.running.is_empty() {
+        e.family("meshd_boot_attempts_left", "gauge", "Boot attempts U-Boot has left for the slot.");
+        e.sample("meshd_boot_attempts_left", &[("slot", "A")], sl.a_left);
+        e.sample("meshd_boot_attempts_left", &[("slot", "B")], sl.b_left);
+        e.one("meshd_slot_marked_good", "gauge", "1 once this boot passed its health check and was marked good.", &[("slot", &sl.running)], u8::from(sl.marked_good));
+        e.one("meshd_rollback", "gauge", "1 when this boot is a rollback: the preferred slot ran out of attempts.", &[("from", sl.rolled_back_from.as_deref().unwrap_or(""))], u8::from(sl.rolled_back_from.is_some()));
+    }
     e.one("meshd_trusted_keys", "gauge", "Signing keys this image accepts upgrade bundles from (0: no upgrades).", &[], state.trusted_keys.len());
     e.one("meshd_config_errors", "gauge", "1 when mesh.yaml is invalid and the node runs on its last good config or the defaults.", &[], u8::from(state.config_error.is_some()));
     if let Some(err) = &state.config_error {

@@ -24,6 +24,8 @@ pub struct NodeState {
     pub metrics_port: Option<u16>,
     /// Ids of the signing keys this image accepts upgrade bundles from.
     pub trusted_keys: Vec<String>,
+    /// The A/B boot state as this boot found and left it.
+    pub slots: crate::slots::SlotReport,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -104,6 +106,16 @@ pub fn render(state: &NodeState, peers: &Result<Vec<crate::router::Peer>, String
     let _ = writeln!(s, "name     {}", state.name);
     let _ = writeln!(s, "address  {}", state.address);
     let _ = writeln!(s, "version  {} ({}), slot {}, build {}", state.version, state.board, state.slot, state.build_id);
+    let sl = &state.slots;
+    if let Some(e) = &sl.error {
+        let _ = writeln!(s, "slots    {e}");
+    } else {
+        let good = if sl.marked_good { "marked good" } else { "not yet marked good (health check pending)" };
+        let _ = writeln!(s, "slots    running {}, order {}, attempts left A {} B {}; {good}", sl.running, sl.order.join(" "), sl.a_left, sl.b_left);
+    }
+    if let Some(from) = &sl.rolled_back_from {
+        let _ = writeln!(s, "  ROLLBACK  slot {from} ran out of boot attempts; the node went back to slot {}", sl.running);
+    }
     let _ = writeln!(s, "config   {}", state.config_source);
     if state.trusted_keys.is_empty() {
         let _ = writeln!(s, "upgrades none accepted: this image trusts no signing key");
