@@ -190,7 +190,7 @@ mod tests {
     fn round_trip_and_u_boot_layout() {
         let s = BootState { order: vec![Slot::B, Slot::A], a_left: 3, b_left: 2, seq: 7 };
         let sector = s.encode();
-        assert_eq!(&sector[4..47], b"BOOT_ORDER=B A\0BOOT_A_LEFT=3\0BOOT_B_LEFT=2\0B");
+        assert_eq!(&sector[4..48], b"BOOT_ORDER=B A\0BOOT_A_LEFT=3\0BOOT_B_LEFT=2\0B");
         assert_eq!(BootState::decode(&sector, 0).unwrap(), s);
         assert_eq!(s.next_boot(), Some(Slot::B));
         assert_eq!(BootState { b_left: 0, ..s.clone() }.next_boot(), Some(Slot::A));
@@ -215,9 +215,9 @@ mod tests {
         let new = BootState { order: vec![Slot::B, Slot::A], b_left: 3, seq: 5, ..old.clone() };
         let (o, n) = (old.encode(), new.encode());
         assert_eq!(BootState::newest([&o, &n]).unwrap(), (new.clone(), 0));
-        // The write of seq 6 into copy 0 was cut after 100 bytes: copy 1 (seq 5) wins.
+        // The write of seq 6 into copy 0 was cut after 30 bytes: copy 1 (seq 5) wins.
         let mut torn = o;
-        torn[..100].copy_from_slice(&BootState { seq: 6, ..new.clone() }.encode()[..100]);
+        torn[..30].copy_from_slice(&BootState { seq: 6, ..new.clone() }.encode()[..30]);
         assert_eq!(BootState::decode(&torn, 0), Err(BootStateError::Checksum { copy: 0 }));
         assert_eq!(BootState::newest([&torn, &n]).unwrap(), (new, 0));
         assert_eq!(BootState::newest([&[0u8; 512], &[0u8; 512]]), Err(BootStateError::NoValidCopy));
