@@ -58,15 +58,17 @@ stage "cargo tests" cargo test --workspace --locked
 rm -rf out/ci-key && mkdir -p out/ci-key
 "$MESHIMG" keygen --unencrypted -o out/ci-key/ci.key > /dev/null
 export MESHOS_SIGN_KEY=$PWD/out/ci-key/ci.key
-signature() { # IMAGE.xz
-  minisign -V -m "$1" -p out/ci-key/ci.key.pub && "$MESHIMG" verify "$1" -p out/ci-key/ci.key.pub
+signature() { # IMAGE.xz: the image and the update bundle, with minisign and with meshimg
+  local bundle=${1%.img.xz}.bundle
+  minisign -V -m "$1" -p out/ci-key/ci.key.pub && "$MESHIMG" verify "$1" -p out/ci-key/ci.key.pub &&
+    minisign -V -m "$bundle" -p out/ci-key/ci.key.pub && "$MESHIMG" verify "$bundle" -p out/ci-key/ci.key.pub
 }
 for board in $BOARDS; do
   img=out/$board/meshos-$board-$(cargo pkgid -p meshimg | sed 's/.*[#@]//').img
   stage "build $board" "$MESHIMG" build "$board" --out out
   expect "$board"
   stage "check $board image" ci/check-image.sh "$img"
-  stage "signature of $board image (minisign -V)" signature "$img.xz"
+  stage "signatures of $board image and bundle (minisign -V)" signature "$img.xz"
   stage "boot $board in QEMU" boot "$board"
   stage "reproducible $board" ci/reproducible.sh "$board"
   if [ "$board" = qemu-arm64 ]; then

@@ -4,6 +4,7 @@
 
 pub mod boot_contract;
 pub mod boot_state;
+pub mod bundle;
 pub mod cmdline;
 pub mod minisign;
 pub mod os_release;

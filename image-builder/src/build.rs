@@ -6,7 +6,7 @@ use crate::fetch::Cache;
 use crate::lock::{Lock, Role};
 use crate::plan::{basename, Plan};
 use crate::tree::{Kind, Node, Tree};
-use crate::{disk, firmware, fsimage, initramfs, kmod, node_firmware, rootfs, sbom};
+use crate::{disk, firmware, fsimage, initramfs, kmod, node_firmware, rootfs, sbom, update_bundle};
 use meshos_common::boot_state;
 use anyhow::{anyhow, Context, Result};
 use meshos_common::os_release::OsRelease;
@@ -91,7 +91,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let epoch = plan.source_date_epoch;
     let board_file = format!("board-defs/{}.yaml", board.name);
-    let mut steps = Steps { done: Vec::new(), total: if opts.sign_key.is_some() { 11 } else { 10 } };
+    let mut steps = Steps { done: Vec::new(), total: if opts.sign_key.is_some() { 12 } else { 11 } };
 
     let downloaded = steps.run("fetch packages", || {
         let all: Vec<_> = lock.packages.iter().collect();
@@ -166,7 +166,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
     })?;
 
     let boot_pkgs = extract(&cache, lock, Role::Boot)?;
-    let (boot_img, kernel_len) = steps.run("boot partition", || {
+    let (boot_img, kernel_len, slot_files) = steps.run("boot partition", || {
         let mut fat = Tree::new();
         for f in &board.boot.files {
             let data = match (&f.package, &f.from, &f.content) {
@@ -199,6 +199,13 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         let kernel_len = stored.len() as u64;
         fat.insert("a/vmlinuz", Node::file(stored, 0o644));
         fat.insert("a/initrd.img", Node::file(initrd.clone(), 0o644));
+        // What an upgrade writes into the other slot's directory.
+        let mut slot_files: Vec<(String, Vec<u8>)> = Vec::new();
+        for name in &plan.slot_files {
+            if let Some(Node { kind: Kind::File(data), .. }) = fat.get(name) {
+                slot_files.push((format!("boot/{}", name.trim_start_matches("a/")), data.to_vec()));
+            }
+        }
         let scr = work.join("boot.scr");
         fsimage::uboot_script(&boot_script(board, plan), &scr, epoch)?;
         fat.insert("boot.scr", Node::file(std::fs::read(&scr)?, 0o644));
@@ -207,7 +214,14 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         fat.insert("conf.d/README.txt", Node::file(CONF_D_README.as_bytes().to_vec(), 0o644));
         let img = work.join("boot.vfat");
         fsimage::fat(&fat, &img, plan.layout.partitions[disk::BOOT].size, plan.fat_serial, "MESHOS", epoch)?;
-        Ok((img, kernel_len))
+        Ok((img, kernel_len, slot_files))
+    })?;
+
+    steps.run("update bundle", || {
+        let mut images = vec![("root".to_string(), std::fs::read(&rootfs_img)?)];
+        images.extend(slot_files);
+        update_bundle::write(&staged(&out.bundle), &format!("meshos-{}", board.name), &plan.version, &build_id, &images, opts.sign_key.as_ref(), epoch)?;
+        Ok(())
     })?;
 
     let data_img = work.join("data.ext4");
@@ -236,6 +250,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
     let signed_by = match &opts.sign_key {
         Some(key) => Some(steps.run("sign", || {
             crate::signing::sign_file(&staged(&out.img_xz), key, epoch)?;
+            crate::signing::sign_file(&staged(&out.bundle), key, epoch)?;
             Ok(key.public().id())
         })?),
         None => None,
@@ -266,6 +281,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
             "initramfs": initrd.len(),
             "kernel": kernel_len,
             "meshd": meshd.len(),
+            "bundle": size(&out.bundle),
         },
         "counts": {
             "packages": lock.packages.len(),
@@ -280,14 +296,17 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
     });
     std::fs::write(staged(&out.report), serde_json::to_vec_pretty(&report)?)?;
     // Only a build that got this far replaces the previous outputs.
-    for f in [&out.img, &out.img_xz, &out.sha256, &out.sbom, &out.report] {
+    for f in [&out.img, &out.img_xz, &out.sha256, &out.sbom, &out.report, &out.bundle] {
         std::fs::rename(staged(f), f).with_context(|| format!("moving {} into place", f.display()))?;
     }
     // A signature never sits beside an image it does not sign.
     if signed_by.is_some() {
-        std::fs::rename(staged(&out.minisig), &out.minisig).with_context(|| format!("moving {} into place", out.minisig.display()))?;
+        for f in [&out.minisig, &out.bundle_minisig] {
+            std::fs::rename(staged(f), f).with_context(|| format!("moving {} into place", f.display()))?;
+        }
     } else {
         let _ = std::fs::remove_file(&out.minisig);
+        let _ = std::fs::remove_file(&out.bundle_minisig);
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(Report { json: report, img_xz: out.img_xz.clone(), img_xz_sha256: xz_sha })

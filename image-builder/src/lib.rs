@@ -19,3 +19,4 @@ pub mod plan;
 pub mod sbom;
 pub mod qemu;
 pub mod signing;
+pub mod update_bundle;

@@ -150,6 +150,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 _ => 1,
             };
         }
+        if let Some(b) = cause.downcast_ref::<meshos_common::bundle::BundleError>() {
+            return if b.kind() == "io" { 1 } else { 4 };
+        }
         if let Some(f) = cause.downcast_ref::<meshimg::fetch::FetchError>() {
             use meshimg::fetch::FetchError::*;
             return match f {
@@ -276,8 +279,8 @@ fn run(cli: Cli) -> Result<()> {
                 let xz = report.json["sizes"]["img_xz"].as_u64().unwrap_or(0);
                 eprintln!("build: done in {total:.1} s");
                 println!("{}  ({:.1} MiB, sha256 {})", report.img_xz.display(), xz as f64 / 1048576.0, report.img_xz_sha256);
-                let sig = if report.json["signed_by"].is_string() { ".img.xz.minisig, " } else { "" };
-                println!("also in {}: .img, .img.xz.sha256, {sig}SBOM (.cdx.json), build report (.build-report.json)", p.outputs.dir.display());
+                let sig = if report.json["signed_by"].is_string() { ".img.xz.minisig, .bundle.minisig, " } else { "" };
+                println!("also in {}: .img, .img.xz.sha256, update .bundle, {sig}SBOM (.cdx.json), build report (.build-report.json)", p.outputs.dir.display());
             }
             Ok(())
         }
@@ -304,6 +307,15 @@ fn run(cli: Cli) -> Result<()> {
             let (key, comment) = signing::verify_file(&file, &sig, &keys)?;
             println!("{}: signature good, key {}", file.display(), key.id());
             println!("trusted comment: {comment}");
+            if file.extension().is_some_and(|e| e == "bundle") {
+                // What a node checks: the manifest's own signature, then every payload byte.
+                let f = std::fs::File::open(&file).with_context(|| file.display().to_string())?;
+                let b = meshos_common::bundle::open(std::io::BufReader::new(f)).with_context(|| file.display().to_string())?;
+                let signer = b.verify(&keys).with_context(|| format!("{}: manifest", file.display()))?;
+                let (compatible, version, images) = (b.manifest.compatible.clone(), b.manifest.version.clone(), b.manifest.images.len());
+                b.stream(|_, _| Ok(()), |_| Ok(())).with_context(|| file.display().to_string())?;
+                println!("bundle: {compatible} {version}, manifest signed by {signer}, {images} images match their hashes");
+            }
             Ok(())
         }
         Command::Qemu { board: name, image, out, forwards, links, boot_files, expect_ready, log } => {

@@ -39,6 +39,9 @@ pub struct Outputs {
     pub report: PathBuf,
     /// The detached signature of img_xz, when the build signs.
     pub minisig: PathBuf,
+    /// The update bundle for nodes in the field, and its detached signature.
+    pub bundle: PathBuf,
+    pub bundle_minisig: PathBuf,
 }
 
 #[derive(Debug, Serialize)]
@@ -125,6 +128,8 @@ impl Plan {
             sbom: dir.join(format!("{stem}.cdx.json")),
             report: dir.join(format!("{stem}.build-report.json")),
             minisig: dir.join(format!("{stem}.img.xz.minisig")),
+            bundle: dir.join(format!("{stem}.bundle")),
+            bundle_minisig: dir.join(format!("{stem}.bundle.minisig")),
             dir,
         };
         Ok(Plan {
