@@ -121,6 +121,7 @@ pub fn header(manifest_json: &[u8], signature: Option<&str>) -> Vec<u8> {
 pub struct Opened<R> {
     pub manifest: Manifest,
     manifest_bytes: Vec<u8>,
+    header_len: u64,
     signature: Option<SignatureFile>,
     reader: R,
 }
@@ -163,10 +164,17 @@ pub fn open<R: Read>(mut reader: R) -> Result<Opened<R>, BundleError> {
         let text = String::from_utf8(sig).map_err(|_| BundleError::Signature("not text".into()))?;
         Some(SignatureFile::parse(&text).map_err(|e| BundleError::Signature(e.to_string()))?)
     };
-    Ok(Opened { manifest, manifest_bytes, signature, reader })
+    let header_len = (MAGIC.len() + 8) as u64 + u64::from(n) + u64::from(s);
+    Ok(Opened { manifest, manifest_bytes, header_len, signature, reader })
 }
 
 impl<R: Read> Opened<R> {
+    /// The whole bundle's size as its header describes it: a file shorter than this is cut
+    /// short, which a node can tell before writing anything.
+    pub fn total_size(&self) -> u64 {
+        self.header_len + self.manifest.images.iter().map(|i| i.size).sum::<u64>()
+    }
+
     /// Checks the manifest's signature against the keys this node trusts; returns the key id.
     pub fn verify(&self, trusted: &[PublicKey]) -> Result<String, BundleError> {
         let sig = self.signature.as_ref().ok_or(BundleError::Unsigned)?;
@@ -193,9 +201,9 @@ impl<R: Read> Opened<R> {
         Ok(())
     }
 
-    /// Streams each image to `sink(image, chunk)`, hashing as it goes; an image whose bytes
-    /// do not match the manifest fails before the next one starts.
-    pub fn stream(mut self, mut sink: impl FnMut(&Image, &[u8]) -> std::io::Result<()>, mut finished: impl FnMut(&Image) -> std::io::Result<()>) -> Result<(), BundleError> {
+    /// Streams each image to `on`, hashing as it goes; an image whose bytes do not match the
+    /// manifest fails before its `Done` and before the next one starts.
+    pub fn stream(mut self, mut on: impl FnMut(Event) -> std::io::Result<()>) -> Result<(), BundleError> {
         let mut buf = vec![0u8; 256 * 1024];
         for image in &self.manifest.images {
             let mut hash = Sha256::new();
@@ -207,17 +215,24 @@ impl<R: Read> Opened<R> {
                     return Err(BundleError::Truncated(format!("image {} has {} of {} bytes", image.name, image.size - left, image.size)));
                 }
                 hash.update(&buf[..n]);
-                sink(image, &buf[..n])?;
+                on(Event::Data(image, &buf[..n]))?;
                 left -= n as u64;
             }
             let got = hex(&hash.finalize());
             if got != image.sha256 {
                 return Err(BundleError::Mismatch { name: image.name.clone(), want: image.sha256.clone(), got });
             }
-            finished(image)?;
+            on(Event::Done(image))?;
         }
         Ok(())
     }
+}
+
+/// What [`Opened::stream`] hands over: a piece of an image, then the image's end (after its
+/// hash matched).
+pub enum Event<'a> {
+    Data(&'a Image, &'a [u8]),
+    Done(&'a Image),
 }
 
 /// Whether version `a` is newer than `b`: dot-separated numbers compared as numbers, any other
@@ -267,7 +282,14 @@ mod tests {
         b.verify(trusted)?;
         b.check_compatible("meshos-rpi3", "1.0.0", false)?;
         let mut root = Vec::new();
-        b.stream(|img, chunk| { if img.name == "root" { root.extend_from_slice(chunk) } Ok(()) }, |_| Ok(()))?;
+        b.stream(|ev| {
+            if let Event::Data(img, chunk) = ev {
+                if img.name == "root" {
+                    root.extend_from_slice(chunk);
+                }
+            }
+            Ok(())
+        })?;
         Ok(root)
     }
 
@@ -278,6 +300,7 @@ mod tests {
         let (good, root) = make(Some(&key), "1.0.1", "rpi3");
         assert_eq!(install(&good, &trusted).unwrap(), root);
         assert_eq!(open(&good[..]).unwrap().manifest.images[0].blocks.len(), 4);
+        assert_eq!(open(&good[..]).unwrap().total_size(), good.len() as u64);
 
         let kind = |r: Result<Vec<u8>, BundleError>| r.unwrap_err().kind();
         assert_eq!(kind(install(&good[..good.len() - 10], &trusted)), "truncated");

@@ -39,7 +39,8 @@ setenv BOOT_SEQ 0x${BOOT_SEQ}
 env export -c -s 0x200 @STATE_ADDR@ BOOT_ORDER BOOT_A_LEFT BOOT_B_LEFT BOOT_SEQ
 ${devtype} write @STATE_ADDR@ ${meshos_older} 1
 echo "meshos: booting slot ${meshos_slot} (A ${BOOT_A_LEFT} left, B ${BOOT_B_LEFT} left)"
-setenv bootargs "@CMDLINE@ meshos.slot=${meshos_slot} meshos.disk=@DISK@ rootwait"
+# panic=10: a slot whose kernel panics reboots, so its failed attempt counts.
+setenv bootargs "@CMDLINE@ meshos.slot=${meshos_slot} meshos.disk=@DISK@ rootwait panic=10"
 @LOAD_KERNEL@
 fatload ${meshos_part} @RAMDISK_ADDR@ ${meshos_slot}/initrd.img || exit
 setenv meshos_initrd_size ${filesize}

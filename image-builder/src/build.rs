@@ -20,6 +20,8 @@ use std::time::Instant;
 /// The U-Boot script template; also an input of the plan (its hash).
 pub const BOOT_CMD: &str = include_str!("../assets/boot.cmd");
 const CONF_D_README: &str = "Put mesh-orange style *.tar.gz archives here; they are applied over /etc in name order at boot.\r\n";
+const UPDATES_README: &str = "Put a signed meshos-<board>-<version>.bundle here: the node installs it into its other slot at the next boot,\r\n\
+then boots it and keeps it if it is healthy. A refused bundle is renamed .rejected, with the reason in a .rejected.txt file.\r\n";
 
 pub struct Options {
     pub root: PathBuf,
@@ -212,6 +214,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         let mesh_yaml = file_of(&rootfs_tree, "usr/share/meshos/mesh.yaml", "the root filesystem")?.to_vec();
         fat.insert("mesh.yaml", Node::file(mesh_yaml, 0o644));
         fat.insert("conf.d/README.txt", Node::file(CONF_D_README.as_bytes().to_vec(), 0o644));
+        fat.insert("updates/README.txt", Node::file(UPDATES_README.as_bytes().to_vec(), 0o644));
         let img = work.join("boot.vfat");
         fsimage::fat(&fat, &img, plan.layout.partitions[disk::BOOT].size, plan.fat_serial, "MESHOS", epoch)?;
         Ok((img, kernel_len, slot_files))
@@ -396,7 +399,7 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             let board = Board::parse(&text, &path).unwrap();
             let lock = Lock::load(&crate::lock::lock_path(&root, &name), &board, &path).unwrap();
-            let plan = Plan::new(&root, &root.join("out"), &board, &text, &lock, &[]).unwrap();
+            let plan = Plan::new(&root, &root.join("out"), &board, &text, &lock, &[], crate::plan::VERSION, &[]).unwrap();
             let script = boot_script(&board, &plan);
             assert!(!script.contains('@'), "{name}: placeholder left in\n{script}");
             assert!(script.contains("meshos.slot=${meshos_slot}") && script.contains("${meshos_slot}/initrd.img"), "{name}:\n{script}");

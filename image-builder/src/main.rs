@@ -40,7 +40,7 @@ enum Command {
         #[arg(long, default_value = "out")]
         out: PathBuf,
         #[command(flatten)]
-        keys: KeyArgs,
+        keys: ImageArgs,
     },
     /// Build the board's image from its lock into <out>/<board>/.
     Build {
@@ -55,7 +55,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        keys: KeyArgs,
+        keys: ImageArgs,
     },
     /// Make an Ed25519 signing key pair (minisign format): the secret key at OUTPUT, the
     /// public key at OUTPUT.pub. The passphrase comes from MESHOS_SIGN_PASSPHRASE or the
@@ -175,18 +175,31 @@ fn release_code(r: &meshimg::debian::release::ReleaseError) -> u8 {
 }
 
 /// Loads a board, its lock and the plan for it.
-/// Signing options shared by `plan` and `build`.
+/// What goes into an image beyond the board: version, signing, trusted keys, extra overlays
+/// (shared by `plan` and `build`).
 #[derive(clap::Args)]
-struct KeyArgs {
+struct ImageArgs {
     /// Secret key to sign the image with (its public key, KEY.pub, is also trusted by the image).
     #[arg(long, env = "MESHOS_SIGN_KEY", value_name = "KEY")]
     sign_key: Option<PathBuf>,
     /// Also trust this public key (repeatable), beyond board-defs/keys/*.pub.
     #[arg(long = "trust-key", value_name = "PUB")]
     trust_keys: Vec<PathBuf>,
+    /// The image's version (default: meshimg's own). Nodes install only newer versions.
+    #[arg(long, env = "MESHOS_IMAGE_VERSION", value_name = "VERSION", value_parser = parse_version)]
+    image_version: Option<String>,
+    /// Lay this directory's files into the root filesystem after overlays/common and
+    /// overlays/<board> (repeatable): a site's own files.
+    #[arg(long = "overlay", value_name = "DIR")]
+    overlays: Vec<PathBuf>,
 }
 
-impl KeyArgs {
+fn parse_version(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty() && v.starts_with(|c: char| c.is_ascii_digit()) && v.chars().all(|c| c.is_ascii_alphanumeric() || ".-+~".contains(c));
+    if ok { Ok(v.to_string()) } else { Err(format!("'{v}' is not a version like 1.2.0 (digits first, then letters, digits and . - + ~)")) }
+}
+
+impl ImageArgs {
     /// The public keys the image will trust.
     fn trusted(&self, root: &std::path::Path) -> Result<Vec<meshos_common::minisign::PublicKey>> {
         let mut extra = self.trust_keys.clone();
@@ -198,7 +211,7 @@ impl KeyArgs {
     }
 }
 
-fn load(root: &std::path::Path, name: &str, out: &std::path::Path, keys: &KeyArgs) -> Result<(board::Board, lock::Lock, plan::Plan, PathBuf)> {
+fn load(root: &std::path::Path, name: &str, out: &std::path::Path, keys: &ImageArgs) -> Result<(board::Board, lock::Lock, plan::Plan, PathBuf)> {
     let board_path = board::board_path(root, name);
     let text = std::fs::read_to_string(&board_path)
         .with_context(|| format!("{}: cannot read (boards: {})", board_path.display(), board::list(root).join(", ")))?;
@@ -206,7 +219,13 @@ fn load(root: &std::path::Path, name: &str, out: &std::path::Path, keys: &KeyArg
     let lock_path = lock::lock_path(root, name);
     let l = lock::Lock::load(&lock_path, &b, &board_path)?;
     let trusted = keys.trusted(root)?;
-    let p = plan::Plan::new(root, out, &b, &text, &l, &trusted).context("reading the overlays")?;
+    let version = keys.image_version.as_deref().unwrap_or(plan::VERSION);
+    for dir in &keys.overlays {
+        if !dir.is_dir() {
+            anyhow::bail!("--overlay {}: no such directory", dir.display());
+        }
+    }
+    let p = plan::Plan::new(root, out, &b, &text, &l, &trusted, version, &keys.overlays).context("reading the overlays")?;
     Ok((b, l, p, lock_path))
 }
 
@@ -313,7 +332,7 @@ fn run(cli: Cli) -> Result<()> {
                 let b = meshos_common::bundle::open(std::io::BufReader::new(f)).with_context(|| file.display().to_string())?;
                 let signer = b.verify(&keys).with_context(|| format!("{}: manifest", file.display()))?;
                 let (compatible, version, images) = (b.manifest.compatible.clone(), b.manifest.version.clone(), b.manifest.images.len());
-                b.stream(|_, _| Ok(()), |_| Ok(())).with_context(|| file.display().to_string())?;
+                b.stream(|_| Ok(())).with_context(|| file.display().to_string())?;
                 println!("bundle: {compatible} {version}, manifest signed by {signer}, {images} images match their hashes");
             }
             Ok(())

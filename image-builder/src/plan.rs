@@ -76,13 +76,15 @@ pub fn overlay_dirs(root: &Path, board: &str) -> Vec<PathBuf> {
 }
 
 impl Plan {
-    pub fn new(root: &Path, out_root: &Path, board: &Board, board_text: &str, lock: &Lock, trusted: &[PublicKey]) -> std::io::Result<Plan> {
-        let overlays = overlay_dirs(root, &board.name);
+    /// `extra_overlays` are laid after the board's (a site's files, a test fixture).
+    pub fn new(root: &Path, out_root: &Path, board: &Board, board_text: &str, lock: &Lock, trusted: &[PublicKey], version: &str, extra_overlays: &[PathBuf]) -> std::io::Result<Plan> {
+        let mut overlays = overlay_dirs(root, &board.name);
+        overlays.extend(extra_overlays.iter().cloned());
         let trusted_key_files: Vec<(String, String)> =
             trusted.iter().map(|k| (format!("{}/{}.pub", crate::signing::IMAGE_KEYS_DIR, k.id()), k.render())).collect();
         let mut h = Sha256::new();
         let key_texts: Vec<&str> = trusted_key_files.iter().map(|(_, t)| t.as_str()).collect();
-        for part in [VERSION, &lock.render(), board_text, crate::initramfs::INIT, crate::build::BOOT_CMD].into_iter().chain(key_texts) {
+        for part in [version, &lock.render(), board_text, crate::initramfs::INIT, crate::build::BOOT_CMD].into_iter().chain(key_texts) {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
@@ -116,11 +118,12 @@ impl Plan {
         boot_files.push(PlannedBootFile { to: "boot.scr".into(), from: "generated: slot a boot script".into() });
         boot_files.push(PlannedBootFile { to: "mesh.yaml".into(), from: "overlay:usr/share/meshos/mesh.yaml".into() });
         boot_files.push(PlannedBootFile { to: "conf.d/README.txt".into(), from: "inline".into() });
+        boot_files.push(PlannedBootFile { to: "updates/README.txt".into(), from: "inline".into() });
         let mut slot_files = vec!["a/vmlinuz".to_string(), "a/initrd.img".to_string()];
         slot_files.extend(board.kernel.dtbs.iter().map(|d| format!("a/dtbs/{d}")));
 
         let dir = out_root.join(&board.name);
-        let stem = format!("meshos-{}-{VERSION}", board.name);
+        let stem = format!("meshos-{}-{version}", board.name);
         let outputs = Outputs {
             img: dir.join(format!("{stem}.img")),
             img_xz: dir.join(format!("{stem}.img.xz")),
@@ -134,11 +137,11 @@ impl Plan {
         };
         Ok(Plan {
             board: board.name.clone(),
-            version: VERSION.into(),
+            version: version.into(),
             lock_sha256: lock.hash(),
             source_date_epoch: lock.source_date_epoch,
             rust_target: board.rust_target.clone(),
-            cmdline: format!("{} meshos.slot=a meshos.disk={} rootwait", board.kernel.cmdline, layout.signature_hex()),
+            cmdline: format!("{} meshos.slot=<a|b> meshos.disk={} rootwait panic=10", board.kernel.cmdline, layout.signature_hex()),
             layout,
             fat_serial,
             data_uuid,
