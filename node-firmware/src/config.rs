@@ -25,6 +25,21 @@ pub struct Config {
     pub wired: Wired,
     pub router: Router,
     pub metrics: Metrics,
+    pub upgrade: Upgrade,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Upgrade {
+    /// Seconds a newly installed slot has to pass its health check (meshd up, data partition
+    /// mounted, router running) before meshd reboots it, so U-Boot counts a failed attempt.
+    pub health_timeout: u64,
+}
+
+impl Default for Upgrade {
+    fn default() -> Upgrade {
+        Upgrade { health_timeout: 180 }
+    }
 }
 
 /// Wired interfaces, by name (`*` allowed at the end: `eth*`).
@@ -152,6 +167,7 @@ impl Default for Config {
             wired: Wired::default(),
             router: Router::Yggdrasil,
             metrics: Metrics::default(),
+            upgrade: Upgrade::default(),
         }
     }
 }
@@ -294,6 +310,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
                 return Err(err(line_of_item(text, list, i), &format!("{list}[{i}]"), format!("'{name}' is not an interface name (eth0, or eth* for all)")));
             }
         }
+    }
+    if !(20..=3600).contains(&config.upgrade.health_timeout) {
+        return Err(at("upgrade.healthTimeout", format!("{} s is outside 20..3600", config.upgrade.health_timeout)));
     }
     if config.metrics.port == 0 {
         return Err(at("metrics.port", "0 is not a port".into()));

@@ -58,6 +58,8 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     let cfg = loaded.config;
     apply_conf_d(&dirs.boot.join("conf.d"));
 
+    install_pending_updates(dirs);
+
     let id = Identity::load_or_create(&dirs.state, &cfg.mesh.id)?;
     id.apply_hostname();
     eprintln!("meshd: {} overlay address {}", id.hostname, id.address);
@@ -100,7 +102,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         eprintln!("meshd: running (VmRSS {kb} kB)");
     }
     node.announce_once(&dirs.run)?;
-    let mut health = Health::new(&node.slot);
+    let mut health = Health::new(&node.slot, &dirs.state, Duration::from_secs(cfg.upgrade.health_timeout));
     state.slots = health.report.clone();
 
     let mut radios: BTreeMap<String, Managed> = BTreeMap::new();
@@ -198,6 +200,52 @@ fn manage_wired(wired: &Wired, dhcp: &mut BTreeMap<String, Service>, run_dir: &P
     }
 }
 
+/// Installs bundles waiting in `updates/` on the boot partition (the offline path: a card
+/// reader is all a person needs); reboots into the first one installed.
+fn install_pending_updates(dirs: &Dirs) {
+    for bundle in crate::upgrade::pending(&dirs.boot) {
+        eprintln!("meshd: upgrade: installing {} from the boot partition", bundle.display());
+        let result = install_bundle(&bundle, dirs, false);
+        crate::upgrade::settle(&bundle, &result);
+        match result {
+            Ok(version) => {
+                eprintln!("meshd: upgrade: {version} installed; rebooting into it");
+                if let Err(e) = command::run("reboot", &[]) {
+                    eprintln!("meshd: {e}");
+                }
+                // init is taking the system down; do not start services meanwhile.
+                loop {
+                    std::thread::sleep(Duration::from_secs(60));
+                }
+            }
+            Err(e) => eprintln!("meshd: upgrade: {} refused: {e}; renamed .rejected, reason beside it", bundle.display()),
+        }
+    }
+}
+
+/// Installs `bundle` into the slot not running (see crate::upgrade).
+pub fn install_bundle(bundle: &Path, dirs: &Dirs, allow_downgrade: bool) -> Result<String, crate::upgrade::InstallError> {
+    let setup = |message: String| crate::upgrade::InstallError { step: crate::upgrade::Step::Verify, kind: "node", message };
+    let node = Node::detect().map_err(setup)?;
+    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| setup(format!("/proc/cmdline: {e}")))?;
+    let disk = slots::boot_disk(&cmdline).map_err(setup)?;
+    let running = Slot::parse(&node.slot).ok_or_else(|| setup(format!("unknown running slot '{}'", node.slot)))?;
+    let trusted = trusted_public_keys(Path::new(TRUSTED_KEYS_DIR));
+    if trusted.is_empty() {
+        return Err(crate::upgrade::InstallError { step: crate::upgrade::Step::Verify, kind: "signature", message: "this image trusts no signing key, so it accepts no upgrade".into() });
+    }
+    let target = crate::upgrade::Target {
+        disk: &disk,
+        running,
+        compatible: format!("meshos-{}", node.release.board),
+        version: node.release.version.clone(),
+        trusted: &trusted,
+        boot_dir: &dirs.boot,
+        state_dir: &dirs.state,
+    };
+    crate::upgrade::install(bundle, &target, allow_downgrade)
+}
+
 /// How long the node must look healthy before its slot is marked good.
 const HEALTHY_FOR: Duration = Duration::from_secs(10);
 
@@ -209,14 +257,31 @@ struct Health {
     running: Option<Slot>,
     healthy_since: Option<Instant>,
     report: crate::slots::SlotReport,
+    /// This boot tries a newly installed slot: if it is not healthy by `deadline`, reboot.
+    trial: Option<crate::upgrade::Record>,
+    deadline: Instant,
+    state_dir: PathBuf,
 }
 
 impl Health {
-    fn new(slot: &str) -> Health {
+    fn new(slot: &str, state_dir: &Path, timeout: Duration) -> Health {
         let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
         let running = Slot::parse(slot);
         let found = slots::boot_disk(&cmdline).and_then(|d| slots::read_state(&d).map(|(s, _)| (d, s)));
-        let mut h = Health { disk: None, running, healthy_since: None, report: crate::slots::SlotReport::default() };
+        let record = crate::upgrade::read_record(state_dir).filter(|r| r.step == crate::upgrade::Step::Installed);
+        let trial = record.filter(|r| r.target.as_deref().and_then(Slot::parse) == running);
+        if let Some(r) = &trial {
+            eprintln!("meshd: upgrade: trying {} in slot {slot}; it has {} s to become healthy", r.version.as_deref().unwrap_or("?"), timeout.as_secs());
+        }
+        let mut h = Health {
+            disk: None,
+            running,
+            healthy_since: None,
+            report: crate::slots::SlotReport::default(),
+            trial,
+            deadline: Instant::now() + timeout,
+            state_dir: state_dir.to_path_buf(),
+        };
         match (found, running) {
             (Ok((disk, boot_state)), Some(slot)) => {
                 h.report = slots::report(&boot_state, slot, None, false);
@@ -241,6 +306,14 @@ impl Health {
         let router_ok = router.is_some_and(|r| r.running);
         if !(data && router_ok) {
             self.healthy_since = None;
+            if self.trial.is_some() && Instant::now() > self.deadline {
+                let why = if data { "the router is not running" } else { "the data partition is not mounted" };
+                eprintln!("meshd: upgrade: slot {slot} is not healthy ({why}); rebooting so U-Boot counts the failed attempt");
+                if let Err(e) = command::run("reboot", &[]) {
+                    eprintln!("meshd: {e}");
+                }
+                self.trial = None;
+            }
             return;
         }
         let since = *self.healthy_since.get_or_insert_with(Instant::now);
@@ -253,6 +326,18 @@ impl Health {
                     Some(from) => eprintln!("meshd: ROLLBACK: slot {from} ran out of boot attempts; slot {slot} is running and marked good"),
                     None => eprintln!("meshd: slot {slot} healthy, marked good (order {}, attempts left A {} B {})", report.order.join(" "), report.a_left, report.b_left),
                 }
+                // Close the last install's story: kept, or rolled back.
+                if let Some(mut r) = crate::upgrade::read_record(&self.state_dir).filter(|r| r.step == crate::upgrade::Step::Installed) {
+                    if report.rolled_back_from.is_some() {
+                        r.step = crate::upgrade::Step::RolledBack;
+                        r.error = Some(format!("slot {} did not become healthy within its boot attempts; slot {slot} runs again", r.target.as_deref().unwrap_or("?")));
+                        r.error_kind = Some("rolled_back".into());
+                    } else if r.target.as_deref().and_then(Slot::parse) == Some(slot) {
+                        r.step = crate::upgrade::Step::Committed;
+                    }
+                    crate::upgrade::save(&self.state_dir, &r);
+                }
+                self.trial = None;
                 self.report = report;
             }
             Err(e) => {
@@ -267,15 +352,15 @@ impl Health {
 /// Public keys baked into the image by meshimg; bundles must be signed by one of them.
 const TRUSTED_KEYS_DIR: &str = "/usr/share/meshos/keys";
 
-/// Ids of the readable minisign public keys in `dir`, sorted.
-fn trusted_keys(dir: &Path) -> Vec<String> {
+/// The readable minisign public keys in `dir`.
+fn trusted_public_keys(dir: &Path) -> Vec<meshos_common::minisign::PublicKey> {
     let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
-    let mut ids: Vec<String> = entries
+    let mut keys: Vec<_> = entries
         .flatten()
         .filter_map(|e| {
             let text = fs::read_to_string(e.path()).ok()?;
             match meshos_common::minisign::PublicKey::parse(&text) {
-                Ok(k) => Some(k.id()),
+                Ok(k) => Some(k),
                 Err(err) => {
                     eprintln!("meshd: {}: {err}", e.path().display());
                     None
@@ -283,8 +368,13 @@ fn trusted_keys(dir: &Path) -> Vec<String> {
             }
         })
         .collect();
-    ids.sort();
-    ids
+    keys.sort_by_key(|k| k.id());
+    keys
+}
+
+/// Ids of the keys in `dir`, sorted.
+fn trusted_keys(dir: &Path) -> Vec<String> {
+    trusted_public_keys(dir).iter().map(|k| k.id()).collect()
 }
 
 const UDHCPC_SCRIPT: &str = "/usr/share/meshos/udhcpc.script";

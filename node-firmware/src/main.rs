@@ -14,6 +14,7 @@ mod router;
 mod slots;
 mod status;
 mod supervisor;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,12 @@ commands:
              /boot (mesh.yaml), /data/meshd (identity) and /run/meshd
   status [--json] [--run DIR]
              what this node runs: radios, services, overlay peers
+  upgrade install BUNDLE [--allow-downgrade] [--no-reboot]
+             install a signed update bundle into the other slot, then reboot
+             into it (a bundle in updates/ on the boot partition is installed
+             at start)
+  upgrade status [--json]
+             running slot, boot order and attempts, last install
   check-config [FILE]
              check a mesh.yaml (default /boot/mesh.yaml) and say what is wrong
   --version  print meshd's version
@@ -36,6 +43,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         None | Some("run") => dirs(&args).and_then(|d| daemon::run(&d)),
         Some("status") => dirs(&args).and_then(|d| show_status(&d, args.iter().any(|a| a == "--json"))),
+        Some("upgrade") => upgrade_command(&args[1..]),
         Some("check-config") => check_config(args.get(1).map_or("/boot/mesh.yaml", String::as_str)),
         Some("--version" | "-V") => {
             println!("meshd {}", env!("CARGO_PKG_VERSION"));
@@ -94,4 +102,61 @@ fn check_config(file: &str) -> Result<(), String> {
     config::parse(path, &text).map_err(|e| e.to_string())?;
     println!("{file}: ok");
     Ok(())
+}
+
+fn upgrade_command(args: &[String]) -> Result<(), String> {
+    let dirs = daemon::Dirs::default();
+    match args.first().map(String::as_str) {
+        Some("install") => {
+            let mut source = None;
+            let (mut allow_downgrade, mut reboot) = (false, true);
+            for a in &args[1..] {
+                match a.as_str() {
+                    "--allow-downgrade" => allow_downgrade = true,
+                    "--no-reboot" => reboot = false,
+                    s if !s.starts_with('-') && source.is_none() => source = Some(PathBuf::from(s)),
+                    other => return Err(format!("unknown option '{other}'\n{USAGE}")),
+                }
+            }
+            let source = source.ok_or_else(|| format!("upgrade install needs a bundle file\n{USAGE}"))?;
+            let version = daemon::install_bundle(&source, &dirs, allow_downgrade).map_err(|e| e.to_string())?;
+            println!("installed {version}; it boots next");
+            if reboot {
+                command::run("reboot", &[])?;
+            }
+            Ok(())
+        }
+        Some("status") => {
+            let json = args.iter().any(|a| a == "--json");
+            let node = node::Node::detect()?;
+            let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+            let disk = slots::boot_disk(&cmdline)?;
+            let (state, _) = slots::read_state(&disk)?;
+            let record = upgrade::read_record(&dirs.state);
+            if json {
+                let v = serde_json::json!({
+                    "running_slot": node.slot.to_uppercase(), "version": node.release.version,
+                    "boot_order": state.order.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                    "a_left": state.a_left, "b_left": state.b_left, "seq": state.seq,
+                    "last_install": record,
+                });
+                println!("{}", serde_json::to_string_pretty(&v).expect("JSON value serialises"));
+            } else {
+                println!("running  slot {} ({} {})", node.slot.to_uppercase(), node.release.board, node.release.version);
+                let order: Vec<String> = state.order.iter().map(|s| s.to_string()).collect();
+                println!("boots    order {}, attempts left A {} B {} (record {})", order.join(" "), state.a_left, state.b_left, state.seq);
+                match record {
+                    Some(r) => {
+                        println!("last     {:?}: {} {}", r.step, r.source, r.version.unwrap_or_default());
+                        if let Some(e) = r.error {
+                            println!("error    {e}");
+                        }
+                    }
+                    None => println!("last     no install on this node yet"),
+                }
+            }
+            Ok(())
+        }
+        _ => Err(format!("upgrade needs install or status\n{USAGE}")),
+    }
 }

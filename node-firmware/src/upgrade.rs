@@ -1,0 +1,250 @@
+//! Installing an update bundle into the inactive slot, as an explicit state machine:
+//!
+//! verify signature → check board and version → mark the target slot bad → write it, hashing
+//! as it streams → mark it to be tried (attempts) → reboot.
+//!
+//! Nothing is written before the bundle's signature, board and version are checked. The
+//! target is marked bad first, so a power cut while it is half written can never boot it; the
+//! running slot stays first in the boot order until the single write that makes the target
+//! the one to try. The install's progress is kept in `<state>/upgrade.json` for
+//! `meshd upgrade status`, and a bundle left in `updates/` on the FAT partition is installed at
+//! start (the offline path), so an install cut short is simply done again.
+
+use crate::slots;
+use meshos_common::boot_state::{BootState, Slot, DEFAULT_ATTEMPTS};
+use meshos_common::bundle::{self, BundleError, Event};
+use meshos_common::minisign::PublicKey;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+
+/// The install's states, in order; each names what it is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Verify,
+    CheckCompatible,
+    MarkTargetBad,
+    Write,
+    MarkTry,
+    Reboot,
+    /// Installed; the target boots next, on trial.
+    Installed,
+    /// The target booted, passed its health check and was marked good.
+    Committed,
+    /// The target ran out of boot attempts; the node went back to the old slot.
+    RolledBack,
+    Failed,
+}
+
+/// What `meshd upgrade status` shows, kept on the data partition.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub step: Step,
+    pub source: String,
+    pub version: Option<String>,
+    pub target: Option<String>,
+    pub error: Option<String>,
+    /// `error`'s stable kind (signature, incompatible, not_newer, truncated, …).
+    pub error_kind: Option<String>,
+}
+
+pub fn record_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("upgrade.json")
+}
+
+pub fn read_record(state_dir: &Path) -> Option<Record> {
+    fs::read_to_string(record_path(state_dir)).ok().and_then(|t| serde_json::from_str(&t).ok())
+}
+
+pub fn save(state_dir: &Path, r: &Record) {
+    let p = record_path(state_dir);
+    let tmp = p.with_extension("tmp");
+    let ok = fs::write(&tmp, serde_json::to_vec_pretty(r).expect("record serialises")).and_then(|()| fs::rename(&tmp, &p));
+    if let Err(e) = ok {
+        eprintln!("meshd: upgrade: {}: {e}", p.display());
+    }
+}
+
+/// The node as the installer needs it.
+pub struct Target<'a> {
+    pub disk: &'a Path,
+    pub running: Slot,
+    pub compatible: String,
+    pub version: String,
+    pub trusted: &'a [PublicKey],
+    pub boot_dir: &'a Path,
+    pub state_dir: &'a Path,
+}
+
+/// The partition device of `slot` on `disk` (root A is partition 2, root B partition 3).
+pub fn slot_partition(disk: &Path, slot: Slot) -> PathBuf {
+    let n = match slot {
+        Slot::A => 2,
+        Slot::B => 3,
+    };
+    let d = disk.display().to_string();
+    PathBuf::from(if d.ends_with(|c: char| c.is_ascii_digit()) { format!("{d}p{n}") } else { format!("{d}{n}") })
+}
+
+fn partition_size(part: &Path) -> Option<u64> {
+    let name = part.file_name()?.to_string_lossy().into_owned();
+    let sectors: u64 = fs::read_to_string(Path::new("/sys/class/block").join(name).join("size")).ok()?.trim().parse().ok()?;
+    Some(sectors * 512)
+}
+
+#[derive(Debug)]
+pub struct InstallError {
+    pub step: Step,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for InstallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (while {:?})", self.message, self.step)
+    }
+}
+
+/// Runs the state machine on the bundle at `source`; returns the version installed.
+pub fn install(source: &Path, node: &Target, allow_downgrade: bool) -> Result<String, InstallError> {
+    let mut record = Record { step: Step::Verify, source: source.display().to_string(), version: None, target: None, error: None, error_kind: None };
+    let result = run(source, node, allow_downgrade, &mut record);
+    match &result {
+        Ok(_) => record.step = Step::Installed,
+        Err(e) => {
+            record.error = Some(e.message.clone());
+            record.error_kind = Some(e.kind.to_string());
+            record.step = Step::Failed;
+        }
+    }
+    save(node.state_dir, &record);
+    result
+}
+
+fn run(source: &Path, node: &Target, allow_downgrade: bool, record: &mut Record) -> Result<String, InstallError> {
+    let fail = |step: Step, kind: &'static str| move |message: String| InstallError { step, kind, message };
+    let bundle_err = |step: Step| move |e: BundleError| InstallError { step, kind: e.kind(), message: format!("{}: {e}", source.display()) };
+
+    let file = File::open(source).map_err(|e| fail(Step::Verify, "io")(format!("{}: {e}", source.display())))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let opened = bundle::open(BufReader::with_capacity(1 << 20, file)).map_err(bundle_err(Step::Verify))?;
+    opened.verify(node.trusted).map_err(bundle_err(Step::Verify))?;
+    if len < opened.total_size() {
+        let why = format!("the file has {len} of its {} bytes", opened.total_size());
+        return Err(bundle_err(Step::Verify)(BundleError::Truncated(why)));
+    }
+
+    record.step = Step::CheckCompatible;
+    record.version = Some(opened.manifest.version.clone());
+    opened.check_compatible(&node.compatible, &node.version, allow_downgrade).map_err(bundle_err(Step::CheckCompatible))?;
+    let target = node.running.other();
+    record.target = Some(target.to_string());
+    let part = slot_partition(node.disk, target);
+    let room = partition_size(&part).ok_or_else(|| fail(Step::CheckCompatible, "io")(format!("{}: cannot read its size", part.display())))?;
+    for img in &opened.manifest.images {
+        if img.name == "root" && img.size > room {
+            return Err(fail(Step::CheckCompatible, "too_large")(format!("the root image is {} bytes but slot {target} holds {room}", img.size)));
+        }
+        if img.name != "root" && (!img.name.starts_with("boot/") || img.name.contains("..")) {
+            return Err(fail(Step::CheckCompatible, "malformed")(format!("image '{}' has no place on a node", img.name)));
+        }
+    }
+
+    record.step = Step::MarkTargetBad;
+    save(node.state_dir, record);
+    let (state, older) = slots::read_state(node.disk).map_err(fail(Step::MarkTargetBad, "boot_state"))?;
+    let mut bad = state.clone();
+    bad.order.retain(|s| *s != target);
+    if bad.order.is_empty() {
+        bad.order.push(node.running);
+    }
+    bad.set_left(target, 0);
+    bad.seq = state.seq + 1;
+    slots::write_state(node.disk, &bad, older).map_err(fail(Step::MarkTargetBad, "boot_state"))?;
+    eprintln!("meshd: upgrade: {} {}: slot {target} marked bad, writing it", opened.manifest.compatible, opened.manifest.version);
+
+    record.step = Step::Write;
+    save(node.state_dir, record);
+    let slot_dir = node.boot_dir.join(target.lower());
+    let mut root = OpenOptions::new().write(true).open(&part).map_err(|e| fail(Step::Write, "io")(format!("{}: {e}", part.display())))?;
+    let mut boot_file: Option<(PathBuf, File)> = None;
+    let version = opened.manifest.version.clone();
+    opened
+        .stream(|event| match event {
+            Event::Data(img, chunk) if img.name == "root" => root.write_all(chunk).map_err(|e| ctx(&part, e)),
+            Event::Data(img, chunk) => {
+                let path = slot_dir.join(img.name.trim_start_matches("boot/"));
+                if boot_file.as_ref().is_none_or(|(p, _)| *p != path) {
+                    if let Some(parent) = path.parent() {
+                        fs::create_dir_all(parent).map_err(|e| ctx(parent, e))?;
+                    }
+                    let f = File::create(&path).map_err(|e| ctx(&path, e))?;
+                    boot_file = Some((path, f));
+                }
+                let (p, f) = boot_file.as_mut().expect("just opened");
+                f.write_all(chunk).map_err(|e| ctx(p, e))
+            }
+            Event::Done(img) if img.name == "root" => root.sync_all().map_err(|e| ctx(&part, e)),
+            Event::Done(img) => match boot_file.take() {
+                Some((p, f)) => f.sync_all().map_err(|e| ctx(&p, e)),
+                // An empty file gets no Data: make it now.
+                None => {
+                    let path = slot_dir.join(img.name.trim_start_matches("boot/"));
+                    File::create(&path).and_then(|f| f.sync_all()).map_err(|e| ctx(&path, e))
+                }
+            },
+        })
+        .map_err(bundle_err(Step::Write))?;
+
+    record.step = Step::MarkTry;
+    save(node.state_dir, record);
+    let (state, older) = slots::read_state(node.disk).map_err(fail(Step::MarkTry, "boot_state"))?;
+    let try_it = BootState { order: vec![target, node.running], seq: state.seq + 1, ..state.clone() };
+    let mut try_it = try_it;
+    try_it.set_left(target, DEFAULT_ATTEMPTS);
+    slots::write_state(node.disk, &try_it, older).map_err(fail(Step::MarkTry, "boot_state"))?;
+    eprintln!("meshd: upgrade: slot {target} holds {version} and boots next ({DEFAULT_ATTEMPTS} attempts, then slot {} again)", node.running);
+    Ok(version)
+}
+
+fn ctx(what: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", what.display()))
+}
+
+/// Bundles waiting in `<boot>/updates/`, oldest name first.
+pub fn pending(boot_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(boot_dir.join("updates")) else { return Vec::new() };
+    let mut v: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "bundle")).collect();
+    v.sort();
+    v
+}
+
+/// After an attempt on a bundle from `updates/`: an installed one is removed (the new slot has
+/// it); a refused one is renamed `.rejected` with the reason beside it, so it is not tried at
+/// every boot and its owner can read why.
+pub fn settle(bundle: &Path, result: &Result<String, InstallError>) {
+    let outcome = match result {
+        Ok(_) => fs::remove_file(bundle),
+        Err(e) => {
+            let reason = bundle.with_extension("rejected.txt");
+            fs::write(&reason, format!("{e}\n")).and_then(|()| fs::rename(bundle, bundle.with_extension("bundle.rejected")))
+        }
+    };
+    if let Err(e) = outcome {
+        eprintln!("meshd: upgrade: {}: {e}", bundle.display());
+    }
+    let _ = File::open(bundle.parent().unwrap_or(Path::new("/"))).and_then(|d| d.sync_all());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_partitions_follow_the_kernel_names() {
+        assert_eq!(slot_partition(Path::new("/dev/mmcblk0"), Slot::B), PathBuf::from("/dev/mmcblk0p3"));
+        assert_eq!(slot_partition(Path::new("/dev/vda"), Slot::A), PathBuf::from("/dev/vda2"));
+    }
+}
