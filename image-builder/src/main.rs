@@ -111,6 +111,11 @@ enum Command {
         /// Also write the console to this file.
         #[arg(long)]
         log: Option<PathBuf>,
+        /// Keep the node's SD card in this file across runs: made from the image the first
+        /// time, used as it is after (--boot-file still puts files on it). Stopping QEMU is
+        /// then a power cut, and the next run boots what the card holds.
+        #[arg(long, value_name = "FILE")]
+        card: Option<PathBuf>,
     },
 }
 
@@ -337,11 +342,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Qemu { board: name, image, out, forwards, links, boot_files, expect_ready, log } => {
+        Command::Qemu { board: name, image, out, forwards, links, boot_files, expect_ready, log, card } => {
             let b = board::Board::load(&board::board_path(&cli.root, &name))?;
             let image = image.unwrap_or_else(|| out.join(&name).join(format!("meshos-{name}-{}.img", plan::VERSION)));
             let work = std::env::temp_dir().join(format!("meshimg-qemu-{}", std::process::id()));
-            let opts = qemu::Options { image, forwards, links, boot_files, expect_ready: expect_ready.map(std::time::Duration::from_secs), log, work: work.clone() };
+            let opts = qemu::Options { image, forwards, links, boot_files, expect_ready: expect_ready.map(std::time::Duration::from_secs), log, card, work: work.clone() };
             let booted = qemu::boot(&b, &opts);
             let _ = std::fs::remove_dir_all(&work);
             let booted = booted?;

@@ -1,6 +1,7 @@
 //! Boots a built image in the board's QEMU machine (TCG only: this host's /dev/kvm is not to be
 //! trusted). The image itself is never written: the guest writes to a qcow2 overlay, which
-//! also gives the power-of-two card size QEMU's SD model requires.
+//! also gives the power-of-two card size QEMU's SD model requires, or to a card file
+//! (`card`) that lives on across runs, as an SD card does across reboots and power cuts.
 //!
 //! With `expect_ready`, the console is watched for the boot contract line and QEMU is stopped
 //! once it appears: the boot test.
@@ -47,6 +48,9 @@ pub struct Options {
     pub expect_ready: Option<Duration>,
     /// Copy of the console output.
     pub log: Option<PathBuf>,
+    /// The node's card, kept across runs: made from `image` when missing, else used as it is
+    /// (with `boot_files` put on it first). Killing QEMU is then a power cut.
+    pub card: Option<PathBuf>,
     pub work: PathBuf,
 }
 
@@ -117,9 +121,27 @@ fn image_with_boot_files(board: &Board, opts: &Options) -> Result<PathBuf, QemuE
     }
     let copy = opts.work.join("disk.img");
     tool(Command::new("cp").args(["--sparse=always"]).arg(&opts.image).arg(&copy), "cp")?;
+    put_boot_files(board, &copy, &opts.boot_files)?;
+    Ok(copy)
+}
+
+/// The card file: a sparse copy of the image, grown to the power-of-two size QEMU's SD model
+/// wants, made once; `boot_files` are put on it each time (a card taken out and written to).
+fn card(board: &Board, opts: &Options, card: &Path) -> Result<(), QemuError> {
+    if !card.exists() {
+        let partial = card.with_extension("partial");
+        tool(Command::new("cp").args(["--sparse=always"]).arg(&opts.image).arg(&partial), "cp")?;
+        let size = std::fs::metadata(&partial)?.len().next_power_of_two();
+        std::fs::OpenOptions::new().write(true).open(&partial)?.set_len(size)?;
+        std::fs::rename(&partial, card)?;
+    }
+    put_boot_files(board, card, &opts.boot_files)
+}
+
+fn put_boot_files(board: &Board, disk: &Path, boot_files: &[String]) -> Result<(), QemuError> {
     let offset = u64::from(board.disk.first_partition_kib) * 1024;
-    let spec = format!("{}@@{offset}", copy.display());
-    for f in &opts.boot_files {
+    let spec = format!("{}@@{offset}", disk.display());
+    for f in boot_files {
         let (name, path) = f.split_once('=').ok_or_else(|| QemuError::BadBootFile(f.clone()))?;
         // A name on the FAT partition, possibly in one of its directories (conf.d/…).
         if name.is_empty() || name.starts_with('/') || name.split('/').any(|part| part.is_empty() || part == "..") || name.contains('\\') {
@@ -128,9 +150,13 @@ fn image_with_boot_files(board: &Board, opts: &Options) -> Result<PathBuf, QemuE
         if !Path::new(path).is_file() {
             return Err(QemuError::Tool { tool: "--boot-file".into(), message: format!("{path}: no such file") });
         }
+        if let Some((dir, _)) = name.rsplit_once('/') {
+            // mcopy does not make directories; a card may have lost one its owner deleted.
+            let _ = Command::new("mmd").env("MTOOLS_SKIP_CHECK", "1").args(["-D", "s", "-i", &spec, &format!("::/{dir}")]).output();
+        }
         tool(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-o", "-i", &spec, path, &format!("::/{name}")]), "mcopy")?;
     }
-    Ok(copy)
+    Ok(())
 }
 
 pub fn command(board: &Board, opts: &Options) -> Result<Command, QemuError> {
@@ -139,37 +165,46 @@ pub fn command(board: &Board, opts: &Options) -> Result<Command, QemuError> {
         return Err(QemuError::NoImage { path: opts.image.clone(), board: board.name.clone() });
     }
     std::fs::create_dir_all(&opts.work)?;
+    if let Some(c) = &opts.card {
+        card(board, opts, c)?;
+    }
+    // Firmware QEMU loads itself comes from the card when there is one: what the node would boot.
+    let source = opts.card.as_ref().unwrap_or(&opts.image);
     let q = &board.qemu;
     let mut cmd = Command::new(&q.binary);
     cmd.args(["-M", &q.machine, "-m", &q.memory, "-accel", "tcg", "-display", "none", "-monitor", "none"]);
     if let Some(k) = &q.kernel {
         let path = opts.work.join(crate::plan::basename(k));
-        from_boot_partition(&opts.image, board, k, &path)?;
+        from_boot_partition(source, board, k, &path)?;
         cmd.arg("-kernel").arg(path);
     }
     if let Some(b) = &q.bios {
         let path = opts.work.join(crate::plan::basename(b));
-        from_boot_partition(&opts.image, board, b, &path)?;
+        from_boot_partition(source, board, b, &path)?;
         cmd.arg("-bios").arg(path);
     }
     if let Some(d) = &q.dtb {
         let path = opts.work.join(crate::plan::basename(d));
-        from_boot_partition(&opts.image, board, d, &path)?;
+        from_boot_partition(source, board, d, &path)?;
         cmd.arg("-dtb").arg(path);
     }
-    let size = std::fs::metadata(&opts.image)?.len().next_power_of_two();
-    let overlay = opts.work.join("disk.qcow2");
-    let _ = std::fs::remove_file(&overlay);
-    let image = image_with_boot_files(board, opts)?;
-    tool(
-        Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&image).arg(&overlay).arg(size.to_string()),
-        "qemu-img",
-    )?;
     let interface = match q.drive {
         crate::board::Drive::Sd => "sd",
         crate::board::Drive::Virtio => "virtio",
     };
-    cmd.arg("-drive").arg(format!("if={interface},format=qcow2,file={}", overlay.display()));
+    if let Some(c) = &opts.card {
+        cmd.arg("-drive").arg(format!("if={interface},format=raw,file={}", c.display()));
+    } else {
+        let size = std::fs::metadata(&opts.image)?.len().next_power_of_two();
+        let overlay = opts.work.join("disk.qcow2");
+        let _ = std::fs::remove_file(&overlay);
+        let image = image_with_boot_files(board, opts)?;
+        tool(
+            Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&image).arg(&overlay).arg(size.to_string()),
+            "qemu-img",
+        )?;
+        cmd.arg("-drive").arg(format!("if={interface},format=qcow2,file={}", overlay.display()));
+    }
     cmd.args(["-chardev", "stdio,id=console,mux=on,signal=on"]);
     for _ in 0..q.serials.max(1) {
         cmd.args(["-serial", "chardev:console"]);
