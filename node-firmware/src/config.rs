@@ -409,9 +409,7 @@ pub fn load(file: &Path, state_dir: &Path) -> Loaded {
         Ok((config, text)) => {
             // Kept only when different, so an unchanged file costs no flash writes.
             if fs::read_to_string(&good).ok().as_deref() != Some(text.as_str()) {
-                let tmp = good.with_extension("tmp");
-                let saved = fs::write(&tmp, &text).and_then(|()| fs::rename(&tmp, &good));
-                if let Err(e) = saved {
+                if let Err(e) = crate::durable::write(&good, text.as_bytes(), 0o644) {
                     eprintln!("meshd: cannot keep {} as the last good config: {e}", good.display());
                 }
             }

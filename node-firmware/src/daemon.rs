@@ -8,6 +8,7 @@ use crate::node::Node;
 use crate::radio::{self, Radio};
 use crate::status::{self, NodeState, RadioState};
 use crate::supervisor::Service;
+use crate::watchdog::{self, Watchdog};
 use crate::{access_point, command, http, router, slots};
 use meshos_common::boot_state::Slot;
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ impl Default for Dirs {
 }
 
 const SCAN_EVERY: Duration = Duration::from_secs(2);
+const WATCHDOG: &str = "/dev/watchdog";
 const RETRY_RADIO_AFTER: Duration = Duration::from_secs(20);
 
 /// A radio meshd has dealt with, and when to try again if that failed.
@@ -105,6 +107,17 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     let mut health = Health::new(&node.slot, &dirs.state, Duration::from_secs(cfg.upgrade.health_timeout));
     state.slots = health.report.clone();
 
+    let mut watchdog = match Watchdog::arm(Path::new(WATCHDOG), watchdog::WANTED) {
+        Ok(Some(w)) => {
+            eprintln!("meshd: watchdog {WATCHDOG} armed ({} s)", w.timeout.as_secs());
+            Some(w)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("meshd: watchdog: {e}");
+            None
+        }
+    };
     let mut radios: BTreeMap<String, Managed> = BTreeMap::new();
     let mut dhcp: BTreeMap<String, Service> = BTreeMap::new();
     let mut ap_passphrase: Option<String> = None;
@@ -124,6 +137,9 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
             if let Err(e) = status::write(&dirs.run, &state) {
                 eprintln!("meshd: {e}");
             }
+        }
+        if let Some(w) = watchdog.as_mut() {
+            w.feed();
         }
         std::thread::sleep(SCAN_EVERY);
     }
@@ -322,10 +338,6 @@ impl Health {
         }
         match slots::mark_good(disk, slot) {
             Ok(report) => {
-                match &report.rolled_back_from {
-                    Some(from) => eprintln!("meshd: ROLLBACK: slot {from} ran out of boot attempts; slot {slot} is running and marked good"),
-                    None => eprintln!("meshd: slot {slot} healthy, marked good (order {}, attempts left A {} B {})", report.order.join(" "), report.a_left, report.b_left),
-                }
                 // Close the last install's story: kept, or rolled back.
                 if let Some(mut r) = crate::upgrade::read_record(&self.state_dir).filter(|r| r.step == crate::upgrade::Step::Installed) {
                     if report.rolled_back_from.is_some() {
@@ -336,6 +348,11 @@ impl Health {
                         r.step = crate::upgrade::Step::Committed;
                     }
                     crate::upgrade::save(&self.state_dir, &r);
+                }
+                // (after the record: whoever reads this line finds both on the card)
+                match &report.rolled_back_from {
+                    Some(from) => eprintln!("meshd: ROLLBACK: slot {from} ran out of boot attempts; slot {slot} is running and marked good"),
+                    None => eprintln!("meshd: slot {slot} healthy, marked good (order {}, attempts left A {} B {})", report.order.join(" "), report.a_left, report.b_left),
                 }
                 self.trial = None;
                 self.report = report;

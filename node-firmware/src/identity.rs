@@ -6,7 +6,6 @@ use crate::config::Config;
 use std::fs;
 use std::io::Read;
 use std::net::Ipv6Addr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -125,15 +124,9 @@ pub fn random_bytes(n: usize) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-/// Written to a temporary name with mode 0600, then renamed: a power cut leaves the old file
-/// or the new one, never half a key.
+/// Mode 0600, and a power cut leaves the old file or the new one, never half a key.
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    let err = |e: std::io::Error| format!("{}: {e}", path.display());
-    fs::write(&tmp, format!("{text}\n")).map_err(err)?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(err)?;
-    fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(err)?;
-    fs::rename(&tmp, path).map_err(err)
+    crate::durable::write(path, format!("{text}\n").as_bytes(), 0o600).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -5,6 +5,7 @@ mod access_point;
 mod command;
 mod config;
 mod daemon;
+mod durable;
 mod http;
 mod identity;
 mod metrics;
@@ -15,6 +16,7 @@ mod slots;
 mod status;
 mod supervisor;
 mod upgrade;
+mod watchdog;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -60,9 +60,7 @@ pub fn read_record(state_dir: &Path) -> Option<Record> {
 
 pub fn save(state_dir: &Path, r: &Record) {
     let p = record_path(state_dir);
-    let tmp = p.with_extension("tmp");
-    let ok = fs::write(&tmp, serde_json::to_vec_pretty(r).expect("record serialises")).and_then(|()| fs::rename(&tmp, &p));
-    if let Err(e) = ok {
+    if let Err(e) = crate::durable::write(&p, &serde_json::to_vec_pretty(r).expect("record serialises"), 0o644) {
         eprintln!("meshd: upgrade: {}: {e}", p.display());
     }
 }
@@ -197,6 +195,9 @@ fn run(source: &Path, node: &Target, allow_downgrade: bool, record: &mut Record)
             },
         })
         .map_err(bundle_err(Step::Write))?;
+    // The files were synced one by one, but their directory entries and the FAT are the boot
+    // file system's: all of it must be on the card before the record says "boot this slot".
+    sync_fs(node.boot_dir).map_err(fail(Step::Write, "io"))?;
 
     record.step = Step::MarkTry;
     save(node.state_dir, record);
@@ -207,6 +208,17 @@ fn run(source: &Path, node: &Target, allow_downgrade: bool, record: &mut Record)
     slots::write_state(node.disk, &try_it, older).map_err(fail(Step::MarkTry, "boot_state"))?;
     eprintln!("meshd: upgrade: slot {target} holds {version} and boots next ({DEFAULT_ATTEMPTS} attempts, then slot {} again)", node.running);
     Ok(version)
+}
+
+/// syncfs(2) of the file system holding `dir`.
+fn sync_fs(dir: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // SAFETY: syncfs only reads the descriptor, which `d` keeps open for the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(format!("{}: syncfs: {}", dir.display(), std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn ctx(what: &Path, e: std::io::Error) -> std::io::Error {

@@ -1,0 +1,81 @@
+//! The board's hardware watchdog (`/dev/watchdog`: bcm2835_wdt on the Raspberry Pi, sunxi_wdt
+//! on the Orange Pi, i6300esb on the virtual node). meshd arms it once the node is up and feeds
+//! it from its main loop, so a node whose meshd hangs (or whose slot hangs it) is reset, and a
+//! slot on trial loses one of its attempts. On SIGTERM (poweroff, reboot) it is disarmed with
+//! the magic close, so a node that was asked to power off stays off.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+/// What meshd asks for; drivers with a shorter hardware limit (bcm2835: 15 s) get their limit.
+pub const WANTED: Duration = Duration::from_secs(15);
+
+// <linux/watchdog.h>: _IOWR('W', 6, int) and _IOR('W', 7, int).
+const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
+const WDIOC_GETTIMEOUT: libc::c_ulong = 0x8004_5707;
+
+/// The armed device (its descriptor is also kept for the SIGTERM handler).
+pub struct Watchdog {
+    file: File,
+    pub timeout: Duration,
+}
+
+static FD: AtomicI32 = AtomicI32::new(-1);
+
+impl Watchdog {
+    /// Opens and arms the device; `Ok(None)` when the board has none.
+    pub fn arm(path: &Path, wanted: Duration) -> Result<Option<Watchdog>, String> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let file = OpenOptions::new().write(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let fd = file.as_raw_fd();
+        let mut secs: libc::c_int = wanted.as_secs().try_into().unwrap_or(libc::c_int::MAX);
+        // SAFETY: both ioctls read or write one int through the pointer, which outlives them.
+        let set = unsafe { libc::ioctl(fd, WDIOC_SETTIMEOUT as _, &mut secs as *mut libc::c_int) };
+        if set != 0 && unsafe { libc::ioctl(fd, WDIOC_GETTIMEOUT as _, &mut secs as *mut libc::c_int) } != 0 {
+            secs = 0;
+        }
+        FD.store(fd, Ordering::SeqCst);
+        install_disarm_on_sigterm();
+        let mut w = Watchdog { file, timeout: Duration::from_secs(u64::try_from(secs).unwrap_or(0)) };
+        w.feed();
+        Ok(Some(w))
+    }
+
+    /// Resets the countdown; meshd calls this every pass of its main loop.
+    pub fn feed(&mut self) {
+        let _ = self.file.write_all(b"\0");
+    }
+}
+
+impl Drop for Watchdog {
+    /// Closing without the magic character leaves the watchdog running: a meshd that dies is
+    /// restarted by init and must re-arm in time, or the node resets.
+    fn drop(&mut self) {
+        FD.store(-1, Ordering::SeqCst);
+    }
+}
+
+extern "C" fn disarm_and_exit(_: libc::c_int) {
+    let fd = FD.load(Ordering::SeqCst);
+    // SAFETY: write, close and _exit are async-signal-safe; fd is ours or -1.
+    unsafe {
+        if fd >= 0 {
+            libc::write(fd, b"V".as_ptr().cast(), 1);
+            libc::close(fd);
+        }
+        libc::_exit(0);
+    }
+}
+
+fn install_disarm_on_sigterm() {
+    // SAFETY: the handler only makes async-signal-safe calls.
+    unsafe {
+        libc::signal(libc::SIGTERM, disarm_and_exit as *const () as libc::sighandler_t);
+    }
+}
