@@ -3,7 +3,9 @@
 # each board: build, check the image with independent tools, boot it in QEMU to the
 # 'meshos ready' line, and build it again in another directory to prove it reproducible.
 # The virtual board also runs the mesh test (ci/mesh-test.sh): three nodes, routing, a bad
-# mesh.yaml, and an 802.11s link between simulated radios.
+# mesh.yaml, and an 802.11s link between simulated radios. Then A/B upgrades: install, commit,
+# rollback and refusals on the rpi3 image in raspi3b (ci/upgrade-test.sh), and power cuts and
+# a hang on the virtual board (ci/powercut-test.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MESHIMG=${MESHIMG:-target/debug/meshimg}
@@ -75,5 +77,13 @@ for board in $BOARDS; do
     stage "mesh of three qemu-arm64 nodes" ci/mesh-test.sh "$img"
   fi
 done
+has() { [[ " $BOARDS " == *" $1 "* ]]; }
+# (the rpi3 test also feeds the node the Orange Pi's bundle, which it must refuse)
+if has rpi3 && has orangepi-zero; then
+  stage "A/B upgrades on rpi3 in raspi3b" ci/upgrade-test.sh rpi3
+fi
+if has qemu-arm64; then
+  stage "power cuts and a hang on qemu-arm64" ci/powercut-test.py
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
