@@ -8,7 +8,8 @@ seeded moments:
   install  while `meshd upgrade install` writes the inactive slot;
   commit   after an installed slot has booted, around the moment meshd marks it good.
 
-Then a hang: meshd is stopped and the hardware watchdog (QEMU's i6300esb) must reset the node.
+Then an install over https (refused without the server's CA, done with --ca), and a hang:
+meshd is stopped and the hardware watchdog (QEMU's i6300esb) must reset the node.
 
 After every cut the node is powered on again and must reach `meshos ready`: the slot that was
 running when an install was cut, the new slot after a commit was cut. The same seed gives the
@@ -159,6 +160,55 @@ def fat_check(card, work):
     return "fsck.vfat -n: " + " / ".join(rest)[:400]
 
 
+def https_install(node, work, bundle, port):
+    """`meshd upgrade install https://…`: the bundle streamed from a server on this host (reached
+    through an ssh tunnel), first without trusting its CA (refused, nothing written), then with
+    --ca. The install is left to boot next."""
+    tls = work / "tls"
+    tls.mkdir()
+    def openssl(*a):
+        subprocess.run(["openssl", *a], cwd=tls, check=True, capture_output=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", "-new", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=meshos test CA", "-days", "2",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    openssl("req", "-new", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (tls / "ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext")
+
+    import http.server, ssl, functools
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(bundle.parent))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tls / "server.pem", tls / "server.key")
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    node.wait_ssh()
+    with open(tls / "ca.pem", "rb") as f:
+        node.ssh("cat > /tmp/ca.pem", stdin=f)
+    before = node.ssh("meshd upgrade status --json").stdout
+    url = f"https://127.0.0.1:{port}/{bundle.name}"
+    def install(extra):
+        args = ["ssh", "-q", "-i", str(node.key), "-p", str(node.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "ExitOnForwardFailure=yes", "-R", f"127.0.0.1:{port}:127.0.0.1:{port}", "root@127.0.0.1",
+                f"meshd upgrade install {url} {extra} --allow-downgrade --no-reboot"]
+        return subprocess.run(args, capture_output=True, text=True, timeout=600)
+    r = install("")
+    if r.returncode == 0 or "UnknownIssuer" not in r.stderr + r.stdout:
+        fail(f"an https server whose CA the node was not given was not refused for its certificate: {r.stdout}{r.stderr}")
+    after = json.loads(node.ssh("meshd upgrade status --json").stdout)
+    if {k: v for k, v in json.loads(before).items() if k != "last_install"} != {k: v for k, v in after.items() if k != "last_install"}:
+        fail(f"the refused https install changed the boot state: {before} -> {after}")
+    ok(f"https without the server's CA: refused ({(r.stderr.strip().splitlines() or [''])[-1][:120]}); boot state untouched")
+    t = time.monotonic()
+    r = install("--ca /tmp/ca.pem")
+    if r.returncode != 0 or "installed" not in r.stdout:
+        fail(f"install over https with --ca: {r.stdout}{r.stderr}")
+    ok(f"installed {bundle.name} over https (streamed, {bundle.stat().st_size >> 20} MiB) in {time.monotonic() - t:.1f} s: {r.stdout.strip()}")
+    server.shutdown()
+
+
 def build_next(work, version):
     out = work / "next"
     log = work / "build-next.log"
@@ -267,6 +317,8 @@ def main():
 
     node.wait_ssh()
     status = json.loads(node.ssh("meshd upgrade status --json").stdout)
+
+    https_install(node, work, bundles[next(v for v in bundles if v != status["version"])], args.port + 1)
 
     # A hang: meshd stops feeding the hardware watchdog, which resets the node.
     _, m = node.wait_line(r"^meshd: watchdog /dev/watchdog armed \((\d+) s\)", 1)

@@ -23,14 +23,17 @@ declare -A need=(
   [ssh-keygen]=openssh-client
   [curl]=curl                   # the mesh test reads metrics through a forwarded port
   [minisign]=minisign           # the stock tool must accept our signatures (tests)
+  [openssl]=openssl             # a test CA and server certificate for installs over https (tests)
 )
 missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
 done
 [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
-# meshd for armv7 links against glibc (a Recommends of the cross gcc, so name it).
+# meshd for armv7 links against glibc (a Recommends of the cross gcc, so name it); its TLS
+# crypto (ring) compiles C for both targets against the cross C headers.
 [ -f /usr/arm-linux-gnueabihf/lib/crt1.o ] || missing+=(libc6-dev-armhf-cross)
+[ -f /usr/aarch64-linux-gnu/include/stdint.h ] || missing+=(libc6-dev-arm64-cross)
 
 if [ ${#missing[@]} -gt 0 ]; then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

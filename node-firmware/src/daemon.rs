@@ -221,7 +221,7 @@ fn manage_wired(wired: &Wired, dhcp: &mut BTreeMap<String, Service>, run_dir: &P
 fn install_pending_updates(dirs: &Dirs) {
     for bundle in crate::upgrade::pending(&dirs.boot) {
         eprintln!("meshd: upgrade: installing {} from the boot partition", bundle.display());
-        let result = install_bundle(&bundle, dirs, false);
+        let result = install_bundle(&crate::fetch::Source::File(bundle.clone()), dirs, false);
         crate::upgrade::settle(&bundle, &result);
         match result {
             Ok(version) => {
@@ -240,7 +240,7 @@ fn install_pending_updates(dirs: &Dirs) {
 }
 
 /// Installs `bundle` into the slot not running (see crate::upgrade).
-pub fn install_bundle(bundle: &Path, dirs: &Dirs, allow_downgrade: bool) -> Result<String, crate::upgrade::InstallError> {
+pub fn install_bundle(bundle: &crate::fetch::Source, dirs: &Dirs, allow_downgrade: bool) -> Result<String, crate::upgrade::InstallError> {
     let setup = |message: String| crate::upgrade::InstallError { step: crate::upgrade::Step::Verify, kind: "node", message };
     let node = Node::detect().map_err(setup)?;
     let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| setup(format!("/proc/cmdline: {e}")))?;

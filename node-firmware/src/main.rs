@@ -6,6 +6,7 @@ mod command;
 mod config;
 mod daemon;
 mod durable;
+mod fetch;
 mod http;
 mod identity;
 mod metrics;
@@ -29,10 +30,11 @@ commands:
              /boot (mesh.yaml), /data/meshd (identity) and /run/meshd
   status [--json] [--run DIR]
              what this node runs: radios, services, overlay peers
-  upgrade install BUNDLE [--allow-downgrade] [--no-reboot]
+  upgrade install FILE|URL [--ca PEM] [--allow-downgrade] [--no-reboot]
              install a signed update bundle into the other slot, then reboot
-             into it (a bundle in updates/ on the boot partition is installed
-             at start)
+             into it; an http(s) URL is streamed, not stored (--ca: trust
+             these CA certificates for https instead of Mozilla's roots).
+             A bundle in updates/ on the boot partition is installed at start
   upgrade status [--json]
              running slot, boot order and attempts, last install
   check-config [FILE]
@@ -110,17 +112,20 @@ fn upgrade_command(args: &[String]) -> Result<(), String> {
     let dirs = daemon::Dirs::default();
     match args.first().map(String::as_str) {
         Some("install") => {
-            let mut source = None;
+            let (mut source, mut ca) = (None, None);
             let (mut allow_downgrade, mut reboot) = (false, true);
-            for a in &args[1..] {
+            let mut rest = args[1..].iter();
+            while let Some(a) = rest.next() {
                 match a.as_str() {
                     "--allow-downgrade" => allow_downgrade = true,
                     "--no-reboot" => reboot = false,
-                    s if !s.starts_with('-') && source.is_none() => source = Some(PathBuf::from(s)),
+                    "--ca" => ca = Some(PathBuf::from(rest.next().ok_or_else(|| format!("--ca needs a PEM file\n{USAGE}"))?)),
+                    s if !s.starts_with('-') && source.is_none() => source = Some(s.to_string()),
                     other => return Err(format!("unknown option '{other}'\n{USAGE}")),
                 }
             }
-            let source = source.ok_or_else(|| format!("upgrade install needs a bundle file\n{USAGE}"))?;
+            let source = source.ok_or_else(|| format!("upgrade install needs a bundle file or URL\n{USAGE}"))?;
+            let source = fetch::Source::parse(&source, ca)?;
             let version = daemon::install_bundle(&source, &dirs, allow_downgrade).map_err(|e| e.to_string())?;
             println!("installed {version}; it boots next");
             if reboot {

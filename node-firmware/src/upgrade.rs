@@ -10,13 +10,14 @@
 //! `meshd upgrade status`, and a bundle left in `updates/` on the FAT partition is installed at
 //! start (the offline path), so an install cut short is simply done again.
 
+use crate::fetch::Source;
 use crate::slots;
 use meshos_common::boot_state::{BootState, Slot, DEFAULT_ATTEMPTS};
 use meshos_common::bundle::{self, BundleError, Event};
 use meshos_common::minisign::PublicKey;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The install's states, in order; each names what it is doing.
@@ -106,8 +107,8 @@ impl std::fmt::Display for InstallError {
 }
 
 /// Runs the state machine on the bundle at `source`; returns the version installed.
-pub fn install(source: &Path, node: &Target, allow_downgrade: bool) -> Result<String, InstallError> {
-    let mut record = Record { step: Step::Verify, source: source.display().to_string(), version: None, target: None, error: None, error_kind: None };
+pub fn install(source: &Source, node: &Target, allow_downgrade: bool) -> Result<String, InstallError> {
+    let mut record = Record { step: Step::Verify, source: source.to_string(), version: None, target: None, error: None, error_kind: None };
     let result = run(source, node, allow_downgrade, &mut record);
     match &result {
         Ok(_) => record.step = Step::Installed,
@@ -121,16 +122,15 @@ pub fn install(source: &Path, node: &Target, allow_downgrade: bool) -> Result<St
     result
 }
 
-fn run(source: &Path, node: &Target, allow_downgrade: bool, record: &mut Record) -> Result<String, InstallError> {
+fn run(source: &Source, node: &Target, allow_downgrade: bool, record: &mut Record) -> Result<String, InstallError> {
     let fail = |step: Step, kind: &'static str| move |message: String| InstallError { step, kind, message };
-    let bundle_err = |step: Step| move |e: BundleError| InstallError { step, kind: e.kind(), message: format!("{}: {e}", source.display()) };
+    let bundle_err = |step: Step| move |e: BundleError| InstallError { step, kind: e.kind(), message: format!("{source}: {e}") };
 
-    let file = File::open(source).map_err(|e| fail(Step::Verify, "io")(format!("{}: {e}", source.display())))?;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let opened = bundle::open(BufReader::with_capacity(1 << 20, file)).map_err(bundle_err(Step::Verify))?;
+    let input = source.open().map_err(fail(Step::Verify, "io"))?;
+    let opened = bundle::open(input.reader).map_err(bundle_err(Step::Verify))?;
     opened.verify(node.trusted).map_err(bundle_err(Step::Verify))?;
-    if len < opened.total_size() {
-        let why = format!("the file has {len} of its {} bytes", opened.total_size());
+    if let Some(len) = input.len.filter(|len| *len < opened.total_size()) {
+        let why = format!("it has {len} of its {} bytes", opened.total_size());
         return Err(bundle_err(Step::Verify)(BundleError::Truncated(why)));
     }
 
