@@ -68,11 +68,14 @@ printf 'apiVersion: meshos/v1\nupgrade:\n  healthTimeout: 25\n' > "$WORK/mesh.ya
 : > "$WORK/console.log"
 t1=$SECONDS
 power_on "$WORK/card1.img" --boot-file "mesh.yaml=$WORK/mesh.yaml" --boot-file "updates/$(basename "$NEXT")=$NEXT"
+wait_for 600 seen "upgrade: installing /boot/updates/$(basename "$NEXT")" || fail "N did not start installing the bundle in updates/"
+t_install=$SECONDS
+wait_for 600 seen "upgrade: $V.1 installed; rebooting into it" || fail "the install did not finish"
+install_s=$((SECONDS - t_install))
 wait_for 900 seen "^meshos ready version=$V.1 board=$BOARD slot=b" || fail "N+1 never came up in slot B"
-seen "upgrade: installing /boot/updates/$(basename "$NEXT")" || fail "no install line"
 installed=$((SECONDS - t1))
 wait_for 300 seen '^meshd: slot B healthy, marked good' || fail "slot B was not marked good"
-ok "N installed N+1 from updates/ into slot B, rebooted into it ($installed s after power-on) and marked it good ($((SECONDS - t1)) s)"
+ok "N installed N+1 from updates/ into slot B (about $install_s s), rebooted into it ($installed s after power-on) and marked it good ($((SECONDS - t1)) s, $(count '^meshos: booting slot') boots)"
 power_off
 record "$WORK/card1.img" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["step"] == "committed" and d["target"] == "B", d' \
   || fail "upgrade record: $(record "$WORK/card1.img")"
