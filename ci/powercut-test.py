@@ -120,10 +120,12 @@ class Node:
             fail(f"power-on #{self.boots}: no 'meshos ready' within {timeout} s; console tail:\n{tail}")
         return m.group(1), m.group(2).upper()
 
+    def ssh_args(self, command, *options):
+        return ["ssh", "-q", "-i", str(self.key), "-p", str(self.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", *options, "root@127.0.0.1", command]
+
     def ssh(self, command, stdin=None, timeout=120, check=True):
-        args = ["ssh", "-q", "-i", str(self.key), "-p", str(self.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "root@127.0.0.1", command]
-        r = subprocess.run(args, stdin=stdin, capture_output=True, timeout=timeout)
+        r = subprocess.run(self.ssh_args(command), stdin=stdin, capture_output=True, timeout=timeout)
         if check and r.returncode != 0:
             fail(f"on the node: {command}: exit {r.returncode}: {r.stderr.decode(errors='replace')}")
         return r
@@ -190,9 +192,8 @@ def https_install(node, work, bundle, port):
     before = node.ssh("meshd upgrade status --json").stdout
     url = f"https://127.0.0.1:{port}/{bundle.name}"
     def install(extra):
-        args = ["ssh", "-q", "-i", str(node.key), "-p", str(node.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "ExitOnForwardFailure=yes", "-R", f"127.0.0.1:{port}:127.0.0.1:{port}", "root@127.0.0.1",
-                f"meshd upgrade install {url} {extra} --allow-downgrade --no-reboot"]
+        args = node.ssh_args(f"meshd upgrade install {url} {extra} --allow-downgrade --no-reboot",
+                             "-o", "ExitOnForwardFailure=yes", "-R", f"127.0.0.1:{port}:127.0.0.1:{port}")
         return subprocess.run(args, capture_output=True, text=True, timeout=600)
     r = install("")
     if r.returncode == 0 or "UnknownIssuer" not in r.stderr + r.stdout:
@@ -273,10 +274,8 @@ def main():
             delay = rng.uniform(0.0, 5.0)
             node.wait_ssh()
             node.upload(bundles[other])
-            install = subprocess.Popen(
-                ["ssh", "-q", "-i", str(key), "-p", str(args.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                 "root@127.0.0.1", "meshd upgrade install /tmp/next.bundle --allow-downgrade --no-reboot"],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            install = subprocess.Popen(node.ssh_args("meshd upgrade install /tmp/next.bundle --allow-downgrade --no-reboot"),
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             started = time.monotonic()
             out = b""
             while b"marked bad, writing it" not in out:
