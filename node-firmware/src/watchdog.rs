@@ -32,6 +32,9 @@ impl Watchdog {
         if !path.exists() {
             return Ok(None);
         }
+        if let Some(why) = resets_when_armed() {
+            return Err(format!("not armed: {why}"));
+        }
         let file = OpenOptions::new().write(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let fd = file.as_raw_fd();
         let mut secs: libc::c_int = wanted.as_secs().try_into().unwrap_or(libc::c_int::MAX);
@@ -59,6 +62,19 @@ impl Drop for Watchdog {
     fn drop(&mut self) {
         FD.store(-1, Ordering::SeqCst);
     }
+}
+
+/// QEMU's raspi3b model has no countdown in its BCM2835 watchdog: arming it resets the machine
+/// at once. That machine is known by the SD card QEMU emulates (product name `QEMU!`); the
+/// real board's watchdog counts down as it should.
+fn resets_when_armed() -> Option<&'static str> {
+    let identity = std::fs::read_to_string("/sys/class/watchdog/watchdog0/identity").unwrap_or_default();
+    let qemu_card = std::fs::read_dir("/sys/bus/mmc/devices")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|d| std::fs::read_to_string(d.path().join("name")).is_ok_and(|n| n.trim() == "QEMU!"));
+    (identity.contains("BCM2835") && qemu_card).then_some("QEMU's BCM2835 watchdog resets the machine the moment it is armed")
 }
 
 extern "C" fn disarm_and_exit(_: libc::c_int) {
