@@ -49,7 +49,13 @@ part() { # CARD N OUT: partition N of the card
   dd if="$1" of="$3" bs=512 skip="$start" count="$size" status=none
 }
 record() { # CARD: meshd's upgrade record, from the data partition
-  part "$1" 4 "$WORK/data.ext4" && debugfs -R "cat /meshd/upgrade.json" "$WORK/data.ext4" 2>/dev/null
+  # The node was powered off, not shut down: what it last wrote may still be only in the ext4
+  # journal, which debugfs does not read. Replay it on the copy first, as the next mount would.
+  local rc=0
+  part "$1" 4 "$WORK/data.ext4" || return 1
+  e2fsck -p "$WORK/data.ext4" >/dev/null 2>&1 || rc=$?
+  [ "$rc" -lt 4 ] || return 1
+  debugfs -R "cat /meshd/upgrade.json" "$WORK/data.ext4" 2>/dev/null
 }
 updates() { # CARD: the names in updates/ on the boot partition
   part "$1" 1 "$WORK/boot.vfat" && mdir -i "$WORK/boot.vfat" -b ::/updates | sed 's|.*/||'
