@@ -10,15 +10,19 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 MESHIMG=${MESHIMG:-target/debug/meshimg}
 BOARDS=${BOARDS:-rpi3 orangepi-zero qemu-arm64}
-passed=0 failed=0
+passed=0 failed=0 failures=()
 
-stage() {
-  local name=$1 start=$SECONDS; shift
+mkdir -p out/test-logs && rm -f out/test-logs/*.log
+stage() { # NAME COMMAND...: run one stage, its output also kept in out/test-logs/
+  local name=$1 start=$SECONDS log rc; shift
+  log=out/test-logs/$(printf '%02d' $((passed + failed + 1)))-$(tr -c 'a-z0-9\n' - <<<"${name,,}" | tr -s -).log
   echo "== $name"
-  if "$@"; then
+  "$@" 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" -eq 0 ]; then
     passed=$((passed + 1)); echo "== $name: ok ($((SECONDS - start)) s)"
   else
-    failed=$((failed + 1)); echo "== $name: FAILED ($((SECONDS - start)) s)"
+    failed=$((failed + 1)) failures+=("$name|$log"); echo "== $name: FAILED ($((SECONDS - start)) s)"
   fi
 }
 
@@ -85,5 +89,10 @@ fi
 if has qemu-arm64; then
   stage "power cuts and a hang on qemu-arm64" ci/powercut-test.py
 fi
-echo "$passed passed, $failed failed"
+# The last lines name what failed, so the tail of a long log is enough to know where to look.
+for f in "${failures[@]}"; do
+  echo "FAILED: ${f%|*} (whole output in ${f#*|}); its last lines:"
+  tail -15 "${f#*|}" | sed 's/^/  | /'
+done
+echo "$passed passed, $failed failed in $((SECONDS / 60)) min"
 [ "$failed" -eq 0 ]
