@@ -27,6 +27,8 @@ pub enum QemuError {
     BadLink(String),
     #[error("'{0}' is not NAME=PATH (a file to put on the boot partition)")]
     BadBootFile(String),
+    #[error("--boot-file {name}: {path} ({size} bytes) does not fit on the boot partition of {card}\nhint: take files off the card (updates/ keeps refused bundles as *.rejected), or give board {board} a larger disk.bootMib")]
+    NoRoom { name: String, path: String, size: u64, card: PathBuf, board: String },
     #[error("{tool}: {message}\nhint: run ci/setup-host.sh (make qemu does) to install QEMU and mtools")]
     Tool { tool: String, message: String },
     #[error("no '{prefix}' line within {seconds} s; last console lines:\n{tail}")]
@@ -154,7 +156,14 @@ fn put_boot_files(board: &Board, disk: &Path, boot_files: &[String]) -> Result<(
             // mcopy does not make directories; a card may have lost one its owner deleted.
             let _ = Command::new("mmd").env("MTOOLS_SKIP_CHECK", "1").args(["-D", "s", "-i", &spec, &format!("::/{dir}")]).output();
         }
-        tool(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-o", "-i", &spec, path, &format!("::/{name}")]), "mcopy")?;
+        match tool(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-o", "-i", &spec, path, &format!("::/{name}")]), "mcopy") {
+            Err(QemuError::Tool { message, .. }) if message.contains("Disk full") => {
+                // (mcopy has removed what it had written)
+                let size = std::fs::metadata(path)?.len();
+                return Err(QemuError::NoRoom { name: name.into(), path: path.into(), size, card: disk.into(), board: board.name.clone() });
+            }
+            other => other?,
+        }
     }
     Ok(())
 }
@@ -315,5 +324,33 @@ fn lines(r: impl Read, tx: mpsc::Sender<String>) {
             return;
         }
         buf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_boot_file_that_does_not_fit_is_named_and_leaves_nothing_behind() {
+        let board = Board::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../board-defs/qemu-arm64.yaml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.img");
+        let offset = u64::from(board.disk.first_partition_kib) * 1024;
+        std::fs::File::create(&disk).unwrap().set_len(offset + (2 << 20)).unwrap();
+        let spec = format!("{}@@{offset}", disk.display());
+        tool(Command::new("mformat").env("MTOOLS_SKIP_CHECK", "1").args(["-i", &spec, "-T", "4096", "-h", "64", "-s", "32", "::"]), "mformat").unwrap();
+        let (small, big) = (dir.path().join("mesh.yaml"), dir.path().join("big.bundle"));
+        std::fs::write(&small, "apiVersion: meshos/v1\n").unwrap();
+        std::fs::write(&big, vec![7u8; 3 << 20]).unwrap();
+
+        let err = put_boot_files(&board, &disk, &[format!("updates/big.bundle={}", big.display())]).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, QemuError::NoRoom { size, .. } if size == 3 << 20), "{text}");
+        assert!(text.contains("--boot-file updates/big.bundle") && text.contains("disk.bootMib"), "{text}");
+        let listing = Command::new("mdir").env("MTOOLS_SKIP_CHECK", "1").args(["-b", "-i", &spec, "::/updates"]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&listing.stdout).trim(), "", "a partial copy was left on the card");
+
+        put_boot_files(&board, &disk, &[format!("mesh.yaml={}", small.display())]).unwrap();
     }
 }
