@@ -29,7 +29,14 @@ fail() {
   exit 1
 }
 ok() { echo "upgrade-test: ok: $*"; }
-wait_for() { local until=$((SECONDS + $1)); shift; until "$@" >/dev/null 2>&1; do [ $SECONDS -lt $until ] || return 1; sleep 2; done; }
+wait_for() { # SECONDS CHECK...: until CHECK passes; gives up early once the node's QEMU has exited
+  local until=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $until ] || return 1
+    [ -z "$node_pid" ] || kill -0 "$node_pid" 2>/dev/null || { "$@" >/dev/null 2>&1; return; }
+    sleep 2
+  done
+}
 power_off() { [ -z "$node_pid" ] || { kill "$node_pid" 2>/dev/null || true; wait "$node_pid" 2>/dev/null || true; node_pid=; }; }
 trap power_off EXIT
 power_on() { # CARD [--boot-file NAME=PATH ...]: boot the card; console appended to $WORK/console.log
