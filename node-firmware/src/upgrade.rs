@@ -235,19 +235,26 @@ pub fn pending(boot_dir: &Path) -> Vec<PathBuf> {
 
 /// After an attempt on a bundle from `updates/`: an installed one is removed (the new slot has
 /// it); a refused one is renamed `.rejected` with the reason beside it, so it is not tried at
-/// every boot and its owner can read why.
+/// every boot and its owner can read why. All of it is on the card when this returns: the node
+/// may be switched off soon after, and FAT has no journal (the reason is written before the
+/// rename, so a cut between them only means the bundle is refused again, with the same reason).
 pub fn settle(bundle: &Path, result: &Result<String, InstallError>) {
     let outcome = match result {
         Ok(_) => fs::remove_file(bundle),
         Err(e) => {
             let reason = bundle.with_extension("rejected.txt");
-            fs::write(&reason, format!("{e}\n")).and_then(|()| fs::rename(bundle, bundle.with_extension("bundle.rejected")))
+            File::create(&reason)
+                .and_then(|mut f| f.write_all(format!("{e}\n").as_bytes()).and_then(|()| f.sync_all()))
+                .and_then(|()| fs::rename(bundle, bundle.with_extension("bundle.rejected")))
         }
     };
     if let Err(e) = outcome {
         eprintln!("meshd: upgrade: {}: {e}", bundle.display());
     }
-    let _ = File::open(bundle.parent().unwrap_or(Path::new("/"))).and_then(|d| d.sync_all());
+    // The rename and the removal: the boot partition as a whole, in one call.
+    if let Err(e) = sync_fs(bundle.parent().unwrap_or(Path::new("/"))) {
+        eprintln!("meshd: upgrade: {e}");
+    }
 }
 
 #[cfg(test)]
@@ -258,5 +265,26 @@ mod tests {
     fn slot_partitions_follow_the_kernel_names() {
         assert_eq!(slot_partition(Path::new("/dev/mmcblk0"), Slot::B), PathBuf::from("/dev/mmcblk0p3"));
         assert_eq!(slot_partition(Path::new("/dev/vda"), Slot::A), PathBuf::from("/dev/vda2"));
+    }
+
+    #[test]
+    fn settled_bundles_leave_updates_with_their_outcome() {
+        let boot = std::env::temp_dir().join(format!("meshd-settle-{}", std::process::id()));
+        let dir = boot.join("updates");
+        fs::create_dir_all(&dir).unwrap();
+        let (good, bad) = (dir.join("1-next.bundle"), dir.join("2-other.bundle"));
+        fs::write(&good, "g").unwrap();
+        fs::write(&bad, "b").unwrap();
+        assert_eq!(pending(&boot), [good.clone(), bad.clone()]);
+
+        settle(&good, &Ok("0.1.1".into()));
+        let refused = InstallError { step: Step::CheckCompatible, kind: "incompatible", message: "the bundle is for meshos-x".into() };
+        settle(&bad, &Err(refused));
+
+        assert!(pending(&boot).is_empty());
+        assert!(!good.exists());
+        assert_eq!(fs::read_to_string(dir.join("2-other.bundle.rejected")).unwrap(), "b");
+        assert_eq!(fs::read_to_string(dir.join("2-other.rejected.txt")).unwrap(), "the bundle is for meshos-x (while CheckCompatible)\n");
+        fs::remove_dir_all(&boot).unwrap();
     }
 }
