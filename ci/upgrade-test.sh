@@ -25,7 +25,7 @@ V=$(cargo pkgid -p meshimg | sed 's/.*[#@]//')
 N=out/$BOARD/meshos-$BOARD-$V
 WORK=out/upgrade-test/$BOARD
 OTHER_BOARD=$([ "$BOARD" = orangepi-zero ] && echo rpi3 || echo orangepi-zero)
-rm -rf "$WORK" && mkdir -p "$WORK"
+rm -rf "$WORK" && mkdir -p "$WORK" && : > "$WORK/console.log"
 node_pid=
 fail() {
   echo "upgrade-test: FAILED: $*" >&2
@@ -85,7 +85,6 @@ printf 'apiVersion: meshos/v1\nupgrade:\n  healthTimeout: 25\n' > "$WORK/mesh.ya
 
 # --- 1: offline install from updates/, reboot into B, commit, stays on B after a power cycle.
 if want 1; then
-  : > "$WORK/console.log"
   t1=$SECONDS
   power_on "$WORK/card1.img" --boot-file "mesh.yaml=$WORK/mesh.yaml" --boot-file "updates/$(basename "$NEXT")=$NEXT"
   wait_for 600 seen "upgrade: installing /boot/updates/$(basename "$NEXT")" || fail "N did not start installing the bundle in updates/"

@@ -226,7 +226,7 @@ fn install_pending_updates(dirs: &Dirs) {
         match result {
             Ok(version) => {
                 eprintln!("meshd: upgrade: {version} installed; rebooting into it");
-                if let Err(e) = command::run("reboot", &[]) {
+                if let Err(e) = crate::watchdog::reboot() {
                     eprintln!("meshd: {e}");
                 }
                 // init is taking the system down; do not start services meanwhile.
@@ -325,7 +325,7 @@ impl Health {
             if self.trial.is_some() && Instant::now() > self.deadline {
                 let why = if data { "the router is not running" } else { "the data partition is not mounted" };
                 eprintln!("meshd: upgrade: slot {slot} is not healthy ({why}); rebooting so U-Boot counts the failed attempt");
-                if let Err(e) = command::run("reboot", &[]) {
+                if let Err(e) = crate::watchdog::reboot() {
                     eprintln!("meshd: {e}");
                 }
                 self.trial = None;

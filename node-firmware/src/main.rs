@@ -129,7 +129,7 @@ fn upgrade_command(args: &[String]) -> Result<(), String> {
             let version = daemon::install_bundle(&source, &dirs, allow_downgrade).map_err(|e| e.to_string())?;
             println!("installed {version}; it boots next");
             if reboot {
-                command::run("reboot", &[])?;
+                watchdog::reboot()?;
             }
             Ok(())
         }

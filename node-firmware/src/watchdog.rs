@@ -95,3 +95,18 @@ fn install_disarm_on_sigterm() {
         libc::signal(libc::SIGTERM, disarm_and_exit as *const () as libc::sighandler_t);
     }
 }
+
+/// Reboots the node. The hardware watchdog is stopped on the way down (meshd's SIGTERM, and the
+/// drivers' own reboot hooks), so a shutdown that hangs in a driver would leave the node off the
+/// mesh for good; instead the kernel is told to panic on a task blocked for 30 s, and `panic=10`
+/// on the command line turns the panic into a reset. (QEMU's orangepi-pc does: it lacks the
+/// H3's second MMC controller, the Orange Pi Zero's Wi-Fi, and the kernel waits on it forever.)
+pub fn reboot() -> Result<(), String> {
+    for (key, value) in [("hung_task_timeout_secs", "30"), ("hung_task_panic", "1")] {
+        let path = Path::new("/proc/sys/kernel").join(key);
+        if let Err(e) = std::fs::write(&path, value) {
+            eprintln!("meshd: {}: {e} (a hung shutdown will not be reset)", path.display());
+        }
+    }
+    crate::command::run("reboot", &[]).map(drop)
+}
