@@ -96,11 +96,12 @@ fn install_disarm_on_sigterm() {
     }
 }
 
-/// Reboots the node. The hardware watchdog is stopped on the way down (meshd's SIGTERM, and the
-/// drivers' own reboot hooks), so a shutdown that hangs in a driver would leave the node off the
-/// mesh for good; instead the kernel is told to panic on a task blocked for 30 s, and `panic=10`
-/// on the command line turns the panic into a reset. (QEMU's orangepi-pc does: it lacks the
-/// H3's second MMC controller, the Orange Pi Zero's Wi-Fi, and the kernel waits on it forever.)
+/// Reboots the node. The hardware watchdog is disarmed on the way down (init stops meshd, and
+/// some drivers stop it in their reboot hooks), so a shutdown that hangs in a driver would leave
+/// the node off the mesh for good; instead the kernel is told to panic on a task blocked for
+/// 30 s, and `panic=10` on the command line turns the panic into a reset. (Shutdown hangs so in
+/// QEMU's orangepi-pc, which lacks the H3's second MMC controller, the Orange Pi Zero's Wi-Fi:
+/// the kernel waits for it forever.)
 pub fn reboot() -> Result<(), String> {
     for (key, value) in [("hung_task_timeout_secs", "30"), ("hung_task_panic", "1")] {
         let path = Path::new("/proc/sys/kernel").join(key);
