@@ -140,17 +140,14 @@ PY
     esac > "$WORK/bad/$1.bundle"
   }
   # name on the card | reason expected in its .rejected.txt
-  REFUSALS="1-truncated|cut short
-  2-manifest|signature
-  3-untrusted|does not trust
-  4-board|is for meshos-$OTHER_BOARD
-  5-older|is not newer
-  6-payload|payload was altered"
+  REFUSALS=("1-truncated|cut short" "2-manifest|signature" "3-untrusted|does not trust"
+    "4-board|is for meshos-$OTHER_BOARD" "5-older|is not newer" "6-payload|payload was altered")
   files=()
-  while IFS='|' read -r name _; do
+  for r in "${REFUSALS[@]}"; do
+    name=${r%%|*}
     mk "${name#*-}"
     files+=(--boot-file "updates/$name.bundle=$WORK/bad/${name#*-}.bundle")
-  done <<<"$REFUSALS"
+  done
   t3=$SECONDS
   mark
   power_on "$WORK/card3.img" --boot-file "mesh.yaml=$WORK/mesh.yaml" "${files[@]}"
@@ -160,12 +157,13 @@ PY
   power_off
   names=$(updates "$WORK/card3.img")
   part "$WORK/card3.img" 1 "$WORK/boot.vfat"
-  while IFS='|' read -r name why; do
+  for r in "${REFUSALS[@]}"; do
+    name=${r%%|*} why=${r#*|}
     grep -qx "$name.bundle.rejected" <<<"$names" || fail "$name: not renamed .rejected (updates/ has: $names)"
     reason=$(mtype -i "$WORK/boot.vfat" "::/updates/$name.rejected.txt") || fail "$name: no .rejected.txt"
     grep -q "$why" <<<"$reason" || fail "$name: expected '$why' in: $reason"
     ok "refused ${name#*-} bundle: $(cut -c1-120 <<<"$reason")"
-  done <<<"$REFUSALS"
+  done
   mark
   power_on "$WORK/card3.img"
   wait_for 600 seen "^meshos ready version=$V board=$BOARD slot=a" || fail "after the refusals the node did not boot slot A again"
