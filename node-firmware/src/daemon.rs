@@ -62,7 +62,8 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
 
     install_pending_updates(dirs);
 
-    let id = Identity::load_or_create(&dirs.state, &cfg.mesh.id)?;
+    let timeout = Duration::from_secs(cfg.upgrade.health_timeout);
+    let id = Identity::load_or_create(&dirs.state, &cfg.mesh.id).map_err(|e| cannot_start(e, &node, dirs, timeout))?;
     id.apply_hostname();
     eprintln!("meshd: {} overlay address {}", id.hostname, id.address);
 
@@ -103,8 +104,8 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     if let Some(kb) = crate::node::rss_kib() {
         eprintln!("meshd: running (VmRSS {kb} kB)");
     }
-    node.announce_once(&dirs.run)?;
-    let mut health = Health::new(&node.slot, &dirs.state, Duration::from_secs(cfg.upgrade.health_timeout));
+    node.announce_once(&dirs.run).map_err(|e| cannot_start(e, &node, dirs, timeout))?;
+    let mut health = Health::new(&node.slot, &dirs.state, timeout);
     state.slots = health.report.clone();
 
     let mut watchdog = match Watchdog::arm(Path::new(WATCHDOG), watchdog::WANTED) {
@@ -142,6 +143,24 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
             w.feed();
         }
         std::thread::sleep(SCAN_EVERY);
+    }
+}
+
+/// A meshd that cannot start cannot mark its slot good. On a slot on trial it still reboots once
+/// the health timeout has passed, as for a slot that starts but is unhealthy, so U-Boot counts the
+/// attempt (else the node would stay on the broken slot); elsewhere the error ends meshd.
+fn cannot_start(e: String, node: &Node, dirs: &Dirs, timeout: Duration) -> String {
+    if Health::new(&node.slot, &dirs.state, timeout).trial.is_none() {
+        return e;
+    }
+    eprintln!("meshd: cannot start: {e}");
+    eprintln!("meshd: upgrade: slot {} is not healthy; rebooting in {} s so U-Boot counts the failed attempt", node.slot, timeout.as_secs());
+    std::thread::sleep(timeout);
+    if let Err(e) = crate::watchdog::reboot() {
+        eprintln!("meshd: {e}");
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
     }
 }
 
