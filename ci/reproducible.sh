@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds BOARD again from a copy of this checkout in another directory (so meshd is compiled
-# there too) and compares the sha256 of .img and .img.xz with out/BOARD.
+# there too, and from a package cache with nothing derived) and compares the sha256 of .img
+# and .img.xz with out/BOARD.
 set -euo pipefail
 board=$1
 cd "$(dirname "$0")/.."
@@ -10,7 +11,12 @@ other=$(mktemp -d /tmp/meshos-repro.XXXXXX)/elsewhere/meshos
 trap 'rm -rf "$(dirname "$(dirname "$other")")"' EXIT
 mkdir -p "$other"
 git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C "$other"
-"$MESHIMG" --root "$other" build "$board" --out "$other/out" >/dev/null
+# The same downloaded packages, but nothing derived from them: the module indexes are computed
+# again rather than taken from the first build.
+cache=$(dirname "$(dirname "$other")")/cache
+mkdir -p "$cache"
+ln -s "${MESHOS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshos}/sha256" "$cache/sha256"
+MESHOS_CACHE=$cache "$MESHIMG" --root "$other" build "$board" --out "$other/out" >/dev/null
 status=0
 for ext in img img.xz; do
   a=$(sha256sum "$here"/out/"$board"/meshos-"$board"-*."$ext" | cut -d' ' -f1)

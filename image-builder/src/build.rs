@@ -112,7 +112,13 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
 
     let (kernel, selection) = steps.run("kernel modules", || {
         let kernel = extract_merged(&cache, lock, Role::Kernel)?;
-        let sel = kmod::select(&kernel, &board.kernel.modules, &board_file, &work)?;
+        let mut h = Sha256::new();
+        for p in lock.with_role(Role::Kernel) {
+            h.update(p.sha256.as_bytes());
+        }
+        let kernel_id = hex::encode(h.finalize());
+        let index_cache = kmod::IndexCache { dir: &cache.derived("depmod"), kernel_id: &kernel_id };
+        let sel = kmod::select(&kernel, &board.kernel.modules, &board_file, &work, Some(&index_cache))?;
         Ok((kernel, sel))
     })?;
     let kver = selection.kver.clone();

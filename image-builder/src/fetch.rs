@@ -52,6 +52,13 @@ impl Cache {
         self.root.join("sha256").join(sha256)
     }
 
+    /// A directory for what builds derive from cached packages and may reuse, created if missing.
+    pub fn derived(&self, what: &str) -> PathBuf {
+        let dir = self.root.join("derived").join(what);
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+
     /// Makes sure every package is in the cache and intact; returns how many bytes were downloaded.
     pub fn ensure(&self, lock: &Lock, lock_path: &Path, packages: &[&LockedPackage]) -> Result<u64, FetchError> {
         let io = |path: &Path| {

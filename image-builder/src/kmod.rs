@@ -57,13 +57,32 @@ pub fn kernel_version(kernel: &Tree) -> Result<String, KmodError> {
         .ok_or(KmodError::NoKernel)
 }
 
-/// Selects the closure of `wanted` from the kernel package tree. `work` is a scratch directory.
-pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path) -> Result<Selection, KmodError> {
-    let kver = kernel_version(kernel)?;
+/// The indexes `depmod` computes over every module a kernel package ships.
+const FULL_INDEXES: [&str; 3] = ["modules.dep", "modules.alias", "modules.softdep"];
+
+/// Where the full indexes of one kernel are kept between builds: `kernel_id` names the kernel
+/// package's contents (its sha256), and the host's depmod version is part of the key too.
+pub struct IndexCache<'a> {
+    pub dir: &'a Path,
+    pub kernel_id: &'a str,
+}
+
+/// `depmod` over everything the package ships (about 5 s: it reads every compressed module),
+/// or its earlier result from `cache`. Returns the texts of [`FULL_INDEXES`], in that order.
+fn full_indexes(kernel: &Tree, kver: &str, work: &Path, cache: Option<&IndexCache>) -> Result<[String; 3], KmodError> {
+    let cached = match cache {
+        Some(c) => Some(c.dir.join(format!("{}-{}", c.kernel_id, depmod_version()?))),
+        None => None,
+    };
+    if let Some(dir) = &cached {
+        let read: Result<Vec<String>, _> = FULL_INDEXES.iter().map(|f| std::fs::read_to_string(dir.join(f))).collect();
+        if let Ok(texts) = read {
+            return Ok(texts.try_into().expect("three indexes"));
+        }
+    }
     let src = format!("usr/lib/modules/{kver}");
-    // 1. depmod over everything the package ships.
     let full = work.join("depmod-full");
-    let moddir = full.join("lib/modules").join(&kver);
+    let moddir = full.join("lib/modules").join(kver);
     for (path, node) in kernel.under(&src) {
         if let Kind::File(data) = &node.kind {
             let out = moddir.join(&path[src.len() + 1..]);
@@ -71,8 +90,51 @@ pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path) -
             std::fs::write(out, data.as_slice())?;
         }
     }
-    depmod(&full, &kver)?;
-    let dep_text = std::fs::read_to_string(moddir.join("modules.dep"))?;
+    depmod(&full, kver)?;
+    let mut texts = Vec::new();
+    for f in FULL_INDEXES {
+        texts.push(std::fs::read_to_string(moddir.join(f))?);
+    }
+    std::fs::remove_dir_all(&full)?;
+    if let Some(dir) = &cached {
+        if let Err(e) = store(dir, &texts) {
+            eprintln!("build: note: could not keep the module indexes in {}: {e}", dir.display());
+        }
+    }
+    Ok(texts.try_into().expect("three indexes"))
+}
+
+/// Written beside, then renamed into place: a cut build leaves no half entry.
+fn store(dir: &Path, texts: &[String]) -> std::io::Result<()> {
+    let tmp = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    for (f, text) in FULL_INDEXES.iter().zip(texts) {
+        std::fs::write(tmp.join(f), text)?;
+    }
+    if std::fs::rename(&tmp, dir).is_err() {
+        // Another build filled it first.
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    Ok(())
+}
+
+fn depmod_version() -> Result<String, KmodError> {
+    let out = depmod_command().arg("-V").output().map_err(|e| KmodError::Depmod(e.to_string()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.split_whitespace().find(|w| w.chars().all(|c| c.is_ascii_digit() || c == '.')).unwrap_or("unknown").to_string())
+}
+
+/// Selects the closure of `wanted` from the kernel package tree. `work` is a scratch directory.
+pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path, cache: Option<&IndexCache>) -> Result<Selection, KmodError> {
+    let kver = kernel_version(kernel)?;
+    let src = format!("usr/lib/modules/{kver}");
+    let package_text = |f: &str| match kernel.get(&format!("{src}/{f}")) {
+        Some(Node { kind: Kind::File(d), .. }) => String::from_utf8_lossy(d).into_owned(),
+        _ => String::new(),
+    };
+    // 1. depmod over everything the package ships.
+    let [dep_text, alias_text, softdep_text] = full_indexes(kernel, &kver, work, cache)?;
     let mut path_of: BTreeMap<String, String> = BTreeMap::new();
     let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in dep_text.lines() {
@@ -82,7 +144,6 @@ pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path) -
         path_of.insert(name, path.to_string());
     }
     // Soft dependencies (ext4 → crc32c) name aliases; they are needed as much as hard ones.
-    let alias_text = std::fs::read_to_string(moddir.join("modules.alias")).unwrap_or_default();
     let mut aliases: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in alias_text.lines() {
         if let Some(["alias", alias, module]) = line.split_whitespace().collect::<Vec<_>>().get(..3) {
@@ -91,7 +152,6 @@ pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path) -
     }
     let hard_deps = deps.clone();
     let mut alternatives = BTreeSet::new();
-    let softdep_text = std::fs::read_to_string(moddir.join("modules.softdep")).unwrap_or_default();
     for line in softdep_text.lines() {
         let mut words = line.split_whitespace();
         let (Some("softdep"), Some(module)) = (words.next(), words.next()) else { continue };
@@ -110,8 +170,7 @@ pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path) -
             deps.entry(module.clone()).or_default().extend(targets);
         }
     }
-    let builtin_text = std::fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default();
-    let builtins: BTreeSet<String> = builtin_text.lines().map(module_name).collect();
+    let builtins: BTreeSet<String> = package_text("modules.builtin").lines().map(module_name).collect();
 
     // 2. The closure.
     let mut closure = BTreeSet::new();
@@ -163,8 +222,7 @@ pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path) -
             std::fs::write(keptdir.join(f), d.as_slice())?;
         }
     }
-    let order = std::fs::read_to_string(moddir.join("modules.order")).unwrap_or_default();
-    let kept_order: String = order
+    let kept_order: String = package_text("modules.order")
         .lines()
         .filter(|l| closure.contains(&module_name(l)))
         .map(|l| format!("{}\n", l.trim_end_matches(".xz")))
@@ -210,12 +268,17 @@ impl Selection {
     }
 }
 
+fn depmod_command() -> Command {
+    let mut c = Command::new("depmod");
+    c.env("PATH", format!("{}:/usr/sbin:/sbin", std::env::var("PATH").unwrap_or_default()));
+    c
+}
+
 fn depmod(base: &Path, kver: &str) -> Result<(), KmodError> {
-    let out = Command::new("depmod")
+    let out = depmod_command()
         .arg("-b")
         .arg(base)
         .arg(kver)
-        .env("PATH", format!("{}:/usr/sbin:/sbin", std::env::var("PATH").unwrap_or_default()))
         .output()
         .map_err(|e| KmodError::Depmod(e.to_string()))?;
     if !out.status.success() {
