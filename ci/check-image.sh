@@ -26,10 +26,16 @@ part 1 "$work/boot.vfat"; part 2 "$work/root.sqfs"; part 4 "$work/data.ext4"
 
 fsck.vfat -n "$work/boot.vfat" >/dev/null || fail "boot partition fails fsck.vfat"
 files=$(mdir -i "$work/boot.vfat" -/ -b ::)
-for f in ::/boot.scr ::/mesh.yaml ::/a/vmlinuz ::/a/initrd.img ::/conf.d/README.txt; do
+for f in ::/boot.scr ::/mesh.yaml ::/a/vmlinuz ::/a/initrd.img ::/a/bundle.header ::/conf.d/README.txt; do
   grep -qx "$f" <<<"$files" || fail "boot partition has no ${f#::}"
 done
 [ -n "${BOOT_FILES:-}" ] && for f in $BOOT_FILES; do grep -qx "::/$f" <<<"$files" || fail "boot partition has no $f"; done
+# Slot A's bundle header (what the node serves its neighbours) is the update bundle's own.
+bundle=${img%.img}.bundle
+if [ -f "$bundle" ]; then
+  mcopy -i "$work/boot.vfat" ::/a/bundle.header "$work/header"
+  cmp -s "$work/header" <(head -c "$(stat -c %s "$work/header")" "$bundle") || fail "a/bundle.header is not the start of $bundle"
+fi
 
 listing=$(unsquashfs -lln "$work/root.sqfs")
 for f in usr/sbin/meshd usr/sbin/init usr/bin/busybox usr/lib/os-release etc/inittab; do

@@ -11,7 +11,11 @@
 #             its own meshd, form an 802.11s peer link (plink ESTAB)
 #   AP        a third radio, given the accessPoint role in its meshd's mesh.yaml, serves a
 #             WPA2 client on a fourth radio, which gets an address by DHCP and pings the node
-# Usage: ci/mesh-test.sh [IMAGE]; logs and the generated key go to out/mesh-test/.
+#   upgrade   C runs version N+1 (built here, signed with $MESHOS_SIGN_KEY like IMAGE) and
+#             serves its running slot as a bundle; A installs it from C over the overlay,
+#             through B, reboots into it, commits it, and then serves the same bytes itself
+# Usage: ci/mesh-test.sh [IMAGE]; logs and the generated key go to out/mesh-test/. Without
+# MESHOS_SIGN_KEY (an unsigned IMAGE accepts no bundle) the upgrade part is skipped, and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESHIMG=${MESHIMG:-target/debug/meshimg}
@@ -58,16 +62,26 @@ mesh:
   frequncy: 2412
 EOF
 
-start() { # NAME ARGS...: boot one node in the background, console to $WORK/NAME.log
-  local name=$1; shift
-  "$MESHIMG" qemu qemu-arm64 --image "$IMAGE" "$@" > "$WORK/$name.log" 2>&1 &
+# N+1 for C, signed with the key IMAGE's nodes trust.
+V=$(basename "$IMAGE" .img | sed 's/^meshos-qemu-arm64-//')
+IMAGE_C=$IMAGE
+if [ -n "${MESHOS_SIGN_KEY:-}" ]; then
+  "$MESHIMG" build qemu-arm64 --out "$WORK/next" --image-version "$V.1" > "$WORK/build-next.log" 2>&1 \
+    || fail "building N+1 ($V.1) for C: $(tail -3 "$WORK/build-next.log")"
+  IMAGE_C=$WORK/next/qemu-arm64/meshos-qemu-arm64-$V.1.img
+  NEXT_BUNDLE=${IMAGE_C%.img}.bundle
+fi
+
+start() { # NAME IMAGE ARGS...: boot one node in the background, console to $WORK/NAME.log
+  local name=$1 image=$2; shift 2
+  "$MESHIMG" qemu qemu-arm64 --image "$image" "$@" > "$WORK/$name.log" 2>&1 &
   pids+=($!)
 }
 t0=$SECONDS
-start a --forward "$SSH_PORT:22" --forward "$METRICS_PORT:9100" --link "$((PORT + 1)):$((PORT + 2))" --boot-file "mesh.yaml=$WORK/a.yaml" \
+start a "$IMAGE" --forward "$SSH_PORT:22" --forward "$METRICS_PORT:9100" --link "$((PORT + 1)):$((PORT + 2))" --boot-file "mesh.yaml=$WORK/a.yaml" \
   --boot-file "conf.d/50-motd.tar.gz=$WORK/50-motd.tar.gz"
-start b --link "$((PORT + 2)):$((PORT + 1))" --link "$((PORT + 3)):$((PORT + 4))"
-start c --link "$((PORT + 4)):$((PORT + 3))" --boot-file "mesh.yaml=$WORK/c.yaml"
+start b "$IMAGE" --link "$((PORT + 2)):$((PORT + 1))" --link "$((PORT + 3)):$((PORT + 4))"
+start c "$IMAGE_C" --link "$((PORT + 4)):$((PORT + 3))" --boot-file "mesh.yaml=$WORK/c.yaml"
 for n in a b c; do
   wait_for "$BOOT_LIMIT" grep -aq '^meshos ready' "$WORK/$n.log" || fail "node $n did not print 'meshos ready' within $BOOT_LIMIT s"
 done
@@ -191,4 +205,32 @@ ok "a WPA2 client, with the passphrase meshd generated and wrote beside mesh.yam
 grep -aq 'meshd: phy0 (mac80211_hwsim) is gone' "$WORK/a.log" && grep -aq 'meshd: phy1 (mac80211_hwsim): mesh1 up as Mesh' "$WORK/a.log" \
   || fail "A's meshd did not follow the radios being replaced"
 ok "A's meshd followed its radio going away and new ones appearing (a replug), with no restart"
+
+# --- upgrade over the mesh: C serves N+1, A installs it from C through B.
+if [ -z "${NEXT_BUNDLE:-}" ]; then
+  echo "mesh-test: skipped: the upgrade over the mesh (no MESHOS_SIGN_KEY to sign N+1 with)"
+else
+  want=$(sha256sum < "$NEXT_BUNDLE" | cut -d' ' -f1)
+  grep -q "\"bundle\":\"http://\[$C\]:9100/bundle\"" "$WORK/c-nodeinfo.json" || fail "C's nodeinfo names no bundle: $(cat "$WORK/c-nodeinfo.json")"
+  got=$(on_a "wget -q -O - 'http://[$C]:9100/bundle' | sha256sum" | cut -d' ' -f1)
+  [ "$got" = "$want" ] || fail "C's /bundle ($got) is not the N+1 bundle meshimg built ($want)"
+  ok "C serves its running slot as a bundle, byte for byte the one meshimg built ($V.1)"
+  on_a meshd upgrade install "http://[$B]:9100/bundle" --no-reboot > "$WORK/a-install-b.log" 2>&1 && fail "A installed B's bundle, which is not newer"
+  grep -q 'not newer' "$WORK/a-install-b.log" || fail "A refused B's bundle, but not for its version: $(cat "$WORK/a-install-b.log")"
+  ok "A refuses B's bundle: $(tail -1 "$WORK/a-install-b.log" | cut -c1-110)"
+  t=$SECONDS
+  on_a meshd upgrade install "http://[$C]:9100/bundle" --no-reboot > "$WORK/a-install.log" 2>&1 \
+    || fail "A could not install C's bundle over the mesh: $(tail -3 "$WORK/a-install.log")"
+  echo "mesh-test: figure: install of $(( $(stat -c %s "$NEXT_BUNDLE") / 1048576 )) MiB from C, two hops away over the overlay: $((SECONDS - t)) s"
+  on_a meshd upgrade status --json | python3 -c 'import json,sys; d=json.load(sys.stdin)["last_install"]; assert d["step"] == "installed" and d["version"] == sys.argv[1] and d["target"] == "B", d' "$V.1" \
+    || fail "A's upgrade status after the install: $(on_a meshd upgrade status)"
+  ok "A installed $V.1 from http://[C]:9100/bundle into slot B, through B"
+  on_a 'sh -c "sleep 1; reboot" >/dev/null 2>&1 &' || fail "could not reboot A"
+  wait_for 300 grep -aq "^meshos ready version=$V.1 board=qemu-arm64 slot=b" "$WORK/a.log" || fail "A did not come up running $V.1 from slot b"
+  committed() { on_a meshd upgrade status --json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["running_slot"] == "B" and d["last_install"]["step"] == "committed", d'; }
+  wait_for 180 committed || fail "A did not commit $V.1: $(on_a meshd upgrade status || true)"
+  got=$(curl -sf -m 60 "http://127.0.0.1:$METRICS_PORT/bundle" | sha256sum | cut -d' ' -f1)
+  [ "$got" = "$want" ] || fail "A's /bundle from slot b ($got) is not the bundle it installed ($want)"
+  ok "A rebooted into $V.1 from slot b, committed it, and serves the same bundle to its own neighbours"
+fi
 echo "mesh-test: all checks passed in $((SECONDS - t0)) s"

@@ -19,6 +19,9 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 
 pub const MAGIC: &[u8; 16] = b"MESHOS-BUNDLE 1\n";
+/// Each slot's directory on the boot partition keeps its bundle's header under this name, so
+/// the node can serve the slot it runs, as a bundle, to its neighbours.
+pub const SLOT_HEADER_FILE: &str = "bundle.header";
 pub const FORMAT: u32 = 1;
 /// Blocks of the block-hash index.
 pub const BLOCK_SIZE: u32 = 64 * 1024;
@@ -123,6 +126,7 @@ pub struct Opened<R> {
     manifest_bytes: Vec<u8>,
     header_len: u64,
     signature: Option<SignatureFile>,
+    signature_text: String,
     reader: R,
 }
 
@@ -158,14 +162,14 @@ pub fn open<R: Read>(mut reader: R) -> Result<Opened<R>, BundleError> {
     if manifest.format != FORMAT {
         return Err(BundleError::Format(manifest.format));
     }
-    let signature = if sig.is_empty() {
+    let signature_text = String::from_utf8(sig).map_err(|_| BundleError::Signature("not text".into()))?;
+    let signature = if signature_text.is_empty() {
         None
     } else {
-        let text = String::from_utf8(sig).map_err(|_| BundleError::Signature("not text".into()))?;
-        Some(SignatureFile::parse(&text).map_err(|e| BundleError::Signature(e.to_string()))?)
+        Some(SignatureFile::parse(&signature_text).map_err(|e| BundleError::Signature(e.to_string()))?)
     };
     let header_len = (MAGIC.len() + 8) as u64 + u64::from(n) + u64::from(s);
-    Ok(Opened { manifest, manifest_bytes, header_len, signature, reader })
+    Ok(Opened { manifest, manifest_bytes, header_len, signature, signature_text, reader })
 }
 
 impl<R: Read> Opened<R> {
@@ -173,6 +177,16 @@ impl<R: Read> Opened<R> {
     /// short, which a node can tell before writing anything.
     pub fn total_size(&self) -> u64 {
         self.header_len + self.manifest.images.iter().map(|i| i.size).sum::<u64>()
+    }
+
+    /// The header as it was read (magic, manifest, signature): with the images, in order,
+    /// behind it, it is the bundle again.
+    pub fn header(&self) -> Vec<u8> {
+        header(&self.manifest_bytes, Some(&self.signature_text))
+    }
+
+    pub fn is_signed(&self) -> bool {
+        self.signature.is_some()
     }
 
     /// Checks the manifest's signature against the keys this node trusts; returns the key id.
@@ -301,6 +315,9 @@ mod tests {
         assert_eq!(install(&good, &trusted).unwrap(), root);
         assert_eq!(open(&good[..]).unwrap().manifest.images[0].blocks.len(), 4);
         assert_eq!(open(&good[..]).unwrap().total_size(), good.len() as u64);
+        let header = open(&good[..]).unwrap().header();
+        assert_eq!(header[..], good[..header.len()]);
+        assert!(open(&good[..]).unwrap().is_signed() && !open(&make(None, "1.0.1", "rpi3").0[..]).unwrap().is_signed());
 
         let kind = |r: Result<Vec<u8>, BundleError>| r.unwrap_err().kind();
         assert_eq!(kind(install(&good[..good.len() - 10], &trusted)), "truncated");

@@ -7,7 +7,7 @@ use crate::lock::{Lock, Role};
 use crate::plan::{basename, Plan};
 use crate::tree::{Kind, Node, Tree};
 use crate::{disk, firmware, fsimage, initramfs, kmod, node_firmware, rootfs, sbom, update_bundle};
-use meshos_common::boot_state;
+use meshos_common::{boot_state, bundle};
 use anyhow::{anyhow, Context, Result};
 use meshos_common::os_release::OsRelease;
 use serde_json::json;
@@ -174,7 +174,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
     })?;
 
     let boot_pkgs = extract(&cache, lock, Role::Boot)?;
-    let (boot_img, kernel_len, slot_files) = steps.run("boot partition", || {
+    let (boot_img, kernel_len, (bundle_header, bundle_images)) = steps.run("boot partition", || {
         let mut fat = Tree::new();
         for f in &board.boot.files {
             let data = match (&f.package, &f.from, &f.content) {
@@ -207,13 +207,16 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         let kernel_len = stored.len() as u64;
         fat.insert("a/vmlinuz", Node::file(stored, 0o644));
         fat.insert("a/initrd.img", Node::file(initrd.clone(), 0o644));
-        // What an upgrade writes into the other slot's directory.
-        let mut slot_files: Vec<(String, Vec<u8>)> = Vec::new();
+        // The bundle's images: the root, then what an upgrade writes into the other slot's
+        // directory. Its header goes beside slot A's files.
+        let mut images = vec![("root".to_string(), std::fs::read(&rootfs_img)?)];
         for name in &plan.slot_files {
             if let Some(Node { kind: Kind::File(data), .. }) = fat.get(name) {
-                slot_files.push((format!("boot/{}", name.trim_start_matches("a/")), data.to_vec()));
+                images.push((format!("boot/{}", name.trim_start_matches("a/")), data.to_vec()));
             }
         }
+        let header = update_bundle::header(&format!("meshos-{}", board.name), &plan.version, &build_id, &images, opts.sign_key.as_ref(), epoch)?;
+        fat.insert(&format!("a/{}", bundle::SLOT_HEADER_FILE), Node::file(header.clone(), 0o644));
         let scr = work.join("boot.scr");
         fsimage::uboot_script(&boot_script(board, plan), &scr, epoch)?;
         fat.insert("boot.scr", Node::file(std::fs::read(&scr)?, 0o644));
@@ -223,15 +226,10 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         fat.insert("updates/README.txt", Node::file(UPDATES_README.as_bytes().to_vec(), 0o644));
         let img = work.join("boot.vfat");
         fsimage::fat(&fat, &img, plan.layout.partitions[disk::BOOT].size, plan.fat_serial, "MESHOS", epoch)?;
-        Ok((img, kernel_len, slot_files))
+        Ok((img, kernel_len, (header, images)))
     })?;
 
-    steps.run("update bundle", || {
-        let mut images = vec![("root".to_string(), std::fs::read(&rootfs_img)?)];
-        images.extend(slot_files);
-        update_bundle::write(&staged(&out.bundle), &format!("meshos-{}", board.name), &plan.version, &build_id, &images, opts.sign_key.as_ref(), epoch)?;
-        Ok(())
-    })?;
+    steps.run("update bundle", || Ok(update_bundle::write(&staged(&out.bundle), &bundle_header, &bundle_images)?))?;
 
     let data_img = work.join("data.ext4");
     steps.run("data partition", || Ok(fsimage::ext4(&data_img, plan.layout.partitions[disk::DATA].size, &plan.data_uuid, "meshos-data", epoch)?))?;

@@ -119,6 +119,10 @@ impl Plan {
         boot_files.push(PlannedBootFile { to: "mesh.yaml".into(), from: "overlay:usr/share/meshos/mesh.yaml".into() });
         boot_files.push(PlannedBootFile { to: "conf.d/README.txt".into(), from: "inline".into() });
         boot_files.push(PlannedBootFile { to: "updates/README.txt".into(), from: "inline".into() });
+        boot_files.push(PlannedBootFile {
+            to: format!("a/{}", meshos_common::bundle::SLOT_HEADER_FILE),
+            from: "generated: the update bundle's header (manifest and signature), for serving slot a".into(),
+        });
         let mut slot_files = vec!["a/vmlinuz".to_string(), "a/initrd.img".to_string()];
         slot_files.extend(board.kernel.dtbs.iter().map(|d| format!("a/dtbs/{d}")));
 

@@ -6,6 +6,7 @@ use crate::config::{self, Config, Role, Wired};
 use crate::identity::Identity;
 use crate::node::Node;
 use crate::radio::{self, Radio};
+use crate::slot_bundle::SlotSource;
 use crate::status::{self, NodeState, RadioState};
 use crate::supervisor::Service;
 use crate::watchdog::{self, Watchdog};
@@ -95,9 +96,14 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         Ok(None) => eprintln!("meshd: ssh off: mesh.yaml lists no ssh.authorizedKeys"),
         Err(e) => eprintln!("meshd: ssh: {e}"),
     }
+    let bundle = served_slot(&node, dirs);
+    match &bundle {
+        Ok((_, name)) => state.bundle = Some(name.clone()),
+        Err(why) => eprintln!("meshd: serving no bundle to neighbours: {why}"),
+    }
     let shared = Arc::new(Mutex::new(state.clone()));
     if cfg.metrics.enabled {
-        if let Err(e) = http::spawn(cfg.metrics.port, shared.clone(), dirs.run.clone()) {
+        if let Err(e) = http::spawn(cfg.metrics.port, shared.clone(), dirs.run.clone(), bundle.map(|(source, _)| source)) {
             eprintln!("meshd: {e}");
         }
     }
@@ -256,6 +262,16 @@ fn install_pending_updates(dirs: &Dirs) {
             Err(e) => eprintln!("meshd: upgrade: {} refused: {e}; renamed .rejected, reason beside it", bundle.display()),
         }
     }
+}
+
+/// The running slot, as neighbours can fetch it (see crate::slot_bundle), and its bundle's name.
+fn served_slot(node: &Node, dirs: &Dirs) -> Result<(SlotSource, String), String> {
+    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+    let disk = slots::boot_disk(&cmdline)?;
+    let slot = Slot::parse(&node.slot).ok_or_else(|| format!("unknown running slot '{}'", node.slot))?;
+    let source = SlotSource { boot_dir: dirs.boot.clone(), disk, slot };
+    let m = source.open()?.manifest;
+    Ok((source, format!("{}-{}.bundle", m.compatible, m.version)))
 }
 
 /// Installs `bundle` into the slot not running (see crate::upgrade).

@@ -1,19 +1,23 @@
-//! The node's small HTTP face: `GET /metrics` (Prometheus) and `GET /nodeinfo.json`, on every
-//! address (the overlay too, so a mesh operator can scrape any node). One thread, one request
-//! at a time, short timeouts: a slow or hostile client cannot pile up memory.
+//! The node's small HTTP face: `GET /metrics` (Prometheus), `GET /nodeinfo.json` and
+//! `GET /bundle` (the running slot as an update bundle, for neighbours), on every address (the
+//! overlay too, so a mesh operator can scrape any node and a neighbour can upgrade from it).
+//! One thread, one request at a time, short timeouts: a slow or hostile client cannot pile up
+//! memory. A bundle transfer gets a thread of its own, at most [`MAX_TRANSFERS`] at once.
 
 use crate::metrics::{self, Collectors};
 use crate::radio;
 use crate::router;
+use crate::slot_bundle::SlotSource;
 use crate::status::NodeState;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub fn spawn(port: u16, state: Arc<Mutex<NodeState>>, run_dir: PathBuf) -> Result<(), String> {
+pub fn spawn(port: u16, state: Arc<Mutex<NodeState>>, run_dir: PathBuf, bundle: Result<SlotSource, String>) -> Result<(), String> {
     // [::] also takes IPv4 (Linux's bindv6only is 0).
     let listener = TcpListener::bind(("::", port)).map_err(|e| format!("metrics on port {port}: {e}"))?;
     std::thread::Builder::new()
@@ -21,8 +25,9 @@ pub fn spawn(port: u16, state: Arc<Mutex<NodeState>>, run_dir: PathBuf) -> Resul
         .stack_size(128 * 1024)
         .spawn(move || {
             let mut collectors = Collectors::new();
+            let transfers = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming().flatten() {
-                if let Err(e) = serve(stream, &state, &run_dir, &mut collectors) {
+                if let Err(e) = serve(stream, &state, &run_dir, &mut collectors, &bundle, &transfers) {
                     eprintln!("meshd: http: {e}");
                 }
             }
@@ -31,7 +36,7 @@ pub fn spawn(port: u16, state: Arc<Mutex<NodeState>>, run_dir: PathBuf) -> Resul
     Ok(())
 }
 
-fn serve(mut stream: TcpStream, state: &Mutex<NodeState>, run_dir: &std::path::Path, c: &mut Collectors) -> std::io::Result<()> {
+fn serve(mut stream: TcpStream, state: &Mutex<NodeState>, run_dir: &std::path::Path, c: &mut Collectors, bundle: &Result<SlotSource, String>, transfers: &Arc<AtomicUsize>) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
     stream.set_write_timeout(Some(Duration::from_secs(3)))?;
     let mut request_line = String::new();
@@ -47,6 +52,9 @@ fn serve(mut stream: TcpStream, state: &Mutex<NodeState>, run_dir: &std::path::P
     }
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method == "GET" && path == "/bundle" {
+        return send_bundle(stream, bundle, transfers);
+    }
     let snapshot = state.lock().map(|s| s.clone()).unwrap_or_default();
     let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") => {
@@ -58,12 +66,78 @@ fn serve(mut stream: TcpStream, state: &Mutex<NodeState>, run_dir: &std::path::P
             ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics::render(&snapshot, &stations, &peers, c))
         }
         ("GET", "/nodeinfo.json") => ("200 OK", "application/json", nodeinfo(&snapshot).to_string() + "\n"),
-        ("GET", "/") => ("200 OK", "text/plain; charset=utf-8", format!("{} (meshos {})\n/metrics\n/nodeinfo.json\n", snapshot.name, snapshot.version)),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found; try /metrics or /nodeinfo.json\n".into()),
+        ("GET", "/") => ("200 OK", "text/plain; charset=utf-8", format!("{} (meshos {})\n/metrics\n/nodeinfo.json\n/bundle\n", snapshot.name, snapshot.version)),
+        ("GET", _) => ("404 Not Found", "text/plain", "not found; try /metrics, /nodeinfo.json or /bundle\n".into()),
         _ => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
     };
+    respond(&mut stream, status, kind, &body)
+}
+
+fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -> std::io::Result<()> {
     write!(stream, "HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
     stream.flush()
+}
+
+/// Bundle transfers at once; more are told to come back later.
+const MAX_TRANSFERS: usize = 2;
+/// A neighbour that takes nothing for this long is dropped (a mesh link can be slow, not silent).
+const TRANSFER_STALLED_AFTER: Duration = Duration::from_secs(60);
+
+/// `GET /bundle`: the running slot, streamed from a thread of its own.
+fn send_bundle(mut stream: TcpStream, bundle: &Result<SlotSource, String>, transfers: &Arc<AtomicUsize>) -> std::io::Result<()> {
+    let source = match bundle {
+        Ok(s) => s.clone(),
+        Err(why) => return respond(&mut stream, "404 Not Found", "text/plain", &format!("this node serves no bundle: {why}\n")),
+    };
+    if transfers.fetch_add(1, Ordering::SeqCst) >= MAX_TRANSFERS {
+        transfers.fetch_sub(1, Ordering::SeqCst);
+        return respond(&mut stream, "503 Service Unavailable", "text/plain", "busy sending the bundle to other nodes; try again in a minute\n");
+    }
+    let count = transfers.clone();
+    let spawned = std::thread::Builder::new().name("bundle".into()).stack_size(128 * 1024).spawn(move || {
+        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        match transfer(&mut stream, &source) {
+            Ok((name, len)) => eprintln!("meshd: sent {name} ({len} bytes) to {peer}"),
+            Err(e) => eprintln!("meshd: sending the bundle to {peer}: {e}"),
+        }
+        count.fetch_sub(1, Ordering::SeqCst);
+    });
+    if let Err(e) = spawned {
+        transfers.fetch_sub(1, Ordering::SeqCst);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn transfer(stream: &mut TcpStream, source: &SlotSource) -> std::io::Result<(String, u64)> {
+    let mut served = match source.open() {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("meshd: not serving slot {}: {why}", source.slot);
+            respond(stream, "500 Internal Server Error", "text/plain", &format!("{why}\n"))?;
+            return Err(std::io::Error::other(why));
+        }
+    };
+    stream.set_write_timeout(Some(TRANSFER_STALLED_AFTER))?;
+    let m = &served.manifest;
+    let name = format!("{}-{}.bundle", m.compatible, m.version);
+    write!(
+        stream,
+        "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nContent-Disposition: attachment; filename=\"{name}\"\r\nConnection: close\r\n\r\n",
+        served.len
+    )?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    loop {
+        let n = served.reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        stream.write_all(&buf[..n])?;
+        sent += n as u64;
+    }
+    stream.flush()?;
+    Ok((name, sent))
 }
 
 pub fn nodeinfo(s: &NodeState) -> serde_json::Value {
@@ -72,6 +146,7 @@ pub fn nodeinfo(s: &NodeState) -> serde_json::Value {
         "name": s.name, "address": s.address, "version": s.version, "board": s.board, "slot": s.slot,
         "build_id": s.build_id, "router": s.router, "services": services,
         "metrics": s.metrics_port.map(|p| format!("http://[{}]:{p}/metrics", s.address)),
+        "bundle": s.metrics_port.filter(|_| s.bundle.is_some()).map(|p| format!("http://[{}]:{p}/bundle", s.address)),
     })
 }
 

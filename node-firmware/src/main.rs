@@ -13,6 +13,7 @@ mod metrics;
 mod node;
 mod radio;
 mod router;
+mod slot_bundle;
 mod slots;
 mod status;
 mod supervisor;

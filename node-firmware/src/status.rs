@@ -26,6 +26,8 @@ pub struct NodeState {
     pub trusted_keys: Vec<String>,
     /// The A/B boot state as this boot found and left it.
     pub slots: crate::slots::SlotReport,
+    /// The running slot's bundle, which neighbours can fetch at `/bundle` (None: not served).
+    pub bundle: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -87,10 +87,13 @@ pub fn slot_partition(disk: &Path, slot: Slot) -> PathBuf {
     PathBuf::from(if d.ends_with(|c: char| c.is_ascii_digit()) { format!("{d}p{n}") } else { format!("{d}{n}") })
 }
 
-fn partition_size(part: &Path) -> Option<u64> {
+/// A partition's size from sysfs (a regular file's, in tests).
+pub fn partition_size(part: &Path) -> Option<u64> {
     let name = part.file_name()?.to_string_lossy().into_owned();
-    let sectors: u64 = fs::read_to_string(Path::new("/sys/class/block").join(name).join("size")).ok()?.trim().parse().ok()?;
-    Some(sectors * 512)
+    match fs::read_to_string(Path::new("/sys/class/block").join(name).join("size")) {
+        Ok(sectors) => Some(sectors.trim().parse::<u64>().ok()? * 512),
+        Err(_) => fs::metadata(part).ok().filter(|m| m.is_file()).map(|m| m.len()),
+    }
 }
 
 #[derive(Debug)]
@@ -169,6 +172,7 @@ fn run(source: &Source, node: &Target, allow_downgrade: bool, record: &mut Recor
     let mut root = OpenOptions::new().write(true).open(&part).map_err(|e| fail(Step::Write, "io")(format!("{}: {e}", part.display())))?;
     let mut boot_file: Option<(PathBuf, File)> = None;
     let version = opened.manifest.version.clone();
+    let header = opened.header();
     opened
         .stream(|event| match event {
             Event::Data(img, chunk) if img.name == "root" => root.write_all(chunk).map_err(|e| ctx(&part, e)),
@@ -195,6 +199,11 @@ fn run(source: &Source, node: &Target, allow_downgrade: bool, record: &mut Recor
             },
         })
         .map_err(bundle_err(Step::Write))?;
+    // The header beside the slot's files, so the node can serve this slot once it runs it.
+    let header_path = slot_dir.join(bundle::SLOT_HEADER_FILE);
+    fs::create_dir_all(&slot_dir)
+        .and_then(|()| File::create(&header_path))
+        .and_then(|mut f| f.write_all(&header).and_then(|()| f.sync_all())).map_err(|e| fail(Step::Write, "io")(format!("{}: {e}", header_path.display())))?;
     // The files were synced one by one, but their directory entries and the FAT are the boot
     // file system's: all of it must be on the card before the record says "boot this slot".
     sync_fs(node.boot_dir).map_err(fail(Step::Write, "io"))?;
