@@ -98,7 +98,8 @@ fn send_bundle(mut stream: TcpStream, bundle: &Result<SlotSource, String>, trans
         let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         match transfer(&mut stream, &source) {
             Ok((name, len)) => eprintln!("meshd: sent {name} ({len} bytes) to {peer}"),
-            Err(e) => eprintln!("meshd: sending the bundle to {peer}: {e}"),
+            // Most often the neighbour refused it after reading the header (not newer, say).
+            Err(e) => eprintln!("meshd: sending the bundle to {peer} ended early: {e}"),
         }
         count.fetch_sub(1, Ordering::SeqCst);
     });
