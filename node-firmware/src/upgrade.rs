@@ -203,7 +203,8 @@ fn run(source: &Source, node: &Target, allow_downgrade: bool, record: &mut Recor
     let header_path = slot_dir.join(bundle::SLOT_HEADER_FILE);
     fs::create_dir_all(&slot_dir)
         .and_then(|()| File::create(&header_path))
-        .and_then(|mut f| f.write_all(&header).and_then(|()| f.sync_all())).map_err(|e| fail(Step::Write, "io")(format!("{}: {e}", header_path.display())))?;
+        .and_then(|mut f| f.write_all(&header).and_then(|()| f.sync_all()))
+        .map_err(|e| fail(Step::Write, "io")(format!("{}: {e}", header_path.display())))?;
     // The files were synced one by one, but their directory entries and the FAT are the boot
     // file system's: all of it must be on the card before the record says "boot this slot".
     sync_fs(node.boot_dir).map_err(fail(Step::Write, "io"))?;
