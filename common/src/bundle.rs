@@ -39,6 +39,13 @@ pub struct Manifest {
     pub images: Vec<Image>,
 }
 
+impl Manifest {
+    /// The bundle's file name, as meshimg writes it: `meshos-<board>-<version>.bundle`.
+    pub fn file_name(&self) -> String {
+        format!("{}-{}.bundle", self.compatible, self.version)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Image {

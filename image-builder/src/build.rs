@@ -118,7 +118,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         }
         let kernel_id = hex::encode(h.finalize());
         let index_cache = kmod::IndexCache { dir: &cache.derived("depmod"), kernel_id: &kernel_id };
-        let sel = kmod::select(&kernel, &board.kernel.modules, &board_file, &work, Some(&index_cache))?;
+        let sel = kmod::select(&kernel, &board.kernel.modules, &board_file, &work, &index_cache)?;
         Ok((kernel, sel))
     })?;
     let kver = selection.kver.clone();

@@ -69,16 +69,11 @@ pub struct IndexCache<'a> {
 
 /// `depmod` over everything the package ships (about 5 s: it reads every compressed module),
 /// or its earlier result from `cache`. Returns the texts of [`FULL_INDEXES`], in that order.
-fn full_indexes(kernel: &Tree, kver: &str, work: &Path, cache: Option<&IndexCache>) -> Result<[String; 3], KmodError> {
-    let cached = match cache {
-        Some(c) => Some(c.dir.join(format!("{}-{}", c.kernel_id, depmod_version()?))),
-        None => None,
-    };
-    if let Some(dir) = &cached {
-        let read: Result<Vec<String>, _> = FULL_INDEXES.iter().map(|f| std::fs::read_to_string(dir.join(f))).collect();
-        if let Ok(texts) = read {
-            return Ok(texts.try_into().expect("three indexes"));
-        }
+fn full_indexes(kernel: &Tree, kver: &str, work: &Path, cache: &IndexCache) -> Result<[String; 3], KmodError> {
+    let cached = cache.dir.join(format!("{}-{}", cache.kernel_id, depmod_version()?));
+    let read: Result<Vec<String>, _> = FULL_INDEXES.iter().map(|f| std::fs::read_to_string(cached.join(f))).collect();
+    if let Ok(texts) = read {
+        return Ok(texts.try_into().expect("three indexes"));
     }
     let src = format!("usr/lib/modules/{kver}");
     let full = work.join("depmod-full");
@@ -96,10 +91,8 @@ fn full_indexes(kernel: &Tree, kver: &str, work: &Path, cache: Option<&IndexCach
         texts.push(std::fs::read_to_string(moddir.join(f))?);
     }
     std::fs::remove_dir_all(&full)?;
-    if let Some(dir) = &cached {
-        if let Err(e) = store(dir, &texts) {
-            eprintln!("build: note: could not keep the module indexes in {}: {e}", dir.display());
-        }
+    if let Err(e) = store(&cached, &texts) {
+        eprintln!("build: note: could not keep the module indexes in {}: {e}", cached.display());
     }
     Ok(texts.try_into().expect("three indexes"))
 }
@@ -126,7 +119,7 @@ fn depmod_version() -> Result<String, KmodError> {
 }
 
 /// Selects the closure of `wanted` from the kernel package tree. `work` is a scratch directory.
-pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path, cache: Option<&IndexCache>) -> Result<Selection, KmodError> {
+pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path, cache: &IndexCache) -> Result<Selection, KmodError> {
     let kver = kernel_version(kernel)?;
     let src = format!("usr/lib/modules/{kver}");
     let package_text = |f: &str| match kernel.get(&format!("{src}/{f}")) {

@@ -266,21 +266,17 @@ fn install_pending_updates(dirs: &Dirs) {
 
 /// The running slot, as neighbours can fetch it (see crate::slot_bundle), and its bundle's name.
 fn served_slot(node: &Node, dirs: &Dirs) -> Result<(SlotSource, String), String> {
-    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
-    let disk = slots::boot_disk(&cmdline)?;
-    let slot = Slot::parse(&node.slot).ok_or_else(|| format!("unknown running slot '{}'", node.slot))?;
+    let (disk, slot) = slots::running(&node.slot)?;
     let source = SlotSource { boot_dir: dirs.boot.clone(), disk, slot };
-    let m = source.open()?.manifest;
-    Ok((source, format!("{}-{}.bundle", m.compatible, m.version)))
+    let name = source.open()?.manifest.file_name();
+    Ok((source, name))
 }
 
 /// Installs `bundle` into the slot not running (see crate::upgrade).
 pub fn install_bundle(bundle: &crate::fetch::Source, dirs: &Dirs, allow_downgrade: bool) -> Result<String, crate::upgrade::InstallError> {
     let setup = |message: String| crate::upgrade::InstallError { step: crate::upgrade::Step::Verify, kind: "node", message };
     let node = Node::detect().map_err(setup)?;
-    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| setup(format!("/proc/cmdline: {e}")))?;
-    let disk = slots::boot_disk(&cmdline).map_err(setup)?;
-    let running = Slot::parse(&node.slot).ok_or_else(|| setup(format!("unknown running slot '{}'", node.slot)))?;
+    let (disk, running) = slots::running(&node.slot).map_err(setup)?;
     let trusted = trusted_public_keys(Path::new(TRUSTED_KEYS_DIR));
     if trusted.is_empty() {
         return Err(crate::upgrade::InstallError { step: crate::upgrade::Step::Verify, kind: "signature", message: "this image trusts no signing key, so it accepts no upgrade".into() });

@@ -7,7 +7,7 @@
 use crate::metrics::{self, Collectors};
 use crate::radio;
 use crate::router;
-use crate::slot_bundle::SlotSource;
+use crate::slot_bundle::{Served, SlotSource};
 use crate::status::NodeState;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -98,8 +98,7 @@ fn send_bundle(mut stream: TcpStream, bundle: &Result<SlotSource, String>, trans
         let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         match transfer(&mut stream, &source) {
             Ok((name, len)) => eprintln!("meshd: sent {name} ({len} bytes) to {peer}"),
-            // Most often the neighbour refused it after reading the header (not newer, say).
-            Err(e) => eprintln!("meshd: sending the bundle to {peer} ended early: {e}"),
+            Err(e) => eprintln!("meshd: sending the bundle to {peer}: {e}"),
         }
         count.fetch_sub(1, Ordering::SeqCst);
     });
@@ -110,18 +109,22 @@ fn send_bundle(mut stream: TcpStream, bundle: &Result<SlotSource, String>, trans
     Ok(())
 }
 
-fn transfer(stream: &mut TcpStream, source: &SlotSource) -> std::io::Result<(String, u64)> {
+/// Sends the bundle; returns its name and length, or what went wrong.
+fn transfer(stream: &mut TcpStream, source: &SlotSource) -> Result<(String, u64), String> {
     let mut served = match source.open() {
         Ok(s) => s,
         Err(why) => {
-            eprintln!("meshd: not serving slot {}: {why}", source.slot);
-            respond(stream, "500 Internal Server Error", "text/plain", &format!("{why}\n"))?;
-            return Err(std::io::Error::other(why));
+            let _ = respond(stream, "500 Internal Server Error", "text/plain", &format!("{why}\n"));
+            return Err(format!("not serving slot {}: {why}", source.slot));
         }
     };
+    // Most often the neighbour refused the bundle after reading its header (not newer, say).
+    send(stream, &mut served).map_err(|e| format!("ended early: {e}"))
+}
+
+fn send(stream: &mut TcpStream, served: &mut Served) -> std::io::Result<(String, u64)> {
     stream.set_write_timeout(Some(TRANSFER_STALLED_AFTER))?;
-    let m = &served.manifest;
-    let name = format!("{}-{}.bundle", m.compatible, m.version);
+    let name = served.manifest.file_name();
     write!(
         stream,
         "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nContent-Disposition: attachment; filename=\"{name}\"\r\nConnection: close\r\n\r\n",

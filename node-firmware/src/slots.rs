@@ -30,6 +30,14 @@ pub fn boot_disk(cmdline_text: &str) -> Result<PathBuf, String> {
     Err(format!("no disk has MBR signature {want}"))
 }
 
+/// The card this node booted from and the slot it runs (`node_slot`, from the command line).
+pub fn running(node_slot: &str) -> Result<(PathBuf, Slot), String> {
+    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+    let disk = boot_disk(&cmdline)?;
+    let slot = Slot::parse(node_slot).ok_or_else(|| format!("unknown running slot '{node_slot}'"))?;
+    Ok((disk, slot))
+}
+
 /// Both copies, the newest valid state, and which copy to write next.
 pub fn read_state(disk: &Path) -> Result<(BootState, usize), String> {
     let f = File::open(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
