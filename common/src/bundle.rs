@@ -9,10 +9,12 @@
 //! payload: each image of the manifest, in order, exactly `size` bytes
 //! ```
 //!
-//! The signature covers the manifest, and the manifest holds every image's sha256 (and a
-//! block-hash index for transferring only changed blocks later), so one signature check
-//! before writing plus hashing while writing proves every byte.
+//! The signature covers the manifest, and the manifest holds every image's sha256 and its
+//! content-defined chunks (crate::chunks), so one signature check before writing plus hashing
+//! while writing proves every byte, and a node can fetch only the chunks it lacks, from any
+//! neighbour, checking each against the manifest before it is used.
 
+use crate::chunks::{self, Chunk};
 use crate::minisign::{PublicKey, SignatureFile};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -22,9 +24,8 @@ pub const MAGIC: &[u8; 16] = b"MESHOS-BUNDLE 1\n";
 /// Each slot's directory on the boot partition keeps its bundle's header under this name, so
 /// the node can serve the slot it runs, as a bundle, to its neighbours.
 pub const SLOT_HEADER_FILE: &str = "bundle.header";
-pub const FORMAT: u32 = 1;
-/// Blocks of the block-hash index.
-pub const BLOCK_SIZE: u32 = 64 * 1024;
+/// 2: content-defined chunks replaced format 1's fixed 64 KiB blocks.
+pub const FORMAT: u32 = 2;
 const MAX_MANIFEST: u32 = 8 << 20;
 const MAX_SIGNATURE: u32 = 16 << 10;
 
@@ -39,7 +40,56 @@ pub struct Manifest {
     pub images: Vec<Image>,
 }
 
+/// The largest chunk a manifest may list: what a reader must be able to hold at once.
+pub const MAX_CHUNK: usize = chunks::MAX_SIZE as usize;
+
 impl Manifest {
+    /// What a node relies on before it writes anything: each image has a place on a node
+    /// (`root`, or a plain relative path under `boot/`), appears once, and its chunks cover
+    /// exactly its size, each no larger than [`MAX_CHUNK`] and named by a sha256.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for img in &self.images {
+            if img.name != "root" {
+                let rest = img.name.strip_prefix("boot/").ok_or_else(|| format!("image '{}' has no place on a node (root, or boot/<path>)", img.name))?;
+                let plain = !rest.is_empty() && rest.split('/').all(|c| !c.is_empty() && c != "." && c != "..") && !rest.contains(['\\', '\0']);
+                if !plain {
+                    return Err(format!("image '{}': its path must be plain names under boot/ (no empty, '.' or '..' parts)", img.name));
+                }
+            }
+            if !seen.insert(img.name.as_str()) {
+                return Err(format!("image '{}' is listed twice", img.name));
+            }
+            if !chunks::is_sha256_hex(&img.sha256) {
+                return Err(format!("image '{}': '{}' is no sha256", img.name, img.sha256));
+            }
+            let mut sum = 0u64;
+            for c in &img.chunks {
+                if c.size == 0 || c.size as usize > MAX_CHUNK || !chunks::is_sha256_hex(&c.sha256) {
+                    return Err(format!("image '{}': a chunk of {} bytes named '{}' (chunks are 1..={MAX_CHUNK} bytes, named by sha256)", img.name, c.size, c.sha256));
+                }
+                sum += u64::from(c.size);
+            }
+            if sum != img.size {
+                return Err(format!("image '{}': its chunks add up to {sum} bytes, not its {}", img.name, img.size));
+            }
+        }
+        Ok(())
+    }
+
+    /// The images' bytes: the bundle less its header.
+    pub fn payload_size(&self) -> u64 {
+        self.images.iter().map(|i| i.size).sum()
+    }
+
+    /// The chunks of this manifest that no image of `held` has (what a node holding `held`
+    /// must fetch), each once, in the order they are first used.
+    pub fn missing_chunks<'a>(&'a self, held: &[&Manifest]) -> Vec<&'a Chunk> {
+        let have: std::collections::HashSet<&str> = held.iter().flat_map(|m| m.images.iter()).flat_map(|i| i.chunks.iter()).map(|c| c.sha256.as_str()).collect();
+        let mut seen = std::collections::HashSet::new();
+        self.images.iter().flat_map(|i| i.chunks.iter()).filter(|c| !have.contains(c.sha256.as_str()) && seen.insert(c.sha256.as_str())).collect()
+    }
+
     /// The bundle's file name, as meshimg writes it: `meshos-<board>-<version>.bundle`.
     pub fn file_name(&self) -> String {
         format!("{}-{}.bundle", self.compatible, self.version)
@@ -54,9 +104,8 @@ pub struct Image {
     pub name: String,
     pub size: u64,
     pub sha256: String,
-    pub block_size: u32,
-    /// sha256 of each block, in order.
-    pub blocks: Vec<String>,
+    /// The image cut into content-defined chunks, in order; their sizes add up to `size`.
+    pub chunks: Vec<Chunk>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,20 +149,12 @@ impl BundleError {
     }
 }
 
-/// Hashes of `data` as an image entry.
+/// Hashes and chunks of `data` as an image entry.
 pub fn image_entry(name: &str, data: &[u8]) -> Image {
-    Image {
-        name: name.into(),
-        size: data.len() as u64,
-        sha256: hex(&Sha256::digest(data)),
-        block_size: BLOCK_SIZE,
-        blocks: data.chunks(BLOCK_SIZE as usize).map(|b| hex(&Sha256::digest(b))).collect(),
-    }
+    Image { name: name.into(), size: data.len() as u64, sha256: chunks::sha256_hex(data), chunks: chunks::cut(data) }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use chunks::hex;
 
 /// The bundle's header: magic, manifest, signature. Payload images follow in `images` order.
 pub fn header(manifest_json: &[u8], signature: Option<&str>) -> Vec<u8> {
@@ -169,6 +210,7 @@ pub fn open<R: Read>(mut reader: R) -> Result<Opened<R>, BundleError> {
     if manifest.format != FORMAT {
         return Err(BundleError::Format(manifest.format));
     }
+    manifest.validate().map_err(BundleError::Manifest)?;
     let signature_text = String::from_utf8(sig).map_err(|_| BundleError::Signature("not text".into()))?;
     let signature = if signature_text.is_empty() {
         None
@@ -190,6 +232,11 @@ impl<R: Read> Opened<R> {
     /// behind it, it is the bundle again.
     pub fn header(&self) -> Vec<u8> {
         header(&self.manifest_bytes, Some(&self.signature_text))
+    }
+
+    /// sha256 of the signed manifest bytes: names this release on the mesh.
+    pub fn manifest_sha256(&self) -> String {
+        chunks::sha256_hex(&self.manifest_bytes)
     }
 
     pub fn is_signed(&self) -> bool {
@@ -222,22 +269,43 @@ impl<R: Read> Opened<R> {
         Ok(())
     }
 
-    /// Streams each image to `on`, hashing as it goes; an image whose bytes do not match the
-    /// manifest fails before its `Done` and before the next one starts.
-    pub fn stream(mut self, mut on: impl FnMut(Event) -> std::io::Result<()>) -> Result<(), BundleError> {
-        let mut buf = vec![0u8; 256 * 1024];
-        for image in &self.manifest.images {
+    /// Streams each image to `on`, hashing as it goes: each chunk is checked against the
+    /// manifest as soon as it has passed (so a corrupted transfer stops within a chunk of the
+    /// damage), and each image's whole sha256 before its `Done` and before the next one starts.
+    pub fn stream(self, on: impl FnMut(Event) -> std::io::Result<()>) -> Result<(), BundleError> {
+        let Opened { manifest, mut reader, .. } = self;
+        manifest.assemble(
+            |image, i, at, buf| {
+                reader.read_exact(buf).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => BundleError::Truncated(format!("image {} ends inside its chunk {i}, before byte {} of {}", image.name, at + buf.len() as u64, image.size)),
+                    _ => BundleError::Io(e),
+                })
+            },
+            on,
+        )
+    }
+}
+
+impl Manifest {
+    /// Hands each image to `on`, chunk by chunk in order, taking each chunk's bytes from
+    /// `get(image, index, offset, buffer)`: every chunk is checked against the manifest before
+    /// `on` sees it, and every image's whole sha256 before its `Done`. A bundle being read and
+    /// a slot assembled from chunks held and fetched are written by the same checks.
+    pub fn assemble(&self, mut get: impl FnMut(&Image, usize, u64, &mut [u8]) -> Result<(), BundleError>, mut on: impl FnMut(Event) -> std::io::Result<()>) -> Result<(), BundleError> {
+        let mut buf = vec![0u8; MAX_CHUNK];
+        for image in &self.images {
             let mut hash = Sha256::new();
-            let mut left = image.size;
-            while left > 0 {
-                let want = left.min(buf.len() as u64) as usize;
-                let n = self.reader.read(&mut buf[..want])?;
-                if n == 0 {
-                    return Err(BundleError::Truncated(format!("image {} has {} of {} bytes", image.name, image.size - left, image.size)));
+            let mut at = 0u64;
+            for (i, chunk) in image.chunks.iter().enumerate() {
+                let data = &mut buf[..chunk.size as usize];
+                get(image, i, at, data)?;
+                let got = chunks::sha256_hex(data);
+                if got != chunk.sha256 {
+                    return Err(BundleError::Mismatch { name: format!("{} (chunk {i}, bytes {at}..{})", image.name, at + u64::from(chunk.size)), want: chunk.sha256.clone(), got });
                 }
-                hash.update(&buf[..n]);
-                on(Event::Data(image, &buf[..n]))?;
-                left -= n as u64;
+                hash.update(&*data);
+                on(Event::Data(image, data))?;
+                at += u64::from(chunk.size);
             }
             let got = hex(&hash.finalize());
             if got != image.sha256 {
@@ -256,23 +324,59 @@ pub enum Event<'a> {
     Done(&'a Image),
 }
 
-/// Whether version `a` is newer than `b`: dot-separated numbers compared as numbers, any other
-/// part as text (`0.10.0` > `0.9.1`).
+/// Whether version `a` is newer than `b`, in semantic-versioning order extended to any number
+/// of dot-separated parts: numbers compare as numbers (`0.10.0` > `0.9.1`, `1.0.0.1` >
+/// `1.0.0`), a pre-release comes before its release (`1.0.0-rc1` < `1.0.0`), pre-releases
+/// compare part by part (`rc2` < `rc10`), and build metadata after `+` is ignored.
 pub fn newer(a: &str, b: &str) -> bool {
-    let parts = |v: &str| v.split(['.', '-', '+']).map(|p| p.parse::<u64>().map_err(|_| p.to_string())).collect::<Vec<_>>();
-    let (pa, pb) = (parts(a), parts(b));
-    for (x, y) in pa.iter().zip(pb.iter()) {
-        let ord = match (x, y) {
-            (Ok(x), Ok(y)) => x.cmp(y),
-            (Ok(_), Err(_)) => std::cmp::Ordering::Greater,
-            (Err(_), Ok(_)) => std::cmp::Ordering::Less,
-            (Err(x), Err(y)) => x.cmp(y),
-        };
-        if ord != std::cmp::Ordering::Equal {
-            return ord == std::cmp::Ordering::Greater;
+    compare_versions(a, b) == std::cmp::Ordering::Greater
+}
+
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering::*;
+    let split = |v: &'_ str| {
+        let v = v.split('+').next().unwrap_or(v);
+        match v.split_once('-') {
+            Some((release, pre)) => (release.to_string(), Some(pre.to_string())),
+            None => (v.to_string(), None),
+        }
+    };
+    let ((ra, pa), (rb, pb)) = (split(a), split(b));
+    compare_parts(&ra, &rb).then_with(|| match (pa, pb) {
+        (None, None) => Equal,
+        (None, Some(_)) => Greater,
+        (Some(_), None) => Less,
+        (Some(x), Some(y)) => compare_parts(&x, &y),
+    })
+}
+
+/// Dot-separated parts in turn: numbers as numbers, below any text; text as text (a number
+/// run inside it as a number, so `rc2` < `rc10`); when one runs out first, it is the older.
+fn compare_parts(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering::*;
+    let key = |p: &str| -> (String, Option<u64>) {
+        let digits = p.trim_start_matches(|c: char| !c.is_ascii_digit());
+        (p[..p.len() - digits.len()].to_string(), digits.parse().ok())
+    };
+    let (mut xa, mut xb) = (a.split('.'), b.split('.'));
+    loop {
+        match (xa.next(), xb.next()) {
+            (None, None) => return Equal,
+            (Some(_), None) => return Greater,
+            (None, Some(_)) => return Less,
+            (Some(x), Some(y)) => {
+                let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
+                    (Ok(x), Ok(y)) => x.cmp(&y),
+                    (Ok(_), Err(_)) => Less,
+                    (Err(_), Ok(_)) => Greater,
+                    (Err(_), Err(_)) => key(x).cmp(&key(y)).then_with(|| x.cmp(y)),
+                };
+                if ord != Equal {
+                    return ord;
+                }
+            }
         }
     }
-    pa.len() > pb.len()
 }
 
 #[cfg(all(test, feature = "sign"))]
@@ -320,7 +424,7 @@ mod tests {
         let trusted = [key.public()];
         let (good, root) = make(Some(&key), "1.0.1", "rpi3");
         assert_eq!(install(&good, &trusted).unwrap(), root);
-        assert_eq!(open(&good[..]).unwrap().manifest.images[0].blocks.len(), 4);
+        assert!(open(&good[..]).unwrap().manifest.images[0].chunks.len() >= 200_000 / MAX_CHUNK);
         assert_eq!(open(&good[..]).unwrap().total_size(), good.len() as u64);
         let header = open(&good[..]).unwrap().header();
         assert_eq!(header[..], good[..header.len()]);
@@ -348,8 +452,38 @@ mod tests {
     }
 
     #[test]
+    fn manifests_that_would_mislead_a_node_are_refused() {
+        let valid = |names: &[&str]| {
+            let images = names.iter().map(|n| image_entry(n, b"bytes")).collect();
+            Manifest { format: FORMAT, compatible: "meshos-rpi3".into(), version: "1".into(), build_id: "b".into(), images }.validate()
+        };
+        assert!(valid(&["root", "boot/vmlinuz", "boot/dtbs/broadcom/x.dtb"]).is_ok());
+        for bad in ["boot//etc/shadow", "boot/../etc/shadow", "boot/./x", "boot/", "etc/shadow", "/boot/x", "boot/a/"] {
+            assert!(valid(&["root", bad]).is_err(), "{bad}");
+        }
+        assert!(valid(&["root", "root"]).unwrap_err().contains("listed twice"));
+        let mut m = Manifest { format: FORMAT, compatible: "c".into(), version: "1".into(), build_id: "b".into(), images: vec![image_entry("root", &[1u8; 100_000])] };
+        m.images[0].chunks.pop();
+        assert!(m.validate().unwrap_err().contains("chunks add up to"));
+    }
+
+    #[test]
+    fn a_corrupted_chunk_is_named_with_its_place() {
+        let key = SecretKey::generate().unwrap();
+        let (mut bytes, _) = make(Some(&key), "1.0.1", "rpi3");
+        let header_len = open(&bytes[..]).unwrap().header().len();
+        bytes[header_len + 100] ^= 0xff;
+        let err = install(&bytes, &[key.public()]).unwrap_err().to_string();
+        assert!(err.contains("image root (chunk 0, bytes 0.."), "{err}");
+    }
+
+    #[test]
     fn versions_compare_as_numbers() {
         assert!(newer("0.10.0", "0.9.1") && newer("1.0.1", "1.0.0") && newer("1.0.0.1", "1.0.0"));
         assert!(!newer("1.0.0", "1.0.0") && !newer("0.9", "0.10"));
+        // Pre-releases come before their release, and compare among themselves.
+        assert!(newer("1.0.0", "1.0.0-rc1") && !newer("1.0.0-rc1", "1.0.0"));
+        assert!(newer("1.0.0-rc10", "1.0.0-rc2") && newer("1.0.0-rc1", "0.9.9") && newer("1.0.0-rc.2", "1.0.0-rc.1"));
+        assert!(newer("1.0.0-beta", "1.0.0-alpha.9") && !newer("1.0.0+b2", "1.0.0+b1"));
     }
 }

@@ -5,6 +5,7 @@
 pub mod boot_contract;
 pub mod boot_state;
 pub mod bundle;
+pub mod chunks;
 pub mod cmdline;
 pub mod minisign;
 pub mod os_release;
