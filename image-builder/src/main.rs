@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use meshimg::{board, build, fetch, lock, plan, qemu, signing};
+use meshimg::{board, build, fetch, lock, plan, qemu, signing, update_bundle};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -86,6 +86,19 @@ enum Command {
         #[arg(long)]
         sig: Option<PathBuf>,
     },
+    /// What a node running OLD fetches to install NEW over the mesh: the chunks of NEW's
+    /// manifest that OLD's lacks, as bytes and as a share of NEW's whole bundle.
+    Delta {
+        old: PathBuf,
+        new: PathBuf,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lay BUNDLE out in DIR the way a node serves a release to its neighbours
+    /// (nodeinfo.json, header/<sha256>, chunk/<sha256>), for a static web server on a
+    /// machine joined to the mesh.
+    Export { bundle: PathBuf, dir: PathBuf },
     /// Boot a built image in the board's QEMU machine, serial console on this terminal.
     Qemu {
         board: String,
@@ -340,6 +353,20 @@ fn run(cli: Cli) -> Result<()> {
                 b.stream(|_| Ok(())).with_context(|| file.display().to_string())?;
                 println!("bundle: {compatible} {version}, manifest signed by {signer}, {images} images match their hashes");
             }
+            Ok(())
+        }
+        Command::Delta { old, new, json } => {
+            let d = update_bundle::Delta::between(&old, &new)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                println!("{d}");
+            }
+            Ok(())
+        }
+        Command::Export { bundle, dir } => {
+            let (sha, n) = update_bundle::export(&bundle, &dir)?;
+            println!("{}: release {sha}, {n} chunks", dir.display());
             Ok(())
         }
         Command::Qemu { board: name, image, out, forwards, links, boot_files, expect_ready, log, card } => {

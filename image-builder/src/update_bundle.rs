@@ -31,3 +31,94 @@ pub fn write(out: &Path, header: &[u8], images: &[(String, Vec<u8>)]) -> std::io
     }
     f.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
+
+/// What a node holding one bundle's slot fetches to install another: the header (manifest and
+/// signature) and the chunks the first lacks.
+#[derive(Debug, serde::Serialize)]
+pub struct Delta {
+    pub from: String,
+    pub to: String,
+    pub bundle_bytes: u64,
+    pub header_bytes: u64,
+    pub chunks: usize,
+    pub missing_chunks: usize,
+    pub missing_bytes: u64,
+    /// (header + missing chunks) / whole bundle.
+    pub share: f64,
+}
+
+impl Delta {
+    pub fn between(old: &Path, new: &Path) -> anyhow::Result<Delta> {
+        use anyhow::Context;
+        let open = |p: &Path| -> anyhow::Result<(Manifest, u64, u64)> {
+            let f = std::fs::File::open(p).with_context(|| p.display().to_string())?;
+            let b = bundle::open(std::io::BufReader::new(f)).with_context(|| p.display().to_string())?;
+            let (total, header) = (b.total_size(), b.header().len() as u64);
+            Ok((b.manifest, total, header))
+        };
+        let (old_m, _, _) = open(old)?;
+        let (new_m, total, header) = open(new)?;
+        let missing = new_m.missing_chunks(&[&old_m]);
+        let missing_bytes: u64 = missing.iter().map(|c| u64::from(c.size)).sum();
+        Ok(Delta {
+            from: old_m.version.clone(),
+            to: new_m.version.clone(),
+            bundle_bytes: total,
+            header_bytes: header,
+            chunks: new_m.images.iter().map(|i| i.chunks.len()).sum(),
+            missing_chunks: missing.len(),
+            missing_bytes,
+            share: (header + missing_bytes) as f64 / total as f64,
+        })
+    }
+}
+
+impl std::fmt::Display for Delta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} -> {}: {} of {} chunks are new, {} bytes", self.from, self.to, self.missing_chunks, self.chunks, self.missing_bytes)?;
+        write!(f, "fetched with the {}-byte header: {} of the bundle's {} bytes ({:.2}%)", self.header_bytes, self.header_bytes + self.missing_bytes, self.bundle_bytes, self.share * 100.0)
+    }
+}
+
+/// Lays a bundle out the way a node serves a release to its neighbours, for any static web
+/// server on a machine joined to the mesh: `nodeinfo.json` (announcing the release),
+/// `header/<manifest sha256>` and `chunk/<sha256>` for each chunk. Returns the release's
+/// manifest sha256 and the number of chunks written.
+pub fn export(bundle_path: &Path, dir: &Path) -> anyhow::Result<(String, usize)> {
+    use anyhow::Context;
+    let f = std::fs::File::open(bundle_path).with_context(|| bundle_path.display().to_string())?;
+    let opened = bundle::open(std::io::BufReader::new(f)).with_context(|| bundle_path.display().to_string())?;
+    anyhow::ensure!(opened.is_signed(), "{}: the bundle is unsigned, and nodes install only signed bundles", bundle_path.display());
+    let sha = opened.manifest_sha256();
+    let (header, manifest) = (opened.header(), opened.manifest.clone());
+    for sub in ["header", "chunk"] {
+        std::fs::create_dir_all(dir.join(sub)).with_context(|| dir.join(sub).display().to_string())?;
+    }
+    std::fs::write(dir.join("header").join(&sha), &header).with_context(|| dir.display().to_string())?;
+    let mut written = std::collections::HashSet::new();
+    let mut failed: Option<std::io::Error> = None;
+    opened
+        .stream(|event| {
+            // Events come one chunk at a time, in manifest order (see bundle::Manifest::assemble).
+            if let bundle::Event::Data(_, data) = event {
+                let sha = meshos_common::chunks::sha256_hex(data);
+                if written.insert(sha.clone()) {
+                    if let Err(e) = std::fs::write(dir.join("chunk").join(&sha), data) {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            Ok(())
+        })
+        .with_context(|| bundle_path.display().to_string())?;
+    if let Some(e) = failed {
+        return Err(anyhow::Error::new(e).context(format!("{}: writing chunks", dir.display())));
+    }
+    let board = manifest.compatible.strip_prefix("meshos-").unwrap_or(&manifest.compatible);
+    let nodeinfo = serde_json::json!({
+        "name": format!("meshimg export of {}", manifest.file_name()), "version": manifest.version, "board": board,
+        "upgrade": { "phase": "idle", "releases": [{ "version": manifest.version, "manifest": sha, "slot": "a", "running": true }] },
+    });
+    std::fs::write(dir.join("nodeinfo.json"), nodeinfo.to_string() + "\n").with_context(|| dir.display().to_string())?;
+    Ok((sha, written.len()))
+}
