@@ -34,11 +34,18 @@ pub struct Upgrade {
     /// Seconds a newly installed slot has to pass its health check (meshd up, data partition
     /// mounted, router running) before meshd reboots it, so U-Boot counts a failed attempt.
     pub health_timeout: u64,
+    /// Install newer releases that neighbours offer (signed by a trusted key) by itself.
+    pub auto: bool,
+    /// Upper bound on the bytes an upgrade fetches from neighbours, in kbit/s (0: none), so
+    /// an upgrade spreading through the mesh does not starve its users' traffic.
+    pub rate_limit_kbit: u64,
+    /// Chunks fetched at once, spread over the neighbours that offer them.
+    pub parallel: usize,
 }
 
 impl Default for Upgrade {
     fn default() -> Upgrade {
-        Upgrade { health_timeout: 180 }
+        Upgrade { health_timeout: 180, auto: true, rate_limit_kbit: 0, parallel: 4 }
     }
 }
 
@@ -313,6 +320,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     if !(20..=3600).contains(&config.upgrade.health_timeout) {
         return Err(at("upgrade.healthTimeout", format!("{} s is outside 20..3600", config.upgrade.health_timeout)));
+    }
+    if !(1..=16).contains(&config.upgrade.parallel) {
+        return Err(at("upgrade.parallel", format!("{} is outside 1..16", config.upgrade.parallel)));
     }
     if config.metrics.port == 0 {
         return Err(at("metrics.port", "0 is not a port".into()));

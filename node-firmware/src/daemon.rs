@@ -3,6 +3,7 @@
 //! them up in their role, keeps the services running and publishes the status.
 
 use crate::config::{self, Config, Role, Wired};
+use crate::held::Shelf;
 use crate::identity::Identity;
 use crate::node::Node;
 use crate::radio::{self, Radio};
@@ -102,10 +103,38 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         Err(why) => eprintln!("meshd: serving no bundle to neighbours: {why}"),
     }
     let shared = Arc::new(Mutex::new(state.clone()));
+    let card = slots::running(&node.slot);
+    let cache = crate::chunk_fetch::cache_dir(&dirs.state);
     if cfg.metrics.enabled {
-        if let Err(e) = http::spawn(cfg.metrics.port, shared.clone(), dirs.run.clone(), bundle.map(|(source, _)| source)) {
+        let shelf = card.as_ref().ok().map(|(disk, _)| Shelf::new(&dirs.boot, disk, &cache));
+        if let Err(e) = http::spawn(cfg.metrics.port, shared.clone(), dirs.run.clone(), bundle.map(|(source, _)| source), shelf) {
             eprintln!("meshd: {e}");
         }
+    }
+    let rollout = Arc::new(Mutex::new(crate::rollout::Rollout::default()));
+    match (&card, cfg.metrics.enabled) {
+        (Ok((disk, running)), true) => {
+            let agent = crate::rollout::Agent {
+                boot_dir: dirs.boot.clone(),
+                state_dir: dirs.state.clone(),
+                run_dir: dirs.run.clone(),
+                disk: disk.clone(),
+                running: *running,
+                board: node.release.board.clone(),
+                version: node.release.version.clone(),
+                address: id.address.to_string(),
+                trusted: trusted_public_keys(Path::new(TRUSTED_KEYS_DIR)),
+                port: cfg.metrics.port,
+                auto: cfg.upgrade.auto,
+                fetch: crate::chunk_fetch::Options { parallel: cfg.upgrade.parallel, rate: (cfg.upgrade.rate_limit_kbit > 0).then_some(cfg.upgrade.rate_limit_kbit * 1000 / 8), cache },
+                shared: rollout.clone(),
+            };
+            if let Err(e) = crate::rollout::spawn(agent) {
+                eprintln!("meshd: {e}");
+            }
+        }
+        (Err(e), _) => eprintln!("meshd: no upgrades over the mesh: {e}"),
+        (_, false) => eprintln!("meshd: no upgrades over the mesh: neighbours reach a node's releases on its metrics port, and mesh.yaml turns metrics off"),
     }
     if let Some(kb) = crate::node::rss_kib() {
         eprintln!("meshd: running (VmRSS {kb} kB)");
@@ -134,8 +163,14 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         for s in services.iter_mut().chain(dhcp.values_mut()).chain(radios.values_mut().flat_map(|m| m.services.iter_mut())) {
             s.tick();
         }
-        health.check(&services);
+        health.check(&services, &dirs.run);
+        if health.committed_now {
+            health.committed_now = false;
+            // Bundles that waited in updates/ while this slot was on trial.
+            install_pending_updates(dirs);
+        }
         state.slots = health.report.clone();
+        state.upgrade = rollout.lock().map(|r| r.clone()).unwrap_or_default();
         state.radios = radios.values().map(|m| RadioState::new(&m.radio, m.role, &m.result)).collect();
         let all = services.iter().chain(dhcp.values()).chain(radios.values().flat_map(|m| m.services.iter()));
         state.services = all.map(|s| s.status().into()).collect();
@@ -244,7 +279,16 @@ fn manage_wired(wired: &Wired, dhcp: &mut BTreeMap<String, Service>, run_dir: &P
 /// Installs bundles waiting in `updates/` on the boot partition (the offline path: a card
 /// reader is all a person needs); reboots into the first one installed.
 fn install_pending_updates(dirs: &Dirs) {
-    for bundle in crate::upgrade::pending(&dirs.boot) {
+    let pending = crate::upgrade::pending(&dirs.boot);
+    if let (Some(first), Some(r)) = (pending.first(), on_trial(dirs)) {
+        eprintln!(
+            "meshd: upgrade: {} waits: this slot runs {} on trial, and an install now would overwrite the last slot known good; it is installed once this one is committed",
+            first.display(),
+            r.version.as_deref().unwrap_or("?")
+        );
+        return;
+    }
+    for bundle in pending {
         eprintln!("meshd: upgrade: installing {} from the boot partition", bundle.display());
         let result = install_bundle(&crate::fetch::Source::File(bundle.clone()), dirs, false);
         crate::upgrade::settle(&bundle, &result);
@@ -262,6 +306,12 @@ fn install_pending_updates(dirs: &Dirs) {
             Err(e) => eprintln!("meshd: upgrade: {} refused: {e}; renamed .rejected, reason beside it", bundle.display()),
         }
     }
+}
+
+/// The install record, when the running slot is the one it installed and not yet committed.
+fn on_trial(dirs: &Dirs) -> Option<crate::upgrade::Record> {
+    let slot = Node::detect().ok()?.slot;
+    crate::upgrade::read_record(&dirs.state).filter(|r| r.step == crate::upgrade::Step::Installed && r.target.as_deref().and_then(Slot::parse) == Slot::parse(&slot))
 }
 
 /// The running slot, as neighbours can fetch it (see crate::slot_bundle), and its bundle's name.
@@ -308,6 +358,8 @@ struct Health {
     trial: Option<crate::upgrade::Record>,
     deadline: Instant,
     state_dir: PathBuf,
+    /// Set once, when this boot's slot was just marked good.
+    committed_now: bool,
 }
 
 impl Health {
@@ -328,6 +380,7 @@ impl Health {
             trial,
             deadline: Instant::now() + timeout,
             state_dir: state_dir.to_path_buf(),
+            committed_now: false,
         };
         match (found, running) {
             (Ok((disk, boot_state)), Some(slot)) => {
@@ -343,7 +396,7 @@ impl Health {
         h
     }
 
-    fn check(&mut self, services: &[Service]) {
+    fn check(&mut self, services: &[Service], run_dir: &Path) {
         let (Some(disk), Some(slot)) = (&self.disk, self.running) else { return };
         if self.report.marked_good {
             return;
@@ -351,10 +404,20 @@ impl Health {
         let data = fs::read_to_string("/proc/mounts").unwrap_or_default().lines().any(|l| l.split_whitespace().nth(1) == Some("/data"));
         let router = services.iter().find(|s| s.name == "yggdrasil" || s.name == "cjdns").map(|s| s.status());
         let router_ok = router.is_some_and(|r| r.running);
-        if !(data && router_ok) {
+        // A new slot must find again one of the neighbours the node had before it rebooted
+        // (when it had any): a release that boots but cannot mesh would cut the node off.
+        let before = self.trial.as_ref().map(|r| r.neighbours.clone()).unwrap_or_default();
+        let regained = before.is_empty() || crate::router::peers(run_dir).is_ok_and(|p| p.iter().any(|p| p.up && before.contains(&p.address)));
+        if !(data && router_ok && regained) {
             self.healthy_since = None;
             if self.trial.is_some() && Instant::now() > self.deadline {
-                let why = if data { "the router is not running" } else { "the data partition is not mounted" };
+                let why = if !data {
+                    "the data partition is not mounted"
+                } else if !router_ok {
+                    "the router is not running"
+                } else {
+                    "it found none of the overlay neighbours it had before the reboot"
+                };
                 eprintln!("meshd: upgrade: slot {slot} is not healthy ({why}); rebooting so U-Boot counts the failed attempt");
                 if let Err(e) = crate::watchdog::reboot() {
                     eprintln!("meshd: {e}");
@@ -387,6 +450,7 @@ impl Health {
                 }
                 self.trial = None;
                 self.report = report;
+                self.committed_now = true;
             }
             Err(e) => {
                 eprintln!("meshd: marking slot {slot} good: {e}");

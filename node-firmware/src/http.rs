@@ -1,5 +1,7 @@
-//! The node's small HTTP face: `GET /metrics` (Prometheus), `GET /nodeinfo.json` and
-//! `GET /bundle` (the running slot as an update bundle, for neighbours), on every address (the
+//! The node's small HTTP face: `GET /metrics` (Prometheus), `GET /nodeinfo.json`,
+//! `GET /bundle` (the running slot as an update bundle, for neighbours), and for upgrades over
+//! the mesh `GET /header/<manifest sha256>` (a release's signed header) and
+//! `GET /chunk/<sha256>` (one chunk of either slot or of the fetch cache), on every address (the
 //! overlay too, so a mesh operator can scrape any node and a neighbour can upgrade from it).
 //! One thread, one request at a time, short timeouts: a slow or hostile client cannot pile up
 //! memory. A bundle transfer gets a thread of its own, at most [`MAX_TRANSFERS`] at once.
@@ -7,17 +9,22 @@
 use crate::metrics::{self, Collectors};
 use crate::radio;
 use crate::router;
+use crate::held::Shelf;
 use crate::slot_bundle::{Served, SlotSource};
 use crate::status::NodeState;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub fn spawn(port: u16, state: Arc<Mutex<NodeState>>, run_dir: PathBuf, bundle: Result<SlotSource, String>) -> Result<(), String> {
+/// Chunks and bytes sent to neighbours for their upgrades since meshd started.
+pub static SERVED_CHUNKS: AtomicU64 = AtomicU64::new(0);
+pub static SERVED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+pub fn spawn(port: u16, state: Arc<Mutex<NodeState>>, run_dir: PathBuf, bundle: Result<SlotSource, String>, mut shelf: Option<Shelf>) -> Result<(), String> {
     // [::] also takes IPv4 (Linux's bindv6only is 0).
     let listener = TcpListener::bind(("::", port)).map_err(|e| format!("metrics on port {port}: {e}"))?;
     std::thread::Builder::new()
@@ -27,7 +34,7 @@ pub fn spawn(port: u16, state: Arc<Mutex<NodeState>>, run_dir: PathBuf, bundle: 
             let mut collectors = Collectors::new();
             let transfers = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming().flatten() {
-                if let Err(e) = serve(stream, &state, &run_dir, &mut collectors, &bundle, &transfers) {
+                if let Err(e) = serve(stream, &state, &run_dir, &mut collectors, &bundle, &transfers, shelf.as_mut()) {
                     eprintln!("meshd: http: {e}");
                 }
             }
@@ -36,7 +43,7 @@ pub fn spawn(port: u16, state: Arc<Mutex<NodeState>>, run_dir: PathBuf, bundle: 
     Ok(())
 }
 
-fn serve(mut stream: TcpStream, state: &Mutex<NodeState>, run_dir: &std::path::Path, c: &mut Collectors, bundle: &Result<SlotSource, String>, transfers: &Arc<AtomicUsize>) -> std::io::Result<()> {
+fn serve(mut stream: TcpStream, state: &Mutex<NodeState>, run_dir: &std::path::Path, c: &mut Collectors, bundle: &Result<SlotSource, String>, transfers: &Arc<AtomicUsize>, shelf: Option<&mut Shelf>) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
     stream.set_write_timeout(Some(Duration::from_secs(3)))?;
     let mut request_line = String::new();
@@ -55,6 +62,9 @@ fn serve(mut stream: TcpStream, state: &Mutex<NodeState>, run_dir: &std::path::P
     if method == "GET" && path == "/bundle" {
         return send_bundle(stream, bundle, transfers);
     }
+    if method == "GET" && (path.starts_with("/chunk/") || path.starts_with("/header/")) {
+        return send_held(stream, path, shelf);
+    }
     let snapshot = state.lock().map(|s| s.clone()).unwrap_or_default();
     let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") => {
@@ -66,11 +76,38 @@ fn serve(mut stream: TcpStream, state: &Mutex<NodeState>, run_dir: &std::path::P
             ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics::render(&snapshot, &stations, &peers, c))
         }
         ("GET", "/nodeinfo.json") => ("200 OK", "application/json", nodeinfo(&snapshot).to_string() + "\n"),
-        ("GET", "/") => ("200 OK", "text/plain; charset=utf-8", format!("{} (meshos {})\n/metrics\n/nodeinfo.json\n/bundle\n", snapshot.name, snapshot.version)),
+        ("GET", "/") => ("200 OK", "text/plain; charset=utf-8", format!("{} (meshos {})\n/metrics\n/nodeinfo.json\n/bundle\n/header/<sha256>\n/chunk/<sha256>\n", snapshot.name, snapshot.version)),
         ("GET", _) => ("404 Not Found", "text/plain", "not found; try /metrics, /nodeinfo.json or /bundle\n".into()),
         _ => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
     };
     respond(&mut stream, status, kind, &body)
+}
+
+/// A chunk (at most 64 KiB) or a release's header, read from where the node holds it and
+/// checked against its name on the way (see crate::held).
+fn send_held(mut stream: TcpStream, path: &str, shelf: Option<&mut Shelf>) -> std::io::Result<()> {
+    let Some(shelf) = shelf else {
+        return respond(&mut stream, "404 Not Found", "text/plain", "this node serves no chunks: it does not know its card\n");
+    };
+    let held = shelf.current();
+    let (body, chunk) = match (path.strip_prefix("/chunk/"), path.strip_prefix("/header/")) {
+        (Some(sha), _) if meshos_common::chunks::is_sha256_hex(sha) => (held.read(sha), true),
+        (_, Some(sha)) if meshos_common::chunks::is_sha256_hex(sha) => (held.header(sha).map(<[u8]>::to_vec), false),
+        _ => return respond(&mut stream, "400 Bad Request", "text/plain", "a chunk or header is named by its sha256 in lower-case hex\n"),
+    };
+    let Some(body) = body else {
+        return respond(&mut stream, "404 Not Found", "text/plain", "not held here\n");
+    };
+    // A slow mesh link takes a while over 64 KiB; a silent one is dropped.
+    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    write!(stream, "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+    stream.write_all(&body)?;
+    stream.flush()?;
+    if chunk {
+        SERVED_CHUNKS.fetch_add(1, Ordering::Relaxed);
+        SERVED_BYTES.fetch_add(body.len() as u64, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -> std::io::Result<()> {
@@ -151,6 +188,7 @@ pub fn nodeinfo(s: &NodeState) -> serde_json::Value {
         "build_id": s.build_id, "router": s.router, "services": services,
         "metrics": s.metrics_port.map(|p| format!("http://[{}]:{p}/metrics", s.address)),
         "bundle": s.metrics_port.filter(|_| s.bundle.is_some()).map(|p| format!("http://[{}]:{p}/bundle", s.address)),
+        "upgrade": { "phase": s.upgrade.phase, "releases": s.upgrade.releases },
     })
 }
 

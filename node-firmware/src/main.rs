@@ -2,16 +2,19 @@
 //! `daemon` is the node's life, `status` what `meshd status` shows.
 
 mod access_point;
+mod chunk_fetch;
 mod command;
 mod config;
 mod daemon;
 mod durable;
 mod fetch;
+mod held;
 mod http;
 mod identity;
 mod metrics;
 mod node;
 mod radio;
+mod rollout;
 mod router;
 mod slot_bundle;
 mod slots;
@@ -141,12 +144,16 @@ fn upgrade_command(args: &[String]) -> Result<(), String> {
             let disk = slots::boot_disk(&cmdline)?;
             let (state, _) = slots::read_state(&disk)?;
             let record = upgrade::read_record(&dirs.state);
+            // The agent's phase and note, as the daemon last published them.
+            let agent = status::read(&dirs.run).ok().map(|s| s.upgrade);
             if json {
                 let v = serde_json::json!({
                     "running_slot": node.slot.to_uppercase(), "version": node.release.version,
                     "boot_order": state.order.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
                     "a_left": state.a_left, "b_left": state.b_left, "seq": state.seq,
                     "last_install": record,
+                    "phase": agent.as_ref().map(|a| a.phase), "note": agent.as_ref().and_then(|a| a.note.clone()),
+                    "releases": agent.as_ref().map(|a| a.releases.clone()),
                 });
                 println!("{}", serde_json::to_string_pretty(&v).expect("JSON value serialises"));
             } else {
@@ -159,8 +166,20 @@ fn upgrade_command(args: &[String]) -> Result<(), String> {
                         if let Some(e) = r.error {
                             println!("error    {e}");
                         }
+                        if let Some(t) = r.transfer {
+                            let pct = |n: u64| 100.0 * n as f64 / t.bundle_bytes.max(1) as f64;
+                            println!("fetched  {} bytes ({:.1}% of the {}-byte bundle) in {} attempt(s); {} bytes found on the node", t.fetched_bytes, pct(t.fetched_bytes), t.bundle_bytes, t.attempts, t.reused_bytes);
+                            for (peer, p) in &t.peers {
+                                let bad = if p.bad_chunks > 0 { format!(", {} BAD chunk(s)", p.bad_chunks) } else { String::new() };
+                                println!("  from   {peer}: {} chunks, {} bytes{bad}{}", p.chunks, p.bytes, if p.failures > 0 { format!(", {} failed request(s)", p.failures) } else { String::new() });
+                            }
+                        }
                     }
                     None => println!("last     no install on this node yet"),
+                }
+                if let Some(a) = agent {
+                    let phase = serde_json::to_value(a.phase).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+                    println!("mesh     {phase}{}", a.note.map(|n| format!(": {n}")).unwrap_or_default());
                 }
             }
             Ok(())

@@ -85,6 +85,7 @@ pub fn render(state: &NodeState, stations: &[Station], peers: &Result<Vec<Peer>,
         e.one("meshd_slot_marked_good", "gauge", "1 once this boot passed its health check and was marked good.", &[("slot", &sl.running)], u8::from(sl.marked_good));
         e.one("meshd_rollback", "gauge", "1 when this boot is a rollback: the preferred slot ran out of attempts.", &[("from", sl.rolled_back_from.as_deref().unwrap_or(""))], u8::from(sl.rolled_back_from.is_some()));
     }
+    upgrade(&mut e, state);
     e.one("meshd_trusted_keys", "gauge", "Signing keys this image accepts upgrade bundles from (0: no upgrades).", &[], state.trusted_keys.len());
     e.one("meshd_config_errors", "gauge", "1 when mesh.yaml is invalid and the node runs on its last good config or the defaults.", &[], u8::from(state.config_error.is_some()));
     if let Some(err) = &state.config_error {
@@ -96,6 +97,39 @@ pub fn render(state: &NodeState, stations: &[Station], peers: &Result<Vec<Peer>,
         e.one("process_resident_memory_bytes", "gauge", "meshd's resident memory.", &[], kb * 1024);
     }
     e.out
+}
+
+/// Upgrades over the mesh: the agent's phase, the last install's transfer (kept on the data
+/// partition, so it is still there after the reboot into the new slot) and what this node
+/// served to its neighbours.
+fn upgrade(e: &mut Exposition, state: &NodeState) {
+    use std::sync::atomic::Ordering;
+    let u = &state.upgrade;
+    let phase = serde_json::to_value(u.phase).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    e.one("meshd_upgrade_phase", "gauge", "What the upgrade agent does (idle, fetching, staged, rebooting, trial), value 1.", &[("phase", &phase)], 1);
+    if let Some(r) = &u.last_install {
+        let step = serde_json::to_value(r.step).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let version = r.version.clone().unwrap_or_default();
+        let kind = r.error_kind.clone().unwrap_or_default();
+        e.one("meshd_upgrade_last_install", "gauge", "The last install's step and version, value 1.", &[("step", &step), ("version", &version), ("error_kind", &kind)], 1);
+        if let Some(t) = &r.transfer {
+            e.one("meshd_upgrade_bundle_bytes", "gauge", "Size of the whole bundle of the last release installed over the mesh.", &[("version", &version)], t.bundle_bytes);
+            e.one("meshd_upgrade_needed_bytes", "gauge", "Chunk bytes of that release the running slot lacked.", &[("version", &version)], t.needed_bytes);
+            e.one("meshd_upgrade_reused_bytes", "gauge", "Chunk bytes of that release found in the running slot.", &[("version", &version)], t.reused_bytes);
+            e.one("meshd_upgrade_fetched_bytes", "gauge", "Bytes received from neighbours for that release, over all attempts, header and bad chunks included.", &[("version", &version)], t.fetched_bytes);
+            e.one("meshd_upgrade_fetch_attempts", "gauge", "Attempts the fetch took (more than 1: resumed after a power cut or a lost link).", &[("version", &version)], t.attempts);
+            e.family("meshd_upgrade_peer_bytes", "gauge", "Chunk bytes each neighbour served for that release.");
+            for (peer, tally) in &t.peers {
+                e.sample("meshd_upgrade_peer_bytes", &[("peer", peer)], tally.bytes);
+            }
+            e.family("meshd_upgrade_peer_bad_chunks", "gauge", "Chunks a neighbour served with bytes that did not match the signed manifest.");
+            for (peer, tally) in &t.peers {
+                e.sample("meshd_upgrade_peer_bad_chunks", &[("peer", peer)], tally.bad_chunks);
+            }
+        }
+    }
+    e.one("meshd_upgrade_served_chunks_total", "counter", "Chunks served to neighbours' upgrades since meshd started.", &[], crate::http::SERVED_CHUNKS.load(Ordering::Relaxed));
+    e.one("meshd_upgrade_served_bytes_total", "counter", "Chunk bytes served to neighbours' upgrades since meshd started.", &[], crate::http::SERVED_BYTES.load(Ordering::Relaxed));
 }
 
 fn node(e: &mut Exposition, c: &mut Collectors) {

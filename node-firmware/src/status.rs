@@ -28,6 +28,9 @@ pub struct NodeState {
     pub slots: crate::slots::SlotReport,
     /// The running slot's bundle, which neighbours can fetch at `/bundle` (None: not served).
     pub bundle: Option<String>,
+    /// Upgrades over the mesh: what the slots hold, what the agent is doing.
+    #[serde(default)]
+    pub upgrade: crate::rollout::Rollout,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 pub enum Step {
     Verify,
     CheckCompatible,
+    /// Fetching the chunks the node lacks from its neighbours (an install over the mesh).
+    Fetch,
     MarkTargetBad,
     Write,
     MarkTry,
@@ -49,6 +51,22 @@ pub struct Record {
     pub error: Option<String>,
     /// `error`'s stable kind (signature, incompatible, not_newer, truncated, …).
     pub error_kind: Option<String>,
+    /// sha256 of the release's signed manifest: its name on the mesh.
+    #[serde(default)]
+    pub manifest_sha256: Option<String>,
+    /// For an install over the mesh: what was fetched, from whom, and what was found bad.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<crate::chunk_fetch::Transfer>,
+    /// Overlay addresses of the neighbours the node had when it rebooted into the new slot:
+    /// the slot is healthy only once it has one of them back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub neighbours: Vec<String>,
+}
+
+impl Record {
+    pub fn new(source: String) -> Record {
+        Record { step: Step::Verify, source, version: None, target: None, error: None, error_kind: None, manifest_sha256: None, transfer: None, neighbours: Vec::new() }
+    }
 }
 
 pub fn record_path(state_dir: &Path) -> PathBuf {
@@ -111,9 +129,15 @@ impl std::fmt::Display for InstallError {
 
 /// Runs the state machine on the bundle at `source`; returns the version installed.
 pub fn install(source: &Source, node: &Target, allow_downgrade: bool) -> Result<String, InstallError> {
-    let mut record = Record { step: Step::Verify, source: source.to_string(), version: None, target: None, error: None, error_kind: None };
+    let mut record = Record::new(source.to_string());
     let result = run(source, node, allow_downgrade, &mut record);
-    match &result {
+    conclude(node, &mut record, &result);
+    result
+}
+
+/// The record's last word on an install, saved.
+pub fn conclude(node: &Target, record: &mut Record, result: &Result<String, InstallError>) {
+    match result {
         Ok(_) => record.step = Step::Installed,
         Err(e) => {
             record.error = Some(e.message.clone());
@@ -121,38 +145,67 @@ pub fn install(source: &Source, node: &Target, allow_downgrade: bool) -> Result<
             record.step = Step::Failed;
         }
     }
-    save(node.state_dir, &record);
-    result
+    save(node.state_dir, record);
+}
+
+fn fail(step: Step, kind: &'static str) -> impl Fn(String) -> InstallError {
+    move |message: String| InstallError { step, kind, message }
+}
+
+fn bundle_err(step: Step, origin: &str) -> impl Fn(BundleError) -> InstallError + '_ {
+    move |e: BundleError| InstallError { step, kind: e.kind(), message: format!("{origin}: {e}") }
 }
 
 fn run(source: &Source, node: &Target, allow_downgrade: bool, record: &mut Record) -> Result<String, InstallError> {
-    let fail = |step: Step, kind: &'static str| move |message: String| InstallError { step, kind, message };
-    let bundle_err = |step: Step| move |e: BundleError| InstallError { step, kind: e.kind(), message: format!("{source}: {e}") };
-
+    let origin = source.to_string();
+    refuse_on_trial(node)?;
     let input = source.open().map_err(fail(Step::Verify, "io"))?;
-    let opened = bundle::open(input.reader).map_err(bundle_err(Step::Verify))?;
-    opened.verify(node.trusted).map_err(bundle_err(Step::Verify))?;
+    let opened = bundle::open(input.reader).map_err(bundle_err(Step::Verify, &origin))?;
+    opened.verify(node.trusted).map_err(bundle_err(Step::Verify, &origin))?;
     if let Some(len) = input.len.filter(|len| *len < opened.total_size()) {
         let why = format!("it has {len} of its {} bytes", opened.total_size());
-        return Err(bundle_err(Step::Verify)(BundleError::Truncated(why)));
+        return Err(bundle_err(Step::Verify, &origin)(BundleError::Truncated(why)));
     }
+    let target = check(&opened, node, allow_downgrade, record, &origin)?;
+    mark_target_bad(node, target, &opened.manifest, record)?;
+    let version = opened.manifest.version.clone();
+    let header = opened.header();
+    let mut writer = SlotWriter::open(node, target)?;
+    opened.stream(|event| writer.event(event)).map_err(bundle_err(Step::Write, &origin))?;
+    finish(node, target, &header, &version, record)?;
+    Ok(version)
+}
 
+/// Installing while the running slot is itself on trial would overwrite the last slot known to
+/// be good; the node first commits (or rolls back), then installs.
+pub fn refuse_on_trial(node: &Target) -> Result<(), InstallError> {
+    if let Some(r) = read_record(node.state_dir).filter(|r| r.step == Step::Installed && r.target.as_deref().and_then(Slot::parse) == Some(node.running)) {
+        let v = r.version.unwrap_or_default();
+        return Err(fail(Step::Verify, "on_trial")(format!("slot {} runs {v} on trial: an install now would overwrite slot {}, the last one known good; it can follow once {v} is committed", node.running, node.running.other())));
+    }
+    Ok(())
+}
+
+/// Board, version and sizes, before anything is written; returns the slot to write.
+pub fn check<R: std::io::Read>(opened: &bundle::Opened<R>, node: &Target, allow_downgrade: bool, record: &mut Record, origin: &str) -> Result<Slot, InstallError> {
     record.step = Step::CheckCompatible;
     record.version = Some(opened.manifest.version.clone());
-    opened.check_compatible(&node.compatible, &node.version, allow_downgrade).map_err(bundle_err(Step::CheckCompatible))?;
+    record.manifest_sha256 = Some(opened.manifest_sha256());
+    opened.check_compatible(&node.compatible, &node.version, allow_downgrade).map_err(bundle_err(Step::CheckCompatible, origin))?;
     let target = node.running.other();
     record.target = Some(target.to_string());
     let part = slot_partition(node.disk, target);
     let room = partition_size(&part).ok_or_else(|| fail(Step::CheckCompatible, "io")(format!("{}: cannot read its size", part.display())))?;
-    for img in &opened.manifest.images {
-        if img.name == "root" && img.size > room {
-            return Err(fail(Step::CheckCompatible, "too_large")(format!("the root image is {} bytes but slot {target} holds {room}", img.size)));
-        }
-        if img.name != "root" && (!img.name.starts_with("boot/") || img.name.contains("..")) {
-            return Err(fail(Step::CheckCompatible, "malformed")(format!("image '{}' has no place on a node", img.name)));
-        }
+    let root: u64 = opened.manifest.images.iter().filter(|i| i.name == "root").map(|i| i.size).sum();
+    if root > room {
+        return Err(fail(Step::CheckCompatible, "too_large")(format!("the root image is {root} bytes but slot {target} holds {room}")));
     }
+    Ok(target)
+}
 
+/// Takes `target` out of the boot order (no attempts left) and forgets its old header, so a
+/// power cut while it is half written can never boot it nor serve it.
+pub fn mark_target_bad(node: &Target, target: Slot, manifest: &bundle::Manifest, record: &mut Record) -> Result<(), InstallError> {
     record.step = Step::MarkTargetBad;
     save(node.state_dir, record);
     let (state, older) = slots::read_state(node.disk).map_err(fail(Step::MarkTargetBad, "boot_state"))?;
@@ -164,46 +217,69 @@ fn run(source: &Source, node: &Target, allow_downgrade: bool, record: &mut Recor
     bad.set_left(target, 0);
     bad.seq = state.seq + 1;
     slots::write_state(node.disk, &bad, older).map_err(fail(Step::MarkTargetBad, "boot_state"))?;
-    eprintln!("meshd: upgrade: {} {}: slot {target} marked bad, writing it", opened.manifest.compatible, opened.manifest.version);
-
+    let header_path = node.boot_dir.join(target.lower()).join(bundle::SLOT_HEADER_FILE);
+    match fs::remove_file(&header_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(Step::MarkTargetBad, "io")(format!("{}: {e}", header_path.display()))),
+        _ => {}
+    }
+    eprintln!("meshd: upgrade: {} {}: slot {target} marked bad, writing it", manifest.compatible, manifest.version);
     record.step = Step::Write;
     save(node.state_dir, record);
-    let slot_dir = node.boot_dir.join(target.lower());
-    let mut root = OpenOptions::new().write(true).open(&part).map_err(|e| fail(Step::Write, "io")(format!("{}: {e}", part.display())))?;
-    let mut boot_file: Option<(PathBuf, File)> = None;
-    let version = opened.manifest.version.clone();
-    let header = opened.header();
-    opened
-        .stream(|event| match event {
-            Event::Data(img, chunk) if img.name == "root" => root.write_all(chunk).map_err(|e| ctx(&part, e)),
+    Ok(())
+}
+
+/// The target slot being written: the root image into its partition, `boot/…` files into its
+/// directory on the boot partition.
+pub struct SlotWriter {
+    part: PathBuf,
+    root: File,
+    slot_dir: PathBuf,
+    boot_file: Option<(PathBuf, File)>,
+}
+
+impl SlotWriter {
+    pub fn open(node: &Target, target: Slot) -> Result<SlotWriter, InstallError> {
+        let part = slot_partition(node.disk, target);
+        let root = OpenOptions::new().write(true).open(&part).map_err(|e| fail(Step::Write, "io")(format!("{}: {e}", part.display())))?;
+        Ok(SlotWriter { part, root, slot_dir: node.boot_dir.join(target.lower()), boot_file: None })
+    }
+
+    pub fn event(&mut self, event: Event) -> std::io::Result<()> {
+        match event {
+            Event::Data(img, chunk) if img.name == "root" => self.root.write_all(chunk).map_err(|e| ctx(&self.part, e)),
             Event::Data(img, chunk) => {
-                let path = slot_dir.join(img.name.trim_start_matches("boot/"));
-                if boot_file.as_ref().is_none_or(|(p, _)| *p != path) {
+                let path = self.slot_dir.join(img.name.trim_start_matches("boot/"));
+                if self.boot_file.as_ref().is_none_or(|(p, _)| *p != path) {
                     if let Some(parent) = path.parent() {
                         fs::create_dir_all(parent).map_err(|e| ctx(parent, e))?;
                     }
                     let f = File::create(&path).map_err(|e| ctx(&path, e))?;
-                    boot_file = Some((path, f));
+                    self.boot_file = Some((path, f));
                 }
-                let (p, f) = boot_file.as_mut().expect("just opened");
+                let (p, f) = self.boot_file.as_mut().expect("just opened");
                 f.write_all(chunk).map_err(|e| ctx(p, e))
             }
-            Event::Done(img) if img.name == "root" => root.sync_all().map_err(|e| ctx(&part, e)),
-            Event::Done(img) => match boot_file.take() {
+            Event::Done(img) if img.name == "root" => self.root.sync_all().map_err(|e| ctx(&self.part, e)),
+            Event::Done(img) => match self.boot_file.take() {
                 Some((p, f)) => f.sync_all().map_err(|e| ctx(&p, e)),
                 // An empty file gets no Data: make it now.
                 None => {
-                    let path = slot_dir.join(img.name.trim_start_matches("boot/"));
+                    let path = self.slot_dir.join(img.name.trim_start_matches("boot/"));
                     File::create(&path).and_then(|f| f.sync_all()).map_err(|e| ctx(&path, e))
                 }
             },
-        })
-        .map_err(bundle_err(Step::Write))?;
-    // The header beside the slot's files, so the node can serve this slot once it runs it.
+        }
+    }
+}
+
+/// After every image matched: the header beside the slot's files (so the node can serve the
+/// slot), everything on the card, then the single write that makes `target` the slot to try.
+pub fn finish(node: &Target, target: Slot, header: &[u8], version: &str, record: &mut Record) -> Result<(), InstallError> {
+    let slot_dir = node.boot_dir.join(target.lower());
     let header_path = slot_dir.join(bundle::SLOT_HEADER_FILE);
     fs::create_dir_all(&slot_dir)
         .and_then(|()| File::create(&header_path))
-        .and_then(|mut f| f.write_all(&header).and_then(|()| f.sync_all()))
+        .and_then(|mut f| f.write_all(header).and_then(|()| f.sync_all()))
         .map_err(|e| fail(Step::Write, "io")(format!("{}: {e}", header_path.display())))?;
     // The files were synced one by one, but their directory entries and the FAT are the boot
     // file system's: all of it must be on the card before the record says "boot this slot".
@@ -212,12 +288,11 @@ fn run(source: &Source, node: &Target, allow_downgrade: bool, record: &mut Recor
     record.step = Step::MarkTry;
     save(node.state_dir, record);
     let (state, older) = slots::read_state(node.disk).map_err(fail(Step::MarkTry, "boot_state"))?;
-    let try_it = BootState { order: vec![target, node.running], seq: state.seq + 1, ..state.clone() };
-    let mut try_it = try_it;
+    let mut try_it = BootState { order: vec![target, node.running], seq: state.seq + 1, ..state.clone() };
     try_it.set_left(target, DEFAULT_ATTEMPTS);
     slots::write_state(node.disk, &try_it, older).map_err(fail(Step::MarkTry, "boot_state"))?;
     eprintln!("meshd: upgrade: slot {target} holds {version} and boots next ({DEFAULT_ATTEMPTS} attempts, then slot {} again)", node.running);
-    Ok(version)
+    Ok(())
 }
 
 /// syncfs(2) of the file system holding `dir`.

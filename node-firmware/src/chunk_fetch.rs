@@ -1,0 +1,302 @@
+//! Installing a release from neighbours: its signed header first, checked like any bundle's,
+//! then only the chunks the node does not hold, from every neighbour that offers the release,
+//! several at once, each checked against the signed manifest before it is kept.
+//!
+//! Fetched chunks go to a cache on the data partition under their sha256, so an install cut
+//! short (a power cut, a lost link) goes on where it stopped: what is in the cache and still
+//! matches its name is not fetched again. Only when every chunk is at hand is the target slot
+//! marked bad and written, from the running slot and the cache, then checked whole.
+
+use crate::held::Held;
+use crate::upgrade::{self, InstallError, Record, SlotWriter, Step, Target};
+use meshos_common::bundle::{self, BundleError, MAX_CHUNK};
+use meshos_common::chunks::{self, Chunk};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What an install over the mesh moved, kept in the upgrade record (so it survives the reboot
+/// into the new slot and shows in `meshd upgrade status` and the metrics).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Transfer {
+    /// The whole bundle's size: what a node without any chunk would fetch.
+    pub bundle_bytes: u64,
+    pub header_bytes: u64,
+    /// Chunk bytes found in the running slot.
+    pub reused_bytes: u64,
+    /// Chunk bytes this install had to fetch.
+    pub needed_bytes: u64,
+    /// Bytes received from neighbours for this release, headers and bad chunks included,
+    /// over every attempt (an install resumed after a power cut adds to it).
+    pub fetched_bytes: u64,
+    pub attempts: u32,
+    /// Per neighbour (its base URL): what it served and what it got wrong.
+    pub peers: BTreeMap<String, PeerTally>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerTally {
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Chunks whose bytes did not match the signed manifest.
+    pub bad_chunks: u64,
+    /// Requests that failed (no answer, not held, an HTTP error).
+    pub failures: u64,
+}
+
+/// How a node fetches.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub parallel: usize,
+    /// Bytes per second over all workers; None: as fast as the links go.
+    pub rate: Option<u64>,
+    pub cache: PathBuf,
+}
+
+/// Where the fetched chunks of an install wait for the slot to be written.
+pub fn cache_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("chunks")
+}
+
+/// The header of a release (by its manifest's sha256) from the first neighbour that has it.
+pub fn fetch_header(peers: &[String], manifest_sha256: &str) -> Result<(String, Vec<u8>), String> {
+    let agent = agent();
+    let mut errors = Vec::new();
+    for p in peers {
+        let url = format!("{p}/header/{manifest_sha256}");
+        match get(&agent, &url, 16 << 20) {
+            Ok(bytes) => return Ok((p.clone(), bytes)),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(format!("no neighbour served the header of release {manifest_sha256}: {}", errors.join("; ")))
+}
+
+/// Installs the release whose signed `header` came from `origin`, its chunks from `peers`.
+pub fn install(header: &[u8], origin: &str, peers: &[String], node: &Target, opts: &Options) -> Result<String, InstallError> {
+    let mut record = Record::new(origin.to_string());
+    let result = run(header, origin, peers, node, opts, &mut record);
+    if result.is_ok() {
+        // The slot holds them now; a later install starts from an empty cache.
+        let _ = std::fs::remove_dir_all(&opts.cache);
+    }
+    upgrade::conclude(node, &mut record, &result);
+    result
+}
+
+fn run(header: &[u8], origin: &str, peers: &[String], node: &Target, opts: &Options, record: &mut Record) -> Result<String, InstallError> {
+    let bundle_err = |step: Step| move |e: BundleError| InstallError { step, kind: e.kind(), message: format!("{origin}: {e}") };
+    upgrade::refuse_on_trial(node)?;
+    let opened = bundle::open(header).map_err(bundle_err(Step::Verify))?;
+    opened.verify(node.trusted).map_err(bundle_err(Step::Verify))?;
+    let target = upgrade::check(&opened, node, false, record, origin)?;
+    let manifest = &opened.manifest;
+    let sha = opened.manifest_sha256();
+
+    // Going on with an install of the same release cut short: its tallies carry over.
+    let earlier = upgrade::read_record(node.state_dir).filter(|r| r.manifest_sha256.as_deref() == Some(sha.as_str())).and_then(|r| r.transfer);
+    let mut transfer = earlier.unwrap_or_default();
+    transfer.attempts += 1;
+    transfer.bundle_bytes = opened.total_size();
+    transfer.header_bytes = header.len() as u64;
+    transfer.fetched_bytes += header.len() as u64;
+    std::fs::create_dir_all(&opts.cache).map_err(|e| InstallError { step: Step::Write, kind: "io", message: format!("{}: {e}", opts.cache.display()) })?;
+    let held = Held::scan(node.boot_dir, node.disk, &[node.running], Some(&opts.cache));
+    let all = manifest.missing_chunks(&[]);
+    let needed: Vec<&Chunk> = all.iter().copied().filter(|c| held.read(&c.sha256).is_none()).collect();
+    transfer.reused_bytes = all.iter().filter(|c| held.in_slot(&c.sha256)).map(|c| u64::from(c.size)).sum();
+    transfer.needed_bytes = all.iter().filter(|c| !held.in_slot(&c.sha256)).map(|c| u64::from(c.size)).sum();
+    let to_fetch: u64 = needed.iter().map(|c| u64::from(c.size)).sum();
+    eprintln!(
+        "meshd: upgrade: {} {}: {} of {} chunks to fetch ({to_fetch} bytes; {} bytes found in slot {}) from {} neighbour(s)",
+        manifest.compatible,
+        manifest.version,
+        needed.len(),
+        all.len(),
+        transfer.reused_bytes,
+        node.running,
+        peers.len()
+    );
+    record.step = Step::Fetch;
+    record.transfer = Some(transfer);
+    upgrade::save(node.state_dir, record);
+
+    fetch_all(&needed, peers, opts, node.state_dir, record)?;
+
+    upgrade::mark_target_bad(node, target, manifest, record)?;
+    let mut writer = SlotWriter::open(node, target)?;
+    // Re-scanned: the cache now holds what was fetched.
+    let held = Held::scan(node.boot_dir, node.disk, &[node.running], Some(&opts.cache));
+    manifest
+        .assemble(
+            |image, i, _, buf| {
+                let c = &image.chunks[i];
+                let data = held.read(&c.sha256).ok_or_else(|| BundleError::Truncated(format!("chunk {} of image {} is no longer on the node", c.sha256, image.name)))?;
+                buf.copy_from_slice(&data);
+                Ok(())
+            },
+            |event| writer.event(event),
+        )
+        .map_err(bundle_err(Step::Write))?;
+    let version = manifest.version.clone();
+    upgrade::finish(node, target, header, &version, record)?;
+    Ok(version)
+}
+
+/// Fetches `needed` into the cache: `opts.parallel` workers, each chunk from the neighbours in
+/// turn (a different first one per chunk, spreading the load), a bad or failed chunk asked of
+/// the next neighbour; a chunk no neighbour serves after three rounds fails the install.
+fn fetch_all(needed: &[&Chunk], peers: &[String], opts: &Options, state_dir: &Path, record: &mut Record) -> Result<(), InstallError> {
+    if needed.is_empty() {
+        return Ok(());
+    }
+    if peers.is_empty() {
+        return Err(InstallError { step: Step::Fetch, kind: "fetch", message: format!("{} chunks are missing and no neighbour offers them", needed.len()) });
+    }
+    let agent = agent();
+    let next = AtomicUsize::new(0);
+    let shared = Mutex::new((record.clone(), None::<String>, 0usize));
+    let pace = opts.rate.map(|r| Pace { rate: r.max(1), next_free: Mutex::new(Instant::now()) });
+    std::thread::scope(|scope| {
+        for _ in 0..opts.parallel.min(needed.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(chunk) = needed.get(i) else { return };
+                if shared.lock().map(|s| s.1.is_some()).unwrap_or(true) {
+                    return;
+                }
+                let outcome = fetch_one(&agent, chunk, i, peers, opts, pace.as_ref(), &shared);
+                let mut s = shared.lock().expect("fetch tallies");
+                match outcome {
+                    Ok(()) => {
+                        s.2 += 1;
+                        // The tallies go to the card with each chunk: after a power cut the
+                        // count of bytes fetched goes on from every chunk kept.
+                        upgrade::save(state_dir, &s.0);
+                    }
+                    Err(e) => {
+                        s.1.get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    let (r, error, _) = shared.into_inner().expect("fetch tallies");
+    *record = r;
+    upgrade::save(state_dir, record);
+    match error {
+        Some(message) => Err(InstallError { step: Step::Fetch, kind: "fetch", message }),
+        None => Ok(()),
+    }
+}
+
+type Shared = Mutex<(Record, Option<String>, usize)>;
+
+fn fetch_one(agent: &ureq::Agent, chunk: &Chunk, i: usize, peers: &[String], opts: &Options, pace: Option<&Pace>, shared: &Shared) -> Result<(), String> {
+    let mut why = Vec::new();
+    for round in 0..3 {
+        if round > 0 {
+            std::thread::sleep(Duration::from_secs(5 * round));
+        }
+        for k in 0..peers.len() {
+            let peer = &peers[(i + k) % peers.len()];
+            // A neighbour that served bad bytes once is asked no more in this install, while
+            // another is left to ask.
+            let banned = |s: &Record, p: &String| s.transfer.as_ref().and_then(|t| t.peers.get(p)).is_some_and(|t| t.bad_chunks > 0);
+            {
+                let s = shared.lock().expect("fetch tallies");
+                if banned(&s.0, peer) && peers.iter().any(|p| !banned(&s.0, p)) {
+                    continue;
+                }
+            }
+            if let Some(p) = pace {
+                p.take(u64::from(chunk.size));
+            }
+            let got = get(agent, &format!("{peer}/chunk/{}", chunk.sha256), MAX_CHUNK as u64);
+            let mut s = shared.lock().expect("fetch tallies");
+            let transfer = s.0.transfer.get_or_insert_with(Transfer::default);
+            let tally = transfer.peers.entry(peer.clone()).or_default();
+            match got {
+                Ok(data) => {
+                    transfer.fetched_bytes += data.len() as u64;
+                    let tally = transfer.peers.get_mut(peer).expect("just made");
+                    if data.len() as u64 != u64::from(chunk.size) || chunks::sha256_hex(&data) != chunk.sha256 {
+                        tally.bad_chunks += 1;
+                        eprintln!("meshd: upgrade: {peer} served chunk {} with bytes that do not match the signed manifest; asking another neighbour", chunk.sha256);
+                        why.push(format!("{peer}: bad bytes"));
+                        continue;
+                    }
+                    tally.chunks += 1;
+                    tally.bytes += data.len() as u64;
+                    drop(s);
+                    return keep(&opts.cache, &chunk.sha256, &data);
+                }
+                Err(e) => {
+                    tally.failures += 1;
+                    why.push(e);
+                }
+            }
+        }
+    }
+    Err(format!("chunk {}: no neighbour served it ({})", chunk.sha256, why.join("; ")))
+}
+
+/// Puts a checked chunk in the cache, on the card before it counts as held: after a power cut
+/// the install goes on from here and fetches at most the chunks that were in flight.
+fn keep(cache: &Path, sha256: &str, data: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let path = cache.join(sha256);
+    let tmp = path.with_extension("part");
+    std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A shared pace for all workers: each transfer takes its bytes' time at `rate` bytes/s.
+struct Pace {
+    rate: u64,
+    next_free: Mutex<Instant>,
+}
+
+impl Pace {
+    fn take(&self, bytes: u64) {
+        let start = {
+            let mut next = self.next_free.lock().expect("pace");
+            let start = (*next).max(Instant::now());
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+            start
+        };
+        if let Some(wait) = start.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// Requests to neighbours: plain HTTP over the overlay (the bytes are checked against the
+/// signed manifest, not trusted for their transport), short timeouts.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_recv_response(Some(Duration::from_secs(30)))
+        .timeout_per_read(Some(Duration::from_secs(30)))
+        .http_status_as_error(true)
+        .user_agent(concat!("meshd/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+/// A GET whose body may be at most `limit` bytes.
+pub fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, String> {
+    let response = agent.get(url).call().map_err(|e| format!("{url}: {e}"))?;
+    let mut body = Vec::new();
+    response.into_body().into_reader().take(limit + 1).read_to_end(&mut body).map_err(|e| format!("{url}: {e}"))?;
+    if body.len() as u64 > limit {
+        return Err(format!("{url}: more than {limit} bytes"));
+    }
+    Ok(body)
+}
