@@ -43,6 +43,12 @@ fn run(tool: &str, image: &Path, cmd: &mut Command, clock: Clock) -> Result<(), 
 }
 
 /// Read-only root: xz squashfs of the tree. Owners other than root go through a pseudo file.
+///
+/// `-no-fragments` keeps each file's data in blocks of its own: with fragments, small files
+/// are packed together, so one file added or grown repacks every fragment block after it.
+/// Measured on the qemu-arm64 root (a 36 KB file in /etc and a 300 KB one in /usr/lib
+/// added), the chunks a node must fetch fell from 560 to 398 KB for 3% more slot
+/// (docs/upgrades.md). Files are laid in sorted order, so a change moves nothing else.
 pub fn squashfs(tree: &Tree, staging: &Path, image: &Path, epoch: i64) -> Result<(), FsError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -66,7 +72,7 @@ pub fn squashfs(tree: &Tree, staging: &Path, image: &Path, epoch: i64) -> Result
         Command::new("mksquashfs")
             .arg(staging)
             .arg(image)
-            .args(["-comp", "xz", "-b", "256K", "-noappend", "-no-xattrs", "-all-root", "-reproducible", "-quiet", "-no-progress"])
+            .args(["-comp", "xz", "-b", "256K", "-no-fragments", "-noappend", "-no-xattrs", "-all-root", "-reproducible", "-quiet", "-no-progress"])
             .args(["-mkfs-time", &epoch.to_string(), "-all-time", &epoch.to_string()])
             .arg("-pf")
             .arg(&pf),

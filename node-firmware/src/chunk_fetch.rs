@@ -62,24 +62,39 @@ pub fn cache_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("chunks")
 }
 
-/// The header of a release (by its manifest's sha256) from the first neighbour that has it.
-pub fn fetch_header(peers: &[String], manifest_sha256: &str) -> Result<(String, Vec<u8>), String> {
+/// A release's header and where it came from.
+pub struct Header {
+    pub origin: String,
+    pub bytes: Vec<u8>,
+    /// Over the mesh (false: the copy an earlier attempt kept).
+    pub fetched: bool,
+}
+
+/// The header of a release (by its manifest's sha256): the copy kept in the cache by an
+/// install cut short, else from the first neighbour that has it. It is only bytes until
+/// [`install`] checks its signature.
+pub fn fetch_header(peers: &[String], manifest_sha256: &str, cache: &Path) -> Result<Header, String> {
+    let kept = cache.join(format!("header-{manifest_sha256}"));
+    if let Ok(bytes) = std::fs::read(&kept) {
+        return Ok(Header { origin: kept.display().to_string(), bytes, fetched: false });
+    }
     let agent = agent();
     let mut errors = Vec::new();
     for p in peers {
         let url = format!("{p}/header/{manifest_sha256}");
         match get(&agent, &url, 16 << 20) {
-            Ok(bytes) => return Ok((p.clone(), bytes)),
+            Ok(bytes) => return Ok(Header { origin: url, bytes, fetched: true }),
             Err(e) => errors.push(e),
         }
     }
     Err(format!("no neighbour served the header of release {manifest_sha256}: {}", errors.join("; ")))
 }
 
-/// Installs the release whose signed `header` came from `origin`, its chunks from `peers`.
-pub fn install(header: &[u8], origin: &str, peers: &[String], node: &Target, opts: &Options) -> Result<String, InstallError> {
-    let mut record = Record::new(origin.to_string());
-    let result = run(header, origin, peers, node, opts, &mut record);
+/// Installs the release whose signed header this is, its chunks from `peers`.
+pub fn install(header: &Header, peers: &[String], node: &Target, opts: &Options) -> Result<String, InstallError> {
+    let _lock = upgrade::lock(node.state_dir)?;
+    let mut record = Record::new(header.origin.clone());
+    let result = run(header, peers, node, opts, &mut record);
     if result.is_ok() {
         // The slot holds them now; a later install starts from an empty cache.
         let _ = std::fs::remove_dir_all(&opts.cache);
@@ -88,7 +103,8 @@ pub fn install(header: &[u8], origin: &str, peers: &[String], node: &Target, opt
     result
 }
 
-fn run(header: &[u8], origin: &str, peers: &[String], node: &Target, opts: &Options, record: &mut Record) -> Result<String, InstallError> {
+fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record: &mut Record) -> Result<String, InstallError> {
+    let (header, origin) = (&fetched.bytes[..], fetched.origin.as_str());
     let bundle_err = |step: Step| move |e: BundleError| InstallError { step, kind: e.kind(), message: format!("{origin}: {e}") };
     upgrade::refuse_on_trial(node)?;
     let opened = bundle::open(header).map_err(bundle_err(Step::Verify))?;
@@ -99,12 +115,16 @@ fn run(header: &[u8], origin: &str, peers: &[String], node: &Target, opts: &Opti
 
     // Going on with an install of the same release cut short: its tallies carry over.
     let earlier = upgrade::read_record(node.state_dir).filter(|r| r.manifest_sha256.as_deref() == Some(sha.as_str())).and_then(|r| r.transfer);
-    let mut transfer = earlier.unwrap_or_default();
+    let mut transfer = earlier.clone().unwrap_or_default();
     transfer.attempts += 1;
     transfer.bundle_bytes = opened.total_size();
     transfer.header_bytes = header.len() as u64;
-    transfer.fetched_bytes += header.len() as u64;
     std::fs::create_dir_all(&opts.cache).map_err(|e| InstallError { step: Step::Write, kind: "io", message: format!("{}: {e}", opts.cache.display()) })?;
+    // Kept (signature checked) so an install cut short does not fetch it again.
+    keep(&opts.cache, &format!("header-{sha}"), header).map_err(|message| InstallError { step: Step::Fetch, kind: "io", message })?;
+    if fetched.fetched {
+        transfer.fetched_bytes += header.len() as u64;
+    }
     let held = Held::scan(node.boot_dir, node.disk, &[node.running], Some(&opts.cache));
     let all = manifest.missing_chunks(&[]);
     let needed: Vec<&Chunk> = all.iter().copied().filter(|c| held.read(&c.sha256).is_none()).collect();
@@ -206,10 +226,12 @@ fn fetch_one(agent: &ureq::Agent, chunk: &Chunk, i: usize, peers: &[String], opt
             let peer = &peers[(i + k) % peers.len()];
             // A neighbour that served bad bytes once is asked no more in this install, while
             // another is left to ask.
-            let banned = |s: &Record, p: &String| s.transfer.as_ref().and_then(|t| t.peers.get(p)).is_some_and(|t| t.bad_chunks > 0);
             {
                 let s = shared.lock().expect("fetch tallies");
-                if banned(&s.0, peer) && peers.iter().any(|p| !banned(&s.0, p)) {
+                if served_bad(&s.0, peer) {
+                    if peers.iter().all(|p| served_bad(&s.0, p)) {
+                        return Err(format!("chunk {}: every neighbour offering it served bad bytes ({})", chunk.sha256, peers.join(", ")));
+                    }
                     continue;
                 }
             }
@@ -243,6 +265,12 @@ fn fetch_one(agent: &ureq::Agent, chunk: &Chunk, i: usize, peers: &[String], opt
         }
     }
     Err(format!("chunk {}: no neighbour served it ({})", chunk.sha256, why.join("; ")))
+}
+
+/// Whether `peer` served bytes that did not match the signed manifest in this install (or an
+/// earlier attempt at the same release): it is asked no more.
+pub fn served_bad(record: &Record, peer: &str) -> bool {
+    record.transfer.as_ref().and_then(|t| t.peers.get(peer)).is_some_and(|t| t.bad_chunks > 0)
 }
 
 /// Puts a checked chunk in the cache, on the card before it counts as held: after a power cut

@@ -221,12 +221,20 @@ impl Agent {
         }
         let Some(best) = best.cloned() else { return };
         let offering: Vec<String> = heard.iter().filter(|(_, a)| a.as_ref().is_some_and(|a| a.upgrade.releases.iter().any(|r| r.manifest == best.manifest))).map(|(addr, _)| self.base(addr)).collect();
+        // Neighbours that served bad bytes of this release before are not asked again.
+        let earlier = upgrade::read_record(&self.state_dir).filter(|r| r.manifest_sha256.as_deref() == Some(best.manifest.as_str()));
+        let (offering, bad): (Vec<String>, Vec<String>) = offering.into_iter().partition(|p| !earlier.as_ref().is_some_and(|r| chunk_fetch::served_bad(r, p)));
+        if offering.is_empty() {
+            let why = format!("{} is offered only by neighbours that served bad bytes of it: {}", best.version, bad.join(", "));
+            self.publish(|r| r.note = Some(why));
+            return;
+        }
         eprintln!("meshd: upgrade: {} offered by {} neighbour(s); fetching what this node lacks", best.version, offering.len());
         self.publish(|r| {
             r.phase = Phase::Fetching;
             r.note = None;
         });
-        let (origin, header) = match chunk_fetch::fetch_header(&offering, &best.manifest) {
+        let header = match chunk_fetch::fetch_header(&offering, &best.manifest, &self.fetch.cache) {
             Ok(h) => h,
             Err(e) => {
                 eprintln!("meshd: upgrade: {e}");
@@ -243,7 +251,7 @@ impl Agent {
             boot_dir: &self.boot_dir,
             state_dir: &self.state_dir,
         };
-        match chunk_fetch::install(&header, &format!("{origin}/header/{}", best.manifest), &offering, &node, &self.fetch) {
+        match chunk_fetch::install(&header, &offering, &node, &self.fetch) {
             Ok(v) => eprintln!("meshd: upgrade: {v} staged in slot {}; rebooting into it when no neighbour is down", self.running.other()),
             Err(e) => {
                 eprintln!("meshd: upgrade: {} from the mesh: {e}", best.version);

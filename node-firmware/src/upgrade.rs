@@ -127,8 +127,24 @@ impl std::fmt::Display for InstallError {
     }
 }
 
+/// Held while an install runs: one at a time, whoever starts it (the agent, `meshd upgrade
+/// install`, a bundle in updates/). Released when dropped (or when the process dies).
+pub struct InstallLock(#[allow(dead_code)] File);
+
+pub fn lock(state_dir: &Path) -> Result<InstallLock, InstallError> {
+    use std::os::fd::AsRawFd;
+    let path = state_dir.join("install.lock");
+    let f = File::create(&path).map_err(|e| fail(Step::Verify, "io")(format!("{}: {e}", path.display())))?;
+    // SAFETY: flock only reads the descriptor, which `f` keeps open.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(fail(Step::Verify, "busy")("another install is running on this node (see 'meshd upgrade status'); try again when it is done".into()));
+    }
+    Ok(InstallLock(f))
+}
+
 /// Runs the state machine on the bundle at `source`; returns the version installed.
 pub fn install(source: &Source, node: &Target, allow_downgrade: bool) -> Result<String, InstallError> {
+    let _lock = lock(node.state_dir)?;
     let mut record = Record::new(source.to_string());
     let result = run(source, node, allow_downgrade, &mut record);
     conclude(node, &mut record, &result);
