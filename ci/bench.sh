@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: build time with an empty package cache and a cold meshd build, then warm;
-# image and root slot sizes; QEMU power-on to 'meshos ready'; meshd memory on the node.
+# image and root slot sizes; QEMU power-on to 'meshos ready'; meshd memory on the node; the
+# share of a bundle an upgrade over the mesh moves (ci/delta-bench.sh).
 set -euo pipefail
 board=${1:-rpi3}
 cd "$(dirname "$0")/.."
@@ -32,6 +33,7 @@ printf '  %-38s %8s KiB\n' "meshd binary" "$(( $(field "$tmp/warm.json" "d['size
 printf '  %-38s %8s s\n' "QEMU power-on to 'meshos ready' (TCG)" "${boot:-?}"
 printf '  %-38s %8s KiB\n' "meshd resident memory, idle" "${rss:-?}"
 echo "  steps (warm): $(field "$tmp/warm.json" "', '.join(f\"{s['step']} {s['seconds']}s\" for s in d['steps'])")"
+ci/delta-bench.sh "$board"
 if [ "$board" = qemu-arm64 ]; then
   ci/mesh-test.sh > "$tmp/mesh.log" 2>&1 || { tail -30 "$tmp/mesh.log"; exit 1; }
   sed -n 's/^mesh-test: figure: /  /p' "$tmp/mesh.log"

@@ -144,6 +144,20 @@ class Node:
             self.ssh("cat > /tmp/next.bundle", stdin=f, timeout=300)
 
 
+def wait_not_on_trial(node, timeout=180):
+    """meshd refuses to install while the running slot is on trial (it would overwrite the last
+    good slot): wait until the trial, if any, has committed."""
+    until = time.monotonic() + timeout
+    while True:
+        st = json.loads(node.ssh("meshd upgrade status --json").stdout)
+        last = st.get("last_install") or {}
+        if not (last.get("step") == "installed" and last.get("target") == st["running_slot"]):
+            return
+        if time.monotonic() > until:
+            fail(f"slot {st['running_slot']} stayed on trial for {timeout} s: {st}")
+        time.sleep(2)
+
+
 def fat_check(card, work):
     """fsck.vfat -n of the card's boot partition (read-only): what the cuts did to the FAT."""
     with open(card, "rb") as f:
@@ -278,6 +292,7 @@ def main():
         elif kind == "install":
             delay = rng.uniform(0.0, 2.0)
             node.wait_ssh()
+            wait_not_on_trial(node)
             node.upload(bundles[other])
             install = subprocess.Popen(node.ssh_args("meshd upgrade install /tmp/next.bundle --allow-downgrade --no-reboot"),
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -298,6 +313,7 @@ def main():
             expect = None if done else running
         else:
             node.wait_ssh()
+            wait_not_on_trial(node)
             node.upload(bundles[other])
             target = "AB"[running == "A"]
             mark = len(node.lines)
@@ -320,6 +336,7 @@ def main():
         ok(f"cut {n}/{len(kinds)} {kind}: {what}; powered on again: ready on slot {running} ({running_version})")
 
     node.wait_ssh()
+    wait_not_on_trial(node)
     status = json.loads(node.ssh("meshd upgrade status --json").stdout)
 
     https_install(node, work, bundles[next(v for v in bundles if v != status["version"])], args.port + 1)

@@ -93,6 +93,7 @@ pub fn fetch_header(peers: &[String], manifest_sha256: &str, cache: &Path) -> Re
 /// Installs the release whose signed header this is, its chunks from `peers`.
 pub fn install(header: &Header, peers: &[String], node: &Target, opts: &Options) -> Result<String, InstallError> {
     let _lock = upgrade::lock(node.state_dir)?;
+    upgrade::refuse_on_trial(node)?;
     let mut record = Record::new(header.origin.clone());
     let result = run(header, peers, node, opts, &mut record);
     if result.is_ok() {
@@ -106,7 +107,6 @@ pub fn install(header: &Header, peers: &[String], node: &Target, opts: &Options)
 fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record: &mut Record) -> Result<String, InstallError> {
     let (header, origin) = (&fetched.bytes[..], fetched.origin.as_str());
     let bundle_err = |step: Step| move |e: BundleError| InstallError { step, kind: e.kind(), message: format!("{origin}: {e}") };
-    upgrade::refuse_on_trial(node)?;
     let opened = bundle::open(header).map_err(bundle_err(Step::Verify))?;
     opened.verify(node.trusted).map_err(bundle_err(Step::Verify))?;
     let target = upgrade::check(&opened, node, false, record, origin)?;
@@ -218,22 +218,19 @@ type Shared = Mutex<(Record, Option<String>, usize)>;
 
 fn fetch_one(agent: &ureq::Agent, chunk: &Chunk, i: usize, peers: &[String], opts: &Options, pace: Option<&Pace>, shared: &Shared) -> Result<(), String> {
     let mut why = Vec::new();
-    for round in 0..3 {
+    // A neighbour that served bad bytes once is asked no more in this install.
+    let all_bad = || shared.lock().map(|s| peers.iter().all(|p| served_bad(&s.0, p))).unwrap_or(true);
+    for round in 0..3u64 {
+        if all_bad() {
+            return Err(format!("chunk {}: every neighbour offering it served bad bytes ({})", chunk.sha256, peers.join(", ")));
+        }
         if round > 0 {
             std::thread::sleep(Duration::from_secs(5 * round));
         }
         for k in 0..peers.len() {
             let peer = &peers[(i + k) % peers.len()];
-            // A neighbour that served bad bytes once is asked no more in this install, while
-            // another is left to ask.
-            {
-                let s = shared.lock().expect("fetch tallies");
-                if served_bad(&s.0, peer) {
-                    if peers.iter().all(|p| served_bad(&s.0, p)) {
-                        return Err(format!("chunk {}: every neighbour offering it served bad bytes ({})", chunk.sha256, peers.join(", ")));
-                    }
-                    continue;
-                }
+            if shared.lock().map(|s| served_bad(&s.0, peer)).unwrap_or(true) {
+                continue;
             }
             if let Some(p) = pace {
                 p.take(u64::from(chunk.size));
@@ -327,4 +324,70 @@ pub fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, String
         return Err(format!("{url}: more than {limit} bytes"));
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    /// A neighbour on loopback serving `chunks` at /chunk/<sha256>, every one corrupted when
+    /// `corrupt`; returns its base URL.
+    fn neighbour(chunks: HashMap<String, Vec<u8>>, corrupt: bool) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut conn = conn;
+                let mut buf = [0u8; 2048];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let line = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string();
+                let sha = line.split_whitespace().nth(1).unwrap_or("").trim_start_matches("/chunk/").to_string();
+                let _ = match chunks.get(&sha) {
+                    Some(data) => {
+                        let mut data = data.clone();
+                        if corrupt {
+                            data[0] ^= 1;
+                        }
+                        conn.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", data.len()).as_bytes()).and_then(|()| conn.write_all(&data))
+                    }
+                    None => conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+                };
+            }
+        });
+        base
+    }
+
+    #[test]
+    fn bad_bytes_are_refused_their_server_named_and_the_chunks_fetched_elsewhere() {
+        let dir = std::env::temp_dir().join(format!("meshd-chunk-fetch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cache")).unwrap();
+        let data: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; 5000 + usize::from(i)]).collect();
+        let chunks: Vec<Chunk> = data.iter().map(|d| Chunk { size: d.len() as u32, sha256: chunks::sha256_hex(d) }).collect();
+        let served: HashMap<String, Vec<u8>> = chunks.iter().zip(&data).map(|(c, d)| (c.sha256.clone(), d.clone())).collect();
+        let rogue = neighbour(served.clone(), true);
+        let good = neighbour(served, false);
+        // One chunk is already in the cache (an earlier attempt): it is not fetched again.
+        let needed: Vec<&Chunk> = chunks[1..].iter().collect();
+        let opts = Options { parallel: 3, rate: None, cache: dir.join("cache") };
+        let mut record = Record::new("test".into());
+        fetch_all(&needed, &[rogue.clone(), good.clone()], &opts, &dir, &mut record).unwrap();
+        for (c, d) in chunks[1..].iter().zip(&data[1..]) {
+            assert_eq!(std::fs::read(dir.join("cache").join(&c.sha256)).unwrap(), *d);
+        }
+        let t = record.transfer.unwrap();
+        assert!(t.peers[&rogue].bad_chunks >= 1 && t.peers[&rogue].chunks == 0, "{t:?}");
+        assert_eq!(t.peers[&good].chunks, 11);
+        // Every byte received counts, the bad ones too.
+        assert!(t.fetched_bytes >= t.peers[&good].bytes + 5000 * t.peers[&rogue].bad_chunks && t.fetched_bytes <= t.peers[&good].bytes + 5011 * t.peers[&rogue].bad_chunks, "{t:?}");
+        assert!(served_bad(&Record { transfer: Some(t.clone()), ..Record::new("x".into()) }, &rogue));
+
+        // Only the rogue offers it: the install stops at once, naming it.
+        let err = fetch_all(&[&chunks[0]], &[rogue.clone()], &opts, &dir, &mut Record::new("test".into())).unwrap_err();
+        assert!(err.message.contains("every neighbour offering it served bad bytes") && err.message.contains(&rogue), "{}", err.message);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -115,7 +115,7 @@ impl Shelf {
             .iter()
             .map(|s| std::fs::metadata(self.boot_dir.join(s.lower()).join(SLOT_HEADER_FILE)).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
             .collect();
-        if stamp != self.stamp || self.held.releases.is_empty() && self.stamp.is_empty() {
+        if stamp != self.stamp {
             self.held = Held::scan(&self.boot_dir, &self.disk, &[Slot::A, Slot::B], Some(&self.cache));
             self.stamp = stamp;
         }

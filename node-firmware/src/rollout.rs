@@ -154,12 +154,15 @@ impl Agent {
         }
     }
 
-    /// The releases the slots hold, as announced.
+    /// The releases the slots hold, as announced: not one refused here (a release that failed
+    /// its trial on this node is not passed on from it).
     fn releases(&self, shelf: &mut Shelf) -> Vec<Release> {
+        let refused = self.refused();
         shelf
             .current()
             .releases
             .iter()
+            .filter(|r| !refused.contains(&r.manifest_sha256))
             .map(|r| Release { version: r.manifest.version.clone(), manifest: r.manifest_sha256.clone(), slot: r.slot.to_string(), running: r.slot == self.running })
             .collect()
     }

@@ -145,6 +145,8 @@ pub fn lock(state_dir: &Path) -> Result<InstallLock, InstallError> {
 /// Runs the state machine on the bundle at `source`; returns the version installed.
 pub fn install(source: &Source, node: &Target, allow_downgrade: bool) -> Result<String, InstallError> {
     let _lock = lock(node.state_dir)?;
+    // Before a record of this install exists: the trial's own record must stay as it is.
+    refuse_on_trial(node)?;
     let mut record = Record::new(source.to_string());
     let result = run(source, node, allow_downgrade, &mut record);
     conclude(node, &mut record, &result);
@@ -174,7 +176,6 @@ fn bundle_err(step: Step, origin: &str) -> impl Fn(BundleError) -> InstallError 
 
 fn run(source: &Source, node: &Target, allow_downgrade: bool, record: &mut Record) -> Result<String, InstallError> {
     let origin = source.to_string();
-    refuse_on_trial(node)?;
     let input = source.open().map_err(fail(Step::Verify, "io"))?;
     let opened = bundle::open(input.reader).map_err(bundle_err(Step::Verify, &origin))?;
     opened.verify(node.trusted).map_err(bundle_err(Step::Verify, &origin))?;
@@ -366,6 +367,29 @@ mod tests {
     fn slot_partitions_follow_the_kernel_names() {
         assert_eq!(slot_partition(Path::new("/dev/mmcblk0"), Slot::B), PathBuf::from("/dev/mmcblk0p3"));
         assert_eq!(slot_partition(Path::new("/dev/vda"), Slot::A), PathBuf::from("/dev/vda2"));
+    }
+
+    #[test]
+    fn no_install_while_the_running_slot_is_on_trial() {
+        let dir = std::env::temp_dir().join(format!("meshd-on-trial-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let node = Target { disk: Path::new("/nonexistent"), running: Slot::B, compatible: "meshos-rpi3".into(), version: "1.1".into(), trusted: &[], boot_dir: &dir, state_dir: &dir };
+        // B was installed and booted, not yet committed: writing A now would leave no good slot.
+        let trial = Record { step: Step::Installed, target: Some("B".into()), version: Some("1.1".into()), ..Record::new("x".into()) };
+        save(&dir, &trial);
+        let err = refuse_on_trial(&node).unwrap_err();
+        assert_eq!(err.kind, "on_trial");
+        assert!(err.message.contains("slot B runs 1.1 on trial") && err.message.contains("overwrite slot A"), "{}", err.message);
+        // The source is not even opened: the refusal comes first, and the record is kept.
+        let e = install(&Source::File(dir.join("missing.bundle")), &node, false).unwrap_err();
+        assert_eq!(e.kind, "on_trial");
+        assert_eq!(read_record(&dir).unwrap().step, Step::Installed);
+        // Committed (or running the other slot): installs go ahead.
+        save(&dir, &Record { step: Step::Committed, ..trial.clone() });
+        assert!(refuse_on_trial(&node).is_ok());
+        save(&dir, &trial);
+        assert!(refuse_on_trial(&Target { running: Slot::A, ..node }).is_ok());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
