@@ -75,6 +75,7 @@ class Node:
         for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             self.log.write(line + "\n")
+            self.log.flush()
             with self.cond:
                 if proc is self.proc:
                     self.lines.append((time.monotonic(), line))

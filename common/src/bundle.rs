@@ -5,7 +5,7 @@
 //! ```text
 //! "MESHOS-BUNDLE 1\n"
 //! u32 LE length, manifest (JSON)
-//! u32 LE length, minisign signature of the manifest bytes (0: unsigned)
+//! u32 LE length, minisign signatures of the manifest bytes, one after another (0: unsigned)
 //! payload: each image of the manifest, in order, exactly `size` bytes
 //! ```
 //!
@@ -173,9 +173,24 @@ pub struct Opened<R> {
     pub manifest: Manifest,
     manifest_bytes: Vec<u8>,
     header_len: u64,
-    signature: Option<SignatureFile>,
+    signatures: Vec<SignatureFile>,
     signature_text: String,
     reader: R,
+}
+
+/// The minisign signature files in `text`, one after another (each starts with its untrusted
+/// comment line).
+pub fn parse_signatures(text: &str) -> Result<Vec<SignatureFile>, BundleError> {
+    let mut blocks: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("untrusted comment:") || blocks.is_empty() {
+            blocks.push(String::new());
+        }
+        let b = blocks.last_mut().expect("one block at least");
+        b.push_str(line);
+        b.push('\n');
+    }
+    blocks.iter().map(|b| SignatureFile::parse(b).map_err(|e| BundleError::Signature(e.to_string()))).collect()
 }
 
 fn read_exact_or<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<(), BundleError> {
@@ -212,13 +227,9 @@ pub fn open<R: Read>(mut reader: R) -> Result<Opened<R>, BundleError> {
     }
     manifest.validate().map_err(BundleError::Manifest)?;
     let signature_text = String::from_utf8(sig).map_err(|_| BundleError::Signature("not text".into()))?;
-    let signature = if signature_text.is_empty() {
-        None
-    } else {
-        Some(SignatureFile::parse(&signature_text).map_err(|e| BundleError::Signature(e.to_string()))?)
-    };
+    let signatures = parse_signatures(&signature_text)?;
     let header_len = (MAGIC.len() + 8) as u64 + u64::from(n) + u64::from(s);
-    Ok(Opened { manifest, manifest_bytes, header_len, signature, signature_text, reader })
+    Ok(Opened { manifest, manifest_bytes, header_len, signatures, signature_text, reader })
 }
 
 impl<R: Read> Opened<R> {
@@ -240,22 +251,55 @@ impl<R: Read> Opened<R> {
     }
 
     pub fn is_signed(&self) -> bool {
-        self.signature.is_some()
+        !self.signatures.is_empty()
     }
 
-    /// Checks the manifest's signature against the keys this node trusts; returns the key id.
-    pub fn verify(&self, trusted: &[PublicKey]) -> Result<String, BundleError> {
-        let sig = self.signature.as_ref().ok_or(BundleError::Unsigned)?;
-        let key = trusted.iter().find(|k| k.keynum == sig.keynum).ok_or_else(|| {
-            let ids: Vec<String> = trusted.iter().map(PublicKey::id).collect();
-            BundleError::Signature(format!(
-                "signed by key {}, which this node does not trust (trusted: {})",
-                crate::minisign::key_id(&sig.keynum),
-                if ids.is_empty() { "none".into() } else { ids.join(", ") }
-            ))
-        })?;
-        key.verify(&self.manifest_bytes, sig).map_err(|e| BundleError::Signature(e.to_string()))?;
-        Ok(key.id())
+    /// The manifest bytes, as signed.
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest_bytes
+    }
+
+    /// The signatures' text, as in the header.
+    pub fn signature_text(&self) -> &str {
+        &self.signature_text
+    }
+
+    /// Ids of the keys whose signatures are on the manifest (good or not).
+    pub fn signer_ids(&self) -> Vec<String> {
+        self.signatures.iter().map(|s| crate::minisign::key_id(&s.keynum)).collect()
+    }
+
+    /// Checks the manifest's signatures against the keys this node trusts: at least `required`
+    /// distinct trusted keys must have signed it (a community's k of n). Returns their ids.
+    pub fn verify(&self, trusted: &[PublicKey], required: usize) -> Result<Vec<String>, BundleError> {
+        if self.signatures.is_empty() {
+            return Err(BundleError::Unsigned);
+        }
+        let required = required.max(1);
+        let mut good: Vec<String> = Vec::new();
+        let mut problems: Vec<String> = Vec::new();
+        for sig in &self.signatures {
+            let id = crate::minisign::key_id(&sig.keynum);
+            match trusted.iter().find(|k| k.keynum == sig.keynum) {
+                None => problems.push(format!("signed by key {id}, which this node does not trust")),
+                Some(key) => match key.verify(&self.manifest_bytes, sig) {
+                    Ok(_) if !good.contains(&id) => good.push(id),
+                    Ok(_) => {}
+                    Err(e) => problems.push(format!("key {id}: {e}")),
+                },
+            }
+        }
+        if good.len() >= required {
+            return Ok(good);
+        }
+        let ids: Vec<String> = trusted.iter().map(PublicKey::id).collect();
+        let trusted_list = if ids.is_empty() { "none".into() } else { ids.join(", ") };
+        Err(BundleError::Signature(if required == 1 {
+            format!("{} (trusted: {trusted_list})", problems.join("; "))
+        } else {
+            let why = if problems.is_empty() { String::new() } else { format!("; {}", problems.join("; ")) };
+            format!("{} of the {required} trusted signatures this node requires (trusted: {trusted_list}){why}", good.len())
+        }))
     }
 
     /// Board and version checks, before anything is written.
@@ -404,7 +448,7 @@ mod tests {
 
     fn install(bytes: &[u8], trusted: &[PublicKey]) -> Result<Vec<u8>, BundleError> {
         let b = open(bytes)?;
-        b.verify(trusted)?;
+        b.verify(trusted, 1)?;
         b.check_compatible("meshos-rpi3", "1.0.0", false)?;
         let mut root = Vec::new();
         b.stream(|ev| {
@@ -449,6 +493,24 @@ mod tests {
         let pos = forged.windows(5).position(|w| w == b"1.0.1").unwrap();
         forged[pos + 4] = b'9';
         assert_eq!(kind(install(&forged, &trusted)), "signature");
+    }
+
+    #[test]
+    fn a_site_can_require_k_of_n_signatures() {
+        let keys: Vec<SecretKey> = (0..3).map(|_| SecretKey::generate().unwrap()).collect();
+        let trusted: Vec<PublicKey> = keys[..2].iter().map(SecretKey::public).collect();
+        let manifest = br#"{"format":2}"#;
+        let sig = |k: &SecretKey| k.sign(manifest, "bundle", "manifest").render();
+        let verify = |text: &str, required| parse_signatures(text).map(|signatures| Opened { manifest: Manifest { format: FORMAT, compatible: String::new(), version: String::new(), build_id: String::new(), images: vec![] }, manifest_bytes: manifest.to_vec(), header_len: 0, signatures, signature_text: text.into(), reader: &[][..] }).and_then(|o| o.verify(&trusted, required));
+        assert_eq!(verify(&sig(&keys[0]), 1).unwrap(), [keys[0].public().id()]);
+        let err = verify(&sig(&keys[0]), 2).unwrap_err().to_string();
+        assert!(err.contains("1 of the 2 trusted signatures this node requires"), "{err}");
+        assert_eq!(verify(&(sig(&keys[0]) + &sig(&keys[1])), 2).unwrap().len(), 2);
+        // The same key twice is one signature; an untrusted one does not count.
+        assert!(verify(&(sig(&keys[0]) + &sig(&keys[0])), 2).is_err());
+        let err = verify(&(sig(&keys[0]) + &sig(&keys[2])), 2).unwrap_err().to_string();
+        assert!(err.contains("which this node does not trust"), "{err}");
+        assert!(verify("untrusted comment: x\nnot base64\n", 1).is_err());
     }
 
     #[test]

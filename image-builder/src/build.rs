@@ -144,7 +144,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
             t.insert(p, fw.get(p).expect("chosen from tree").clone());
         }
         t.insert("usr/sbin/meshd", Node::file(meshd.clone(), 0o755));
-        for (path, text) in &plan.trusted_key_files {
+        for (path, text) in &plan.trust_files {
             t.insert(path, Node::file(text.clone().into_bytes(), 0o644));
         }
         for dir in &plan.overlays {
@@ -426,7 +426,7 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             let board = Board::parse(&text, &path).unwrap();
             let lock = Lock::load(&crate::lock::lock_path(&root, &name), &board, &path).unwrap();
-            let plan = Plan::new(&root, &root.join("out"), &board, &text, &lock, &[], crate::plan::VERSION, &[]).unwrap();
+            let plan = Plan::new(&root, &root.join("out"), &board, &text, &lock, &crate::signing::Trust { keys: vec![], required: 1 }, crate::plan::VERSION, &[]).unwrap();
             let script = boot_script(&board, &plan);
             assert!(!script.contains('@'), "{name}: placeholder left in\n{script}");
             assert!(script.contains("meshos.slot=${meshos_slot}") && script.contains("${meshos_slot}/initrd.img"), "{name}:\n{script}");

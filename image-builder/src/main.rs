@@ -70,7 +70,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Sign FILE into FILE.minisig (what build does for the image).
+    /// Sign FILE into FILE.minisig (what build does for the image). A .bundle's manifest gets
+    /// the signature too, beside any it has: how a site's maintainers reach k of n.
     Sign {
         file: PathBuf,
         #[arg(long, env = "MESHOS_SIGN_KEY", value_name = "KEY")]
@@ -210,6 +211,10 @@ struct ImageArgs {
     /// overlays/<board> (repeatable): a site's own files.
     #[arg(long = "overlay", value_name = "DIR")]
     overlays: Vec<PathBuf>,
+    /// How many of the trusted keys must have signed a bundle for the image's nodes to install
+    /// it (a community's k of n; add signatures with `meshimg sign BUNDLE`).
+    #[arg(long, env = "MESHOS_SIGNATURES_REQUIRED", value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    signatures_required: u16,
 }
 
 fn parse_version(v: &str) -> Result<String, String> {
@@ -237,6 +242,11 @@ fn load(root: &std::path::Path, name: &str, out: &std::path::Path, keys: &ImageA
     let lock_path = lock::lock_path(root, name);
     let l = lock::Lock::load(&lock_path, &b, &board_path)?;
     let trusted = keys.trusted(root)?;
+    let required = usize::from(keys.signatures_required);
+    if required > trusted.len().max(1) {
+        anyhow::bail!("--signatures-required {required}, but the image would trust {} key(s); add keys with --trust-key or to {}", trusted.len(), signing::KEYS_DIR);
+    }
+    let trusted = signing::Trust { keys: trusted, required };
     let version = keys.image_version.as_deref().unwrap_or(plan::VERSION);
     for dir in &keys.overlays {
         if !dir.is_dir() {
@@ -330,6 +340,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sign { file, sign_key } => {
             let key = signing::open_secret(&sign_key)?;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+            if file.extension().is_some_and(|e| e == "bundle") {
+                let signers = update_bundle::add_signature(&file, &key, now)?;
+                eprintln!("sign: {}: manifest signed by {} key(s): {}", file.display(), signers.len(), signers.join(", "));
+            }
             let sig = signing::sign_file(&file, &key, now)?;
             println!("{}", sig.display());
             Ok(())
@@ -348,10 +362,10 @@ fn run(cli: Cli) -> Result<()> {
                 // What a node checks: the manifest's own signature, then every payload byte.
                 let f = std::fs::File::open(&file).with_context(|| file.display().to_string())?;
                 let b = meshos_common::bundle::open(std::io::BufReader::new(f)).with_context(|| file.display().to_string())?;
-                let signer = b.verify(&keys).with_context(|| format!("{}: manifest", file.display()))?;
+                let signers = b.verify(&keys, 1).with_context(|| format!("{}: manifest", file.display()))?.join(", ");
                 let (compatible, version, images) = (b.manifest.compatible.clone(), b.manifest.version.clone(), b.manifest.images.len());
                 b.stream(|_| Ok(())).with_context(|| file.display().to_string())?;
-                println!("bundle: {compatible} {version}, manifest signed by {signer}, {images} images match their hashes");
+                println!("bundle: {compatible} {version}, manifest signed by {signers}, {images} images match their hashes");
             }
             Ok(())
         }

@@ -66,8 +66,11 @@ pub struct Plan {
     pub overlays: Vec<PathBuf>,
     /// Ids of the public keys baked into the image: its nodes accept bundles signed by these.
     pub trusted_keys: Vec<String>,
+    /// How many of them must have signed a bundle.
+    pub signatures_required: usize,
+    /// The keys and the threshold as files of the root file system.
     #[serde(skip)]
-    pub trusted_key_files: Vec<(String, String)>,
+    pub trust_files: Vec<(String, String)>,
     pub outputs: Outputs,
 }
 
@@ -77,13 +80,12 @@ pub fn overlay_dirs(root: &Path, board: &str) -> Vec<PathBuf> {
 
 impl Plan {
     /// `extra_overlays` are laid after the board's (a site's files, a test fixture).
-    pub fn new(root: &Path, out_root: &Path, board: &Board, board_text: &str, lock: &Lock, trusted: &[PublicKey], version: &str, extra_overlays: &[PathBuf]) -> std::io::Result<Plan> {
+    pub fn new(root: &Path, out_root: &Path, board: &Board, board_text: &str, lock: &Lock, trust: &crate::signing::Trust, version: &str, extra_overlays: &[PathBuf]) -> std::io::Result<Plan> {
         let mut overlays = overlay_dirs(root, &board.name);
         overlays.extend(extra_overlays.iter().cloned());
-        let trusted_key_files: Vec<(String, String)> =
-            trusted.iter().map(|k| (format!("{}/{}.pub", crate::signing::IMAGE_KEYS_DIR, k.id()), k.render())).collect();
+        let trust_files = trust.files();
         let mut h = Sha256::new();
-        let key_texts: Vec<&str> = trusted_key_files.iter().map(|(_, t)| t.as_str()).collect();
+        let key_texts: Vec<&str> = trust_files.iter().map(|(_, t)| t.as_str()).collect();
         for part in [version, &lock.render(), board_text, crate::initramfs::INIT, crate::build::BOOT_CMD].into_iter().chain(key_texts) {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
@@ -159,8 +161,9 @@ impl Plan {
             modules: board.kernel.modules.clone(),
             initramfs_modules: board.kernel.initramfs_modules.clone(),
             overlays,
-            trusted_keys: trusted.iter().map(PublicKey::id).collect(),
-            trusted_key_files,
+            trusted_keys: trust.keys.iter().map(PublicKey::id).collect(),
+            signatures_required: trust.required,
+            trust_files,
             outputs,
             input_id,
         })

@@ -14,6 +14,27 @@ pub const PASSPHRASE_ENV: &str = "MESHOS_SIGN_PASSPHRASE";
 pub const KEYS_DIR: &str = "board-defs/keys";
 /// Where an image keeps the public keys its nodes accept bundles from.
 pub const IMAGE_KEYS_DIR: &str = "usr/share/meshos/keys";
+/// Where an image keeps how many of those keys must have signed a bundle (absent: one).
+pub const IMAGE_REQUIRED_FILE: &str = "usr/share/meshos/signatures-required";
+
+/// Whom an image's nodes trust: these keys, at least `required` of them on each release.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    pub keys: Vec<PublicKey>,
+    pub required: usize,
+}
+
+impl Trust {
+    /// The files that say it in the image: each key as `<id>.pub`, and the threshold when it is
+    /// more than one.
+    pub fn files(&self) -> Vec<(String, String)> {
+        let mut files: Vec<(String, String)> = self.keys.iter().map(|k| (format!("{IMAGE_KEYS_DIR}/{}.pub", k.id()), k.render())).collect();
+        if self.required > 1 {
+            files.push((IMAGE_REQUIRED_FILE.into(), format!("{}\n", self.required)));
+        }
+        files
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SigningError {

@@ -122,3 +122,66 @@ pub fn export(bundle_path: &Path, dir: &Path) -> anyhow::Result<(String, usize)>
     std::fs::write(dir.join("nodeinfo.json"), nodeinfo.to_string() + "\n").with_context(|| dir.display().to_string())?;
     Ok((sha, written.len()))
 }
+
+/// Adds `key`'s signature of the manifest to the bundle at `path` (for a site that requires k
+/// of n signatures: each maintainer adds theirs). The payload is not touched; the file is
+/// replaced whole, so an interrupted write leaves the bundle as it was. Returns the ids of all
+/// the manifest's signers.
+pub fn add_signature(path: &Path, key: &SecretKey, timestamp: i64) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    let f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    let opened = bundle::open(std::io::BufReader::new(f)).with_context(|| path.display().to_string())?;
+    let id = key.public().id();
+    if opened.signer_ids().contains(&id) {
+        anyhow::bail!("{}: the manifest is already signed by key {id}", path.display());
+    }
+    let old_header = opened.header().len() as u64;
+    let (compatible, version) = (opened.manifest.compatible.clone(), opened.manifest.version.clone());
+    let signature = key.sign(opened.manifest_bytes(), "signature from meshimg secret key", &format!("timestamp:{timestamp}\tfile:manifest of {compatible} {version}\thashed")).render();
+    let header = bundle::header(opened.manifest_bytes(), Some(&format!("{}{signature}", opened.signature_text())));
+    let mut signers = opened.signer_ids();
+    signers.push(id);
+    let tmp = path.with_extension("bundle.partial");
+    let result = (|| -> std::io::Result<()> {
+        let mut src = std::fs::File::open(path)?;
+        std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(old_header))?;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        out.write_all(&header)?;
+        std::io::copy(&mut src, &mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!("{}: rewriting it with the new signature", path.display())));
+    }
+    Ok(signers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maintainers_add_their_signatures_until_k_of_n_is_met() {
+        let dir = std::env::temp_dir().join(format!("meshimg-k-of-n-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (first, second) = (SecretKey::generate().unwrap(), SecretKey::generate().unwrap());
+        let images = vec![("root".to_string(), vec![3u8; 100_000]), ("boot/vmlinuz".to_string(), b"kernel".to_vec())];
+        let path = dir.join("meshos-rpi3-1.1.bundle");
+        write(&path, &header("meshos-rpi3", "1.1", "b", &images, Some(&first), 0).unwrap(), &images).unwrap();
+        let trusted = [first.public(), second.public()];
+        let open = || bundle::open(std::io::BufReader::new(std::fs::File::open(&path).unwrap())).unwrap();
+        assert!(open().verify(&trusted, 2).is_err());
+
+        let signers = add_signature(&path, &second, 0).unwrap();
+        assert_eq!(signers, [first.public().id(), second.public().id()]);
+        let b = open();
+        assert_eq!(b.verify(&trusted, 2).unwrap().len(), 2);
+        // The payload is as it was, and still checks.
+        b.stream(|_| Ok(())).unwrap();
+        let err = add_signature(&path, &second, 0).unwrap_err().to_string();
+        assert!(err.contains("already signed by key"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

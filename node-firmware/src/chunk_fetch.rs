@@ -108,7 +108,7 @@ fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record
     let (header, origin) = (&fetched.bytes[..], fetched.origin.as_str());
     let bundle_err = |step: Step| move |e: BundleError| InstallError { step, kind: e.kind(), message: format!("{origin}: {e}") };
     let opened = bundle::open(header).map_err(bundle_err(Step::Verify))?;
-    opened.verify(node.trusted).map_err(bundle_err(Step::Verify))?;
+    opened.verify(node.trusted, node.required).map_err(bundle_err(Step::Verify))?;
     let target = upgrade::check(&opened, node, false, record, origin)?;
     let manifest = &opened.manifest;
     let sha = opened.manifest_sha256();

@@ -123,6 +123,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
                 board: node.release.board.clone(),
                 version: node.release.version.clone(),
                 address: id.address.to_string(),
+                required: signatures_required(Path::new(SIGNATURES_REQUIRED), state.trusted_keys.len()),
                 trusted: trusted_public_keys(Path::new(TRUSTED_KEYS_DIR)),
                 port: cfg.metrics.port,
                 auto: cfg.upgrade.auto,
@@ -337,6 +338,7 @@ pub fn install_bundle(bundle: &crate::fetch::Source, dirs: &Dirs, allow_downgrad
         compatible: format!("meshos-{}", node.release.board),
         version: node.release.version.clone(),
         trusted: &trusted,
+        required: signatures_required(Path::new(SIGNATURES_REQUIRED), trusted.len()),
         boot_dir: &dirs.boot,
         state_dir: &dirs.state,
     };
@@ -482,6 +484,21 @@ fn trusted_public_keys(dir: &Path) -> Vec<meshos_common::minisign::PublicKey> {
         .collect();
     keys.sort_by_key(|k| k.id());
     keys
+}
+
+/// How many trusted keys must have signed a release, as meshimg baked it into the image
+/// (`--signatures-required`); 1 when the file is absent.
+const SIGNATURES_REQUIRED: &str = "/usr/share/meshos/signatures-required";
+
+fn signatures_required(path: &Path, trusted: usize) -> usize {
+    match fs::read_to_string(path) {
+        Err(_) => 1,
+        Ok(text) => text.trim().parse::<usize>().ok().filter(|n| *n >= 1).unwrap_or_else(|| {
+            // A damaged file must not lower the bar: require every trusted key.
+            eprintln!("meshd: {}: '{}' is not a number of signatures; requiring every trusted key", path.display(), text.trim());
+            trusted.max(1)
+        }),
+    }
 }
 
 /// Ids of the keys in `dir`, sorted.

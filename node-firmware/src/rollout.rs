@@ -75,6 +75,7 @@ pub struct Agent {
     pub version: String,
     pub address: String,
     pub trusted: Vec<PublicKey>,
+    pub required: usize,
     pub port: u16,
     pub auto: bool,
     pub fetch: chunk_fetch::Options,
@@ -251,6 +252,7 @@ impl Agent {
             compatible: format!("meshos-{}", self.board),
             version: self.version.clone(),
             trusted: &self.trusted,
+            required: self.required,
             boot_dir: &self.boot_dir,
             state_dir: &self.state_dir,
         };

@@ -111,7 +111,7 @@ mod tests {
         assert_eq!((served.len, bytes.len()), (whole.len() as u64, whole.len()));
         assert!(bytes == whole);
         let again = bundle::open(&bytes[..]).unwrap();
-        assert_eq!(again.verify(&[key.public()]).unwrap(), key.public().id());
+        assert_eq!(again.verify(&[key.public()], 1).unwrap(), [key.public().id()]);
 
         // A boot file that no longer matches is refused before a byte is sent.
         std::fs::write(top.join("boot/b/vmlinuz"), b"other").unwrap();

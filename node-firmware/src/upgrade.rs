@@ -91,6 +91,8 @@ pub struct Target<'a> {
     pub compatible: String,
     pub version: String,
     pub trusted: &'a [PublicKey],
+    /// How many of them must have signed a release (a community's k of n; 1 by default).
+    pub required: usize,
     pub boot_dir: &'a Path,
     pub state_dir: &'a Path,
 }
@@ -178,7 +180,7 @@ fn run(source: &Source, node: &Target, allow_downgrade: bool, record: &mut Recor
     let origin = source.to_string();
     let input = source.open().map_err(fail(Step::Verify, "io"))?;
     let opened = bundle::open(input.reader).map_err(bundle_err(Step::Verify, &origin))?;
-    opened.verify(node.trusted).map_err(bundle_err(Step::Verify, &origin))?;
+    opened.verify(node.trusted, node.required).map_err(bundle_err(Step::Verify, &origin))?;
     if let Some(len) = input.len.filter(|len| *len < opened.total_size()) {
         let why = format!("it has {len} of its {} bytes", opened.total_size());
         return Err(bundle_err(Step::Verify, &origin)(BundleError::Truncated(why)));
@@ -373,7 +375,7 @@ mod tests {
     fn no_install_while_the_running_slot_is_on_trial() {
         let dir = std::env::temp_dir().join(format!("meshd-on-trial-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let node = Target { disk: Path::new("/nonexistent"), running: Slot::B, compatible: "meshos-rpi3".into(), version: "1.1".into(), trusted: &[], boot_dir: &dir, state_dir: &dir };
+        let node = Target { disk: Path::new("/nonexistent"), running: Slot::B, compatible: "meshos-rpi3".into(), version: "1.1".into(), trusted: &[], required: 1, boot_dir: &dir, state_dir: &dir };
         // B was installed and booted, not yet committed: writing A now would leave no good slot.
         let trial = Record { step: Step::Installed, target: Some("B".into()), version: Some("1.1".into()), ..Record::new("x".into()) };
         save(&dir, &trial);
