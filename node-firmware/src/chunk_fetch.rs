@@ -94,7 +94,7 @@ pub fn fetch_header(peers: &[String], manifest_sha256: &str, cache: &Path) -> Re
 pub fn install(header: &Header, peers: &[String], node: &Target, opts: &Options) -> Result<String, InstallError> {
     let _lock = upgrade::lock(node.state_dir)?;
     upgrade::refuse_on_trial(node)?;
-    let mut record = Record::new(header.origin.clone());
+    let mut record = Record { by_agent: true, ..Record::new(header.origin.clone()) };
     let result = run(header, peers, node, opts, &mut record);
     if result.is_ok() {
         // The slot holds them now; a later install starts from an empty cache.

@@ -139,8 +139,10 @@ impl Agent {
             let neighbours = self.neighbours(&mut seen);
             if !on_trial {
                 let heard = self.listen(&http, &neighbours);
-                if staged {
+                if staged && record.as_ref().is_some_and(|r| r.by_agent) {
                     self.reboot_when_allowed(&http, &neighbours, heard);
+                } else if staged {
+                    self.publish(|r| r.note = Some(format!("slot {} was installed by hand and boots at the next reboot", self.running.other())));
                 } else if self.auto {
                     self.look_for_newer(&heard, &releases);
                 }

@@ -61,11 +61,15 @@ pub struct Record {
     /// the slot is healthy only once it has one of them back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub neighbours: Vec<String>,
+    /// Installed by the upgrade agent, which also reboots into it when the neighbourhood
+    /// allows (an install by hand with --no-reboot waits for its operator).
+    #[serde(default)]
+    pub by_agent: bool,
 }
 
 impl Record {
     pub fn new(source: String) -> Record {
-        Record { step: Step::Verify, source, version: None, target: None, error: None, error_kind: None, manifest_sha256: None, transfer: None, neighbours: Vec::new() }
+        Record { step: Step::Verify, source, version: None, target: None, error: None, error_kind: None, manifest_sha256: None, transfer: None, neighbours: Vec::new(), by_agent: false }
     }
 }
 
