@@ -302,6 +302,9 @@ PY
     python3 -c "import sys; sys.exit(0 if $fetched <= 0.05 * $total else 1)" || fail "node $n fetched $pct% of the bundle, more than 5%"
   done
   ok "A, B and C each fetched at most 5% of the bundle's bytes (D had it whole in updates/)"
+  for n in a b c d; do
+    echo "mesh-test: figure: $(tr a-d A-D <<<$n) after the upgrade: meshd RSS $(( $(gauge $n process_resident_memory_bytes) / 1024 )) KiB, served $(gauge $n meshd_upgrade_served_bytes_total) chunk bytes to neighbours"
+  done
 
   attempts=$(gauge b meshd_upgrade_fetch_attempts) needed=$(gauge b meshd_upgrade_needed_bytes) fetched=$(gauge b meshd_upgrade_fetched_bytes)
   header=$(python3 - "$NEXT_BUNDLE" <<'PY'

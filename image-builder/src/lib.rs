@@ -19,4 +19,5 @@ pub mod plan;
 pub mod sbom;
 pub mod qemu;
 pub mod signing;
+pub mod serve;
 pub mod update_bundle;

@@ -100,6 +100,14 @@ enum Command {
     /// (nodeinfo.json, header/<sha256>, chunk/<sha256>), for a static web server on a
     /// machine joined to the mesh.
     Export { bundle: PathBuf, dir: PathBuf },
+    /// Offer BUNDLE to the mesh from this machine, as a node offers a release: nodes whose
+    /// router peers with this machine's find it in its /nodeinfo.json and take it from there.
+    Serve {
+        bundle: PathBuf,
+        /// Address and port to listen on (nodes look for neighbours' releases on port 9100).
+        #[arg(long, default_value = "[::]:9100")]
+        listen: String,
+    },
     /// Boot a built image in the board's QEMU machine, serial console on this terminal.
     Qemu {
         board: String,
@@ -377,6 +385,10 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{d}");
             }
             Ok(())
+        }
+        Command::Serve { bundle, listen } => {
+            let offer = meshimg::serve::Offer::open(&bundle)?;
+            meshimg::serve::serve(&offer, &listen)
         }
         Command::Export { bundle, dir } => {
             let (sha, n) = update_bundle::export(&bundle, &dir)?;
