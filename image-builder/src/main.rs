@@ -391,8 +391,9 @@ fn run(cli: Cli) -> Result<()> {
             meshimg::serve::serve(&offer, &listen)
         }
         Command::Export { bundle, dir } => {
-            let (sha, n) = update_bundle::export(&bundle, &dir)?;
-            println!("{}: release {sha}, {n} chunks", dir.display());
+            let offer = meshimg::serve::Offer::open(&bundle)?;
+            let n = offer.export(&dir)?;
+            println!("{}: release {}, {n} chunks", dir.display(), offer.manifest_sha256());
             Ok(())
         }
         Command::Qemu { board: name, image, out, forwards, links, boot_files, expect_ready, log, card } => {

@@ -1,4 +1,4 @@
-//! `meshimg serve BUNDLE`: a machine joined to the mesh (a laptop peered with a node's router)
+//! `meshimg serve BUNDLE` (and `meshimg export`, the same as files): a machine joined to the mesh (a laptop peered with a node's router)
 //! offers a release the way a node does, so the mesh takes it from there: `/nodeinfo.json`
 //! announcing it, `/header/<manifest sha256>`, `/chunk/<sha256>` read from the bundle where the
 //! manifest places it, and `/bundle` whole. Nodes check every byte against the signed manifest;
@@ -48,6 +48,23 @@ impl Offer {
         .to_string()
             + "\n";
         Ok(Offer { path: path.into(), header, manifest_sha256, nodeinfo, chunks, name: m.file_name(), version: m.version.clone(), bundle_bytes: opened.total_size() })
+    }
+
+    /// Lays the release out in `dir` the way it is served (`nodeinfo.json`, `header/<sha256>`,
+    /// `chunk/<sha256>`), for any static web server; returns the number of chunks written.
+    pub fn export(&self, dir: &Path) -> anyhow::Result<usize> {
+        let write = |rel: String, data: &[u8]| -> anyhow::Result<()> {
+            let path = dir.join(&rel);
+            std::fs::create_dir_all(path.parent().expect("under dir")).with_context(|| dir.display().to_string())?;
+            std::fs::write(&path, data).with_context(|| path.display().to_string())
+        };
+        write("nodeinfo.json".into(), self.nodeinfo.as_bytes())?;
+        write(format!("header/{}", self.manifest_sha256), &self.header)?;
+        for sha in self.chunks.keys() {
+            let data = self.get(&format!("/chunk/{sha}"))?.expect("a chunk of the index");
+            write(format!("chunk/{sha}"), &data)?;
+        }
+        Ok(self.chunks.len())
     }
 
     pub fn manifest_sha256(&self) -> &str {
@@ -137,6 +154,10 @@ mod tests {
         assert_eq!(offer.get(&format!("/chunk/{}", second.sha256)).unwrap().unwrap(), root[at..at + second.size as usize]);
         assert_eq!(offer.get(&format!("/chunk/{}", m.images[1].chunks[0].sha256)).unwrap().unwrap(), b"kernel");
         assert!(offer.get("/chunk/00").unwrap().is_none() && offer.get("/header/00").unwrap().is_none());
+        let out = dir.join("export");
+        assert_eq!(offer.export(&out).unwrap(), offer.chunk_count());
+        assert_eq!(std::fs::read(out.join("chunk").join(&second.sha256)).unwrap(), root[at..at + second.size as usize]);
+        assert_eq!(std::fs::read(out.join("header").join(offer.manifest_sha256())).unwrap(), header);
         // An unsigned or cut bundle is not offered.
         std::fs::write(&path, &std::fs::read(&path).unwrap()[..1000]).unwrap();
         assert!(format!("{:#}", Offer::open(&path).err().unwrap()).contains("cut short"));

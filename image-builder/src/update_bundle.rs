@@ -80,49 +80,6 @@ impl std::fmt::Display for Delta {
     }
 }
 
-/// Lays a bundle out the way a node serves a release to its neighbours, for any static web
-/// server on a machine joined to the mesh: `nodeinfo.json` (announcing the release),
-/// `header/<manifest sha256>` and `chunk/<sha256>` for each chunk. Returns the release's
-/// manifest sha256 and the number of chunks written.
-pub fn export(bundle_path: &Path, dir: &Path) -> anyhow::Result<(String, usize)> {
-    use anyhow::Context;
-    let f = std::fs::File::open(bundle_path).with_context(|| bundle_path.display().to_string())?;
-    let opened = bundle::open(std::io::BufReader::new(f)).with_context(|| bundle_path.display().to_string())?;
-    anyhow::ensure!(opened.is_signed(), "{}: the bundle is unsigned, and nodes install only signed bundles", bundle_path.display());
-    let sha = opened.manifest_sha256();
-    let (header, manifest) = (opened.header(), opened.manifest.clone());
-    for sub in ["header", "chunk"] {
-        std::fs::create_dir_all(dir.join(sub)).with_context(|| dir.join(sub).display().to_string())?;
-    }
-    std::fs::write(dir.join("header").join(&sha), &header).with_context(|| dir.display().to_string())?;
-    let mut written = std::collections::HashSet::new();
-    let mut failed: Option<std::io::Error> = None;
-    opened
-        .stream(|event| {
-            // Events come one chunk at a time, in manifest order (see bundle::Manifest::assemble).
-            if let bundle::Event::Data(_, data) = event {
-                let sha = meshos_common::chunks::sha256_hex(data);
-                if written.insert(sha.clone()) {
-                    if let Err(e) = std::fs::write(dir.join("chunk").join(&sha), data) {
-                        failed.get_or_insert(e);
-                    }
-                }
-            }
-            Ok(())
-        })
-        .with_context(|| bundle_path.display().to_string())?;
-    if let Some(e) = failed {
-        return Err(anyhow::Error::new(e).context(format!("{}: writing chunks", dir.display())));
-    }
-    let board = manifest.compatible.strip_prefix("meshos-").unwrap_or(&manifest.compatible);
-    let nodeinfo = serde_json::json!({
-        "name": format!("meshimg export of {}", manifest.file_name()), "version": manifest.version, "board": board,
-        "upgrade": { "phase": "idle", "releases": [{ "version": manifest.version, "manifest": sha, "slot": "a", "running": true }] },
-    });
-    std::fs::write(dir.join("nodeinfo.json"), nodeinfo.to_string() + "\n").with_context(|| dir.display().to_string())?;
-    Ok((sha, written.len()))
-}
-
 /// Adds `key`'s signature of the manifest to the bundle at `path` (for a site that requires k
 /// of n signatures: each maintainer adds theirs). The payload is not touched; the file is
 /// replaced whole, so an interrupted write leaves the bundle as it was. Returns the ids of all
