@@ -120,6 +120,7 @@ fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record
     transfer.bundle_bytes = opened.total_size();
     transfer.header_bytes = header.len() as u64;
     std::fs::create_dir_all(&opts.cache).map_err(|e| InstallError { step: Step::Write, kind: "io", message: format!("{}: {e}", opts.cache.display()) })?;
+    prune(&opts.cache, manifest, &sha);
     // Kept (signature checked) so an install cut short does not fetch it again.
     keep(&opts.cache, &format!("header-{sha}"), header).map_err(|message| InstallError { step: Step::Fetch, kind: "io", message })?;
     if fetched.fetched {
@@ -262,6 +263,18 @@ fn fetch_one(agent: &ureq::Agent, chunk: &Chunk, i: usize, peers: &[String], opt
         }
     }
     Err(format!("chunk {}: no neighbour served it ({})", chunk.sha256, why.join("; ")))
+}
+
+/// Drops from the cache what this release does not use (what an install of another release
+/// left behind), so the cache never holds more than one release's new chunks.
+fn prune(cache: &Path, manifest: &bundle::Manifest, sha: &str) {
+    let wanted: std::collections::HashSet<String> = manifest.images.iter().flat_map(|i| i.chunks.iter()).map(|c| c.sha256.clone()).chain([format!("header-{sha}")]).collect();
+    let Ok(entries) = std::fs::read_dir(cache) else { return };
+    for e in entries.flatten() {
+        if !wanted.contains(&*e.file_name().to_string_lossy()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Whether `peer` served bytes that did not match the signed manifest in this install (or an
