@@ -292,6 +292,13 @@ fn install_pending_updates(dirs: &Dirs) {
     for bundle in pending {
         eprintln!("meshd: upgrade: installing {} from the boot partition", bundle.display());
         let result = install_bundle(&crate::fetch::Source::File(bundle.clone()), dirs, false);
+        if let Err(e) = &result {
+            if e.kind == "busy" {
+                // Not refused: an install from the mesh runs; the bundle waits for the next start.
+                eprintln!("meshd: upgrade: {} waits: {e}", bundle.display());
+                return;
+            }
+        }
         crate::upgrade::settle(&bundle, &result);
         match result {
             Ok(version) => {
