@@ -274,14 +274,7 @@ impl Agent {
 
     /// Reboots into the staged slot when no neighbour is down, rebooting or on trial.
     fn reboot_when_allowed(&self, http: &ureq::Agent, neighbours: &[String], heard: BTreeMap<String, Option<Announced>>) {
-        let busy = |heard: &BTreeMap<String, Option<Announced>>, me_first: bool| -> Option<String> {
-            heard.iter().find_map(|(addr, a)| match a {
-                None => Some(format!("{addr} does not answer (it may be rebooting)")),
-                Some(a) if a.upgrade.phase == Phase::Trial => Some(format!("{addr} is on trial")),
-                Some(a) if a.upgrade.phase == Phase::Rebooting && !(me_first && self.address.as_str() < addr.as_str()) => Some(format!("{addr} is rebooting")),
-                _ => None,
-            })
-        };
+        let busy = |heard: &BTreeMap<String, Option<Announced>>, announced: bool| holds_back(&self.address, heard, announced);
         if let Some(why) = busy(&heard, false) {
             self.publish(|r| {
                 r.phase = Phase::Staged;
@@ -321,6 +314,18 @@ impl Agent {
     }
 }
 
+/// Why a node that wants to reboot must wait, if it must: a neighbour silent (it may be down),
+/// on trial, or rebooting. Once this node has itself `announced` that it reboots, a neighbour
+/// that announced the same holds it back only when that neighbour's address is the lower one.
+fn holds_back(me: &str, heard: &BTreeMap<String, Option<Announced>>, announced: bool) -> Option<String> {
+    heard.iter().find_map(|(addr, a)| match a {
+        None => Some(format!("{addr} does not answer (it may be rebooting)")),
+        Some(a) if a.upgrade.phase == Phase::Trial => Some(format!("{addr} is on trial")),
+        Some(a) if a.upgrade.phase == Phase::Rebooting && !(announced && me < addr.as_str()) => Some(format!("{addr} is rebooting")),
+        _ => None,
+    })
+}
+
 fn refused_path(state_dir: &Path) -> PathBuf {
     state_dir.join("refused-releases.json")
 }
@@ -334,4 +339,40 @@ fn random_below(n: u64) -> u64 {
         return n / 2;
     }
     u64::from_le_bytes(b) % n.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heard(list: &[(&str, Option<Phase>)]) -> BTreeMap<String, Option<Announced>> {
+        list.iter().map(|(a, p)| (a.to_string(), p.map(|phase| Announced { board: "rpi3".into(), upgrade: AnnouncedUpgrade { phase, releases: vec![] } }))).collect()
+    }
+
+    #[test]
+    fn at_most_one_node_of_a_neighbourhood_goes_down() {
+        let quiet = heard(&[("200::b", Some(Phase::Idle)), ("200::c", Some(Phase::Staged)), ("200::d", Some(Phase::Fetching))]);
+        assert_eq!(holds_back("200::a", &quiet, false), None);
+        for (phase, why) in [(None, "does not answer"), (Some(Phase::Trial), "is on trial"), (Some(Phase::Rebooting), "is rebooting")] {
+            let h = heard(&[("200::b", Some(Phase::Idle)), ("200::c", phase)]);
+            assert!(holds_back("200::a", &h, false).unwrap().contains(why));
+        }
+        // Two neighbours said "rebooting" at once: the lower address goes, the other waits.
+        let a_sees_b = heard(&[("200::b", Some(Phase::Rebooting))]);
+        let b_sees_a = heard(&[("200::a", Some(Phase::Rebooting))]);
+        assert_eq!(holds_back("200::a", &a_sees_b, true), None);
+        assert!(holds_back("200::b", &b_sees_a, true).is_some());
+        // A neighbour on trial holds back even the lower address.
+        assert!(holds_back("200::a", &heard(&[("200::b", Some(Phase::Trial))]), true).is_some());
+    }
+
+    #[test]
+    fn announcements_read_from_nodeinfo() {
+        let text = r#"{"name":"n","board":"rpi3","upgrade":{"phase":"rebooting","releases":[{"version":"1.2","manifest":"ab","slot":"b","running":false}]}}"#;
+        let a: Announced = serde_json::from_str(text).unwrap();
+        assert_eq!((a.upgrade.phase, a.upgrade.releases[0].version.as_str()), (Phase::Rebooting, "1.2"));
+        // A node of an older meshd announces nothing: it is idle and offers nothing.
+        let old: Announced = serde_json::from_str(r#"{"name":"n","board":"rpi3"}"#).unwrap();
+        assert_eq!((old.upgrade.phase, old.upgrade.releases.len()), (Phase::Idle, 0));
+    }
 }
