@@ -126,7 +126,7 @@ fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record
     if fetched.fetched {
         transfer.fetched_bytes += header.len() as u64;
     }
-    let held = Held::scan(node.boot_dir, node.disk, &[node.running], Some(&opts.cache));
+    let held = Held::scan(node.boot_dir, node.disk, &[node.running], Some(&opts.cache), true);
     let all = manifest.missing_chunks(&[]);
     let needed: Vec<&Chunk> = all.iter().copied().filter(|c| held.read(&c.sha256).is_none()).collect();
     transfer.reused_bytes = all.iter().filter(|c| held.in_slot(&c.sha256)).map(|c| u64::from(c.size)).sum();
@@ -151,7 +151,7 @@ fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record
     upgrade::mark_target_bad(node, target, manifest, record)?;
     let mut writer = SlotWriter::open(node, target)?;
     // Re-scanned: the cache now holds what was fetched.
-    let held = Held::scan(node.boot_dir, node.disk, &[node.running], Some(&opts.cache));
+    let held = Held::scan(node.boot_dir, node.disk, &[node.running], Some(&opts.cache), true);
     manifest
         .assemble(
             |image, i, _, buf| {

@@ -106,7 +106,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     let card = slots::running(&node.slot);
     let cache = crate::chunk_fetch::cache_dir(&dirs.state);
     if cfg.metrics.enabled {
-        let shelf = card.as_ref().ok().map(|(disk, _)| Shelf::new(&dirs.boot, disk, &cache));
+        let shelf = card.as_ref().ok().map(|(disk, _)| Shelf::new(&dirs.boot, disk, &cache, true));
         if let Err(e) = http::spawn(cfg.metrics.port, shared.clone(), dirs.run.clone(), bundle.map(|(source, _)| source), shelf) {
             eprintln!("meshd: {e}");
         }

@@ -15,66 +15,93 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// Where one chunk's bytes are.
-#[derive(Debug, Clone, PartialEq)]
+/// Where one chunk's bytes are: a file of [`Held::files`], at an offset. Kept small (a node
+/// indexes a few thousand of them, and meshd has a few MiB).
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Place {
-    path: PathBuf,
-    offset: u64,
+    file: u16,
     size: u32,
+    offset: u64,
 }
 
 /// One slot's release as read from the header beside it.
 #[derive(Debug, Clone)]
 pub struct SlotRelease {
     pub slot: Slot,
-    pub manifest: Manifest,
+    pub version: String,
     /// sha256 of the signed manifest bytes: the release's name on the mesh.
     pub manifest_sha256: String,
+    /// The header (magic, manifest, signatures), for serving; empty in a scan without chunks.
     pub header: Vec<u8>,
 }
 
 /// The slots' chunks by sha256, and the cache directory.
 #[derive(Debug, Default)]
 pub struct Held {
-    places: HashMap<String, Place>,
+    places: HashMap<[u8; 32], Place>,
+    files: Vec<PathBuf>,
     pub releases: Vec<SlotRelease>,
     cache: Option<PathBuf>,
 }
 
-/// Reads the signed header kept in `<boot>/<slot>/`; None when there is none (a slot never
-/// written) or it is not a signed meshos header.
-pub fn slot_release(boot_dir: &Path, slot: Slot) -> Option<SlotRelease> {
+/// A chunk's name as a key: the sha256's 32 bytes (None for anything that is no sha256).
+fn key(sha256: &str) -> Option<[u8; 32]> {
+    if !chunks::is_sha256_hex(sha256) {
+        return None;
+    }
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&sha256[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(k)
+}
+
+/// Reads the signed header kept in `<boot>/<slot>/`, with its manifest; None when there is
+/// none (a slot never written) or it is not a signed meshos header.
+fn read_slot(boot_dir: &Path, slot: Slot) -> Option<(SlotRelease, Manifest)> {
     let header = std::fs::read(boot_dir.join(slot.lower()).join(SLOT_HEADER_FILE)).ok()?;
     let opened = bundle::open(&header[..]).ok().filter(|o| o.is_signed())?;
     let manifest_sha256 = opened.manifest_sha256();
-    Some(SlotRelease { slot, manifest: opened.manifest, manifest_sha256, header })
+    let manifest = opened.manifest;
+    Some((SlotRelease { slot, version: manifest.version.clone(), manifest_sha256, header }, manifest))
 }
 
 impl Held {
-    /// The chunks of `slots` (as their headers describe them) and of `cache`.
-    pub fn scan(boot_dir: &Path, disk: &Path, slots: &[Slot], cache: Option<&Path>) -> Held {
+    /// The chunks of `slots` (as their headers describe them) and of `cache`. Without
+    /// `chunks`, only the releases (no index, no headers kept): what the upgrade agent needs.
+    pub fn scan(boot_dir: &Path, disk: &Path, slots: &[Slot], cache: Option<&Path>, chunks: bool) -> Held {
         let mut held = Held { cache: cache.map(Path::to_path_buf), ..Held::default() };
         for &slot in slots {
-            let Some(release) = slot_release(boot_dir, slot) else { continue };
-            for img in &release.manifest.images {
+            let Some((mut release, manifest)) = read_slot(boot_dir, slot) else { continue };
+            if !chunks {
+                release.header = Vec::new();
+                held.releases.push(release);
+                continue;
+            }
+            for img in &manifest.images {
                 let path = if img.name == "root" { slot_partition(disk, slot) } else { boot_dir.join(slot.lower()).join(img.name.trim_start_matches("boot/")) };
+                let file = held.files.len() as u16;
+                held.files.push(path);
                 let mut offset = 0u64;
                 for c in &img.chunks {
-                    held.places.entry(c.sha256.clone()).or_insert(Place { path: path.clone(), offset, size: c.size });
+                    if let Some(k) = key(&c.sha256) {
+                        held.places.entry(k).or_insert(Place { file, size: c.size, offset });
+                    }
                     offset += u64::from(c.size);
                 }
             }
             held.releases.push(release);
         }
+        held.places.shrink_to_fit();
         held
     }
 
     /// The chunk's bytes, checked against its name; None when it is not held (or no longer
     /// matches).
     pub fn read(&self, sha256: &str) -> Option<Vec<u8>> {
-        if let Some(p) = self.places.get(sha256) {
+        if let Some(p) = key(sha256).and_then(|k| self.places.get(&k)) {
             let mut buf = vec![0u8; p.size as usize];
-            let ok = File::open(&p.path).and_then(|f| f.read_exact_at(&mut buf, p.offset)).is_ok();
+            let ok = File::open(&self.files[usize::from(p.file)]).and_then(|f| f.read_exact_at(&mut buf, p.offset)).is_ok();
             if ok && chunks::sha256_hex(&buf) == sha256 {
                 return Some(buf);
             }
@@ -85,7 +112,7 @@ impl Held {
 
     /// Whether a slot's manifest lists the chunk (the cache aside).
     pub fn in_slot(&self, sha256: &str) -> bool {
-        self.places.contains_key(sha256)
+        key(sha256).is_some_and(|k| self.places.contains_key(&k))
     }
 
     /// The header of the release whose manifest has this sha256, if a slot holds it.
@@ -101,13 +128,15 @@ pub struct Shelf {
     boot_dir: PathBuf,
     disk: PathBuf,
     cache: PathBuf,
+    /// Index the chunks (to serve them), or only read the releases.
+    chunks: bool,
     stamp: Vec<Option<(std::time::SystemTime, u64)>>,
     held: Held,
 }
 
 impl Shelf {
-    pub fn new(boot_dir: &Path, disk: &Path, cache: &Path) -> Shelf {
-        Shelf { boot_dir: boot_dir.into(), disk: disk.into(), cache: cache.into(), stamp: Vec::new(), held: Held::default() }
+    pub fn new(boot_dir: &Path, disk: &Path, cache: &Path, chunks: bool) -> Shelf {
+        Shelf { boot_dir: boot_dir.into(), disk: disk.into(), cache: cache.into(), chunks, stamp: Vec::new(), held: Held::default() }
     }
 
     pub fn current(&mut self) -> &Held {
@@ -116,7 +145,7 @@ impl Shelf {
             .map(|s| std::fs::metadata(self.boot_dir.join(s.lower()).join(SLOT_HEADER_FILE)).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
             .collect();
         if stamp != self.stamp {
-            self.held = Held::scan(&self.boot_dir, &self.disk, &[Slot::A, Slot::B], Some(&self.cache));
+            self.held = Held::scan(&self.boot_dir, &self.disk, &[Slot::A, Slot::B], Some(&self.cache), self.chunks);
             self.stamp = stamp;
         }
         &self.held
@@ -146,8 +175,11 @@ mod tests {
         let cached = b"a chunk fetched earlier".to_vec();
         std::fs::write(top.join("cache").join(chunks::sha256_hex(&cached)), &cached).unwrap();
 
-        let held = Held::scan(&top.join("boot"), &top.join("disk"), &[Slot::A, Slot::B], Some(&top.join("cache")));
+        let held = Held::scan(&top.join("boot"), &top.join("disk"), &[Slot::A, Slot::B], Some(&top.join("cache")), true);
         assert_eq!(held.releases.len(), 1);
+        assert_eq!(held.releases[0].version, "1");
+        let light = Held::scan(&top.join("boot"), &top.join("disk"), &[Slot::A, Slot::B], None, false);
+        assert_eq!((light.releases.len(), light.releases[0].header.len(), light.in_slot(&manifest.images[0].chunks[0].sha256)), (1, 0, false));
         assert_eq!(held.header(&held.releases[0].manifest_sha256).map(<[u8]>::len), Some(std::fs::read(top.join("boot/a").join(SLOT_HEADER_FILE)).unwrap().len()));
         let second = &manifest.images[0].chunks[1];
         let at = manifest.images[0].chunks[0].size as usize;

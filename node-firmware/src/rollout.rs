@@ -109,7 +109,7 @@ pub fn spawn(agent: Agent) -> Result<(), String> {
 
 impl Agent {
     fn run(self) {
-        let mut shelf = Shelf::new(&self.boot_dir, &self.disk, &self.fetch.cache);
+        let mut shelf = Shelf::new(&self.boot_dir, &self.disk, &self.fetch.cache, false);
         let mut seen: BTreeMap<String, Instant> = BTreeMap::new();
         let http = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(8)))
@@ -166,7 +166,7 @@ impl Agent {
             .releases
             .iter()
             .filter(|r| !refused.contains(&r.manifest_sha256))
-            .map(|r| Release { version: r.manifest.version.clone(), manifest: r.manifest_sha256.clone(), slot: r.slot.to_string(), running: r.slot == self.running })
+            .map(|r| Release { version: r.version.clone(), manifest: r.manifest_sha256.clone(), slot: r.slot.to_string(), running: r.slot == self.running })
             .collect()
     }
 
