@@ -2,8 +2,8 @@
 # `make test`: unit and integration tests, then end to end with the real locked packages for
 # each board: build, check the image with independent tools, boot it in QEMU to the
 # 'meshos ready' line, and build it again in another directory to prove it reproducible.
-# The virtual board also runs the mesh test (ci/mesh-test.sh): three nodes, routing, a bad
-# mesh.yaml, and an 802.11s link between simulated radios. Then A/B upgrades: install, commit,
+# The virtual board also runs the mesh test (ci/mesh-test.sh): a line of nodes, routing, a bad
+# mesh.yaml, an 802.11s link between simulated radios, and an upgrade that spreads by itself. Then A/B upgrades: install, commit,
 # rollback and refusals on the rpi3 image in raspi3b (ci/upgrade-test.sh), install and commit on
 # the Orange Pi Zero image, and power cuts and a hang on the virtual board (ci/powercut-test.py).
 set -uo pipefail
@@ -78,7 +78,7 @@ for board in $BOARDS; do
   stage "boot $board in QEMU" boot "$board"
   stage "reproducible $board" ci/reproducible.sh "$board"
   if [ "$board" = qemu-arm64 ]; then
-    stage "mesh of three qemu-arm64 nodes" ci/mesh-test.sh "$img"
+    stage "mesh of four qemu-arm64 nodes" ci/mesh-test.sh "$img"
   fi
 done
 has() { [[ " $BOARDS " == *" $1 "* ]]; }
