@@ -4,9 +4,9 @@
 # 'meshos ready' line, and build it again in another directory to prove it reproducible.
 # The virtual board also runs the mesh test (ci/mesh-test.sh): a line of nodes, routing, a bad
 # mesh.yaml, an 802.11s link between simulated radios, and an upgrade that spreads by itself.
-# Then A/B upgrades: install, commit,
-# rollback and refusals on the rpi3 image in raspi3b (ci/upgrade-test.sh), install and commit on
-# the Orange Pi Zero image, and power cuts and a hang on the virtual board (ci/powercut-test.py).
+# Then A/B upgrades: install, commit, rollback and refusals on the rpi3 image in raspi3b
+# (ci/upgrade-test.sh), install and commit on the Orange Pi Zero image, and power cuts and a
+# hang on the virtual board (ci/powercut-test.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MESHIMG=${MESHIMG:-target/debug/meshimg}
