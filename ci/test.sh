@@ -11,12 +11,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 MESHIMG=${MESHIMG:-target/debug/meshimg}
 BOARDS=${BOARDS:-rpi3 orangepi-zero qemu-arm64}
-passed=0 failed=0 failures=()
+passed=0 failed=0 failures=() started_bg=() bg_pids=()
 
 mkdir -p out/test-logs && rm -f out/test-logs/*.log
 stage() { # NAME COMMAND...: run one stage, its output also kept in out/test-logs/
   local name=$1 start=$SECONDS log rc; shift
-  log=out/test-logs/$(printf '%02d' $((passed + failed + 1)))-$(tr -c 'a-z0-9\n' - <<<"${name,,}" | tr -s -).log
+  log=out/test-logs/$(printf '%02d' $((passed + failed + ${#started_bg[@]} + 1)))-$(tr -c 'a-z0-9\n' - <<<"${name,,}" | tr -s -).log
   echo "== $name"
   "$@" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
@@ -83,17 +83,42 @@ for board in $BOARDS; do
   fi
 done
 has() { [[ " $BOARDS " == *" $1 "* ]]; }
+# Two single-VM stages at a time (each QEMU under TCG keeps about one of the two cores busy):
+# the power cuts on qemu-arm64 run beside the rpi3 upgrades, their output kept in their log
+# and shown when they end.
+stage_bg() { # NAME COMMAND...
+  local name=$1 log; shift
+  log=out/test-logs/$(printf '%02d' $((passed + failed + ${#started_bg[@]} + 1)))-$(tr -c 'a-z0-9\n' - <<<"${name,,}" | tr -s -).log
+  echo "== $name (beside the next stage; output in $log)"
+  ( start=$SECONDS; "$@" > "$log" 2>&1; rc=$?; echo "$rc $((SECONDS - start))" > "$log.rc" ) &
+  started_bg+=("$name|$log") bg_pids+=($!)
+}
+stage_wait() { # waits for the stages started with stage_bg and counts them
+  wait "${bg_pids[@]}"
+  for s in "${started_bg[@]}"; do
+    local name=${s%%|*} log=${s#*|} rc secs
+    read -r rc secs < "$log.rc" && rm -f "$log.rc"
+    echo "== $name"; cat "$log"
+    if [ "$rc" -eq 0 ]; then
+      passed=$((passed + 1)); echo "== $name: ok ($secs s)"
+    else
+      failed=$((failed + 1)) failures+=("$name|$log"); echo "== $name: FAILED ($secs s)"
+    fi
+  done
+  started_bg=() bg_pids=()
+}
+if has qemu-arm64; then
+  stage_bg "power cuts and a hang on qemu-arm64" ci/powercut-test.py
+fi
 # (the rpi3 test also feeds the node the Orange Pi's bundle, which it must refuse)
 if has rpi3 && has orangepi-zero; then
   stage "A/B upgrades on rpi3 in raspi3b" ci/upgrade-test.sh rpi3
 fi
+stage_wait
 # The Orange Pi Zero's own boot script and U-Boot: install, trial, commit (scenario 1; the
 # rollback and refusals are the same meshd and script logic, already run above and below).
 if has orangepi-zero; then
   stage "A/B upgrade on orangepi-zero in orangepi-pc" ci/upgrade-test.sh orangepi-zero 1
-fi
-if has qemu-arm64; then
-  stage "power cuts and a hang on qemu-arm64" ci/powercut-test.py
 fi
 # The last lines name what failed, so the tail of a long log is enough to know where to look.
 for f in "${failures[@]}"; do
