@@ -18,8 +18,13 @@ pub fn header(compatible: &str, version: &str, build_id: &str, images: &[(String
         images: images.iter().map(|(name, data)| bundle::image_entry(name, data)).collect::<Vec<Image>>(),
     };
     let json = serde_json::to_vec(&manifest).map_err(std::io::Error::other)?;
-    let signature = key.map(|k| k.sign(&json, "signature from meshimg secret key", &format!("timestamp:{timestamp}\tfile:manifest of {compatible} {version}\thashed")).render());
+    let signature = key.map(|k| sign_manifest(k, &json, compatible, version, timestamp));
     Ok(bundle::header(&json, signature.as_deref()))
+}
+
+/// One maintainer's minisign signature of a manifest, as the header carries it.
+fn sign_manifest(key: &SecretKey, manifest_json: &[u8], compatible: &str, version: &str, timestamp: i64) -> String {
+    key.sign(manifest_json, "signature from meshimg secret key", &format!("timestamp:{timestamp}\tfile:manifest of {compatible} {version}\thashed")).render()
 }
 
 /// The bundle: `header`, then the images in its order.
@@ -94,7 +99,7 @@ pub fn add_signature(path: &Path, key: &SecretKey, timestamp: i64) -> anyhow::Re
     }
     let old_header = opened.header().len() as u64;
     let (compatible, version) = (opened.manifest.compatible.clone(), opened.manifest.version.clone());
-    let signature = key.sign(opened.manifest_bytes(), "signature from meshimg secret key", &format!("timestamp:{timestamp}\tfile:manifest of {compatible} {version}\thashed")).render();
+    let signature = sign_manifest(key, opened.manifest_bytes(), &compatible, &version, timestamp);
     let header = bundle::header(opened.manifest_bytes(), Some(&format!("{}{signature}", opened.signature_text())));
     let mut signers = opened.signer_ids();
     signers.push(id);

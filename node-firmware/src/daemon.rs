@@ -69,6 +69,8 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     id.apply_hostname();
     eprintln!("meshd: {} overlay address {}", id.hostname, id.address);
 
+    // Read once: the ids go to status and metrics, the keys to the upgrade agent.
+    let trusted = trusted_public_keys(Path::new(TRUSTED_KEYS_DIR));
     let mut state = NodeState {
         name: id.hostname.clone(),
         address: id.address.to_string(),
@@ -80,7 +82,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         config_source: loaded.source.clone(),
         config_error: loaded.error.as_ref().map(Into::into),
         metrics_port: cfg.metrics.enabled.then_some(cfg.metrics.port),
-        trusted_keys: trusted_keys(Path::new(TRUSTED_KEYS_DIR)),
+        trusted_keys: trusted.iter().map(meshos_common::minisign::PublicKey::id).collect(),
         ..NodeState::default()
     };
     if state.trusted_keys.is_empty() {
@@ -123,8 +125,8 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
                 board: node.release.board.clone(),
                 version: node.release.version.clone(),
                 address: id.address.to_string(),
-                required: signatures_required(Path::new(SIGNATURES_REQUIRED), state.trusted_keys.len()),
-                trusted: trusted_public_keys(Path::new(TRUSTED_KEYS_DIR)),
+                required: signatures_required(Path::new(SIGNATURES_REQUIRED), trusted.len()),
+                trusted: trusted.clone(),
                 port: cfg.metrics.port,
                 auto: cfg.upgrade.auto,
                 fetch: crate::chunk_fetch::Options { parallel: cfg.upgrade.parallel, rate: (cfg.upgrade.rate_limit_kbit > 0).then_some(cfg.upgrade.rate_limit_kbit * 1000 / 8), cache },
@@ -506,11 +508,6 @@ fn signatures_required(path: &Path, trusted: usize) -> usize {
             trusted.max(1)
         }),
     }
-}
-
-/// Ids of the keys in `dir`, sorted.
-fn trusted_keys(dir: &Path) -> Vec<String> {
-    trusted_public_keys(dir).iter().map(|k| k.id()).collect()
 }
 
 const UDHCPC_SCRIPT: &str = "/usr/share/meshos/udhcpc.script";
