@@ -131,24 +131,25 @@ pub struct Shelf {
     /// Index the chunks (to serve them), or only read the releases.
     chunks: bool,
     stamp: Vec<Option<(std::time::SystemTime, u64)>>,
-    held: Held,
+    held: std::sync::Arc<Held>,
 }
 
 impl Shelf {
     pub fn new(boot_dir: &Path, disk: &Path, cache: &Path, chunks: bool) -> Shelf {
-        Shelf { boot_dir: boot_dir.into(), disk: disk.into(), cache: cache.into(), chunks, stamp: Vec::new(), held: Held::default() }
+        Shelf { boot_dir: boot_dir.into(), disk: disk.into(), cache: cache.into(), chunks, stamp: Vec::new(), held: Default::default() }
     }
 
-    pub fn current(&mut self) -> &Held {
+    /// The index as the slots are now (shared, so a reader need not hold the shelf).
+    pub fn current(&mut self) -> std::sync::Arc<Held> {
         let stamp: Vec<_> = [Slot::A, Slot::B]
             .iter()
             .map(|s| std::fs::metadata(self.boot_dir.join(s.lower()).join(SLOT_HEADER_FILE)).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
             .collect();
         if stamp != self.stamp {
-            self.held = Held::scan(&self.boot_dir, &self.disk, &[Slot::A, Slot::B], Some(&self.cache), self.chunks);
+            self.held = std::sync::Arc::new(Held::scan(&self.boot_dir, &self.disk, &[Slot::A, Slot::B], Some(&self.cache), self.chunks));
             self.stamp = stamp;
         }
-        &self.held
+        self.held.clone()
     }
 }
 

@@ -1,184 +1,358 @@
-//! The node's small HTTP face: `GET /metrics` (Prometheus), `GET /nodeinfo.json`,
-//! `GET /bundle` (the running slot as an update bundle, for neighbours), and for upgrades over
-//! the mesh `GET /header/<manifest sha256>` (a release's signed header) and
-//! `GET /chunk/<sha256>` (one chunk of either slot or of the fetch cache), on every address (the
-//! overlay too, so a mesh operator can scrape any node and a neighbour can upgrade from it).
-//! One thread, one request at a time, short timeouts: a slow or hostile client cannot pile up
-//! memory. A bundle transfer gets a thread of its own, at most [`MAX_TRANSFERS`] at once.
+//! The node's HTTP face: `GET /metrics` (Prometheus), `GET /nodeinfo.json`, `GET /bundle` (the
+//! running slot as an update bundle, for neighbours), and for upgrades over the mesh
+//! `GET /header/<manifest sha256>` (a release's signed header) and `GET /chunk/<sha256>` (one
+//! chunk of either slot or of the fetch cache), on every address (the overlay too, so a mesh
+//! operator can scrape any node and a neighbour can upgrade from it).
+//!
+//! hyper on a one-thread tokio runtime serves many neighbours at once; file reads and metrics
+//! run on a few blocking threads. No client can hold the face: the request's headers must arrive
+//! within [`Limits::headers`], every connection must move at least [`Limits::min_bytes`] in each
+//! [`Limits::window`] and end within its deadline, and past [`MAX_CONNECTIONS`] new ones are
+//! closed at once. One request per connection (`Connection: close`), as every client here
+//! makes them.
 
+use crate::held::Shelf;
 use crate::metrics::{self, Collectors};
 use crate::radio;
 use crate::router;
-use crate::held::Shelf;
-use crate::slot_bundle::{Served, SlotSource};
+use crate::slot_bundle::SlotSource;
 use crate::status::NodeState;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, Semaphore};
 
 /// Chunks and bytes sent to neighbours for their upgrades since meshd started.
 pub static SERVED_CHUNKS: AtomicU64 = AtomicU64::new(0);
 pub static SERVED_BYTES: AtomicU64 = AtomicU64::new(0);
 
-pub fn spawn(port: u16, state: Arc<Mutex<NodeState>>, run_dir: PathBuf, bundle: Result<SlotSource, String>, mut shelf: Option<Shelf>) -> Result<(), String> {
+/// Connections served at once; more are closed as they come.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Bundle transfers at once (each holds a blocking thread); more are told to come back later.
+const MAX_TRANSFERS: usize = 2;
+
+/// What a connection must do to keep its place.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The whole request line and headers within this.
+    pub headers: Duration,
+    /// At least `min_bytes` moved, either way, in every window of this length.
+    pub window: Duration,
+    pub min_bytes: u64,
+    /// A connection ends within this: anything but a bundle (at most 64 KiB of chunk, a header
+    /// or a page of metrics) ...
+    pub deadline: Duration,
+    /// ... and a whole bundle, which over a slow mesh link takes a while.
+    pub bundle_deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        // 16 KiB per 20 s is 0.8 KiB/s: a link that slow serves nobody, and a client sending a
+        // byte every few seconds is cut off after 10.
+        Limits { headers: Duration::from_secs(10), window: Duration::from_secs(20), min_bytes: 16 * 1024, deadline: Duration::from_secs(120), bundle_deadline: Duration::from_secs(3600) }
+    }
+}
+
+/// What the face serves from.
+struct Face {
+    state: Arc<Mutex<NodeState>>,
+    run_dir: PathBuf,
+    bundle: Result<SlotSource, String>,
+    shelf: Option<Mutex<Shelf>>,
+    collectors: Mutex<Collectors>,
+    transfers: AtomicUsize,
+}
+
+type Reply = Response<Box<dyn Body<Data = Bytes, Error = std::io::Error> + Send + Unpin>>;
+
+pub fn spawn(port: u16, state: Arc<Mutex<NodeState>>, run_dir: PathBuf, bundle: Result<SlotSource, String>, shelf: Option<Shelf>) -> Result<(), String> {
     // [::] also takes IPv4 (Linux's bindv6only is 0).
-    let listener = TcpListener::bind(("::", port)).map_err(|e| format!("metrics on port {port}: {e}"))?;
+    let listener = std::net::TcpListener::bind(("::", port)).map_err(|e| format!("metrics on port {port}: {e}"))?;
+    let face = Face { state, run_dir, bundle, shelf: shelf.map(Mutex::new), collectors: Mutex::new(Collectors::new()), transfers: AtomicUsize::new(0) };
+    serve_on(listener, face, Limits::default())
+}
+
+fn serve_on(listener: std::net::TcpListener, face: Face, limits: Limits) -> Result<(), String> {
+    listener.set_nonblocking(true).map_err(|e| format!("http: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        // Two bundle transfers, and chunk reads and metrics beside them.
+        .max_blocking_threads(MAX_TRANSFERS + 2)
+        .thread_stack_size(256 * 1024)
+        .thread_name("http-io")
+        .build()
+        .map_err(|e| format!("http runtime: {e}"))?;
     std::thread::Builder::new()
         .name("http".into())
-        .stack_size(128 * 1024)
-        .spawn(move || {
-            let mut collectors = Collectors::new();
-            let transfers = Arc::new(AtomicUsize::new(0));
-            for stream in listener.incoming().flatten() {
-                if let Err(e) = serve(stream, &state, &run_dir, &mut collectors, &bundle, &transfers, shelf.as_mut()) {
-                    eprintln!("meshd: http: {e}");
-                }
-            }
-        })
+        .stack_size(256 * 1024)
+        .spawn(move || runtime.block_on(accept(listener, Arc::new(face), limits)))
         .map_err(|e| format!("http thread: {e}"))?;
     Ok(())
 }
 
-fn serve(mut stream: TcpStream, state: &Mutex<NodeState>, run_dir: &std::path::Path, c: &mut Collectors, bundle: &Result<SlotSource, String>, transfers: &Arc<AtomicUsize>, shelf: Option<&mut Shelf>) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(3)))?;
-    let mut request_line = String::new();
-    let mut reader = BufReader::new(Read::take(&stream, MAX_REQUEST));
-    reader.read_line(&mut request_line)?;
-    // Drain the headers (bounded) so the client sees a clean close.
-    let mut header = String::new();
-    for _ in 0..64 {
-        header.clear();
-        if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
-            break;
-        }
-    }
-    let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method == "GET" && path == "/bundle" {
-        return send_bundle(stream, bundle, transfers);
-    }
-    if method == "GET" && (path.starts_with("/chunk/") || path.starts_with("/header/")) {
-        return send_held(stream, path, shelf);
-    }
-    let snapshot = state.lock().map(|s| s.clone()).unwrap_or_default();
-    let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => {
-            let mut stations = Vec::new();
-            for r in snapshot.radios.iter().filter(|r| r.role == "mesh" && r.error.is_none()) {
-                stations.extend(radio::stations(&r.interface).unwrap_or_default());
-            }
-            let peers = router::peers(run_dir);
-            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics::render(&snapshot, &stations, &peers, c))
-        }
-        ("GET", "/nodeinfo.json") => ("200 OK", "application/json", nodeinfo(&snapshot).to_string() + "\n"),
-        ("GET", "/") => ("200 OK", "text/plain; charset=utf-8", format!("{} (meshos {})\n/metrics\n/nodeinfo.json\n/bundle\n/header/<sha256>\n/chunk/<sha256>\n", snapshot.name, snapshot.version)),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found; try /metrics, /nodeinfo.json or /bundle\n".into()),
-        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
+async fn accept(listener: std::net::TcpListener, face: Arc<Face>, limits: Limits) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return eprintln!("meshd: http: {e}"),
     };
-    respond(&mut stream, status, kind, &body)
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, most likely: let some connections end first.
+                eprintln!("meshd: http: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        // Full: closed at once, costing nothing.
+        let Ok(place) = places.clone().try_acquire_owned() else { continue };
+        let face = face.clone();
+        tokio::spawn(async move {
+            if let Err(why) = connection(stream, face, limits).await {
+                eprintln!("meshd: http: {peer}: {why}");
+            }
+            drop(place);
+        });
+    }
+}
+
+/// Serves one connection, dropping it when it moves too little or lasts too long.
+async fn connection(stream: tokio::net::TcpStream, face: Arc<Face>, limits: Limits) -> Result<(), String> {
+    let moved = Arc::new(AtomicU64::new(0));
+    let bundle = Arc::new(AtomicBool::new(false));
+    let io = TokioIo::new(Metered { inner: stream, moved: moved.clone() });
+    let marks = bundle.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (face, marks) = (face.clone(), marks.clone());
+        async move { Ok::<_, std::convert::Infallible>(respond(&face, req, &marks).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new().timer(TokioTimer::new()).header_read_timeout(limits.headers).keep_alive(false).serve_connection(io, service);
+    let watch = async {
+        let start = Instant::now();
+        let mut before = 0;
+        loop {
+            tokio::time::sleep(limits.window).await;
+            let now = moved.load(Ordering::Relaxed);
+            if now - before < limits.min_bytes {
+                return format!("dropped: {} bytes in {} s, under the minimum of {}", now - before, limits.window.as_secs_f32(), limits.min_bytes);
+            }
+            before = now;
+            let deadline = if bundle.load(Ordering::Relaxed) { limits.bundle_deadline } else { limits.deadline };
+            if start.elapsed() >= deadline {
+                return format!("dropped: still open after {} s", deadline.as_secs());
+            }
+        }
+    };
+    tokio::select! {
+        done = conn => done.map_err(|e| e.to_string()),
+        why = watch => Err(why),
+    }
+}
+
+async fn respond(face: &Arc<Face>, req: Request<Incoming>, bundle: &AtomicBool) -> Reply {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    }
+    let path = req.uri().path();
+    if path == "/bundle" {
+        bundle.store(true, Ordering::Relaxed);
+        return send_bundle(face);
+    }
+    if path.starts_with("/chunk/") || path.starts_with("/header/") {
+        return send_held(face, path.to_string()).await;
+    }
+    let snapshot = face.state.lock().map(|s| s.clone()).unwrap_or_default();
+    match path {
+        "/metrics" => {
+            let face = face.clone();
+            // It asks the radios and the router, which may take a moment.
+            let page = tokio::task::spawn_blocking(move || {
+                let mut stations = Vec::new();
+                for r in snapshot.radios.iter().filter(|r| r.role == "mesh" && r.error.is_none()) {
+                    stations.extend(radio::stations(&r.interface).unwrap_or_default());
+                }
+                let peers = router::peers(&face.run_dir);
+                let mut c = face.collectors.lock().unwrap_or_else(|e| e.into_inner());
+                metrics::render(&snapshot, &stations, &peers, &mut c)
+            })
+            .await;
+            match page {
+                Ok(page) => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", page.into()),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}\n")),
+            }
+        }
+        "/nodeinfo.json" => reply(StatusCode::OK, "application/json", (nodeinfo(&snapshot).to_string() + "\n").into()),
+        "/" => reply(StatusCode::OK, "text/plain; charset=utf-8", format!("{} (meshos {})\n/metrics\n/nodeinfo.json\n/bundle\n/header/<sha256>\n/chunk/<sha256>\n", snapshot.name, snapshot.version).into()),
+        _ => text(StatusCode::NOT_FOUND, "not found; try /metrics, /nodeinfo.json or /bundle\n".into()),
+    }
+}
+
+fn reply(status: StatusCode, kind: &'static str, body: Bytes) -> Reply {
+    let mut r = Response::new(Box::new(Full::new(body).map_err(|never: std::convert::Infallible| -> std::io::Error { match never {} })) as _);
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    r
+}
+
+fn text(status: StatusCode, body: String) -> Reply {
+    reply(status, "text/plain; charset=utf-8", body.into())
 }
 
 /// A chunk (at most 64 KiB) or a release's header, read from where the node holds it and
 /// checked against its name on the way (see crate::held).
-fn send_held(mut stream: TcpStream, path: &str, shelf: Option<&mut Shelf>) -> std::io::Result<()> {
-    let Some(shelf) = shelf else {
-        return respond(&mut stream, "404 Not Found", "text/plain", "this node serves no chunks: it does not know its card\n");
-    };
-    let held = shelf.current();
-    let (body, chunk) = match (path.strip_prefix("/chunk/"), path.strip_prefix("/header/")) {
-        (Some(sha), _) if meshos_common::chunks::is_sha256_hex(sha) => (held.read(sha), true),
-        (_, Some(sha)) if meshos_common::chunks::is_sha256_hex(sha) => (held.header(sha).map(<[u8]>::to_vec), false),
-        _ => return respond(&mut stream, "400 Bad Request", "text/plain", "a chunk or header is named by its sha256 in lower-case hex\n"),
-    };
-    let Some(body) = body else {
-        return respond(&mut stream, "404 Not Found", "text/plain", "not held here\n");
-    };
-    // A slow mesh link takes a while over 64 KiB; a silent one is dropped.
-    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
-    write!(stream, "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
-    stream.write_all(&body)?;
-    stream.flush()?;
-    if chunk {
-        SERVED_CHUNKS.fetch_add(1, Ordering::Relaxed);
-        SERVED_BYTES.fetch_add(body.len() as u64, Ordering::Relaxed);
+async fn send_held(face: &Arc<Face>, path: String) -> Reply {
+    if face.shelf.is_none() {
+        return text(StatusCode::NOT_FOUND, "this node serves no chunks: it does not know its card\n".into());
     }
-    Ok(())
+    let (sha, chunk) = match (path.strip_prefix("/chunk/"), path.strip_prefix("/header/")) {
+        (Some(sha), _) => (sha.to_string(), true),
+        (_, Some(sha)) => (sha.to_string(), false),
+        _ => unreachable!("only /chunk/ and /header/ come here"),
+    };
+    if !meshos_common::chunks::is_sha256_hex(&sha) {
+        return text(StatusCode::BAD_REQUEST, "a chunk or header is named by its sha256 in lower-case hex\n".into());
+    }
+    let face = face.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let shelf = face.shelf.as_ref().expect("checked above");
+        let held = shelf.lock().unwrap_or_else(|e| e.into_inner()).current();
+        if chunk {
+            held.read(&sha)
+        } else {
+            held.header(&sha).map(<[u8]>::to_vec)
+        }
+    })
+    .await;
+    match read {
+        Ok(Some(body)) => {
+            if chunk {
+                SERVED_CHUNKS.fetch_add(1, Ordering::Relaxed);
+                SERVED_BYTES.fetch_add(body.len() as u64, Ordering::Relaxed);
+            }
+            reply(StatusCode::OK, "application/octet-stream", body.into())
+        }
+        Ok(None) => text(StatusCode::NOT_FOUND, "not held here\n".into()),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("reading: {e}\n")),
+    }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -> std::io::Result<()> {
-    write!(stream, "HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-    stream.flush()
-}
-
-/// Bundle transfers at once; more are told to come back later.
-const MAX_TRANSFERS: usize = 2;
-/// A neighbour that takes nothing for this long is dropped (a mesh link can be slow, not silent).
-const TRANSFER_STALLED_AFTER: Duration = Duration::from_secs(60);
-
-/// `GET /bundle`: the running slot, streamed from a thread of its own.
-fn send_bundle(mut stream: TcpStream, bundle: &Result<SlotSource, String>, transfers: &Arc<AtomicUsize>) -> std::io::Result<()> {
-    let source = match bundle {
+/// `GET /bundle`: the running slot, read on a blocking thread and streamed a piece at a time.
+fn send_bundle(face: &Arc<Face>) -> Reply {
+    let source = match &face.bundle {
         Ok(s) => s.clone(),
-        Err(why) => return respond(&mut stream, "404 Not Found", "text/plain", &format!("this node serves no bundle: {why}\n")),
+        Err(why) => return text(StatusCode::NOT_FOUND, format!("this node serves no bundle: {why}\n")),
     };
-    if transfers.fetch_add(1, Ordering::SeqCst) >= MAX_TRANSFERS {
-        transfers.fetch_sub(1, Ordering::SeqCst);
-        return respond(&mut stream, "503 Service Unavailable", "text/plain", "busy sending the bundle to other nodes; try again in a minute\n");
-    }
-    let count = transfers.clone();
-    let spawned = std::thread::Builder::new().name("bundle".into()).stack_size(128 * 1024).spawn(move || {
-        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        match transfer(&mut stream, &source) {
-            Ok((name, len)) => eprintln!("meshd: sent {name} ({len} bytes) to {peer}"),
-            Err(e) => eprintln!("meshd: sending the bundle to {peer}: {e}"),
-        }
-        count.fetch_sub(1, Ordering::SeqCst);
-    });
-    if let Err(e) = spawned {
-        transfers.fetch_sub(1, Ordering::SeqCst);
-        return Err(e);
-    }
-    Ok(())
-}
-
-/// Sends the bundle; returns its name and length, or what went wrong.
-fn transfer(stream: &mut TcpStream, source: &SlotSource) -> Result<(String, u64), String> {
-    let mut served = match source.open() {
+    let served = match source.open() {
         Ok(s) => s,
-        Err(why) => {
-            let _ = respond(stream, "500 Internal Server Error", "text/plain", &format!("{why}\n"));
-            return Err(format!("not serving slot {}: {why}", source.slot));
-        }
+        Err(why) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("not serving slot {}: {why}\n", source.slot)),
     };
-    // Most often the neighbour refused the bundle after reading its header (not newer, say).
-    send(stream, &mut served).map_err(|e| format!("ended early: {e}"))
+    if face.transfers.fetch_add(1, Ordering::SeqCst) >= MAX_TRANSFERS {
+        face.transfers.fetch_sub(1, Ordering::SeqCst);
+        return text(StatusCode::SERVICE_UNAVAILABLE, "busy sending the bundle to other nodes; try again in a minute\n".into());
+    }
+    let name = served.manifest.file_name();
+    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{name}\""));
+    let len = served.len;
+    // Two pieces in flight: a transfer costs 128 KiB at most, however slow the neighbour.
+    let (tx, rx) = mpsc::channel(2);
+    let face = face.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut reader = served.reader;
+        let mut sent = 0u64;
+        let outcome = loop {
+            let mut buf = vec![0u8; 64 * 1024];
+            match reader.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    buf.truncate(n);
+                    sent += n as u64;
+                    // The neighbour went away (or was dropped for being too slow).
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        break Err("the neighbour went away".to_string());
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                    break Err(e.to_string());
+                }
+            }
+        };
+        face.transfers.fetch_sub(1, Ordering::SeqCst);
+        match outcome {
+            Ok(()) => eprintln!("meshd: sent {name} ({sent} bytes)"),
+            Err(e) => eprintln!("meshd: sending {name}: ended after {sent} of {len} bytes: {e}"),
+        }
+    });
+    let mut r = reply(StatusCode::OK, "application/octet-stream", Bytes::new());
+    *r.body_mut() = Box::new(Pieces { rx });
+    r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = disposition {
+        r.headers_mut().insert(CONTENT_DISPOSITION, v);
+    }
+    r
 }
 
-fn send(stream: &mut TcpStream, served: &mut Served) -> std::io::Result<(String, u64)> {
-    stream.set_write_timeout(Some(TRANSFER_STALLED_AFTER))?;
-    let name = served.manifest.file_name();
-    write!(
-        stream,
-        "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nContent-Disposition: attachment; filename=\"{name}\"\r\nConnection: close\r\n\r\n",
-        served.len
-    )?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut sent = 0u64;
-    loop {
-        let n = served.reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        stream.write_all(&buf[..n])?;
-        sent += n as u64;
+/// A body fed a piece at a time from a blocking reader.
+struct Pieces {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+}
+
+impl Body for Pieces {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.rx.poll_recv(cx).map(|piece| piece.map(|r| r.map(Frame::data)))
     }
-    stream.flush()?;
-    Ok((name, sent))
+}
+
+/// A connection that counts the bytes it moves, both ways.
+struct Metered {
+    inner: tokio::net::TcpStream,
+    moved: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.moved.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 pub fn nodeinfo(s: &NodeState) -> serde_json::Value {
@@ -192,5 +366,113 @@ pub fn nodeinfo(s: &NodeState) -> serde_json::Value {
     })
 }
 
-/// A request's line and headers, at most: enough for any real client.
-const MAX_REQUEST: u64 = 16 * 1024;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{SocketAddr, TcpStream};
+
+    fn face() -> Face {
+        let state = NodeState { name: "test-node".into(), ..NodeState::default() };
+        Face { state: Arc::new(Mutex::new(state)), run_dir: PathBuf::from("/nonexistent"), bundle: Err("none here".into()), shelf: None, collectors: Mutex::new(Collectors::new()), transfers: AtomicUsize::new(0) }
+    }
+
+    fn serve(limits: Limits) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        serve_on(listener, face(), limits).unwrap();
+        addr
+    }
+
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+    }
+
+    /// Sends a request a byte at a time, `gap` apart, until the face closes the connection or
+    /// `most` bytes have gone; returns how many went.
+    fn trickle(addr: SocketAddr, gap: Duration, most: usize) -> usize {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let line = b"GET /nodeinfo.json HTTP/1.1\r\nX-Slow: ".iter().chain(std::iter::repeat(&b'a'));
+        for (sent, b) in line.take(most).enumerate() {
+            if s.write_all(&[*b]).is_err() {
+                return sent;
+            }
+            std::thread::sleep(gap);
+            s.set_nonblocking(true).unwrap();
+            let closed = match s.read(&mut [0u8; 512]) {
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                // End of stream, or an error reply just before it.
+                Ok(_) => true,
+            };
+            s.set_nonblocking(false).unwrap();
+            if closed {
+                return sent + 1;
+            }
+        }
+        most
+    }
+
+    fn limits(headers: u64, window_ms: u64, min_bytes: u64) -> Limits {
+        Limits { headers: Duration::from_secs(headers), window: Duration::from_millis(window_ms), min_bytes, deadline: Duration::from_secs(120), bundle_deadline: Duration::from_secs(3600) }
+    }
+
+    #[test]
+    fn serves_pages() {
+        let addr = serve(Limits::default());
+        let info = get(addr, "/nodeinfo.json");
+        assert!(info.starts_with("HTTP/1.1 200"), "{info}");
+        assert!(info.contains("\"name\":\"test-node\""), "{info}");
+        assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+        let bundle = get(addr, "/bundle");
+        assert!(bundle.starts_with("HTTP/1.1 404") && bundle.contains("none here"), "{bundle}");
+        assert!(get(addr, "/chunk/xyz").starts_with("HTTP/1.1 404"));
+    }
+
+    #[test]
+    fn slow_headers_are_cut_off_while_others_are_served() {
+        let addr = serve(limits(2, 60_000, 1));
+        let slow: Vec<_> = (0..4).map(|_| std::thread::spawn(move || trickle(addr, Duration::from_millis(200), 100))).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let quick: Vec<_> = (0..20).map(|_| std::thread::spawn(move || get(addr, "/nodeinfo.json"))).collect();
+        for q in quick {
+            let reply = q.join().unwrap();
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        }
+        for s in slow {
+            // Two seconds at five bytes a second, give or take the scheduler.
+            let sent = s.join().unwrap();
+            assert!(sent < 100, "cut off only after {sent} bytes");
+        }
+    }
+
+    #[test]
+    fn too_little_traffic_is_cut_off() {
+        // Headers may take a minute, but 1 KiB must move every half second.
+        let addr = serve(limits(60, 500, 1024));
+        let sent = trickle(addr, Duration::from_millis(50), 200);
+        assert!(sent < 200, "cut off only after {sent} bytes");
+    }
+
+    #[test]
+    fn connections_past_the_limit_are_closed_and_places_come_back() {
+        let addr = serve(limits(2, 60_000, 1));
+        let held: Vec<TcpStream> = (0..MAX_CONNECTIONS).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        // Let the face take them all before asking once more.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut extra = TcpStream::connect(addr).unwrap();
+        extra.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let _ = write!(extra, "GET / HTTP/1.1\r\n\r\n");
+        let mut reply = String::new();
+        let _ = extra.read_to_string(&mut reply);
+        assert_eq!(reply, "", "a connection past the limit was served");
+        // The held ones send nothing, so the header limit frees their places.
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(get(addr, "/").starts_with("HTTP/1.1 200"));
+        drop(held);
+    }
+}
