@@ -108,6 +108,9 @@ fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record
     let (header, origin) = (&fetched.bytes[..], fetched.origin.as_str());
     let bundle_err = |step: Step| move |e: BundleError| InstallError { step, kind: e.kind(), message: format!("{origin}: {e}") };
     let opened = bundle::open(header).map_err(bundle_err(Step::Verify))?;
+    // Named before the signature is checked, so a refusal says which release it refused.
+    record.version = Some(opened.manifest.version.clone());
+    record.manifest_sha256 = Some(opened.manifest_sha256());
     opened.verify(node.trusted, node.required).map_err(bundle_err(Step::Verify))?;
     let target = upgrade::check(&opened, node, false, record, origin)?;
     let manifest = &opened.manifest;

@@ -184,6 +184,8 @@ fn run(source: &Source, node: &Target, allow_downgrade: bool, record: &mut Recor
     let origin = source.to_string();
     let input = source.open().map_err(fail(Step::Verify, "io"))?;
     let opened = bundle::open(input.reader).map_err(bundle_err(Step::Verify, &origin))?;
+    // Named before the signature is checked, so a refusal says which release it refused.
+    record.version = Some(opened.manifest.version.clone());
     opened.verify(node.trusted, node.required).map_err(bundle_err(Step::Verify, &origin))?;
     if let Some(len) = input.len.filter(|len| *len < opened.total_size()) {
         let why = format!("it has {len} of its {} bytes", opened.total_size());
