@@ -7,8 +7,8 @@
 //! hyper on a one-thread tokio runtime serves many neighbours at once; file reads and metrics
 //! run on a few blocking threads. No client can hold the face: the request's headers must arrive
 //! within [`Limits::headers`], every connection must move at least [`Limits::min_bytes`] in each
-//! [`Limits::window`] and end within its deadline, and past [`MAX_CONNECTIONS`] new ones are
-//! closed at once. One request per connection (`Connection: close`), as every client here
+//! [`Limits::window`] and end within its deadline, a request longer than [`MAX_REQUEST`] is
+//! refused, and past [`MAX_CONNECTIONS`] new ones are closed at once. One request per connection (`Connection: close`), as every client here
 //! makes them.
 
 use crate::held::Shelf;
@@ -40,6 +40,8 @@ pub static SERVED_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Connections served at once; more are closed as they come.
 pub const MAX_CONNECTIONS: usize = 32;
+/// A request's line and headers; a longer one is refused (431). The clients here send 100 bytes.
+const MAX_REQUEST: usize = 16 * 1024;
 /// Bundle transfers at once (each holds a blocking thread); more are told to come back later.
 const MAX_TRANSFERS: usize = 2;
 
@@ -142,7 +144,7 @@ async fn connection(stream: tokio::net::TcpStream, face: Arc<Face>, limits: Limi
         let (face, marks) = (face.clone(), marks.clone());
         async move { Ok::<_, std::convert::Infallible>(respond(&face, req, &marks).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new().timer(TokioTimer::new()).header_read_timeout(limits.headers).keep_alive(false).serve_connection(io, service);
+    let conn = hyper::server::conn::http1::Builder::new().timer(TokioTimer::new()).header_read_timeout(limits.headers).max_buf_size(MAX_REQUEST).keep_alive(false).serve_connection(io, service);
     let watch = async {
         let start = Instant::now();
         let mut before = 0;
@@ -448,6 +450,20 @@ mod tests {
             let sent = s.join().unwrap();
             assert!(sent < 100, "cut off only after {sent} bytes");
         }
+    }
+
+    #[test]
+    fn oversized_requests_are_refused() {
+        let addr = serve(Limits::default());
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let long = "a".repeat(64 * 1024);
+        // The face may close before taking all of it.
+        let _ = write!(s, "GET /nodeinfo.json HTTP/1.1\r\nX-Long: {long}\r\n\r\n");
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 431"), "{reply}");
+        assert!(get(addr, "/nodeinfo.json").starts_with("HTTP/1.1 200"));
     }
 
     #[test]
