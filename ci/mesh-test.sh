@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The mesh in QEMU, with the qemu-arm64 image `make test` built:
-#   VMs in a line A - B - C (and D, which joins later), linked by QEMU UDP socket links on
-#   127.0.0.1 (no other links); A has a restricted user network with ports forwarded to its ssh
-#   and metrics; C's mesh.yaml is malformed; B keeps its card in a file (it loses power once).
+#   VMs in a line A - B - C (and D, which joins later; E, linked to all four, joins last),
+#   linked by QEMU UDP socket links on 127.0.0.1 (no other links); A has a restricted user
+#   network with ports forwarded to its ssh and metrics; C's mesh.yaml is malformed; B keeps
+#   its card in a file (it loses power once).
 # Checks, each printed as it passes:
 #   routing   Yggdrasil peers form by themselves and A reaches C's overlay address through B
 #             (ping6 and an HTTP GET of C's /nodeinfo.json); each /metrics shows its peers
@@ -20,7 +21,11 @@
 #             under 10% of what it needed); a rogue neighbour of A (a web server in one of A's
 #             radio namespaces, overlay-peered over 802.11s) offers N+1 with every chunk
 #             corrupted: A rejects its bytes, names it, and installs from B
-# Usage: ci/mesh-test.sh [IMAGE]; logs and the generated key go to out/mesh-test/. Without
+#   k of n    N+1 raises the site's threshold to two signatures (it is signed by both keys);
+#             then E, linked to every node and running N with N+2 signed by one key in its
+#             updates/, joins and offers N+2: every node refuses it at the signature, writes
+#             nothing (its other slot still holds N), and says so in its status and metrics
+# Usage: ci/mesh-test.sh [IMAGE]; logs and the generated keys go to out/mesh-test/. Without
 # MESHOS_SIGN_KEY (an unsigned IMAGE accepts no bundle) the upgrade part is skipped, and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,13 +76,20 @@ EOF
 # B fetches slowly (400 kbit/s), so the test can cut its power in the middle.
 printf 'apiVersion: meshos/v1\nupgrade:\n  rateLimitKbit: 400\n' > "$WORK/b.yaml"
 
-# N+1 for D, signed with the key IMAGE's nodes trust.
+# N+1 for D, signed with the key IMAGE's nodes trust and with a second key: N+1 trusts both
+# and requires both. N+2 (the same but its version) is signed with the first key alone.
 V=$(basename "$IMAGE" .img | sed 's/^meshos-qemu-arm64-//')
 if [ -n "${MESHOS_SIGN_KEY:-}" ]; then
   ci/fixtures/make-next-overlay.py "$WORK/next-overlay"
-  "$MESHIMG" build qemu-arm64 --out "$WORK/next" --image-version "$V.1" --overlay "$WORK/next-overlay" > "$WORK/build-next.log" 2>&1 \
-    || fail "building N+1 ($V.1) for D: $(tail -3 "$WORK/build-next.log")"
-  NEXT_BUNDLE=$WORK/next/qemu-arm64/meshos-qemu-arm64-$V.1.bundle
+  "$MESHIMG" keygen --unencrypted -o "$WORK/second.key" > /dev/null
+  for n in 1 2; do
+    "$MESHIMG" build qemu-arm64 --out "$WORK/next$n" --image-version "$V.$n" --overlay "$WORK/next-overlay" \
+      --trust-key "$WORK/second.key.pub" --signatures-required 2 > "$WORK/build-next$n.log" 2>&1 \
+      || fail "building $V.$n: $(tail -3 "$WORK/build-next$n.log")"
+  done
+  NEXT_BUNDLE=$WORK/next1/qemu-arm64/meshos-qemu-arm64-$V.1.bundle
+  ONE_SIGNATURE_BUNDLE=$WORK/next2/qemu-arm64/meshos-qemu-arm64-$V.2.bundle
+  "$MESHIMG" sign "$NEXT_BUNDLE" --sign-key "$WORK/second.key" > /dev/null 2> "$WORK/sign-next.log" || fail "adding the second signature to $V.1: $(cat "$WORK/sign-next.log")"
   IMAGE_BUNDLE=${IMAGE%.img}.bundle
 fi
 
@@ -87,12 +99,14 @@ start() { # NAME IMAGE ARGS...: boot one node in the background, console appende
   pids+=($!)
   eval "pid_$name=$!"
 }
-B_ARGS=(--card "$WORK/b.card" --link "$((PORT + 2)):$((PORT + 1))" --link "$((PORT + 3)):$((PORT + 4))" --boot-file "mesh.yaml=$WORK/b.yaml")
+# Each node also has a link to E (ports PORT+7 to PORT+14), silent until E is switched on.
+e_link() { echo "--link $((PORT + 5 + 2 * $1)):$((PORT + 6 + 2 * $1))"; }
+B_ARGS=(--card "$WORK/b.card" --link "$((PORT + 2)):$((PORT + 1))" --link "$((PORT + 3)):$((PORT + 4))" $(e_link 2) --boot-file "mesh.yaml=$WORK/b.yaml")
 t0=$SECONDS
-start a "$IMAGE" --forward "$SSH_PORT:22" --forward "$METRICS_PORT:9100" --link "$((PORT + 1)):$((PORT + 2))" --boot-file "mesh.yaml=$WORK/a.yaml" \
+start a "$IMAGE" --forward "$SSH_PORT:22" --forward "$METRICS_PORT:9100" --link "$((PORT + 1)):$((PORT + 2))" $(e_link 1) --boot-file "mesh.yaml=$WORK/a.yaml" \
   --boot-file "conf.d/50-motd.tar.gz=$WORK/50-motd.tar.gz"
 start b "$IMAGE" "${B_ARGS[@]}"
-start c "$IMAGE" --link "$((PORT + 4)):$((PORT + 3))" --link "$((PORT + 5)):$((PORT + 6))" --boot-file "mesh.yaml=$WORK/c.yaml"
+start c "$IMAGE" --link "$((PORT + 4)):$((PORT + 3))" --link "$((PORT + 5)):$((PORT + 6))" $(e_link 3) --boot-file "mesh.yaml=$WORK/c.yaml"
 for n in a b c; do
   wait_for "$BOOT_LIMIT" grep -aq '^meshos ready' "$WORK/$n.log" || fail "node $n did not print 'meshos ready' within $BOOT_LIMIT s"
 done
@@ -265,7 +279,7 @@ while True:
 PY
   pids+=($!)
   t=$SECONDS
-  start d "$IMAGE" --link "$((PORT + 6)):$((PORT + 5))" --boot-file "updates/$(basename "$NEXT_BUNDLE")=$NEXT_BUNDLE"
+  start d "$IMAGE" --link "$((PORT + 6)):$((PORT + 5))" $(e_link 4) --boot-file "updates/$(basename "$NEXT_BUNDLE")=$NEXT_BUNDLE"
   ready_on() { grep -aq "^meshos ready version=$V.1 board=qemu-arm64 slot=b" "$WORK/$1.log"; }
   wait_for 300 ready_on d || fail "D did not come up on $V.1 from its updates/"
   ok "D installed $V.1 from its updates/ and runs it ($((SECONDS - t)) s after power-on)"
@@ -347,5 +361,57 @@ PY
   got=$(curl -sf -m 60 "http://127.0.0.1:$METRICS_PORT/bundle" | sha256sum | cut -d' ' -f1)
   [ "$got" = "$want" ] || fail "A's /bundle from slot b ($got) is not the bundle meshimg built ($want)"
   ok "A serves the bundle it assembled from chunks, byte for byte the one meshimg built"
+
+  # meshd's memory while four clients fetch chunks from A at once (each its own order), read
+  # from A's own metrics while they do; a figure, not a check.
+  python3 - "$METRICS_PORT" "$WORK/rogue/chunk" > "$WORK/serving-four.txt" 2>&1 <<'PY' || fail "four clients fetching chunks from A: $(tail -3 "$WORK/serving-four.txt")"
+import os, random, re, sys, threading, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}"
+names = sorted(os.listdir(sys.argv[2]))[:200]
+done, rss, errors = threading.Event(), [], []
+def client(seed):
+    order = names[:]; random.Random(seed).shuffle(order)
+    try:
+        for n in order:
+            urllib.request.urlopen(f"{base}/chunk/{n}", timeout=60).read()
+    except Exception as e:
+        errors.append(f"client {seed}: {e}")
+def sample():
+    while not done.wait(0.5):
+        page = urllib.request.urlopen(f"{base}/metrics", timeout=60).read().decode()
+        rss.append(int(float(re.search(r"^process_resident_memory_bytes (\S+)", page, re.M).group(1))))
+clients = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+watch = threading.Thread(target=sample)
+for t in clients + [watch]: t.start()
+for t in clients: t.join()
+done.set(); watch.join()
+if errors: sys.exit("\n".join(errors))
+print(f"{len(names)} chunks each; meshd RSS over {len(rss)} samples: max {max(rss) // 1024} KiB")
+PY
+  echo "mesh-test: figure: A serving four clients at once: $(tail -1 "$WORK/serving-four.txt")"
+  ok "A served $(tail -1 "$WORK/serving-four.txt" | cut -d' ' -f1) chunks to each of four clients at once"
+
+  # --- k of n: E, linked to all four, runs N (one key suffices there) and takes N+2 from its
+  # updates/; it offers N+2 to nodes that now require two signatures.
+  printf 'apiVersion: meshos/v1\nupgrade:\n  auto: false\n' > "$WORK/e.yaml"
+  t=$SECONDS
+  start e "$IMAGE" --link "$((PORT + 8)):$((PORT + 7))" --link "$((PORT + 10)):$((PORT + 9))" --link "$((PORT + 12)):$((PORT + 11))" \
+    --link "$((PORT + 14)):$((PORT + 13))" --boot-file "mesh.yaml=$WORK/e.yaml" --boot-file "updates/$(basename "$ONE_SIGNATURE_BUNDLE")=$ONE_SIGNATURE_BUNDLE"
+  refused_on() { metrics_of "$1" | grep -q "^meshd_upgrade_last_install{step=\"failed\",version=\"$V.2\",error_kind=\"signature\"} 1"; }
+  for n in a b c d; do
+    wait_for 900 refused_on $n || fail "node $n did not refuse $V.2 at its signature: $(metrics_of $n | grep meshd_upgrade_last_install)"
+    on_a wget -q -T 10 -O - "http://[$(address "$n")]:9100/nodeinfo.json" > "$WORK/$n-after-e.json" || fail "GET node $n's nodeinfo"
+    python3 - "$WORK/$n-after-e.json" "$V" <<'PY' || fail "node $n wrote something of $V.2: $(cat "$WORK/$n-after-e.json")"
+import json, sys
+held = {(r["slot"], r["version"]) for r in json.load(open(sys.argv[1]))["upgrade"]["releases"]}
+v = sys.argv[2]
+assert held == {("A", v), ("B", v + ".1")}, held
+PY
+  done
+  ok "E offered $V.2, signed by one key; A, B, C and D each refused it at the signature and still hold $V and $V.1 ($((SECONDS - t)) s after E was switched on)"
+  on_a meshd upgrade status > "$WORK/a-status-e.txt" || fail "meshd upgrade status on A"
+  grep -q "^last     Failed: .* $V.2\$" "$WORK/a-status-e.txt" && grep -q "^error    .*1 of the 2 trusted signatures this node requires" "$WORK/a-status-e.txt" \
+    || fail "meshd upgrade status on A does not show the refusal: $(cat "$WORK/a-status-e.txt")"
+  ok "meshd upgrade status on A: $(grep '^error' "$WORK/a-status-e.txt" | cut -c1-120)"
 fi
 echo "mesh-test: all checks passed in $((SECONDS - t0)) s"
