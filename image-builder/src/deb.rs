@@ -69,7 +69,7 @@ fn read_tar(deb: &Path, reader: impl Read, f: &mut impl FnMut(Entry) -> Result<(
         let mut entry = entry.map_err(io)?;
         let header = entry.header().clone();
         let raw = entry.path().map_err(io)?.to_string_lossy().into_owned();
-        let path = normalise(&raw);
+        let path = normalise(deb, &raw)?;
         if path.is_empty() {
             continue;
         }
@@ -77,7 +77,7 @@ fn read_tar(deb: &Path, reader: impl Read, f: &mut impl FnMut(Entry) -> Result<(
         let kind = match header.entry_type() {
             tar::EntryType::Directory => EntryKind::Dir,
             tar::EntryType::Symlink => EntryKind::Symlink(link()),
-            tar::EntryType::Link => EntryKind::Hardlink(normalise(&link())),
+            tar::EntryType::Link => EntryKind::Hardlink(normalise(deb, &link())?),
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let mut data = Vec::with_capacity(header.size().unwrap_or(0) as usize);
                 entry.read_to_end(&mut data).map_err(io)?;
@@ -99,6 +99,17 @@ fn read_tar(deb: &Path, reader: impl Read, f: &mut impl FnMut(Entry) -> Result<(
     Ok(())
 }
 
-fn normalise(p: &str) -> String {
-    p.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/').to_string()
+/// A path inside the package as the tree names it: dpkg's leading "./" dropped, and nothing but
+/// plain names after it. An absolute path, or one with an empty, "." or ".." part, would reach
+/// outside the package's tree: the package is refused.
+fn normalise(deb: &Path, raw: &str) -> Result<String, DebError> {
+    let p = raw.strip_prefix("./").unwrap_or(raw).trim_end_matches('/');
+    if p.is_empty() || p == "." {
+        return Ok(String::new());
+    }
+    if p.split('/').any(|part| matches!(part, "" | "." | "..")) {
+        let message = format!("entry '{raw}' is not a plain path inside the package (it is absolute, or has an empty, '.' or '..' part): the package is broken or hostile; take it out of the board's packages");
+        return Err(DebError::Format { path: deb.into(), message });
+    }
+    Ok(p.to_string())
 }
