@@ -410,7 +410,7 @@ PY
   done
   ok "E offered $V.2, signed by one key; A, B, C and D each refused it at the signature and still hold $V and $V.1 ($((SECONDS - t)) s after E was switched on)"
   on_a meshd upgrade status > "$WORK/a-status-e.txt" || fail "meshd upgrade status on A"
-  grep -q "^last     Failed: .* $V.2\$" "$WORK/a-status-e.txt" && grep -q "^error    .*1 of the 2 trusted signatures this node requires" "$WORK/a-status-e.txt" \
+  grep -q "^last     failed: .* $V.2\$" "$WORK/a-status-e.txt" && grep -q "^error    .*1 of the 2 trusted signatures this node requires" "$WORK/a-status-e.txt" \
     || fail "meshd upgrade status on A does not show the refusal: $(cat "$WORK/a-status-e.txt")"
   ok "meshd upgrade status on A: $(grep '^error' "$WORK/a-status-e.txt" | cut -c1-120)"
 fi

@@ -423,7 +423,7 @@ fn compare_parts(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-#[cfg(all(test, feature = "sign"))]
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::minisign::SecretKey;

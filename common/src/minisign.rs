@@ -9,7 +9,8 @@
 //!   the passphrase when kdf is `Sc`; kdf `\0\0` is an unencrypted key);
 //! - signature: `untrusted comment: …`, base64(`ED` keynum[8] sig[64]) where sig signs the
 //!   BLAKE2b-512 of the file, `trusted comment: …`, base64(global signature over sig and the
-//!   trusted comment).
+//!   trusted comment). Legacy signatures (`Ed`, over the file itself, made by `minisign -l`)
+//!   are refused with a word on how to sign again: nothing here makes them.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -17,6 +18,7 @@ use blake2::digest::consts::U32;
 use blake2::{Blake2b, Blake2b512, Digest};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use std::fmt;
+use zeroize::Zeroizing;
 
 const ALG: &[u8; 2] = b"Ed";
 const ALG_PREHASHED: &[u8; 2] = b"ED";
@@ -106,10 +108,7 @@ impl PublicKey {
         if sig.keynum != self.keynum {
             return Err(Error::WrongKey { signed_by: key_id(&sig.keynum), trusted: self.id() });
         }
-        let message: &[u8] = match digest {
-            MessageDigest::Blake2b512(h) => h,
-            MessageDigest::Raw(d) => d,
-        };
+        let MessageDigest::Blake2b512(message) = digest;
         self.key.verify(message, &sig.signature).map_err(|_| Error::BadSignature)?;
         let mut global = sig.signature.to_bytes().to_vec();
         global.extend_from_slice(sig.trusted_comment.as_bytes());
@@ -118,10 +117,9 @@ impl PublicKey {
     }
 }
 
-/// What the signature covers: the file's BLAKE2b-512 (`ED`), or the file itself (legacy `Ed`).
+/// What a signature covers: the file's BLAKE2b-512.
 pub enum MessageDigest {
     Blake2b512(Vec<u8>),
-    Raw(Vec<u8>),
 }
 
 /// Hashes data as it streams past, for [`PublicKey::verify_prehashed`].
@@ -146,7 +144,6 @@ impl StreamingDigest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureFile {
     pub untrusted_comment: String,
-    prehashed: bool,
     pub keynum: [u8; 8],
     signature: Signature,
     pub trusted_comment: String,
@@ -159,8 +156,14 @@ impl SignatureFile {
         let lines: Vec<&str> = text.lines().collect();
         let untrusted_comment = lines.first().and_then(|l| l.strip_prefix(UNTRUSTED)).ok_or_else(|| format_err(what, "first line is not 'untrusted comment: …'"))?;
         let (b, used) = payload(text, what)?;
-        if b.len() != 74 || (&b[..2] != ALG && &b[..2] != ALG_PREHASHED) {
-            return Err(format_err(what, format!("expected 74 bytes starting 'Ed' or 'ED', got {} bytes", b.len())));
+        if b.len() != 74 {
+            return Err(format_err(what, format!("expected 74 bytes, got {}", b.len())));
+        }
+        if &b[..2] == ALG {
+            return Err(format_err(what, "a legacy signature over the whole file (minisign -l): sign again with meshimg or a current minisign, which sign its BLAKE2b-512"));
+        }
+        if &b[..2] != ALG_PREHASHED {
+            return Err(format_err(what, format!("unknown signature algorithm {:?} (expected 'ED')", String::from_utf8_lossy(&b[..2]))));
         }
         let trusted_comment = lines.get(used).and_then(|l| l.strip_prefix(TRUSTED)).ok_or_else(|| format_err(what, "no 'trusted comment: …' line"))?;
         let global = lines.get(used + 1).ok_or_else(|| format_err(what, "no global signature line"))?;
@@ -168,7 +171,6 @@ impl SignatureFile {
         let global: [u8; 64] = global.try_into().map_err(|_| format_err(what, "global signature is not 64 bytes"))?;
         Ok(SignatureFile {
             untrusted_comment: untrusted_comment.to_string(),
-            prehashed: &b[..2] == ALG_PREHASHED,
             keynum: b[2..10].try_into().expect("8 bytes"),
             signature: Signature::from_bytes(b[10..74].try_into().expect("64 bytes")),
             trusted_comment: trusted_comment.to_string(),
@@ -177,17 +179,13 @@ impl SignatureFile {
     }
 
     fn message_digest(&self, data: &[u8]) -> MessageDigest {
-        if self.prehashed {
-            MessageDigest::Blake2b512(Blake2b512::digest(data).to_vec())
-        } else {
-            MessageDigest::Raw(data.to_vec())
-        }
+        MessageDigest::Blake2b512(Blake2b512::digest(data).to_vec())
     }
 
     /// The `.minisig` file's text.
     pub fn render(&self) -> String {
         let mut b = Vec::with_capacity(74);
-        b.extend_from_slice(if self.prehashed { ALG_PREHASHED } else { ALG });
+        b.extend_from_slice(ALG_PREHASHED);
         b.extend_from_slice(&self.keynum);
         b.extend_from_slice(&self.signature.to_bytes());
         format!(
@@ -228,9 +226,17 @@ impl SecretKey {
     /// Reads a secret key file; `passphrase` is needed when it is encrypted.
     pub fn parse(text: &str, passphrase: Option<&str>) -> Result<SecretKey, Error> {
         let what = "secret key";
-        let (mut b, _) = payload(text, what)?;
-        if b.len() != 158 || &b[..2] != ALG || &b[4..6] != CHK_ALG {
-            return Err(format_err(what, format!("expected 158 bytes starting 'Ed', got {} bytes", b.len())));
+        let (b, _) = payload(text, what)?;
+        // Decrypted below: wiped when dropped, like everything else that holds the key.
+        let mut b = Zeroizing::new(b);
+        if b.len() != 158 {
+            return Err(format_err(what, format!("expected 158 bytes, got {}", b.len())));
+        }
+        if &b[..2] != ALG {
+            return Err(format_err(what, format!("unknown signature algorithm {:?} (expected 'Ed')", String::from_utf8_lossy(&b[..2]))));
+        }
+        if &b[4..6] != CHK_ALG {
+            return Err(format_err(what, format!("unknown checksum algorithm {:?} (expected 'B2')", String::from_utf8_lossy(&b[4..6]))));
         }
         let kdf: [u8; 2] = b[2..4].try_into().expect("2 bytes");
         if &kdf == KDF_SCRYPT {
@@ -238,15 +244,15 @@ impl SecretKey {
             let salt: [u8; 32] = b[6..38].try_into().expect("32 bytes");
             let ops = u64::from_le_bytes(b[38..46].try_into().expect("8 bytes"));
             let mem = u64::from_le_bytes(b[46..54].try_into().expect("8 bytes"));
-            let stream = kdf_stream(passphrase, &salt, ops, mem)?;
-            for (x, s) in b[54..].iter_mut().zip(stream) {
+            let stream = Zeroizing::new(kdf_stream(passphrase, &salt, ops, mem)?);
+            for (x, s) in b[54..].iter_mut().zip(stream.iter()) {
                 *x ^= s;
             }
         } else if &kdf != KDF_NONE {
             return Err(format_err(what, "unknown key derivation (neither scrypt nor none)"));
         }
         let keynum: [u8; 8] = b[54..62].try_into().expect("8 bytes");
-        let sk: [u8; 64] = b[62..126].try_into().expect("64 bytes");
+        let sk = Zeroizing::new(<[u8; 64]>::try_from(&b[62..126]).expect("64 bytes"));
         if checksum(&keynum, &sk) != b[126..158] {
             return Err(if &kdf == KDF_SCRYPT { Error::WrongPassphrase } else { format_err(what, "checksum does not match (damaged file)") });
         }
@@ -262,7 +268,6 @@ impl SecretKey {
         global.extend_from_slice(trusted_comment.as_bytes());
         SignatureFile {
             untrusted_comment: untrusted_comment.to_string(),
-            prehashed: true,
             keynum: self.keynum,
             signature,
             trusted_comment: trusted_comment.to_string(),
@@ -271,7 +276,7 @@ impl SecretKey {
     }
 }
 
-#[cfg(feature = "sign")]
+#[cfg(any(test, feature = "sign"))]
 impl SecretKey {
     /// A new key pair from the operating system's randomness.
     pub fn generate() -> Result<SecretKey, Error> {
@@ -284,8 +289,8 @@ impl SecretKey {
     /// The secret key file's text: encrypted with `passphrase` (scrypt at minisign's default
     /// cost), or unencrypted when `None`.
     pub fn render(&self, passphrase: Option<&str>) -> Result<String, Error> {
-        let sk = self.key.to_keypair_bytes();
-        let mut b = Vec::with_capacity(158);
+        let sk = Zeroizing::new(self.key.to_keypair_bytes());
+        let mut b = Zeroizing::new(Vec::with_capacity(158));
         b.extend_from_slice(ALG);
         b.extend_from_slice(if passphrase.is_some() { KDF_SCRYPT } else { KDF_NONE });
         b.extend_from_slice(CHK_ALG);
@@ -299,12 +304,13 @@ impl SecretKey {
         b.extend_from_slice(&salt);
         b.extend_from_slice(&ops.to_le_bytes());
         b.extend_from_slice(&mem.to_le_bytes());
-        let mut secret = Vec::with_capacity(104);
+        let mut secret = Zeroizing::new(Vec::with_capacity(104));
         secret.extend_from_slice(&self.keynum);
-        secret.extend_from_slice(&sk);
+        secret.extend_from_slice(sk.as_ref());
         secret.extend_from_slice(&checksum(&self.keynum, &sk));
         if let Some(p) = passphrase {
-            for (x, s) in secret.iter_mut().zip(kdf_stream(p, &salt, ops, mem)?) {
+            let stream = Zeroizing::new(kdf_stream(p, &salt, ops, mem)?);
+            for (x, s) in secret.iter_mut().zip(stream.iter()) {
                 *x ^= s;
             }
         }
@@ -316,7 +322,7 @@ impl SecretKey {
 
 /// libsodium's crypto_pwhash_scryptsalsa208sha256 output stream for the secret part: scrypt
 /// with N, r, p chosen from opslimit/memlimit exactly as libsodium's `pickparams` does.
-#[cfg(feature = "sign")]
+#[cfg(any(test, feature = "sign"))]
 fn kdf_stream(passphrase: &str, salt: &[u8; 32], opslimit: u64, memlimit: u64) -> Result<Vec<u8>, Error> {
     let (log_n, r, p) = scrypt_params(opslimit, memlimit);
     let params = scrypt::Params::new(log_n, r, p, scrypt::Params::RECOMMENDED_LEN).map_err(|e| format_err("secret key", format!("scrypt parameters: {e}")))?;
@@ -325,12 +331,12 @@ fn kdf_stream(passphrase: &str, salt: &[u8; 32], opslimit: u64, memlimit: u64) -
     Ok(out)
 }
 
-#[cfg(not(feature = "sign"))]
+#[cfg(not(any(test, feature = "sign")))]
 fn kdf_stream(_: &str, _: &[u8; 32], _: u64, _: u64) -> Result<Vec<u8>, Error> {
     Err(format_err("secret key", "encrypted keys are opened by the host tool only"))
 }
 
-#[cfg(feature = "sign")]
+#[cfg(any(test, feature = "sign"))]
 fn scrypt_params(opslimit: u64, memlimit: u64) -> (u8, u32, u32) {
     let opslimit = opslimit.max(32768);
     let r: u64 = 8;
@@ -344,7 +350,7 @@ fn scrypt_params(opslimit: u64, memlimit: u64) -> (u8, u32, u32) {
     }
 }
 
-#[cfg(all(test, feature = "sign"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -412,5 +418,22 @@ mod tests {
         let sig = sk.sign(b"x", "c", "t").render();
         let cut: String = sig.lines().take(3).map(|l| format!("{l}\n")).collect();
         assert!(SignatureFile::parse(&cut).unwrap_err().to_string().contains("global signature"));
+
+        // The same signature marked legacy (`Ed`, over the file itself), or with an unknown algorithm.
+        let retag = |alg: &[u8; 2]| {
+            let mut lines: Vec<String> = sig.lines().map(String::from).collect();
+            let mut b = B64.decode(&lines[1]).unwrap();
+            b[..2].copy_from_slice(alg);
+            lines[1] = B64.encode(b);
+            lines.join("\n")
+        };
+        assert!(SignatureFile::parse(&retag(b"Ed")).unwrap_err().to_string().contains("legacy signature"));
+        assert!(SignatureFile::parse(&retag(b"XX")).unwrap_err().to_string().contains("unknown signature algorithm \"XX\""));
+
+        // A secret key with an unknown checksum algorithm says so, not that its length is wrong.
+        let mut b = B64.decode(sk.render(None).unwrap().lines().nth(1).unwrap()).unwrap();
+        b[4..6].copy_from_slice(b"S2");
+        let text = format!("{UNTRUSTED}x\n{}\n", B64.encode(b));
+        assert!(SecretKey::parse(&text, None).err().unwrap().to_string().contains("unknown checksum algorithm \"S2\""));
     }
 }

@@ -162,7 +162,7 @@ fn upgrade_command(args: &[String]) -> Result<(), String> {
                 println!("boots    order {}, attempts left A {} B {} (record {})", order.join(" "), state.a_left, state.b_left, state.seq);
                 match record {
                     Some(r) => {
-                        println!("last     {:?}: {} {}", r.step, r.source, r.version.unwrap_or_default());
+                        println!("last     {}: {} {}", r.step, r.source, r.version.unwrap_or_default());
                         if let Some(e) = r.error {
                             println!("error    {e}");
                         }

@@ -41,6 +41,24 @@ pub enum Step {
     Failed,
 }
 
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Verify => "checking the signatures",
+            Step::CheckCompatible => "checking that it fits this node",
+            Step::Fetch => "fetching chunks from neighbours",
+            Step::MarkTargetBad => "marking the other slot unbootable",
+            Step::Write => "writing the other slot",
+            Step::MarkTry => "marking the new slot to be tried",
+            Step::Reboot => "rebooting",
+            Step::Installed => "installed",
+            Step::Committed => "committed",
+            Step::RolledBack => "rolled back",
+            Step::Failed => "failed",
+        })
+    }
+}
+
 /// What `meshd upgrade status` shows, kept on the data partition.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
@@ -129,7 +147,7 @@ pub struct InstallError {
 
 impl std::fmt::Display for InstallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (while {:?})", self.message, self.step)
+        write!(f, "{} (while {})", self.message, self.step)
     }
 }
 
@@ -417,7 +435,7 @@ mod tests {
         assert!(pending(&boot).is_empty());
         assert!(!good.exists());
         assert_eq!(fs::read_to_string(dir.join("2-other.bundle.rejected")).unwrap(), "b");
-        assert_eq!(fs::read_to_string(dir.join("2-other.rejected.txt")).unwrap(), "the bundle is for meshos-x (while CheckCompatible)\n");
+        assert_eq!(fs::read_to_string(dir.join("2-other.rejected.txt")).unwrap(), "the bundle is for meshos-x (while checking that it fits this node)\n");
         fs::remove_dir_all(&boot).unwrap();
     }
 }
