@@ -13,12 +13,15 @@ pub fn subnet(index: u32) -> (String, String) {
     (format!("10.42.{index}.1"), format!("10.42.{index}"))
 }
 
+/// hostapd's configuration. The SSID goes in hex (`ssid2=`), so no byte of it can end its
+/// line and add a directive; the passphrase is printable ASCII (checked in crate::config).
 pub fn hostapd_conf(interface: &str, ssid: &str, passphrase: &str, config: &Config) -> String {
+    let ssid: String = ssid.bytes().map(|b| format!("{b:02x}")).collect();
     let channel = channel_of(config.mesh.frequency).unwrap_or(1);
     let band = if config.mesh.frequency < 5000 { "g" } else { "a" };
     format!(
         "# Written by meshd from mesh.yaml; changes here are lost.\n\
-interface={interface}\ndriver=nl80211\nctrl_interface={ctrl}\nssid={ssid}\ncountry_code={country}\nieee80211d=1\n\
+interface={interface}\ndriver=nl80211\nctrl_interface={ctrl}\nssid2={ssid}\ncountry_code={country}\nieee80211d=1\n\
 hw_mode={band}\nchannel={channel}\nieee80211n=1\nwmm_enabled=1\nauth_algs=1\nwpa=2\nwpa_key_mgmt=WPA-PSK\nrsn_pairwise=CCMP\n\
 wpa_passphrase={passphrase}\n",
         ctrl = "/run/hostapd",
@@ -42,9 +45,10 @@ pub fn bring_up(radio: &Radio, ssid: &str, passphrase: &str, config: &Config, ru
     let (gateway, _) = subnet(radio.index);
     let _ = command::run("ip", &["addr", "flush", "dev", &interface]);
     command::run("ip", &["addr", "add", &format!("{gateway}/24"), "dev", &interface])?;
+    // hostapd's holds the passphrase.
     let write = |name: String, text: String| -> Result<String, String> {
         let path = run_dir.join(name);
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::durable::write_private(&path, text.as_bytes())?;
         Ok(path.display().to_string())
     };
     let hostapd = write(format!("hostapd-{interface}.conf"), hostapd_conf(&interface, ssid, passphrase, config))?;
@@ -66,9 +70,12 @@ mod tests {
         c.mesh.frequency = 2437;
         c.mesh.country = "DE".into();
         let text = hostapd_conf("ap1", "corner-cafe", "correct horse", &c);
-        for want in ["interface=ap1\n", "ssid=corner-cafe\n", "channel=6\n", "hw_mode=g\n", "country_code=DE\n", "wpa_passphrase=correct horse\n", "wpa=2\n"] {
+        for want in ["interface=ap1\n", "ssid2=636f726e65722d63616665\n", "channel=6\n", "hw_mode=g\n", "country_code=DE\n", "wpa_passphrase=correct horse\n", "wpa=2\n"] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
+        // A newline in the SSID cannot add a directive.
+        let text = hostapd_conf("ap1", "x\nwpa=0", "correct horse", &c);
+        assert!(text.contains("ssid2=780a7770613d30\n") && !text.contains("\nwpa=0"), "{text}");
         let d = udhcpd_conf("ap1", 1, Path::new("/run/meshd"));
         assert!(d.contains("start 10.42.1.100\n") && d.contains("option router 10.42.1.1\n"), "{d}");
     }

@@ -307,7 +307,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     for (i, peer) in config.peers.iter().enumerate() {
         let scheme_ok = ["tcp://", "tls://", "quic://", "ws://", "wss://", "udp://"].iter().any(|s| peer.starts_with(s));
         if !scheme_ok || !peer.contains(':') {
-            return Err(err(line_of_item(text, "peers", i), &format!("peers[{i}]"), format!("'{peer}' is not a peer URI like tls://192.0.2.1:443")));
+            return Err(err(line_of_item(text, "peers", i), &format!("peers[{i}]"), format!("'{}' is not a peer URI like tls://192.0.2.1:443", redacted(peer))));
         }
     }
     for (list, names) in [("wired.peering", &config.wired.peering), ("wired.dhcp", &config.wired.dhcp)] {
@@ -417,10 +417,12 @@ pub fn load(file: &Path, state_dir: &Path) -> Loaded {
     };
     match attempt {
         Ok((config, text)) => {
-            // Kept only when different, so an unchanged file costs no flash writes.
-            if fs::read_to_string(&good).ok().as_deref() != Some(text.as_str()) {
-                if let Err(e) = crate::durable::write(&good, text.as_bytes(), 0o644) {
-                    eprintln!("meshd: cannot keep {} as the last good config: {e}", good.display());
+            // Kept only when different (or readable by others: it holds the access point's
+            // passphrase), so an unchanged file costs no flash writes.
+            let private = fs::metadata(&good).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 == 0);
+            if !private || fs::read_to_string(&good).ok().as_deref() != Some(text.as_str()) {
+                if let Err(e) = crate::durable::write_private(&good, text.as_bytes()) {
+                    eprintln!("meshd: cannot keep the last good config: {e}");
                 }
             }
             Loaded { config, error: None, source: file.display().to_string() }
@@ -435,12 +437,29 @@ pub fn load(file: &Path, state_dir: &Path) -> Loaded {
     }
 }
 
+/// A peer URI as it may be shown (errors end up in logs and metrics): no user part and no
+/// query, which is where passwords and keys go.
+fn redacted(peer: &str) -> String {
+    let (scheme, rest) = peer.split_once("://").map_or(("", peer), |(s, r)| (s, r));
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let (host, query) = rest.split_once('?').map_or((rest, ""), |(h, _)| (h, "?…"));
+    format!("{scheme}{}{host}{query}", if scheme.is_empty() { "" } else { "://" })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn bad(text: &str) -> ConfigError {
         parse(Path::new("/boot/mesh.yaml"), text).unwrap_err()
+    }
+
+    #[test]
+    fn a_bad_peer_is_named_without_its_secrets() {
+        let e = bad("apiVersion: meshos/v1\npeers:\n  - udp//192.0.2.1:9?publicKey=k.k&password=hunter2\n  - tcp://me:hunter3@x\n");
+        assert_eq!(e.key, "peers[0]");
+        assert!(!e.to_string().contains("hunter2") && e.to_string().contains("'udp//192.0.2.1:9?…'"), "{e}");
+        assert_eq!(redacted("tcp://me:hunter3@host:1"), "tcp://host:1");
     }
 
     #[test]

@@ -50,6 +50,10 @@ struct Managed {
 }
 
 pub fn run(dirs: &Dirs) -> Result<(), String> {
+    // What meshd and the services it starts create is theirs alone unless made otherwise:
+    // keys, configs with passphrases, logs with addresses.
+    // SAFETY: umask only sets the process's file mode mask.
+    unsafe { libc::umask(0o077) };
     let node = Node::detect()?;
     for d in [&dirs.state, &dirs.run] {
         fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
@@ -517,7 +521,8 @@ fn start_router(cfg: &Config, id: &Identity, dirs: &Dirs) -> Result<Service, Str
     if !Path::new("/dev/net/tun").exists() {
         command::run("modprobe", &["tun"])?;
     }
-    fs::write(&launch.config_path, &launch.config_text).map_err(|e| format!("{}: {e}", launch.config_path.display()))?;
+    // It holds the router's private key.
+    crate::durable::write_private(&launch.config_path, launch.config_text.as_bytes())?;
     let name = if launch.program == router::CJDROUTE { "cjdns" } else { "yggdrasil" };
     Ok(Service::new(name, launch.program, launch.args, &dirs.run))
 }
@@ -530,7 +535,7 @@ fn start_ssh(cfg: &Config, dirs: &Dirs) -> Result<Option<Service>, String> {
     let home = Path::new("/root/.ssh");
     fs::create_dir_all(home).map_err(|e| format!("{}: {e}", home.display()))?;
     let keys = home.join("authorized_keys");
-    fs::write(&keys, cfg.ssh.authorized_keys.join("\n") + "\n").map_err(|e| format!("{}: {e}", keys.display()))?;
+    crate::durable::write_private(&keys, (cfg.ssh.authorized_keys.join("\n") + "\n").as_bytes())?;
     let host_key = dirs.state.join("dropbear_ed25519_host_key");
     if !host_key.exists() {
         command::run("dropbearkey", &["-t", "ed25519", "-f", &host_key.display().to_string()])?;

@@ -1,20 +1,42 @@
 //! Files on the data partition written so that a power cut leaves the old content or the new,
 //! never half of either: a temporary name, fsync, rename over the old, fsync of the directory.
+//! Secrets (keys, passphrases, router configs that hold keys) go through [`write_private`].
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Replaces `path` with `bytes` (created with `mode`); once this returns, a power cut keeps them.
+/// Two writers at once (the daemon and a command) each use a temporary name of their own, so
+/// the last rename wins and neither writes into the other's half-written file.
 pub fn write(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
+    let tmp = temporary(path);
+    let written = (|| {
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     fs::File::open(path.parent().unwrap_or(Path::new("."))).and_then(|d| d.sync_all())
+}
+
+/// [`write`] for a file only root may read (0600), whatever was there before; the error names it.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    write(path, bytes, 0o600).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `.<name>.<pid>.<n>.tmp` beside `path`: unique to this process and this call.
+fn temporary(path: &Path) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.{}.tmp", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
 }
 
 #[cfg(test)]
@@ -30,7 +52,48 @@ mod tests {
         super::write(&p, b"new", 0o600).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "new");
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        assert!(!dir.join("key.tmp").exists());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "a temporary was left");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn private_files_are_private_even_over_a_readable_one() {
+        let dir = scratch("private");
+        let p = dir.join("hostapd.conf");
+        std::fs::write(&p, "old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::write_private(&p, b"wpa_passphrase=x\n").unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn writers_at_once_never_mix() {
+        let dir = scratch("writers");
+        let p = dir.join("upgrade.json");
+        let writers: Vec<_> = (0..8u8)
+            .map(|i| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        super::write(&p, &vec![b'a' + i; 4096], 0o644).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let got = std::fs::read(&p).unwrap();
+        assert!(got.len() == 4096 && got.iter().all(|b| *b == got[0]), "a file mixed from two writers");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "a temporary was left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("meshd-durable-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

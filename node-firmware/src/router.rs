@@ -136,7 +136,7 @@ fn cjdns_keys(state_dir: &Path) -> Result<Value, String> {
     let conf: Value = serde_json::from_slice(&run(&["--cleanconf"], Some(run(&["--genconf"], None)?))?)
         .map_err(|e| format!("{CJDROUTE} --cleanconf printed no JSON: {e}"))?;
     let keys = json!({ "privateKey": conf["privateKey"], "publicKey": conf["publicKey"], "ipv6": conf["ipv6"] });
-    std::fs::write(&path, keys.to_string()).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::durable::write_private(&path, keys.to_string().as_bytes())?;
     Ok(keys)
 }
 

@@ -94,9 +94,8 @@ pub fn path(run_dir: &Path) -> std::path::PathBuf {
 /// Replaces the status document whole (temp file + rename), so a reader never sees half.
 pub fn write(run_dir: &Path, state: &NodeState) -> Result<(), String> {
     let p = path(run_dir);
-    let tmp = p.with_extension("tmp");
     let text = serde_json::to_string_pretty(state).expect("status serialises");
-    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &p)).map_err(|e| format!("{}: {e}", p.display()))
+    crate::durable::write(&p, text.as_bytes(), 0o644).map_err(|e| format!("{}: {e}", p.display()))
 }
 
 pub fn read(run_dir: &Path) -> Result<NodeState, String> {
