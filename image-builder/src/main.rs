@@ -195,7 +195,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 fn release_code(r: &meshimg::debian::release::ReleaseError) -> u8 {
     use meshimg::debian::release::ReleaseError::*;
     match r {
-        BadSignature { .. } | IndexMismatch { .. } | NotSigned { .. } => 4,
+        BadSignature { .. } | IndexMismatch { .. } | NotSigned { .. } | WrongSuite { .. } => 4,
         Http(_) => 5,
         _ => 3,
     }

@@ -24,6 +24,8 @@ pub enum ReleaseError {
     BadSignature { url: String, fingerprints: String },
     #[error("{url}: release field {field} is missing or malformed")]
     Field { url: String, field: &'static str },
+    #[error("{url}: a validly signed release, but of {found}, not of the board's suite {asked}; nothing was changed\nhint: the mirror may be serving an old or another release's InRelease (a replay): try another mirror, or check debian.suite in the board file")]
+    WrongSuite { url: String, asked: String, found: String },
     #[error("{url}: the release does not list {path}\nhint: check the suite, components and arch in the board file")]
     NotListed { url: String, path: String },
     #[error("{path}: index does not match InRelease after {attempts} attempts ({detail}) (the mirror may be mid-sync); nothing was changed; retry later")]
@@ -85,6 +87,9 @@ pub struct IndexEntry {
 #[derive(Debug, Clone)]
 pub struct Release {
     pub url: String,
+    /// `Suite` (stable, testing…) and `Codename` (bookworm, trixie…).
+    pub suite: String,
+    pub codename: String,
     pub date: String,
     pub date_epoch: i64,
     pub by_hash: bool,
@@ -107,7 +112,18 @@ impl Release {
             }
         }
         let by_hash = p.get("Acquire-By-Hash").is_some_and(|v| v.eq_ignore_ascii_case("yes"));
-        Ok(Release { url: url.into(), date, date_epoch, by_hash, files })
+        let suite = p.get("Suite").ok_or_else(|| field_err("Suite"))?.trim().to_string();
+        let codename = p.get("Codename").ok_or_else(|| field_err("Codename"))?.trim().to_string();
+        Ok(Release { url: url.into(), suite, codename, date, date_epoch, by_hash, files })
+    }
+
+    /// A release signed for one suite must not stand in for another: the board names its
+    /// suite by either name (`bookworm` or `stable`), and one of them must match.
+    pub fn check_suite(&self, asked: &str) -> Result<(), ReleaseError> {
+        if asked == self.suite || asked == self.codename {
+            return Ok(());
+        }
+        Err(ReleaseError::WrongSuite { url: self.url.clone(), asked: asked.into(), found: format!("{} ({})", self.codename, self.suite) })
     }
 }
 
@@ -116,7 +132,9 @@ pub fn fetch_release(mirror: &str, suite: &str, verifier: &Verifier) -> Result<R
     let url = format!("{}/dists/{suite}/InRelease", mirror.trim_end_matches('/'));
     let body = http::with_retries(|| http::get(&url))?;
     let text = verifier.verify(&url, &body)?;
-    Release::parse(&url, &text)
+    let release = Release::parse(&url, &text)?;
+    release.check_suite(suite)?;
+    Ok(release)
 }
 
 /// Fetches `<component>/binary-<arch>/Packages.xz`, checks it against the release and returns
@@ -195,6 +213,17 @@ pub fn parse_rfc2822(date: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_release_of_another_suite_is_refused() {
+        let text = "Origin: Debian\nSuite: oldstable\nCodename: bookworm\nDate: Sat, 21 Nov 2026 09:15:44 UTC\nSHA256:\n 00 1 main/binary-arm64/Packages\n";
+        let r = Release::parse("http://m/dists/trixie/InRelease", text).unwrap();
+        assert!(r.check_suite("bookworm").is_ok() && r.check_suite("oldstable").is_ok());
+        let e = r.check_suite("trixie").unwrap_err().to_string();
+        assert!(e.contains("of bookworm (oldstable), not of the board's suite trixie"), "{e}");
+        let e = Release::parse("u", &text.replace("Codename: bookworm\n", "")).unwrap_err().to_string();
+        assert!(e.contains("Codename"), "{e}");
+    }
 
     #[test]
     fn release_dates() {
