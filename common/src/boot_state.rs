@@ -139,7 +139,13 @@ impl BootState {
             // U-Boot's setexpr writes hexadecimal (without 0x; the script adds it to BOOT_SEQ).
             let num = |v: &str| u64::from_str_radix(v.trim_start_matches("0x"), 16).map_err(|_| bad(format!("{k}={v} is not a number")));
             match k {
-                "BOOT_ORDER" => order = Some(v.split_whitespace().map(|s| Slot::parse(s).ok_or_else(|| bad(format!("BOOT_ORDER names slot '{s}'")))).collect::<Result<Vec<_>, _>>()?),
+                "BOOT_ORDER" => {
+                    order = Some(
+                        v.split_whitespace()
+                            .map(|s| Slot::parse(s).ok_or_else(|| bad(format!("BOOT_ORDER names slot '{s}'"))))
+                            .collect::<Result<Vec<_>, _>>()?,
+                    )
+                }
                 "BOOT_A_LEFT" => a = Some(num(v)? as u32),
                 "BOOT_B_LEFT" => b = Some(num(v)? as u32),
                 "BOOT_SEQ" => seq = Some(num(v)?),

@@ -66,7 +66,10 @@ impl Manifest {
             let mut sum = 0u64;
             for c in &img.chunks {
                 if c.size == 0 || c.size as usize > MAX_CHUNK || !chunks::is_sha256_hex(&c.sha256) {
-                    return Err(format!("image '{}': a chunk of {} bytes named '{}' (chunks are 1..={MAX_CHUNK} bytes, named by sha256)", img.name, c.size, c.sha256));
+                    return Err(format!(
+                        "image '{}': a chunk of {} bytes named '{}' (chunks are 1..={MAX_CHUNK} bytes, named by sha256)",
+                        img.name, c.size, c.sha256
+                    ));
                 }
                 sum += u64::from(c.size);
             }
@@ -85,7 +88,8 @@ impl Manifest {
     /// The chunks of this manifest that no image of `held` has (what a node holding `held`
     /// must fetch), each once, in the order they are first used.
     pub fn missing_chunks<'a>(&'a self, held: &[&Manifest]) -> Vec<&'a Chunk> {
-        let have: std::collections::HashSet<&str> = held.iter().flat_map(|m| m.images.iter()).flat_map(|i| i.chunks.iter()).map(|c| c.sha256.as_str()).collect();
+        let have: std::collections::HashSet<&str> =
+            held.iter().flat_map(|m| m.images.iter()).flat_map(|i| i.chunks.iter()).map(|c| c.sha256.as_str()).collect();
         let mut seen = std::collections::HashSet::new();
         self.images.iter().flat_map(|i| i.chunks.iter()).filter(|c| !have.contains(c.sha256.as_str()) && seen.insert(c.sha256.as_str())).collect()
     }
@@ -321,7 +325,12 @@ impl<R: Read> Opened<R> {
         manifest.assemble(
             |image, i, at, buf| {
                 reader.read_exact(buf).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof => BundleError::Truncated(format!("image {} ends inside its chunk {i}, before byte {} of {}", image.name, at + buf.len() as u64, image.size)),
+                    std::io::ErrorKind::UnexpectedEof => BundleError::Truncated(format!(
+                        "image {} ends inside its chunk {i}, before byte {} of {}",
+                        image.name,
+                        at + buf.len() as u64,
+                        image.size
+                    )),
                     _ => BundleError::Io(e),
                 })
             },
@@ -335,7 +344,11 @@ impl Manifest {
     /// `get(image, index, offset, buffer)`: every chunk is checked against the manifest before
     /// `on` sees it, and every image's whole sha256 before its `Done`. A bundle being read and
     /// a slot assembled from chunks held and fetched are written by the same checks.
-    pub fn assemble(&self, mut get: impl FnMut(&Image, usize, u64, &mut [u8]) -> Result<(), BundleError>, mut on: impl FnMut(Event) -> std::io::Result<()>) -> Result<(), BundleError> {
+    pub fn assemble(
+        &self,
+        mut get: impl FnMut(&Image, usize, u64, &mut [u8]) -> Result<(), BundleError>,
+        mut on: impl FnMut(Event) -> std::io::Result<()>,
+    ) -> Result<(), BundleError> {
         let mut buf = vec![0u8; MAX_CHUNK];
         for image in &self.images {
             let mut hash = Sha256::new();
@@ -345,7 +358,11 @@ impl Manifest {
                 get(image, i, at, data)?;
                 let got = chunks::sha256_hex(data);
                 if got != chunk.sha256 {
-                    return Err(BundleError::Mismatch { name: format!("{} (chunk {i}, bytes {at}..{})", image.name, at + u64::from(chunk.size)), want: chunk.sha256.clone(), got });
+                    return Err(BundleError::Mismatch {
+                        name: format!("{} (chunk {i}, bytes {at}..{})", image.name, at + u64::from(chunk.size)),
+                        want: chunk.sha256.clone(),
+                        got,
+                    });
                 }
                 hash.update(&*data);
                 on(Event::Data(image, data))?;
@@ -501,7 +518,18 @@ mod tests {
         let trusted: Vec<PublicKey> = keys[..2].iter().map(SecretKey::public).collect();
         let manifest = br#"{"format":2}"#;
         let sig = |k: &SecretKey| k.sign(manifest, "bundle", "manifest").render();
-        let verify = |text: &str, required| parse_signatures(text).map(|signatures| Opened { manifest: Manifest { format: FORMAT, compatible: String::new(), version: String::new(), build_id: String::new(), images: vec![] }, manifest_bytes: manifest.to_vec(), header_len: 0, signatures, signature_text: text.into(), reader: &[][..] }).and_then(|o| o.verify(&trusted, required));
+        let verify = |text: &str, required| {
+            parse_signatures(text)
+                .map(|signatures| Opened {
+                    manifest: Manifest { format: FORMAT, compatible: String::new(), version: String::new(), build_id: String::new(), images: vec![] },
+                    manifest_bytes: manifest.to_vec(),
+                    header_len: 0,
+                    signatures,
+                    signature_text: text.into(),
+                    reader: &[][..],
+                })
+                .and_then(|o| o.verify(&trusted, required))
+        };
         assert_eq!(verify(&sig(&keys[0]), 1).unwrap(), [keys[0].public().id()]);
         let err = verify(&sig(&keys[0]), 2).unwrap_err().to_string();
         assert!(err.contains("1 of the 2 trusted signatures this node requires"), "{err}");
@@ -524,7 +552,8 @@ mod tests {
             assert!(valid(&["root", bad]).is_err(), "{bad}");
         }
         assert!(valid(&["root", "root"]).unwrap_err().contains("listed twice"));
-        let mut m = Manifest { format: FORMAT, compatible: "c".into(), version: "1".into(), build_id: "b".into(), images: vec![image_entry("root", &[1u8; 100_000])] };
+        let mut m =
+            Manifest { format: FORMAT, compatible: "c".into(), version: "1".into(), build_id: "b".into(), images: vec![image_entry("root", &[1u8; 100_000])] };
         m.images[0].chunks.pop();
         assert!(m.validate().unwrap_err().contains("chunks add up to"));
     }

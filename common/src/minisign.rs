@@ -154,13 +154,17 @@ impl SignatureFile {
     pub fn parse(text: &str) -> Result<SignatureFile, Error> {
         let what = "signature";
         let lines: Vec<&str> = text.lines().collect();
-        let untrusted_comment = lines.first().and_then(|l| l.strip_prefix(UNTRUSTED)).ok_or_else(|| format_err(what, "first line is not 'untrusted comment: …'"))?;
+        let untrusted_comment =
+            lines.first().and_then(|l| l.strip_prefix(UNTRUSTED)).ok_or_else(|| format_err(what, "first line is not 'untrusted comment: …'"))?;
         let (b, used) = payload(text, what)?;
         if b.len() != 74 {
             return Err(format_err(what, format!("expected 74 bytes, got {}", b.len())));
         }
         if &b[..2] == ALG {
-            return Err(format_err(what, "a legacy signature over the whole file (minisign -l): sign again with meshimg or a current minisign, which sign its BLAKE2b-512"));
+            return Err(format_err(
+                what,
+                "a legacy signature over the whole file (minisign -l): sign again with meshimg or a current minisign, which sign its BLAKE2b-512",
+            ));
         }
         if &b[..2] != ALG_PREHASHED {
             return Err(format_err(what, format!("unknown signature algorithm {:?} (expected 'ED')", String::from_utf8_lossy(&b[..2]))));

@@ -26,11 +26,7 @@ impl OsRelease {
 
     /// Parses os-release text; missing keys are reported by name.
     pub fn parse(text: &str) -> Result<OsRelease, String> {
-        let fields: BTreeMap<&str, &str> = text
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
-            .collect();
+        let fields: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim(), v.trim().trim_matches('"'))).collect();
         let get = |k: &str| fields.get(k).map(|v| v.to_string()).ok_or_else(|| format!("{PATH} has no {k}"));
         Ok(OsRelease { version: get("VERSION_ID")?, board: get("MESHOS_BOARD")?, build_id: get("BUILD_ID")? })
     }

@@ -7,9 +7,9 @@ use crate::lock::{Lock, Role};
 use crate::plan::{basename, Plan};
 use crate::tree::{Kind, Node, Tree};
 use crate::{disk, firmware, fsimage, initramfs, kmod, node_firmware, rootfs, sbom, update_bundle};
-use meshos_common::{boot_state, bundle};
 use anyhow::{anyhow, Context, Result};
 use meshos_common::os_release::OsRelease;
+use meshos_common::{boot_state, bundle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -327,7 +327,11 @@ pub fn boot_script(board: &Board, plan: &Plan) -> String {
         KernelFormat::ImageGz => {
             let gz = a.kernel_gz.as_deref().expect("validated");
             (
-                format!("fatload ${{meshos_part}} {gz} @SLOT@/vmlinuz || exit\nsetenv kernel_comp_addr_r {k}\nsetenv kernel_comp_size ${{filesize}}", gz = hex(gz), k = hex(&a.kernel)),
+                format!(
+                    "fatload ${{meshos_part}} {gz} @SLOT@/vmlinuz || exit\nsetenv kernel_comp_addr_r {k}\nsetenv kernel_comp_size ${{filesize}}",
+                    gz = hex(gz),
+                    k = hex(&a.kernel)
+                ),
                 format!("booti {}", hex(gz)),
             )
         }
@@ -426,7 +430,9 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             let board = Board::parse(&text, &path).unwrap();
             let lock = Lock::load(&crate::lock::lock_path(&root, &name), &board, &path).unwrap();
-            let plan = Plan::new(&root, &root.join("out"), &board, &text, &lock, &crate::signing::Trust { keys: vec![], required: 1 }, crate::plan::VERSION, &[]).unwrap();
+            let plan =
+                Plan::new(&root, &root.join("out"), &board, &text, &lock, &crate::signing::Trust { keys: vec![], required: 1 }, crate::plan::VERSION, &[])
+                    .unwrap();
             let script = boot_script(&board, &plan);
             assert!(!script.contains('@'), "{name}: placeholder left in\n{script}");
             assert!(script.contains("meshos.slot=${meshos_slot}") && script.contains("${meshos_slot}/initrd.img"), "{name}:\n{script}");

@@ -35,12 +35,9 @@ impl Layout {
     pub fn new(spec: &DiskSpec, signature: u32) -> Layout {
         let mut offset = u64::from(spec.first_partition_kib) * 1024;
         let mut partitions = Vec::new();
-        for (name, kind, mib) in [
-            ("boot", 0x0c, spec.boot_mib),
-            ("rootA", 0x83, spec.root_slot_mib),
-            ("rootB", 0x83, spec.root_slot_mib),
-            ("data", 0x83, spec.data_mib),
-        ] {
+        for (name, kind, mib) in
+            [("boot", 0x0c, spec.boot_mib), ("rootA", 0x83, spec.root_slot_mib), ("rootB", 0x83, spec.root_slot_mib), ("data", 0x83, spec.data_mib)]
+        {
             let size = u64::from(mib) * MIB;
             partitions.push(Partition { name, kind, offset, size });
             offset += size;

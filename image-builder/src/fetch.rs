@@ -87,9 +87,8 @@ impl Cache {
             return Ok(0);
         }
         let total: u64 = missing.iter().map(|p| p.size).sum();
-        let bar = ProgressBar::new(total).with_style(
-            ProgressStyle::with_template("fetch {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {msg}").expect("template"),
-        );
+        let bar =
+            ProgressBar::new(total).with_style(ProgressStyle::with_template("fetch {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {msg}").expect("template"));
         if bar.is_hidden() {
             eprintln!("fetch: {} packages, {:.1} MiB", missing.len(), total as f64 / 1048576.0);
         }

@@ -95,7 +95,13 @@ mod tests {
         fw.insert("usr/lib/firmware/brcm/brcmfmac4356-sdio.bin", Node::file(b"b".to_vec(), 0o644));
         let mods = [
             Module { name: "rt2800usb".into(), rel_path: String::new(), data: vec![], optional: false, firmware: vec!["rt2870.bin".into()] },
-            Module { name: "brcmfmac".into(), rel_path: String::new(), data: vec![], optional: false, firmware: vec!["brcm/brcmfmac*-sdio.bin".into(), "brcm/brcmfmac4356-sdio.bin".into()] },
+            Module {
+                name: "brcmfmac".into(),
+                rel_path: String::new(),
+                data: vec![],
+                optional: false,
+                firmware: vec!["brcm/brcmfmac*-sdio.bin".into(), "brcm/brcmfmac4356-sdio.bin".into()],
+            },
             Module { name: "ath9k_htc".into(), rel_path: String::new(), data: vec![], optional: false, firmware: vec!["htc_9271.fw".into()] },
         ];
         let limits = BTreeMap::from([("brcmfmac".to_string(), vec!["brcm/brcmfmac43430-sdio.*".to_string()])]);

@@ -95,7 +95,22 @@ pub fn fat(files: &Tree, image: &Path, size: u64, serial: u32, label: &str, epoc
     run(
         "mformat",
         image,
-        Command::new("mformat").args(["-i", &img, "-F", "-N", &format!("{serial:08x}"), "-v", label, "-T", &(size / 512).to_string(), "-h", "64", "-s", "32", "::"]),
+        Command::new("mformat").args([
+            "-i",
+            &img,
+            "-F",
+            "-N",
+            &format!("{serial:08x}"),
+            "-v",
+            label,
+            "-T",
+            &(size / 512).to_string(),
+            "-h",
+            "64",
+            "-s",
+            "32",
+            "::",
+        ]),
         Clock::Env(epoch),
     )?;
     // One file at a time, in sorted order, so directory entries always come out the same.
@@ -139,7 +154,12 @@ pub fn ext4(image: &Path, size: u64, uuid: &str, label: &str, epoch: i64) -> Res
 pub fn uboot_script(text: &str, image: &Path, epoch: i64) -> Result<(), FsError> {
     let src = image.with_extension("cmd");
     std::fs::write(&src, text).map_err(|source| FsError::Io { path: src.clone(), source })?;
-    run("mkimage", image, Command::new("mkimage").args(["-A", "arm64", "-O", "linux", "-T", "script", "-C", "none", "-n", "meshos boot"]).arg("-d").arg(&src).arg(image), Clock::Env(epoch))?;
+    run(
+        "mkimage",
+        image,
+        Command::new("mkimage").args(["-A", "arm64", "-O", "linux", "-T", "script", "-C", "none", "-n", "meshos boot"]).arg("-d").arg(&src).arg(image),
+        Clock::Env(epoch),
+    )?;
     let _ = std::fs::remove_file(&src);
     Ok(())
 }

@@ -150,13 +150,8 @@ pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path, c
         let (Some("softdep"), Some(module)) = (words.next(), words.next()) else { continue };
         let module = normalize_module(module);
         for w in words.filter(|w| !w.ends_with(':')) {
-            let targets: Vec<String> = aliases
-                .get(w)
-                .cloned()
-                .unwrap_or_else(|| vec![normalize_module(w)])
-                .into_iter()
-                .filter(|t| path_of.contains_key(t) && *t != module)
-                .collect();
+            let targets: Vec<String> =
+                aliases.get(w).cloned().unwrap_or_else(|| vec![normalize_module(w)]).into_iter().filter(|t| path_of.contains_key(t) && *t != module).collect();
             if targets.len() > 1 {
                 alternatives.extend(targets.iter().cloned());
             }
@@ -193,7 +188,8 @@ pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path, c
     let mut modules = BTreeMap::new();
     for name in &closure {
         let packed = &path_of[name];
-        let node = kernel.get(&format!("{src}/{packed}")).ok_or_else(|| KmodError::Module { path: packed.clone(), message: "listed by depmod but missing".into() })?;
+        let node =
+            kernel.get(&format!("{src}/{packed}")).ok_or_else(|| KmodError::Module { path: packed.clone(), message: "listed by depmod but missing".into() })?;
         let Kind::File(raw) = &node.kind else { continue };
         let data = decompress(packed, raw)?;
         let firmware = modinfo(&data, "firmware").map_err(|message| KmodError::Module { path: packed.clone(), message })?;
@@ -215,11 +211,8 @@ pub fn select(kernel: &Tree, wanted: &[String], board_file: &str, work: &Path, c
             std::fs::write(keptdir.join(f), d.as_slice())?;
         }
     }
-    let kept_order: String = package_text("modules.order")
-        .lines()
-        .filter(|l| closure.contains(&module_name(l)))
-        .map(|l| format!("{}\n", l.trim_end_matches(".xz")))
-        .collect();
+    let kept_order: String =
+        package_text("modules.order").lines().filter(|l| closure.contains(&module_name(l))).map(|l| format!("{}\n", l.trim_end_matches(".xz"))).collect();
     std::fs::write(keptdir.join("modules.order"), kept_order)?;
     depmod(&kept, &kver)?;
     let mut indexes = BTreeMap::new();
@@ -253,7 +246,12 @@ impl Selection {
         for n in names {
             let name = normalize_module(n);
             if !self.modules.contains_key(&name) && !self.builtin.contains(&name) {
-                return Err(KmodError::Unknown { kver: self.kver.clone(), name: n.clone(), field: "kernel.initramfsModules (each must also be in kernel.modules)", board_file: board_file.into() });
+                return Err(KmodError::Unknown {
+                    kver: self.kver.clone(),
+                    name: n.clone(),
+                    field: "kernel.initramfsModules (each must also be in kernel.modules)",
+                    board_file: board_file.into(),
+                });
             }
             visit(self, &name, &mut seen, &mut out);
         }
@@ -268,12 +266,7 @@ fn depmod_command() -> Command {
 }
 
 fn depmod(base: &Path, kver: &str) -> Result<(), KmodError> {
-    let out = depmod_command()
-        .arg("-b")
-        .arg(base)
-        .arg(kver)
-        .output()
-        .map_err(|e| KmodError::Depmod(e.to_string()))?;
+    let out = depmod_command().arg("-b").arg(base).arg(kver).output().map_err(|e| KmodError::Depmod(e.to_string()))?;
     if !out.status.success() {
         return Err(KmodError::Depmod(String::from_utf8_lossy(&out.stderr).into_owned()));
     }
@@ -308,12 +301,7 @@ pub fn modinfo(elf: &[u8], key: &str) -> Result<Vec<String>, String> {
     let Some(section) = file.section_by_name(".modinfo") else { return Ok(Vec::new()) };
     let data = section.data().map_err(|e| e.to_string())?;
     let prefix = format!("{key}=");
-    Ok(data
-        .split(|b| *b == 0)
-        .filter_map(|s| std::str::from_utf8(s).ok())
-        .filter_map(|s| s.strip_prefix(&prefix))
-        .map(String::from)
-        .collect())
+    Ok(data.split(|b| *b == 0).filter_map(|s| std::str::from_utf8(s).ok()).filter_map(|s| s.strip_prefix(&prefix)).map(String::from).collect())
 }
 
 #[cfg(test)]

@@ -227,7 +227,11 @@ struct ImageArgs {
 
 fn parse_version(v: &str) -> Result<String, String> {
     let ok = !v.is_empty() && v.starts_with(|c: char| c.is_ascii_digit()) && v.chars().all(|c| c.is_ascii_alphanumeric() || ".-+~".contains(c));
-    if ok { Ok(v.to_string()) } else { Err(format!("'{v}' is not a version like 1.2.0 (digits first, then letters, digits and . - + ~)")) }
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(format!("'{v}' is not a version like 1.2.0 (digits first, then letters, digits and . - + ~)"))
+    }
 }
 
 impl ImageArgs {
@@ -244,15 +248,19 @@ impl ImageArgs {
 
 fn load(root: &std::path::Path, name: &str, out: &std::path::Path, keys: &ImageArgs) -> Result<(board::Board, lock::Lock, plan::Plan, PathBuf)> {
     let board_path = board::board_path(root, name);
-    let text = std::fs::read_to_string(&board_path)
-        .with_context(|| format!("{}: cannot read (boards: {})", board_path.display(), board::list(root).join(", ")))?;
+    let text =
+        std::fs::read_to_string(&board_path).with_context(|| format!("{}: cannot read (boards: {})", board_path.display(), board::list(root).join(", ")))?;
     let b = board::Board::parse(&text, &board_path)?;
     let lock_path = lock::lock_path(root, name);
     let l = lock::Lock::load(&lock_path, &b, &board_path)?;
     let trusted = keys.trusted(root)?;
     let required = usize::from(keys.signatures_required);
     if required > trusted.len().max(1) {
-        anyhow::bail!("--signatures-required {required}, but the image would trust {} key(s); add keys with --trust-key or to {}", trusted.len(), signing::KEYS_DIR);
+        anyhow::bail!(
+            "--signatures-required {required}, but the image would trust {} key(s); add keys with --trust-key or to {}",
+            trusted.len(),
+            signing::KEYS_DIR
+        );
     }
     let trusted = signing::Trust { keys: trusted, required };
     let version = keys.image_version.as_deref().unwrap_or(plan::VERSION);
@@ -317,7 +325,10 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("build: WARNING: unsigned build (no --sign-key or MESHOS_SIGN_KEY): fine for development, not for publishing");
             }
             if p.trusted_keys.is_empty() {
-                eprintln!("build: WARNING: the image trusts no signing key, so its nodes will accept no upgrade bundle; add a .pub to {} or pass --trust-key", signing::KEYS_DIR);
+                eprintln!(
+                    "build: WARNING: the image trusts no signing key, so its nodes will accept no upgrade bundle; add a .pub to {} or pass --trust-key",
+                    signing::KEYS_DIR
+                );
             }
             let opts = build::Options {
                 root: cli.root.clone(),
@@ -341,7 +352,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Keygen { output, unencrypted, force } => {
             let public = signing::keygen(&output, unencrypted, force)?;
-            eprintln!("keygen: wrote {} (secret{}) and {}", output.display(), if unencrypted { ", UNENCRYPTED" } else { ", encrypted" }, signing::public_path(&output).display());
+            eprintln!(
+                "keygen: wrote {} (secret{}) and {}",
+                output.display(),
+                if unencrypted { ", UNENCRYPTED" } else { ", encrypted" },
+                signing::public_path(&output).display()
+            );
             println!("{}", public.id());
             Ok(())
         }
@@ -400,7 +416,16 @@ fn run(cli: Cli) -> Result<()> {
             let b = board::Board::load(&board::board_path(&cli.root, &name))?;
             let image = image.unwrap_or_else(|| out.join(&name).join(format!("meshos-{name}-{}.img", plan::VERSION)));
             let work = std::env::temp_dir().join(format!("meshimg-qemu-{}", std::process::id()));
-            let opts = qemu::Options { image, forwards, links, boot_files, expect_ready: expect_ready.map(std::time::Duration::from_secs), log, card, work: work.clone() };
+            let opts = qemu::Options {
+                image,
+                forwards,
+                links,
+                boot_files,
+                expect_ready: expect_ready.map(std::time::Duration::from_secs),
+                log,
+                card,
+                work: work.clone(),
+            };
             let booted = qemu::boot(&b, &opts);
             let _ = std::fs::remove_dir_all(&work);
             let booted = booted?;

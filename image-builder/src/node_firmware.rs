@@ -34,14 +34,8 @@ pub fn build(root: &Path, target: &str, target_dir: &Path) -> Result<PathBuf, Fi
     std::fs::create_dir_all(target_dir).map_err(|source| FirmwareError::Tool { tool: "mkdir".into(), source })?;
     let target_dir = target_dir.canonicalize().map_err(|source| FirmwareError::Tool { tool: "canonicalize".into(), source })?;
     let sysroot = output("rustc", &["--print", "sysroot"])?;
-    let commit = output("rustc", &["-vV"])?
-        .lines()
-        .find_map(|l| l.strip_prefix("commit-hash: "))
-        .unwrap_or("unknown")
-        .to_string();
-    let cargo_home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+    let commit = output("rustc", &["-vV"])?.lines().find_map(|l| l.strip_prefix("commit-hash: ")).unwrap_or("unknown").to_string();
+    let cargo_home = std::env::var("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
     let remaps = [
         (target_dir.display().to_string(), "/target".to_string()),
         (root.display().to_string(), "/src".to_string()),

@@ -5,8 +5,8 @@
 use crate::board::Board;
 use crate::disk::Layout;
 use crate::lock::{Lock, Role};
-use serde::Serialize;
 use meshos_common::minisign::PublicKey;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -80,7 +80,16 @@ pub fn overlay_dirs(root: &Path, board: &str) -> Vec<PathBuf> {
 
 impl Plan {
     /// `extra_overlays` are laid after the board's (a site's files, a test fixture).
-    pub fn new(root: &Path, out_root: &Path, board: &Board, board_text: &str, lock: &Lock, trust: &crate::signing::Trust, version: &str, extra_overlays: &[PathBuf]) -> std::io::Result<Plan> {
+    pub fn new(
+        root: &Path,
+        out_root: &Path,
+        board: &Board,
+        board_text: &str,
+        lock: &Lock,
+        trust: &crate::signing::Trust,
+        version: &str,
+        extra_overlays: &[PathBuf],
+    ) -> std::io::Result<Plan> {
         let mut overlays = overlay_dirs(root, &board.name);
         overlays.extend(extra_overlays.iter().cloned());
         let trust_files = trust.files();

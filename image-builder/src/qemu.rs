@@ -208,10 +208,7 @@ pub fn command(board: &Board, opts: &Options) -> Result<Command, QemuError> {
         let overlay = opts.work.join("disk.qcow2");
         let _ = std::fs::remove_file(&overlay);
         let image = image_with_boot_files(board, opts)?;
-        tool(
-            Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&image).arg(&overlay).arg(size.to_string()),
-            "qemu-img",
-        )?;
+        tool(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&image).arg(&overlay).arg(size.to_string()), "qemu-img")?;
         cmd.arg("-drive").arg(format!("if={interface},format=qcow2,file={}", overlay.display()));
     }
     cmd.args(["-chardev", "stdio,id=console,mux=on,signal=on"]);

@@ -47,7 +47,16 @@ impl Offer {
         })
         .to_string()
             + "\n";
-        Ok(Offer { path: path.into(), header, manifest_sha256, nodeinfo, chunks, name: m.file_name(), version: m.version.clone(), bundle_bytes: opened.total_size() })
+        Ok(Offer {
+            path: path.into(),
+            header,
+            manifest_sha256,
+            nodeinfo,
+            chunks,
+            name: m.file_name(),
+            version: m.version.clone(),
+            bundle_bytes: opened.total_size(),
+        })
     }
 
     /// Lays the release out in `dir` the way it is served (`nodeinfo.json`, `header/<sha256>`,

@@ -160,7 +160,11 @@ pub fn verify_file(file: &Path, sig_path: &Path, keys: &[PublicKey]) -> Result<(
     let sig = SignatureFile::parse(&text).map_err(|reason| SigningError::Key { path: sig_path.into(), reason })?;
     let Some(key) = keys.iter().find(|k| k.keynum == sig.keynum) else {
         let tried: Vec<String> = keys.iter().map(PublicKey::id).collect();
-        let tried = format!("signed by key {}, trusted: {}", meshos_common::minisign::key_id(&sig.keynum), if tried.is_empty() { "none".into() } else { tried.join(", ") });
+        let tried = format!(
+            "signed by key {}, trusted: {}",
+            meshos_common::minisign::key_id(&sig.keynum),
+            if tried.is_empty() { "none".into() } else { tried.join(", ") }
+        );
         return Err(SigningError::Untrusted { file: file.into(), tried });
     };
     let data = fs::read(file).map_err(io(file))?;

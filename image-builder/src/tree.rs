@@ -2,9 +2,9 @@
 //! assembled without root, chroot or loop mounts, and written out in sorted order.
 
 use crate::deb::{self, DebError, EntryKind};
-use std::collections::BTreeMap;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
@@ -232,10 +232,14 @@ impl Tree {
 
 /// Opens `path` (read-only) under `root`, refusing to follow any symlink on the way.
 fn open_inside(root: &std::fs::File, path: &str, flags: OFlag) -> std::io::Result<OwnedFd> {
-    let how = OpenHow::new().flags(flags | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS);
     let path = if path.is_empty() { "." } else { path };
     nix::fcntl::openat2(root, path, how).map_err(|e| match e {
-        nix::errno::Errno::ENOSYS => std::io::Error::other("openat2 is not available: writing a tree safely needs Linux 5.6 or later (and a container runtime that allows openat2)"),
+        nix::errno::Errno::ENOSYS => {
+            std::io::Error::other("openat2 is not available: writing a tree safely needs Linux 5.6 or later (and a container runtime that allows openat2)")
+        }
         e => e.into(),
     })
 }

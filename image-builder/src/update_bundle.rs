@@ -9,7 +9,14 @@ use std::path::Path;
 /// The bundle's header (magic, manifest, signature) for `images`: (name, bytes) in payload
 /// order, `root` first, then `boot/…` files. It also goes on the boot partition, in slot A's
 /// directory, so the node can serve its running slot as a bundle.
-pub fn header(compatible: &str, version: &str, build_id: &str, images: &[(String, Vec<u8>)], key: Option<&SecretKey>, timestamp: i64) -> std::io::Result<Vec<u8>> {
+pub fn header(
+    compatible: &str,
+    version: &str,
+    build_id: &str,
+    images: &[(String, Vec<u8>)],
+    key: Option<&SecretKey>,
+    timestamp: i64,
+) -> std::io::Result<Vec<u8>> {
     let manifest = Manifest {
         format: bundle::FORMAT,
         compatible: compatible.into(),
@@ -81,7 +88,14 @@ impl Delta {
 impl std::fmt::Display for Delta {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{} -> {}: {} of {} chunks are new, {} bytes", self.from, self.to, self.missing_chunks, self.chunks, self.missing_bytes)?;
-        write!(f, "fetched with the {}-byte header: {} of the bundle's {} bytes ({:.2}%)", self.header_bytes, self.header_bytes + self.missing_bytes, self.bundle_bytes, self.share * 100.0)
+        write!(
+            f,
+            "fetched with the {}-byte header: {} of the bundle's {} bytes ({:.2}%)",
+            self.header_bytes,
+            self.header_bytes + self.missing_bytes,
+            self.bundle_bytes,
+            self.share * 100.0
+        )
     }
 }
 

@@ -108,9 +108,12 @@ impl Archive {
                 let _ = match body {
                     Some(b) if from > 0 && from <= b.len() => {
                         let part = &b[from..];
-                        s.write_all(format!("HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", part.len()).as_bytes()).and_then(|_| s.write_all(part))
+                        s.write_all(format!("HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", part.len()).as_bytes())
+                            .and_then(|_| s.write_all(part))
                     }
-                    Some(b) => s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len()).as_bytes()).and_then(|_| s.write_all(&b)),
+                    Some(b) => s
+                        .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len()).as_bytes())
+                        .and_then(|_| s.write_all(&b)),
                     None => s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
                 };
             }
@@ -357,4 +360,3 @@ fn a_stale_lock_is_refused_by_builds() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("test.lock is stale:") && out.contains("hint: run 'meshimg lock test'"), "{out}");
 }
-

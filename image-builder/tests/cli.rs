@@ -9,7 +9,20 @@ fn meshimg(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn help_fits_in_80_columns() {
-    for cmd in [&["--help"][..], &["lock", "--help"], &["plan", "--help"], &["build", "--help"], &["qemu", "--help"], &["boards", "--help"], &["keygen", "--help"], &["sign", "--help"], &["verify", "--help"], &["delta", "--help"], &["export", "--help"], &["serve", "--help"]] {
+    for cmd in [
+        &["--help"][..],
+        &["lock", "--help"],
+        &["plan", "--help"],
+        &["build", "--help"],
+        &["qemu", "--help"],
+        &["boards", "--help"],
+        &["keygen", "--help"],
+        &["sign", "--help"],
+        &["verify", "--help"],
+        &["delta", "--help"],
+        &["export", "--help"],
+        &["serve", "--help"],
+    ] {
         let (code, text) = meshimg(cmd);
         assert_eq!(code, 0, "{cmd:?}: {text}");
         for line in text.lines() {

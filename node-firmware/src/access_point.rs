@@ -1,8 +1,8 @@
 //! Access points for ordinary Wi-Fi clients: hostapd (from Debian) on radios mesh.yaml gives
 //! the `accessPoint` role, and busybox udhcpd handing out addresses on them.
 
-use crate::config::{channel_of, Config};
 use crate::command;
+use crate::config::{channel_of, Config};
 use crate::radio::{self, Radio};
 use crate::supervisor::Service;
 use std::path::Path;
@@ -70,7 +70,15 @@ mod tests {
         c.mesh.frequency = 2437;
         c.mesh.country = "DE".into();
         let text = hostapd_conf("ap1", "corner-cafe", "correct horse", &c);
-        for want in ["interface=ap1\n", "ssid2=636f726e65722d63616665\n", "channel=6\n", "hw_mode=g\n", "country_code=DE\n", "wpa_passphrase=correct horse\n", "wpa=2\n"] {
+        for want in [
+            "interface=ap1\n",
+            "ssid2=636f726e65722d63616665\n",
+            "channel=6\n",
+            "hw_mode=g\n",
+            "country_code=DE\n",
+            "wpa_passphrase=correct horse\n",
+            "wpa=2\n",
+        ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
         // A newline in the SSID cannot add a directive.

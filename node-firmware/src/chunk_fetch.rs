@@ -159,7 +159,9 @@ fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record
         .assemble(
             |image, i, _, buf| {
                 let c = &image.chunks[i];
-                let data = held.read(&c.sha256).ok_or_else(|| BundleError::Truncated(format!("chunk {} of image {} is no longer on the node", c.sha256, image.name)))?;
+                let data = held
+                    .read(&c.sha256)
+                    .ok_or_else(|| BundleError::Truncated(format!("chunk {} of image {} is no longer on the node", c.sha256, image.name)))?;
                 buf.copy_from_slice(&data);
                 Ok(())
             },
@@ -249,7 +251,10 @@ fn fetch_one(agent: &ureq::Agent, chunk: &Chunk, i: usize, peers: &[String], opt
                     let tally = transfer.peers.get_mut(peer).expect("just made");
                     if data.len() as u64 != u64::from(chunk.size) || chunks::sha256_hex(&data) != chunk.sha256 {
                         tally.bad_chunks += 1;
-                        eprintln!("meshd: upgrade: {peer} served chunk {} with bytes that do not match the signed manifest; asking another neighbour", chunk.sha256);
+                        eprintln!(
+                            "meshd: upgrade: {peer} served chunk {} with bytes that do not match the signed manifest; asking another neighbour",
+                            chunk.sha256
+                        );
                         why.push(format!("{peer}: bad bytes"));
                         continue;
                     }
@@ -271,7 +276,8 @@ fn fetch_one(agent: &ureq::Agent, chunk: &Chunk, i: usize, peers: &[String], opt
 /// Drops from the cache what this release does not use (what an install of another release
 /// left behind), so the cache never holds more than one release's new chunks.
 fn prune(cache: &Path, manifest: &bundle::Manifest, sha: &str) {
-    let wanted: std::collections::HashSet<String> = manifest.images.iter().flat_map(|i| i.chunks.iter()).map(|c| c.sha256.clone()).chain([format!("header-{sha}")]).collect();
+    let wanted: std::collections::HashSet<String> =
+        manifest.images.iter().flat_map(|i| i.chunks.iter()).map(|c| c.sha256.clone()).chain([format!("header-{sha}")]).collect();
     let Ok(entries) = std::fs::read_dir(cache) else { return };
     for e in entries.flatten() {
         if !wanted.contains(&*e.file_name().to_string_lossy()) {
@@ -367,7 +373,8 @@ mod tests {
                         if corrupt {
                             data[0] ^= 1;
                         }
-                        conn.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", data.len()).as_bytes()).and_then(|()| conn.write_all(&data))
+                        conn.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", data.len()).as_bytes())
+                            .and_then(|()| conn.write_all(&data))
                     }
                     None => conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
                 };
@@ -398,7 +405,11 @@ mod tests {
         assert!(t.peers[&rogue].bad_chunks >= 1 && t.peers[&rogue].chunks == 0, "{t:?}");
         assert_eq!(t.peers[&good].chunks, 11);
         // Every byte received counts, the bad ones too.
-        assert!(t.fetched_bytes >= t.peers[&good].bytes + 5000 * t.peers[&rogue].bad_chunks && t.fetched_bytes <= t.peers[&good].bytes + 5011 * t.peers[&rogue].bad_chunks, "{t:?}");
+        assert!(
+            t.fetched_bytes >= t.peers[&good].bytes + 5000 * t.peers[&rogue].bad_chunks
+                && t.fetched_bytes <= t.peers[&good].bytes + 5011 * t.peers[&rogue].bad_chunks,
+            "{t:?}"
+        );
         assert!(served_bad(&Record { transfer: Some(t.clone()), ..Record::new("x".into()) }, &rogue));
 
         // Only the rogue offers it: the install stops at once, naming it.

@@ -13,4 +13,3 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, String> {
         Err(format!("'{program} {}' failed: {}", args.join(" "), why.trim()))
     }
 }
-

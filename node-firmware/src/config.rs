@@ -301,13 +301,21 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     for (i, key) in config.ssh.authorized_keys.iter().enumerate() {
         let kind = key.split_whitespace().next().unwrap_or("");
         if !(kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-")) || key.split_whitespace().count() < 2 {
-            return Err(err(line_of_item(text, "ssh.authorizedKeys", i), &format!("ssh.authorizedKeys[{i}]"), "is not an OpenSSH public key line ('ssh-ed25519 AAAA... name')".into()));
+            return Err(err(
+                line_of_item(text, "ssh.authorizedKeys", i),
+                &format!("ssh.authorizedKeys[{i}]"),
+                "is not an OpenSSH public key line ('ssh-ed25519 AAAA... name')".into(),
+            ));
         }
     }
     for (i, peer) in config.peers.iter().enumerate() {
         let scheme_ok = ["tcp://", "tls://", "quic://", "ws://", "wss://", "udp://"].iter().any(|s| peer.starts_with(s));
         if !scheme_ok || !peer.contains(':') {
-            return Err(err(line_of_item(text, "peers", i), &format!("peers[{i}]"), format!("'{}' is not a peer URI like tls://192.0.2.1:443", redacted(peer))));
+            return Err(err(
+                line_of_item(text, "peers", i),
+                &format!("peers[{i}]"),
+                format!("'{}' is not a peer URI like tls://192.0.2.1:443", redacted(peer)),
+            ));
         }
     }
     for (list, names) in [("wired.peering", &config.wired.peering), ("wired.dhcp", &config.wired.dhcp)] {

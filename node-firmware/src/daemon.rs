@@ -133,7 +133,11 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
                 trusted: trusted.clone(),
                 port: cfg.metrics.port,
                 auto: cfg.upgrade.auto,
-                fetch: crate::chunk_fetch::Options { parallel: cfg.upgrade.parallel, rate: (cfg.upgrade.rate_limit_kbit > 0).then_some(cfg.upgrade.rate_limit_kbit * 1000 / 8), cache },
+                fetch: crate::chunk_fetch::Options {
+                    parallel: cfg.upgrade.parallel,
+                    rate: (cfg.upgrade.rate_limit_kbit > 0).then_some(cfg.upgrade.rate_limit_kbit * 1000 / 8),
+                    cache,
+                },
                 shared: rollout.clone(),
             };
             if let Err(e) = crate::rollout::spawn(agent) {
@@ -325,7 +329,8 @@ fn install_pending_updates(dirs: &Dirs) {
 /// The install record, when the running slot is the one it installed and not yet committed.
 fn on_trial(dirs: &Dirs) -> Option<crate::upgrade::Record> {
     let slot = Node::detect().ok()?.slot;
-    crate::upgrade::read_record(&dirs.state).filter(|r| r.step == crate::upgrade::Step::Installed && r.target.as_deref().and_then(Slot::parse) == Slot::parse(&slot))
+    crate::upgrade::read_record(&dirs.state)
+        .filter(|r| r.step == crate::upgrade::Step::Installed && r.target.as_deref().and_then(Slot::parse) == Slot::parse(&slot))
 }
 
 /// The running slot, as neighbours can fetch it (see crate::slot_bundle), and its bundle's name.
@@ -343,7 +348,11 @@ pub fn install_bundle(bundle: &crate::fetch::Source, dirs: &Dirs, allow_downgrad
     let (disk, running) = slots::running(&node.slot).map_err(setup)?;
     let trusted = trusted_public_keys(Path::new(TRUSTED_KEYS_DIR));
     if trusted.is_empty() {
-        return Err(crate::upgrade::InstallError { step: crate::upgrade::Step::Verify, kind: "signature", message: "this image trusts no signing key, so it accepts no upgrade".into() });
+        return Err(crate::upgrade::InstallError {
+            step: crate::upgrade::Step::Verify,
+            kind: "signature",
+            message: "this image trusts no signing key, so it accepts no upgrade".into(),
+        });
     }
     let target = crate::upgrade::Target {
         disk: &disk,
@@ -451,7 +460,10 @@ impl Health {
                 if let Some(mut r) = crate::upgrade::read_record(&self.state_dir).filter(|r| r.step == crate::upgrade::Step::Installed) {
                     if report.rolled_back_from.is_some() {
                         r.step = crate::upgrade::Step::RolledBack;
-                        r.error = Some(format!("slot {} did not become healthy within its boot attempts; slot {slot} runs again", r.target.as_deref().unwrap_or("?")));
+                        r.error = Some(format!(
+                            "slot {} did not become healthy within its boot attempts; slot {slot} runs again",
+                            r.target.as_deref().unwrap_or("?")
+                        ));
                         r.error_kind = Some("rolled_back".into());
                     } else if r.target.as_deref().and_then(Slot::parse) == Some(slot) {
                         r.step = crate::upgrade::Step::Committed;
@@ -461,7 +473,12 @@ impl Health {
                 // (after the record: whoever reads this line finds both on the card)
                 match &report.rolled_back_from {
                     Some(from) => eprintln!("meshd: ROLLBACK: slot {from} ran out of boot attempts; slot {slot} is running and marked good"),
-                    None => eprintln!("meshd: slot {slot} healthy, marked good (order {}, attempts left A {} B {})", report.order.join(" "), report.a_left, report.b_left),
+                    None => eprintln!(
+                        "meshd: slot {slot} healthy, marked good (order {}, attempts left A {} B {})",
+                        report.order.join(" "),
+                        report.a_left,
+                        report.b_left
+                    ),
                 }
                 self.trial = None;
                 self.report = report;

@@ -109,7 +109,11 @@ mod tests {
                 let mut conn = conn.unwrap();
                 let mut buf = [0u8; 1024];
                 let _ = conn.read(&mut buf);
-                let reply: &[u8] = if n == 0 { b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello" } else { b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" };
+                let reply: &[u8] = if n == 0 {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+                } else {
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                };
                 conn.write_all(reply).unwrap();
             }
         });

@@ -167,7 +167,13 @@ mod tests {
         std::fs::create_dir_all(top.join("cache")).unwrap();
         let root: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         let kernel = b"kernel".to_vec();
-        let manifest = Manifest { format: bundle::FORMAT, compatible: "meshos-rpi3".into(), version: "1".into(), build_id: "b".into(), images: vec![image_entry("root", &root), image_entry("boot/vmlinuz", &kernel)] };
+        let manifest = Manifest {
+            format: bundle::FORMAT,
+            compatible: "meshos-rpi3".into(),
+            version: "1".into(),
+            build_id: "b".into(),
+            images: vec![image_entry("root", &root), image_entry("boot/vmlinuz", &kernel)],
+        };
         let json = serde_json::to_vec(&manifest).unwrap();
         let key = SecretKey::generate().unwrap();
         std::fs::write(top.join("boot/a").join(SLOT_HEADER_FILE), bundle::header(&json, Some(&key.sign(&json, "t", "t").render()))).unwrap();
@@ -181,7 +187,10 @@ mod tests {
         assert_eq!(held.releases[0].version, "1");
         let light = Held::scan(&top.join("boot"), &top.join("disk"), &[Slot::A, Slot::B], None, false);
         assert_eq!((light.releases.len(), light.releases[0].header.len(), light.in_slot(&manifest.images[0].chunks[0].sha256)), (1, 0, false));
-        assert_eq!(held.header(&held.releases[0].manifest_sha256).map(<[u8]>::len), Some(std::fs::read(top.join("boot/a").join(SLOT_HEADER_FILE)).unwrap().len()));
+        assert_eq!(
+            held.header(&held.releases[0].manifest_sha256).map(<[u8]>::len),
+            Some(std::fs::read(top.join("boot/a").join(SLOT_HEADER_FILE)).unwrap().len())
+        );
         let second = &manifest.images[0].chunks[1];
         let at = manifest.images[0].chunks[0].size as usize;
         assert_eq!(held.read(&second.sha256).unwrap(), root[at..at + second.size as usize]);

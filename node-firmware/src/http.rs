@@ -64,7 +64,13 @@ impl Default for Limits {
     fn default() -> Limits {
         // 16 KiB per 20 s is 0.8 KiB/s: a link that slow serves nobody, and a client sending a
         // byte every few seconds is cut off after 10.
-        Limits { headers: Duration::from_secs(10), window: Duration::from_secs(20), min_bytes: 16 * 1024, deadline: Duration::from_secs(120), bundle_deadline: Duration::from_secs(3600) }
+        Limits {
+            headers: Duration::from_secs(10),
+            window: Duration::from_secs(20),
+            min_bytes: 16 * 1024,
+            deadline: Duration::from_secs(120),
+            bundle_deadline: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -144,7 +150,12 @@ async fn connection(stream: tokio::net::TcpStream, face: Arc<Face>, limits: Limi
         let (face, marks) = (face.clone(), marks.clone());
         async move { Ok::<_, std::convert::Infallible>(respond(&face, req, &marks).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new().timer(TokioTimer::new()).header_read_timeout(limits.headers).max_buf_size(MAX_REQUEST).keep_alive(false).serve_connection(io, service);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.headers)
+        .max_buf_size(MAX_REQUEST)
+        .keep_alive(false)
+        .serve_connection(io, service);
     let watch = async {
         let start = Instant::now();
         let mut before = 0;
@@ -200,7 +211,11 @@ async fn respond(face: &Arc<Face>, req: Request<Incoming>, bundle: &AtomicBool) 
             }
         }
         "/nodeinfo.json" => reply(StatusCode::OK, "application/json", (nodeinfo(&snapshot).to_string() + "\n").into()),
-        "/" => reply(StatusCode::OK, "text/plain; charset=utf-8", format!("{} (meshos {})\n/metrics\n/nodeinfo.json\n/bundle\n/header/<sha256>\n/chunk/<sha256>\n", snapshot.name, snapshot.version).into()),
+        "/" => reply(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            format!("{} (meshos {})\n/metrics\n/nodeinfo.json\n/bundle\n/header/<sha256>\n/chunk/<sha256>\n", snapshot.name, snapshot.version).into(),
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found; try /metrics, /nodeinfo.json or /bundle\n".into()),
     }
 }
@@ -376,7 +391,14 @@ mod tests {
 
     fn face() -> Face {
         let state = NodeState { name: "test-node".into(), ..NodeState::default() };
-        Face { state: Arc::new(Mutex::new(state)), run_dir: PathBuf::from("/nonexistent"), bundle: Err("none here".into()), shelf: None, collectors: Mutex::new(Collectors::new()), transfers: AtomicUsize::new(0) }
+        Face {
+            state: Arc::new(Mutex::new(state)),
+            run_dir: PathBuf::from("/nonexistent"),
+            bundle: Err("none here".into()),
+            shelf: None,
+            collectors: Mutex::new(Collectors::new()),
+            transfers: AtomicUsize::new(0),
+        }
     }
 
     fn serve(limits: Limits) -> SocketAddr {
@@ -420,7 +442,13 @@ mod tests {
     }
 
     fn limits(headers: u64, window_ms: u64, min_bytes: u64) -> Limits {
-        Limits { headers: Duration::from_secs(headers), window: Duration::from_millis(window_ms), min_bytes, deadline: Duration::from_secs(120), bundle_deadline: Duration::from_secs(3600) }
+        Limits {
+            headers: Duration::from_secs(headers),
+            window: Duration::from_millis(window_ms),
+            min_bytes,
+            deadline: Duration::from_secs(120),
+            bundle_deadline: Duration::from_secs(3600),
+        }
     }
 
     #[test]

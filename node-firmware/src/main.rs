@@ -168,10 +168,22 @@ fn upgrade_command(args: &[String]) -> Result<(), String> {
                         }
                         if let Some(t) = r.transfer {
                             let pct = |n: u64| 100.0 * n as f64 / t.bundle_bytes.max(1) as f64;
-                            println!("fetched  {} bytes ({:.1}% of the {}-byte bundle) in {} attempt(s); {} bytes found on the node", t.fetched_bytes, pct(t.fetched_bytes), t.bundle_bytes, t.attempts, t.reused_bytes);
+                            println!(
+                                "fetched  {} bytes ({:.1}% of the {}-byte bundle) in {} attempt(s); {} bytes found on the node",
+                                t.fetched_bytes,
+                                pct(t.fetched_bytes),
+                                t.bundle_bytes,
+                                t.attempts,
+                                t.reused_bytes
+                            );
                             for (peer, p) in &t.peers {
                                 let bad = if p.bad_chunks > 0 { format!(", {} BAD chunk(s)", p.bad_chunks) } else { String::new() };
-                                println!("  from   {peer}: {} chunks, {} bytes{bad}{}", p.chunks, p.bytes, if p.failures > 0 { format!(", {} failed request(s)", p.failures) } else { String::new() });
+                                println!(
+                                    "  from   {peer}: {} chunks, {} bytes{bad}{}",
+                                    p.chunks,
+                                    p.bytes,
+                                    if p.failures > 0 { format!(", {} failed request(s)", p.failures) } else { String::new() }
+                                );
                             }
                         }
                     }

@@ -82,12 +82,30 @@ pub fn render(state: &NodeState, stations: &[Station], peers: &Result<Vec<Peer>,
         e.family("meshd_boot_attempts_left", "gauge", "Boot attempts U-Boot has left for the slot.");
         e.sample("meshd_boot_attempts_left", &[("slot", "A")], sl.a_left);
         e.sample("meshd_boot_attempts_left", &[("slot", "B")], sl.b_left);
-        e.one("meshd_slot_marked_good", "gauge", "1 once this boot passed its health check and was marked good.", &[("slot", &sl.running)], u8::from(sl.marked_good));
-        e.one("meshd_rollback", "gauge", "1 when this boot is a rollback: the preferred slot ran out of attempts.", &[("from", sl.rolled_back_from.as_deref().unwrap_or(""))], u8::from(sl.rolled_back_from.is_some()));
+        e.one(
+            "meshd_slot_marked_good",
+            "gauge",
+            "1 once this boot passed its health check and was marked good.",
+            &[("slot", &sl.running)],
+            u8::from(sl.marked_good),
+        );
+        e.one(
+            "meshd_rollback",
+            "gauge",
+            "1 when this boot is a rollback: the preferred slot ran out of attempts.",
+            &[("from", sl.rolled_back_from.as_deref().unwrap_or(""))],
+            u8::from(sl.rolled_back_from.is_some()),
+        );
     }
     upgrade(&mut e, state);
     e.one("meshd_trusted_keys", "gauge", "Signing keys this image accepts upgrade bundles from (0: no upgrades).", &[], state.trusted_keys.len());
-    e.one("meshd_config_errors", "gauge", "1 when mesh.yaml is invalid and the node runs on its last good config or the defaults.", &[], u8::from(state.config_error.is_some()));
+    e.one(
+        "meshd_config_errors",
+        "gauge",
+        "1 when mesh.yaml is invalid and the node runs on its last good config or the defaults.",
+        &[],
+        u8::from(state.config_error.is_some()),
+    );
     if let Some(err) = &state.config_error {
         let line = err.line.map(|l| l.to_string()).unwrap_or_default();
         let l = [("file", err.file.as_str()), ("line", line.as_str()), ("key", err.key.as_str()), ("message", err.message.as_str())];
@@ -111,13 +129,37 @@ fn upgrade(e: &mut Exposition, state: &NodeState) {
         let step = serde_json::to_value(r.step).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
         let version = r.version.clone().unwrap_or_default();
         let kind = r.error_kind.clone().unwrap_or_default();
-        e.one("meshd_upgrade_last_install", "gauge", "The last install's step and version, value 1.", &[("step", &step), ("version", &version), ("error_kind", &kind)], 1);
+        e.one(
+            "meshd_upgrade_last_install",
+            "gauge",
+            "The last install's step and version, value 1.",
+            &[("step", &step), ("version", &version), ("error_kind", &kind)],
+            1,
+        );
         if let Some(t) = &r.transfer {
-            e.one("meshd_upgrade_bundle_bytes", "gauge", "Size of the whole bundle of the last release installed over the mesh.", &[("version", &version)], t.bundle_bytes);
+            e.one(
+                "meshd_upgrade_bundle_bytes",
+                "gauge",
+                "Size of the whole bundle of the last release installed over the mesh.",
+                &[("version", &version)],
+                t.bundle_bytes,
+            );
             e.one("meshd_upgrade_needed_bytes", "gauge", "Chunk bytes of that release the running slot lacked.", &[("version", &version)], t.needed_bytes);
             e.one("meshd_upgrade_reused_bytes", "gauge", "Chunk bytes of that release found in the running slot.", &[("version", &version)], t.reused_bytes);
-            e.one("meshd_upgrade_fetched_bytes", "gauge", "Bytes received from neighbours for that release, over all attempts, header and bad chunks included.", &[("version", &version)], t.fetched_bytes);
-            e.one("meshd_upgrade_fetch_attempts", "gauge", "Attempts the fetch took (more than 1: resumed after a power cut or a lost link).", &[("version", &version)], t.attempts);
+            e.one(
+                "meshd_upgrade_fetched_bytes",
+                "gauge",
+                "Bytes received from neighbours for that release, over all attempts, header and bad chunks included.",
+                &[("version", &version)],
+                t.fetched_bytes,
+            );
+            e.one(
+                "meshd_upgrade_fetch_attempts",
+                "gauge",
+                "Attempts the fetch took (more than 1: resumed after a power cut or a lost link).",
+                &[("version", &version)],
+                t.attempts,
+            );
             e.family("meshd_upgrade_peer_bytes", "gauge", "Chunk bytes each neighbour served for that release.");
             for (peer, tally) in &t.peers {
                 e.sample("meshd_upgrade_peer_bytes", &[("peer", peer)], tally.bytes);
@@ -128,8 +170,20 @@ fn upgrade(e: &mut Exposition, state: &NodeState) {
             }
         }
     }
-    e.one("meshd_upgrade_served_chunks_total", "counter", "Chunks served to neighbours' upgrades since meshd started.", &[], crate::http::SERVED_CHUNKS.load(Ordering::Relaxed));
-    e.one("meshd_upgrade_served_bytes_total", "counter", "Chunk bytes served to neighbours' upgrades since meshd started.", &[], crate::http::SERVED_BYTES.load(Ordering::Relaxed));
+    e.one(
+        "meshd_upgrade_served_chunks_total",
+        "counter",
+        "Chunks served to neighbours' upgrades since meshd started.",
+        &[],
+        crate::http::SERVED_CHUNKS.load(Ordering::Relaxed),
+    );
+    e.one(
+        "meshd_upgrade_served_bytes_total",
+        "counter",
+        "Chunk bytes served to neighbours' upgrades since meshd started.",
+        &[],
+        crate::http::SERVED_BYTES.load(Ordering::Relaxed),
+    );
 }
 
 fn node(e: &mut Exposition, c: &mut Collectors) {
@@ -154,7 +208,18 @@ fn node(e: &mut Exposition, c: &mut Collectors) {
     if let Some(disks) = &mut c.disks {
         disks.refresh(true);
         e.family("node_filesystem_size_bytes", "gauge", "Filesystem size in bytes.");
-        let list: Vec<_> = disks.iter().map(|d| (d.name().to_string_lossy().into_owned(), d.file_system().to_string_lossy().into_owned(), d.mount_point().display().to_string(), d.total_space(), d.available_space())).collect();
+        let list: Vec<_> = disks
+            .iter()
+            .map(|d| {
+                (
+                    d.name().to_string_lossy().into_owned(),
+                    d.file_system().to_string_lossy().into_owned(),
+                    d.mount_point().display().to_string(),
+                    d.total_space(),
+                    d.available_space(),
+                )
+            })
+            .collect();
         for (dev, fs, mp, size, _) in &list {
             e.sample("node_filesystem_size_bytes", &[("device", dev), ("fstype", fs), ("mountpoint", mp)], size);
         }
@@ -165,7 +230,12 @@ fn node(e: &mut Exposition, c: &mut Collectors) {
     }
     if let Some(nets) = &mut c.networks {
         nets.refresh(true);
-        let mut list: Vec<_> = nets.iter().map(|(n, d)| (n.to_string_lossy().into_owned(), d.total_received(), d.total_transmitted(), d.total_packets_received(), d.total_packets_transmitted())).collect();
+        let mut list: Vec<_> = nets
+            .iter()
+            .map(|(n, d)| {
+                (n.to_string_lossy().into_owned(), d.total_received(), d.total_transmitted(), d.total_packets_received(), d.total_packets_transmitted())
+            })
+            .collect();
         list.sort();
         let families = [
             ("node_network_receive_bytes_total", "Network device statistic receive_bytes."),
@@ -210,7 +280,11 @@ fn mesh(e: &mut Exposition, state: &NodeState, stations: &[Station]) {
     e.family("meshd_radio_up", "gauge", "1 when meshd set the radio up in its role; 0 with the error when it could not.");
     for r in &state.radios {
         let err = r.error.as_deref().unwrap_or("");
-        e.sample("meshd_radio_up", &[("phy", &r.phy), ("driver", &r.driver), ("role", &r.role), ("interface", &r.interface), ("error", err)], u8::from(r.error.is_none()));
+        e.sample(
+            "meshd_radio_up",
+            &[("phy", &r.phy), ("driver", &r.driver), ("role", &r.role), ("interface", &r.interface), ("error", err)],
+            u8::from(r.error.is_none()),
+        );
     }
     e.family("meshd_mesh_peers", "gauge", "802.11s stations with an established peer link.");
     for r in state.radios.iter().filter(|r| r.role == "mesh" && r.error.is_none()) {
@@ -260,7 +334,10 @@ fn router(e: &mut Exposition, state: &NodeState, peers: &Result<Vec<Peer>, Strin
     }
     e.one("meshd_router_peers", "gauge", "Overlay peers (nodes) with a connection up.", &r, by_node.len());
     e.one("meshd_router_links", "gauge", "Overlay connections up.", &r, peers.iter().filter(|p| p.up).count());
-    for (name, help) in [("meshd_router_peer_receive_bytes_total", "Bytes received from the overlay peer."), ("meshd_router_peer_transmit_bytes_total", "Bytes sent to the overlay peer.")] {
+    for (name, help) in [
+        ("meshd_router_peer_receive_bytes_total", "Bytes received from the overlay peer."),
+        ("meshd_router_peer_transmit_bytes_total", "Bytes sent to the overlay peer."),
+    ] {
         e.family(name, "counter", help);
         for (address, (rx, tx)) in &by_node {
             let v = if name.contains("receive") { rx } else { tx };
@@ -279,13 +356,43 @@ mod tests {
         let state = NodeState {
             version: "1.2".into(),
             router: "yggdrasil".into(),
-            radios: vec![RadioState { phy: "phy0".into(), driver: "mac80211_hwsim".into(), usb: None, mac: "m".into(), role: "mesh".into(), interface: "mesh0".into(), error: None }],
+            radios: vec![RadioState {
+                phy: "phy0".into(),
+                driver: "mac80211_hwsim".into(),
+                usb: None,
+                mac: "m".into(),
+                role: "mesh".into(),
+                interface: "mesh0".into(),
+                error: None,
+            }],
             services: vec![ServiceDoc { name: "yggdrasil".into(), running: true, restarts: 2, last_exit: None }],
-            config_error: Some(ConfigErrorDoc { file: "/boot/mesh.yaml".into(), line: Some(4), key: "mesh.freq".into(), message: "unknown field `freq`, expected \"id\"".into(), text: String::new() }),
+            config_error: Some(ConfigErrorDoc {
+                file: "/boot/mesh.yaml".into(),
+                line: Some(4),
+                key: "mesh.freq".into(),
+                message: "unknown field `freq`, expected \"id\"".into(),
+                text: String::new(),
+            }),
             ..NodeState::default()
         };
-        let st = vec![Station { interface: "mesh0".into(), mac: "02:00:00:00:01:00".into(), signal_dbm: Some(-30), tx_bitrate_mbps: Some(54.0), rx_bytes: 10, tx_bytes: 20, plink: Some("ESTAB".into()) }];
-        let link = Peer { key: "k".into(), address: "200::2".into(), remote: "tls://[fe80::2%eth1]:1".into(), up: true, rx_bytes: 5, tx_bytes: 6, uptime_seconds: 1.0 };
+        let st = vec![Station {
+            interface: "mesh0".into(),
+            mac: "02:00:00:00:01:00".into(),
+            signal_dbm: Some(-30),
+            tx_bitrate_mbps: Some(54.0),
+            rx_bytes: 10,
+            tx_bytes: 20,
+            plink: Some("ESTAB".into()),
+        }];
+        let link = Peer {
+            key: "k".into(),
+            address: "200::2".into(),
+            remote: "tls://[fe80::2%eth1]:1".into(),
+            up: true,
+            rx_bytes: 5,
+            tx_bytes: 6,
+            uptime_seconds: 1.0,
+        };
         let peers = Ok(vec![link.clone(), Peer { remote: "tls://[fe80::2%eth1]:2".into(), ..link }]);
         let text = render(&state, &st, &peers, &mut Collectors::new());
         for want in [

@@ -4,11 +4,11 @@
 //! A radio that is unplugged and plugged back comes back as a new phy; it is found by the next
 //! scan and set up from scratch, so a replug never needs a reboot.
 
+use crate::command::run;
 use crate::config::{Mesh, RadioRule, Role};
 use serde::Serialize;
 use std::fs;
 use std::path::Path;
-use crate::command::run;
 
 const PHYS: &str = "/sys/class/ieee80211";
 
@@ -54,7 +54,8 @@ pub fn scan() -> Vec<Radio> {
             let base = e.path();
             let read = |name: &str| fs::read_to_string(base.join(name)).ok().map(|s| s.trim().to_string());
             let index = read("index")?.parse().ok()?;
-            let driver = fs::read_link(base.join("device/driver")).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default();
+            let driver =
+                fs::read_link(base.join("device/driver")).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default();
             // A USB radio's phy hangs off the USB interface; the device with the ids is its parent.
             let usb = (|| {
                 let v = fs::read_to_string(base.join("device/../idVendor")).ok()?;

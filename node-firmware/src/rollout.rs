@@ -111,11 +111,8 @@ impl Agent {
     fn run(self) {
         let mut shelf = Shelf::new(&self.boot_dir, &self.disk, &self.fetch.cache, false);
         let mut seen: BTreeMap<String, Instant> = BTreeMap::new();
-        let http = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(8)))
-            .user_agent(concat!("meshd/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let http =
+            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(8))).user_agent(concat!("meshd/", env!("CARGO_PKG_VERSION"))).build().into();
         loop {
             let record = upgrade::read_record(&self.state_dir);
             let releases = self.releases(&mut shelf);
@@ -226,7 +223,11 @@ impl Agent {
             }
         }
         let Some(best) = best.cloned() else { return };
-        let offering: Vec<String> = heard.iter().filter(|(_, a)| a.as_ref().is_some_and(|a| a.upgrade.releases.iter().any(|r| r.manifest == best.manifest))).map(|(addr, _)| self.base(addr)).collect();
+        let offering: Vec<String> = heard
+            .iter()
+            .filter(|(_, a)| a.as_ref().is_some_and(|a| a.upgrade.releases.iter().any(|r| r.manifest == best.manifest)))
+            .map(|(addr, _)| self.base(addr))
+            .collect();
         // Neighbours that served bad bytes of this release before are not asked again.
         let earlier = upgrade::read_record(&self.state_dir).filter(|r| r.manifest_sha256.as_deref() == Some(best.manifest.as_str()));
         let (offering, bad): (Vec<String>, Vec<String>) = offering.into_iter().partition(|p| !earlier.as_ref().is_some_and(|r| chunk_fetch::served_bad(r, p)));
@@ -346,7 +347,9 @@ mod tests {
     use super::*;
 
     fn heard(list: &[(&str, Option<Phase>)]) -> BTreeMap<String, Option<Announced>> {
-        list.iter().map(|(a, p)| (a.to_string(), p.map(|phase| Announced { board: "rpi3".into(), upgrade: AnnouncedUpgrade { phase, releases: vec![] } }))).collect()
+        list.iter()
+            .map(|(a, p)| (a.to_string(), p.map(|phase| Announced { board: "rpi3".into(), upgrade: AnnouncedUpgrade { phase, releases: vec![] } })))
+            .collect()
     }
 
     #[test]

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 /// script put on the kernel command line.
 pub fn boot_disk(cmdline_text: &str) -> Result<PathBuf, String> {
     let want = cmdline::value(cmdline_text, cmdline::DISK_KEY).ok_or("no meshos.disk= on the kernel command line")?;
-    let mut names: Vec<String> = fs::read_dir("/sys/block").map_err(|e| format!("/sys/block: {e}"))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> =
+        fs::read_dir("/sys/block").map_err(|e| format!("/sys/block: {e}"))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     for name in names.iter().filter(|n| !n.starts_with("loop") && !n.starts_with("ram") && !n.starts_with("zram")) {
         let dev = Path::new("/dev").join(name);

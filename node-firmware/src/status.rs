@@ -172,7 +172,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let state = NodeState {
             name: "tomesh-533a".into(),
-            config_error: Some(ConfigErrorDoc { file: "/boot/mesh.yaml".into(), line: Some(3), key: "mesh.id".into(), message: "x".into(), text: "/boot/mesh.yaml:3: mesh.id: x".into() }),
+            config_error: Some(ConfigErrorDoc {
+                file: "/boot/mesh.yaml".into(),
+                line: Some(3),
+                key: "mesh.id".into(),
+                message: "x".into(),
+                text: "/boot/mesh.yaml:3: mesh.id: x".into(),
+            }),
             ..NodeState::default()
         };
         write(&dir, &state).unwrap();

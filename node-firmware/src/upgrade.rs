@@ -87,7 +87,18 @@ pub struct Record {
 
 impl Record {
     pub fn new(source: String) -> Record {
-        Record { step: Step::Verify, source, version: None, target: None, error: None, error_kind: None, manifest_sha256: None, transfer: None, neighbours: Vec::new(), by_agent: false }
+        Record {
+            step: Step::Verify,
+            source,
+            version: None,
+            target: None,
+            error: None,
+            error_kind: None,
+            manifest_sha256: None,
+            transfer: None,
+            neighbours: Vec::new(),
+            by_agent: false,
+        }
     }
 }
 
@@ -224,13 +235,23 @@ fn run(source: &Source, node: &Target, allow_downgrade: bool, record: &mut Recor
 pub fn refuse_on_trial(node: &Target) -> Result<(), InstallError> {
     if let Some(r) = read_record(node.state_dir).filter(|r| r.step == Step::Installed && r.target.as_deref().and_then(Slot::parse) == Some(node.running)) {
         let v = r.version.unwrap_or_default();
-        return Err(fail(Step::Verify, "on_trial")(format!("slot {} runs {v} on trial: an install now would overwrite slot {}, the last one known good; it can follow once {v} is committed", node.running, node.running.other())));
+        return Err(fail(Step::Verify, "on_trial")(format!(
+            "slot {} runs {v} on trial: an install now would overwrite slot {}, the last one known good; it can follow once {v} is committed",
+            node.running,
+            node.running.other()
+        )));
     }
     Ok(())
 }
 
 /// Board, version and sizes, before anything is written; returns the slot to write.
-pub fn check<R: std::io::Read>(opened: &bundle::Opened<R>, node: &Target, allow_downgrade: bool, record: &mut Record, origin: &str) -> Result<Slot, InstallError> {
+pub fn check<R: std::io::Read>(
+    opened: &bundle::Opened<R>,
+    node: &Target,
+    allow_downgrade: bool,
+    record: &mut Record,
+    origin: &str,
+) -> Result<Slot, InstallError> {
     record.step = Step::CheckCompatible;
     record.version = Some(opened.manifest.version.clone());
     record.manifest_sha256 = Some(opened.manifest_sha256());
@@ -399,7 +420,16 @@ mod tests {
     fn no_install_while_the_running_slot_is_on_trial() {
         let dir = std::env::temp_dir().join(format!("meshd-on-trial-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let node = Target { disk: Path::new("/nonexistent"), running: Slot::B, compatible: "meshos-rpi3".into(), version: "1.1".into(), trusted: &[], required: 1, boot_dir: &dir, state_dir: &dir };
+        let node = Target {
+            disk: Path::new("/nonexistent"),
+            running: Slot::B,
+            compatible: "meshos-rpi3".into(),
+            version: "1.1".into(),
+            trusted: &[],
+            required: 1,
+            boot_dir: &dir,
+            state_dir: &dir,
+        };
         // B was installed and booted, not yet committed: writing A now would leave no good slot.
         let trial = Record { step: Step::Installed, target: Some("B".into()), version: Some("1.1".into()), ..Record::new("x".into()) };
         save(&dir, &trial);

@@ -46,13 +46,10 @@ impl Verifier {
     pub fn load(keyring: &Path, trusted: &[String]) -> Result<Verifier, ReleaseError> {
         let path = keyring.display().to_string();
         let data = std::fs::read(keyring).map_err(|e| ReleaseError::Keyring { path: path.clone(), message: e.to_string() })?;
-        let parsed = SignedPublicKey::from_bytes_many(std::io::Cursor::new(data))
-            .map_err(|e| ReleaseError::Keyring { path: path.clone(), message: e.to_string() })?;
+        let parsed =
+            SignedPublicKey::from_bytes_many(std::io::Cursor::new(data)).map_err(|e| ReleaseError::Keyring { path: path.clone(), message: e.to_string() })?;
         let want: Vec<String> = trusted.iter().map(|f| f.to_ascii_uppercase()).collect();
-        let keys: Vec<SignedPublicKey> = parsed
-            .flatten()
-            .filter(|k| want.contains(&hex::encode_upper(k.fingerprint().as_bytes())))
-            .collect();
+        let keys: Vec<SignedPublicKey> = parsed.flatten().filter(|k| want.contains(&hex::encode_upper(k.fingerprint().as_bytes()))).collect();
         let fingerprints = want.join(", ");
         if keys.is_empty() {
             return Err(ReleaseError::NoTrustedKey { path, fingerprints });
@@ -67,9 +64,7 @@ impl Verifier {
         // The primary key is trusted by its pinned fingerprint; a subkey only through a valid
         // binding signature (and back-signature) from that primary key. Third-party
         // certifications on Debian's keys are neither needed nor checked.
-        let ok = self.keys.iter().any(|k| {
-            msg.verify(k).is_ok() || k.public_subkeys.iter().any(|s| s.verify(&k.primary_key).is_ok() && msg.verify(s).is_ok())
-        });
+        let ok = self.keys.iter().any(|k| msg.verify(k).is_ok() || k.public_subkeys.iter().any(|s| s.verify(&k.primary_key).is_ok() && msg.verify(s).is_ok()));
         if !ok {
             return Err(ReleaseError::BadSignature { url: url.into(), fingerprints: self.fingerprints.clone() });
         }
@@ -181,9 +176,7 @@ fn check(body: &[u8], entry: &IndexEntry) -> Result<(), String> {
 
 fn decompress_xz(body: &[u8], path: &str) -> Result<String, ReleaseError> {
     let mut text = String::new();
-    liblzma::read::XzDecoder::new(body)
-        .read_to_string(&mut text)
-        .map_err(|e| ReleaseError::Decompress { path: path.into(), message: e.to_string() })?;
+    liblzma::read::XzDecoder::new(body).read_to_string(&mut text).map_err(|e| ReleaseError::Decompress { path: path.into(), message: e.to_string() })?;
     Ok(text)
 }
 

@@ -101,7 +101,8 @@ impl Index {
             if chosen.contains_key(&name) {
                 continue;
             }
-            let pkg = self.pick(&name, &chosen).ok_or_else(|| ResolveError::Missing { name: name.clone(), wanted_by: wanted_by.clone(), arch: self.arch.clone() })?;
+            let pkg =
+                self.pick(&name, &chosen).ok_or_else(|| ResolveError::Missing { name: name.clone(), wanted_by: wanted_by.clone(), arch: self.arch.clone() })?;
             if chosen.contains_key(&pkg.name) {
                 continue;
             }
@@ -187,11 +188,7 @@ impl std::fmt::Display for Relation {
 
 /// "a (>= 1), b | c:any" → [[a >= 1], [b, c]]
 fn parse_relations(text: &str) -> Vec<Vec<Relation>> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|g| !g.is_empty())
-        .map(|group| group.split('|').map(|alt| parse_relation(alt.trim())).collect())
-        .collect()
+    text.split(',').map(str::trim).filter(|g| !g.is_empty()).map(|group| group.split('|').map(|alt| parse_relation(alt.trim())).collect()).collect()
 }
 
 fn parse_relation(text: &str) -> Relation {
