@@ -61,6 +61,9 @@ fi
 
 # Rust targets for the node firmware.
 if command -v rustup >/dev/null 2>&1; then
+  for c in clippy rustfmt; do
+    rustup component list --installed | grep -q "^$c" || { echo "setup: adding Rust component $c (make test runs it)"; rustup component add "$c"; }
+  done
   for t in aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf; do
     rustup target list --installed | grep -qx "$t" || { echo "setup: adding Rust target $t"; rustup target add "$t"; }
   done

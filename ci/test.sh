@@ -60,6 +60,8 @@ boot() { # BOARD: boot the image, console to out/BOARD/console.log
 }
 
 stage "cargo tests" cargo test --workspace --locked
+stage "cargo fmt --check" cargo fmt --all --check
+stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 # Images are signed with a key made for this run (no secret is ever committed); the stock
 # minisign tool must accept the signature.
 rm -rf out/ci-key && mkdir -p out/ci-key

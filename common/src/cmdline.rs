@@ -7,7 +7,7 @@ pub const DISK_KEY: &str = "meshos.disk";
 
 /// The value of `key=` in a kernel command line, if present (the last occurrence wins, as in Linux).
 pub fn value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline.split_whitespace().filter_map(|word| word.split_once('=')).filter(|(k, _)| *k == key).map(|(_, v)| v).last()
+    cmdline.split_whitespace().filter_map(|word| word.split_once('=')).filter(|(k, _)| *k == key).map(|(_, v)| v).next_back()
 }
 
 #[cfg(test)]

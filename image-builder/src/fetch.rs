@@ -60,6 +60,7 @@ impl Cache {
     }
 
     /// Makes sure every package is in the cache and intact; returns how many bytes were downloaded.
+    #[allow(clippy::result_large_err)] // one error ends the build; its size costs nothing
     pub fn ensure(&self, lock: &Lock, lock_path: &Path, packages: &[&LockedPackage]) -> Result<u64, FetchError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -115,6 +116,7 @@ impl Cache {
         }
     }
 
+    #[allow(clippy::result_large_err)] // as for ensure
     fn download(&self, lock: &Lock, lock_path: &Path, p: &LockedPackage, bar: &ProgressBar) -> Result<(), FetchError> {
         let url = format!("{}/{}", lock.mirror.trim_end_matches('/'), p.path);
         let partial = self.root.join("partial").join(&p.sha256);

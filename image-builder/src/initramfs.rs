@@ -41,15 +41,13 @@ pub fn tree(busybox_pkg: &Tree, package: &str, modules: &[&Module], epoch: i64) 
 /// newc cpio of the tree (sorted; inode numbers by position), gzip-compressed with no timestamp.
 pub fn archive(tree: &Tree) -> Vec<u8> {
     let mut cpio = Vec::new();
-    let mut ino = 1u32;
-    for (path, node) in tree.iter() {
+    for (ino, (path, node)) in (1u32..).zip(tree.iter()) {
         let (kind_bits, data): (u32, &[u8]) = match &node.kind {
             Kind::Dir => (0o040000, &[]),
             Kind::File(d) => (0o100000, d.as_slice()),
             Kind::Symlink(t) => (0o120000, t.as_bytes()),
         };
         entry(&mut cpio, path, ino, kind_bits | node.mode, node.uid, node.gid, node.mtime, data);
-        ino += 1;
     }
     entry(&mut cpio, "TRAILER!!!", 0, 0, 0, 0, 0, &[]);
     let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
@@ -76,7 +74,7 @@ fn entry(out: &mut Vec<u8>, name: &str, ino: u32, mode: u32, uid: u32, gid: u32,
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

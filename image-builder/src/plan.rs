@@ -80,6 +80,7 @@ pub fn overlay_dirs(root: &Path, board: &str) -> Vec<PathBuf> {
 
 impl Plan {
     /// `extra_overlays` are laid after the board's (a site's files, a test fixture).
+    #[allow(clippy::too_many_arguments)] // each is a separate input the plan records
     pub fn new(
         root: &Path,
         out_root: &Path,

@@ -413,7 +413,7 @@ mod tests {
         assert!(served_bad(&Record { transfer: Some(t.clone()), ..Record::new("x".into()) }, &rogue));
 
         // Only the rogue offers it: the install stops at once, naming it.
-        let err = fetch_all(&[&chunks[0]], &[rogue.clone()], &opts, &dir, &mut Record::new("test".into())).unwrap_err();
+        let err = fetch_all(&[&chunks[0]], std::slice::from_ref(&rogue), &opts, &dir, &mut Record::new("test".into())).unwrap_err();
         assert!(err.message.contains("every neighbour offering it served bad bytes") && err.message.contains(&rogue), "{}", err.message);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -217,7 +217,7 @@ impl fmt::Display for ConfigError {
 /// 2.4 GHz channels 1–14, then the 5 GHz channels 802.11s meshes use (no DFS radar checks).
 pub fn channel_of(mhz: u32) -> Option<u32> {
     match mhz {
-        2412..=2472 if (mhz - 2412) % 5 == 0 => Some((mhz - 2407) / 5),
+        2412..=2472 if (mhz - 2412).is_multiple_of(5) => Some((mhz - 2407) / 5),
         2484 => Some(14),
         5180 | 5200 | 5220 | 5240 | 5745 | 5765 | 5785 | 5805 | 5825 => Some((mhz - 5000) / 5),
         _ => None,

@@ -204,8 +204,7 @@ mod tests {
 
     #[test]
     fn yggdrasil_config_carries_key_peers_and_interfaces() {
-        let mut c = Config::default();
-        c.peers = vec!["tls://192.0.2.1:443".into()];
+        let c = Config { peers: vec!["tls://192.0.2.1:443".into()], ..Config::default() };
         let id = Identity { private_key: "ab".repeat(64), address: "200::1".parse().unwrap(), hostname: "tomesh-0001".into() };
         let l = launch(&c, &id, Path::new("/data/meshd"), Path::new("/run/meshd")).unwrap();
         let v: Value = serde_json::from_str(&l.config_text).unwrap();
