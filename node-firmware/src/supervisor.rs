@@ -1,9 +1,16 @@
 //! Child services (the router, the ssh server, the access point): started, watched, and
 //! restarted with a growing delay when they exit, so one crash loop cannot eat the CPU.
+//!
+//! A service never outlives meshd: each runs in a process group of its own with
+//! `PR_SET_PDEATHSIG`, so it is sent SIGTERM when meshd ends however it ends (a panic aborts,
+//! the SIGTERM handler `_exit`s). Should one survive anyway, the meshd that init starts next
+//! finds it by its pid file and stops it before starting its own, so two routers never fight
+//! over the interface, the admin socket or port 22.
 
 use serde::Serialize;
 use std::fs::File;
-use std::path::Path;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,7 +18,10 @@ pub struct Service {
     pub name: String,
     program: String,
     args: Vec<String>,
-    log: std::path::PathBuf,
+    log: PathBuf,
+    pid_file: PathBuf,
+    /// A process an earlier meshd left behind has been looked for.
+    swept: bool,
     child: Option<Child>,
     restarts: u32,
     next_start: Instant,
@@ -31,14 +41,17 @@ pub struct ServiceStatus {
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Service {
-    /// A service whose output goes to `<run_dir>/<name>.log` (a fresh file per start, so a
-    /// chatty program cannot fill the tmpfs across restarts).
+    /// A service whose output goes to `<run_dir>/<name>.log`, the run before's to `.log.1`
+    /// (two files at most, so a chatty program cannot fill the tmpfs across restarts), and
+    /// whose pid is in `<run_dir>/<name>.pid`.
     pub fn new(name: &str, program: &str, args: Vec<String>, run_dir: &Path) -> Service {
         Service {
             name: name.into(),
             program: program.into(),
             args,
             log: run_dir.join(format!("{name}.log")),
+            pid_file: run_dir.join(format!("{name}.pid")),
+            swept: false,
             child: None,
             restarts: 0,
             next_start: Instant::now(),
@@ -60,7 +73,13 @@ impl Service {
                 }
                 Ok(Some(status)) => {
                     let why = format!("{status}");
-                    eprintln!("meshd: {} exited ({why}), restarting in {} s; its output is in {}", self.name, self.backoff.as_secs(), self.log.display());
+                    eprintln!(
+                        "meshd: {} exited ({why}), restarting in {} s; its output is in {} ({}.1 once it has started again)",
+                        self.name,
+                        self.backoff.as_secs(),
+                        self.log.display(),
+                        self.log.display()
+                    );
                     self.last_exit = Some(why);
                 }
                 Err(e) => self.last_exit = Some(e.to_string()),
@@ -74,12 +93,39 @@ impl Service {
         if Instant::now() < self.next_start {
             return;
         }
+        if !self.swept {
+            self.swept = true;
+            self.stop_left_behind();
+        }
+        let mut log = self.log.clone().into_os_string();
+        log.push(".1");
+        let _ = std::fs::rename(&self.log, log);
+        let meshd = std::process::id();
         let spawned = File::create(&self.log).and_then(|out| {
             let err = out.try_clone()?;
-            Command::new(&self.program).args(&self.args).stdin(Stdio::null()).stdout(out).stderr(err).spawn()
+            let mut cmd = Command::new(&self.program);
+            cmd.args(&self.args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+            // SAFETY: between fork and exec the child only calls prctl and getppid, which are
+            // async-signal-safe, and touches no memory of the parent's.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // meshd ended before the prctl: nobody would send the signal.
+                    if libc::getppid() as u32 != meshd {
+                        return Err(std::io::Error::other("meshd ended while starting it"));
+                    }
+                    Ok(())
+                });
+            }
+            cmd.spawn()
         });
         match spawned {
             Ok(child) => {
+                if let Err(e) = crate::durable::write(&self.pid_file, format!("{}\n", child.id()).as_bytes(), 0o644) {
+                    eprintln!("meshd: {}: {}: {e}", self.name, self.pid_file.display());
+                }
                 self.child = Some(child);
                 self.next_start = Instant::now();
             }
@@ -105,10 +151,40 @@ impl Service {
         }
     }
 
+    /// Stops the service and whatever it started (its process group).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // SAFETY: kill only sends a signal; the group is the child's own (process_group(0)).
+            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
             let _ = child.kill();
             let _ = child.wait();
+            let _ = std::fs::remove_file(&self.pid_file);
+        }
+    }
+
+    /// Stops this service's process if an earlier meshd left it running (its pid file names a
+    /// live process running the same program).
+    fn stop_left_behind(&self) {
+        let Some(pid) = std::fs::read_to_string(&self.pid_file).ok().and_then(|t| t.trim().parse::<libc::pid_t>().ok()).filter(|p| *p > 1) else { return };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let argv0 = cmdline.split(|b| *b == 0).next().map(|a| String::from_utf8_lossy(a).into_owned()).unwrap_or_default();
+        let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
+        if argv0.is_empty() || base(&argv0) != base(&self.program) {
+            return;
+        }
+        eprintln!("meshd: {}: stopping {} (pid {pid}), left running by an earlier meshd", self.name, self.program);
+        // SAFETY: kill only sends signals, to the group and to the process itself (an older
+        // meshd did not give it a group of its own).
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+            libc::kill(pid, libc::SIGKILL);
+        }
+        // Reaped by init (it is not our child); wait until it is gone so its port is free.
+        for _ in 0..50 {
+            if !Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
@@ -136,6 +212,77 @@ mod tests {
         s.tick(); // not due yet: the delay is 1 s
         assert!(!s.status().running);
         assert_eq!(s.backoff, Duration::from_secs(2));
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("meshd-supervisor-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_run_before_keeps_its_log() {
+        let dir = scratch("log");
+        let mut s = Service::new("talker", "/bin/sh", vec!["-c".into(), "echo run $$; exit 3".into()], &dir);
+        s.tick();
+        let first = s.status().pid.unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        s.tick(); // reaped
+        std::thread::sleep(Duration::from_millis(1100));
+        s.tick(); // started again
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(std::fs::read_to_string(dir.join("talker.log.1")).unwrap(), format!("run {first}\n"));
+        assert!(std::fs::read_to_string(dir.join("talker.log")).unwrap().starts_with("run "));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_service_ends_with_the_thread_that_started_it() {
+        // PR_SET_PDEATHSIG fires when the starting thread ends: here a thread stands in for
+        // meshd, which starts every service from its main thread.
+        let dir = scratch("orphan");
+        let mut s = std::thread::spawn(move || {
+            let mut s = Service::new("sleeper", "sleep", vec!["100".into()], &dir);
+            s.tick();
+            s
+        })
+        .join()
+        .unwrap();
+        let child = s.child.as_mut().unwrap();
+        let mut status = None;
+        for _ in 0..50 {
+            status = child.try_wait().unwrap();
+            if status.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.and_then(|s| s.signal()), Some(libc::SIGTERM), "the service outlived its meshd");
+    }
+
+    #[test]
+    fn one_left_by_an_earlier_meshd_is_stopped_first() {
+        let dir = scratch("stale");
+        let mut earlier = Command::new("sleep").arg("100").spawn().unwrap();
+        // Until it has run a moment, its /proc/<pid>/cmdline may still be empty.
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::write(dir.join("sleeper.pid"), format!("{}\n", earlier.id())).unwrap();
+        // A pid file naming another program is left alone.
+        let other = Service::new("other", "yggdrasil", vec![], &dir);
+        std::fs::write(dir.join("other.pid"), format!("{}\n", earlier.id())).unwrap();
+        other.stop_left_behind();
+        assert!(earlier.try_wait().unwrap().is_none(), "a process of another program was stopped");
+        let mut s = Service::new("sleeper", "sleep", vec!["100".into()], &dir);
+        s.tick();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(earlier.wait().unwrap().signal(), Some(libc::SIGKILL));
+        let pid: u32 = std::fs::read_to_string(dir.join("sleeper.pid")).unwrap().trim().parse().unwrap();
+        assert_eq!(Some(pid), s.status().pid);
+        s.stop();
+        assert!(!dir.join("sleeper.pid").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
