@@ -329,6 +329,7 @@ def main():
             what = f"{delay:.1f} s after slot {target} came up ({'after' if committed else 'before'} it was marked good)"
             # Marked good or not, the new slot has attempts left and is first in the order.
             expect = target
+        last_boot = len(node.lines)
         node.power_on()
         running_version, running = node.ready()
         if expect and running != expect:
@@ -338,6 +339,11 @@ def main():
 
     node.wait_ssh()
     wait_not_on_trial(node)
+    # Every boot ends with the running slot marked good again once healthy (its attempts
+    # restored): until then the boot state still changes by itself.
+    _, m = node.wait_line(r"^meshd: (slot [AB] healthy, marked good|ROLLBACK)", 180, last_boot)
+    if m is None:
+        fail("the last boot never marked its slot good")
     status = json.loads(node.ssh("meshd upgrade status --json").stdout)
 
     https_install(node, work, bundles[next(v for v in bundles if v != status["version"])], args.port + 1)
