@@ -59,35 +59,10 @@ boot() { # BOARD: boot the image, console to out/BOARD/console.log
   return $rc
 }
 
-stage "cargo tests" cargo test --workspace --locked
-stage "cargo fmt --check" cargo fmt --all --check
-stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
-# Images are signed with a key made for this run (no secret is ever committed); the stock
-# minisign tool must accept the signature.
-rm -rf out/ci-key && mkdir -p out/ci-key
-"$MESHIMG" keygen --unencrypted -o out/ci-key/ci.key > /dev/null
-export MESHOS_SIGN_KEY=$PWD/out/ci-key/ci.key
-signature() { # IMAGE.xz: the image and the update bundle, with minisign and with meshimg
-  local bundle=${1%.img.xz}.bundle
-  minisign -V -m "$1" -p out/ci-key/ci.key.pub && "$MESHIMG" verify "$1" -p out/ci-key/ci.key.pub &&
-    minisign -V -m "$bundle" -p out/ci-key/ci.key.pub && "$MESHIMG" verify "$bundle" -p out/ci-key/ci.key.pub
-}
-for board in $BOARDS; do
-  img=out/$board/meshos-$board-$(cargo pkgid -p meshimg | sed 's/.*[#@]//').img
-  stage "build $board" "$MESHIMG" build "$board" --out out
-  expect "$board"
-  stage "check $board image" ci/check-image.sh "$img"
-  stage "signatures of $board image and bundle (minisign -V)" signature "$img.xz"
-  stage "boot $board in QEMU" boot "$board"
-  stage "reproducible $board" ci/reproducible.sh "$board"
-  if [ "$board" = qemu-arm64 ]; then
-    stage "mesh of four qemu-arm64 nodes" ci/mesh-test.sh "$img"
-  fi
-done
-has() { [[ " $BOARDS " == *" $1 "* ]]; }
-# Two single-VM stages at a time (each QEMU under TCG keeps about one of the two cores busy):
-# the power cuts on qemu-arm64 run beside the rpi3 upgrades, their output kept in their log
-# and shown when they end.
+# Two stages at a time where one leaves a core idle (a QEMU under TCG keeps about one of the
+# two busy): each board boots beside its second build, and the power cuts on qemu-arm64 run
+# beside the rpi3 upgrades; a stage in the background keeps its output in its log, shown when
+# it ends.
 stage_bg() { # NAME COMMAND...
   local name=$1 log; shift
   log=out/test-logs/$(printf '%02d' $((passed + failed + ${#started_bg[@]} + 1)))-$(tr -c 'a-z0-9\n' - <<<"${name,,}" | tr -s -).log
@@ -109,6 +84,34 @@ stage_wait() { # waits for the stages started with stage_bg and counts them
   done
   started_bg=() bg_pids=()
 }
+
+stage "cargo tests" cargo test --workspace --locked
+stage "cargo fmt --check" cargo fmt --all --check
+stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+# Images are signed with a key made for this run (no secret is ever committed); the stock
+# minisign tool must accept the signature.
+rm -rf out/ci-key && mkdir -p out/ci-key
+"$MESHIMG" keygen --unencrypted -o out/ci-key/ci.key > /dev/null
+export MESHOS_SIGN_KEY=$PWD/out/ci-key/ci.key
+signature() { # IMAGE.xz: the image and the update bundle, with minisign and with meshimg
+  local bundle=${1%.img.xz}.bundle
+  minisign -V -m "$1" -p out/ci-key/ci.key.pub && "$MESHIMG" verify "$1" -p out/ci-key/ci.key.pub &&
+    minisign -V -m "$bundle" -p out/ci-key/ci.key.pub && "$MESHIMG" verify "$bundle" -p out/ci-key/ci.key.pub
+}
+for board in $BOARDS; do
+  img=out/$board/meshos-$board-$(cargo pkgid -p meshimg | sed 's/.*[#@]//').img
+  stage "build $board" "$MESHIMG" build "$board" --out out
+  expect "$board"
+  stage "check $board image" ci/check-image.sh "$img"
+  stage "signatures of $board image and bundle (minisign -V)" signature "$img.xz"
+  stage_bg "boot $board in QEMU" boot "$board"
+  stage "reproducible $board" ci/reproducible.sh "$board"
+  stage_wait
+  if [ "$board" = qemu-arm64 ]; then
+    stage "mesh of four qemu-arm64 nodes" ci/mesh-test.sh "$img"
+  fi
+done
+has() { [[ " $BOARDS " == *" $1 "* ]]; }
 if has qemu-arm64; then
   stage_bg "power cuts and a hang on qemu-arm64" ci/powercut-test.py
 fi
