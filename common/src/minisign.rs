@@ -100,7 +100,7 @@ impl PublicKey {
 
     /// Checks `sig` over `data`; returns the trusted comment.
     pub fn verify(&self, data: &[u8], sig: &SignatureFile) -> Result<String, Error> {
-        self.verify_prehashed(&sig.message_digest(data), sig)
+        self.verify_prehashed(&MessageDigest(Blake2b512::digest(data).to_vec()), sig)
     }
 
     /// Checks a signature whose message the caller hashed (BLAKE2b-512) while streaming it.
@@ -108,8 +108,7 @@ impl PublicKey {
         if sig.keynum != self.keynum {
             return Err(Error::WrongKey { signed_by: key_id(&sig.keynum), trusted: self.id() });
         }
-        let MessageDigest::Blake2b512(message) = digest;
-        self.key.verify(message, &sig.signature).map_err(|_| Error::BadSignature)?;
+        self.key.verify(&digest.0, &sig.signature).map_err(|_| Error::BadSignature)?;
         let mut global = sig.signature.to_bytes().to_vec();
         global.extend_from_slice(sig.trusted_comment.as_bytes());
         self.key.verify(&global, &sig.global_signature).map_err(|_| Error::BadTrustedComment)?;
@@ -118,9 +117,7 @@ impl PublicKey {
 }
 
 /// What a signature covers: the file's BLAKE2b-512.
-pub enum MessageDigest {
-    Blake2b512(Vec<u8>),
-}
+pub struct MessageDigest(Vec<u8>);
 
 /// Hashes data as it streams past, for [`PublicKey::verify_prehashed`].
 pub struct StreamingDigest(Blake2b512);
@@ -137,7 +134,7 @@ impl StreamingDigest {
     }
 
     pub fn finish(self) -> MessageDigest {
-        MessageDigest::Blake2b512(self.0.finalize().to_vec())
+        MessageDigest(self.0.finalize().to_vec())
     }
 }
 
@@ -180,10 +177,6 @@ impl SignatureFile {
             trusted_comment: trusted_comment.to_string(),
             global_signature: Signature::from_bytes(&global),
         })
-    }
-
-    fn message_digest(&self, data: &[u8]) -> MessageDigest {
-        MessageDigest::Blake2b512(Blake2b512::digest(data).to_vec())
     }
 
     /// The `.minisig` file's text.

@@ -98,7 +98,7 @@ impl Tree {
 
     /// Extracts a package's data archive. Paths in /bin, /sbin, /lib are moved under /usr, and
     /// an entry whose parent is a symlink in the tree lands where the link points, as dpkg
-    /// unpacks (always inside the tree: see [`Tree::real_path`]).
+    /// unpacks (always inside the tree: `..` and absolute link targets stop at its root).
     pub fn extract_deb(&mut self, deb: &Path) -> Result<(), DebError> {
         let format = |message: String| DebError::Format { path: deb.into(), message };
         deb::for_each_entry(deb, |e| {
@@ -106,7 +106,7 @@ impl Tree {
             let kind = match e.kind {
                 EntryKind::Dir => {
                     // A directory the tree already has, or links to, stays as it is.
-                    if self.real_path(&path).ok().and_then(|p| self.nodes.get(&p)).is_some_and(|n| n.kind == Kind::Dir) {
+                    if self.resolve(&path).and_then(|p| self.nodes.get(&p)).is_some_and(|n| n.kind == Kind::Dir) {
                         return Ok(());
                     }
                     Kind::Dir
@@ -138,7 +138,7 @@ impl Tree {
     /// directory: absolute targets start from the tree's root and `..` stops there, so the
     /// result never leaves the tree. Parts that do not exist are kept as they are; a part
     /// that is a file with more after it is an error.
-    pub fn real_path(&self, path: &str) -> Result<String, String> {
+    fn real_path(&self, path: &str) -> Result<String, String> {
         let mut done = String::new();
         let mut todo: std::collections::VecDeque<String> = path.split('/').map(String::from).collect();
         let mut links = 0;

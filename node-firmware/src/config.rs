@@ -448,7 +448,7 @@ pub fn load(file: &Path, state_dir: &Path) -> Loaded {
 /// A peer URI as it may be shown (errors end up in logs and metrics): no user part and no
 /// query, which is where passwords and keys go.
 fn redacted(peer: &str) -> String {
-    let (scheme, rest) = peer.split_once("://").map_or(("", peer), |(s, r)| (s, r));
+    let (scheme, rest) = peer.split_once("://").unwrap_or(("", peer));
     let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     let (host, query) = rest.split_once('?').map_or((rest, ""), |(h, _)| (h, "?…"));
     format!("{scheme}{}{host}{query}", if scheme.is_empty() { "" } else { "://" })

@@ -58,19 +58,18 @@ mod tests {
 
     #[test]
     fn private_files_are_private_even_over_a_readable_one() {
-        let dir = scratch("private");
-        let p = dir.join("hostapd.conf");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hostapd.conf");
         std::fs::write(&p, "old").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         super::write_private(&p, b"wpa_passphrase=x\n").unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn writers_at_once_never_mix() {
-        let dir = scratch("writers");
-        let p = dir.join("upgrade.json");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("upgrade.json");
         let writers: Vec<_> = (0..8u8)
             .map(|i| {
                 let p = p.clone();
@@ -86,14 +85,6 @@ mod tests {
         }
         let got = std::fs::read(&p).unwrap();
         assert!(got.len() == 4096 && got.iter().all(|b| *b == got[0]), "a file mixed from two writers");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "a temporary was left");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("meshd-durable-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "a temporary was left");
     }
 }

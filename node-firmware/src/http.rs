@@ -27,7 +27,7 @@ use serde_json::json;
 use std::io::Read;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -81,7 +81,8 @@ struct Face {
     bundle: Result<SlotSource, String>,
     shelf: Option<Mutex<Shelf>>,
     collectors: Mutex<Collectors>,
-    transfers: AtomicUsize,
+    /// One permit per bundle transfer, held by its reading thread until it ends.
+    transfers: Arc<Semaphore>,
 }
 
 type Reply = Response<Box<dyn Body<Data = Bytes, Error = std::io::Error> + Send + Unpin>>;
@@ -89,8 +90,14 @@ type Reply = Response<Box<dyn Body<Data = Bytes, Error = std::io::Error> + Send 
 pub fn spawn(port: u16, state: Arc<Mutex<NodeState>>, run_dir: PathBuf, bundle: Result<SlotSource, String>, shelf: Option<Shelf>) -> Result<(), String> {
     // [::] also takes IPv4 (Linux's bindv6only is 0).
     let listener = std::net::TcpListener::bind(("::", port)).map_err(|e| format!("metrics on port {port}: {e}"))?;
-    let face = Face { state, run_dir, bundle, shelf: shelf.map(Mutex::new), collectors: Mutex::new(Collectors::new()), transfers: AtomicUsize::new(0) };
-    serve_on(listener, face, Limits::default())
+    serve_on(listener, Face::new(state, run_dir, bundle, shelf), Limits::default())
+}
+
+impl Face {
+    fn new(state: Arc<Mutex<NodeState>>, run_dir: PathBuf, bundle: Result<SlotSource, String>, shelf: Option<Shelf>) -> Face {
+        let (collectors, transfers) = (Mutex::new(Collectors::new()), Arc::new(Semaphore::new(MAX_TRANSFERS)));
+        Face { state, run_dir, bundle, shelf: shelf.map(Mutex::new), collectors, transfers }
+    }
 }
 
 fn serve_on(listener: std::net::TcpListener, face: Face, limits: Limits) -> Result<(), String> {
@@ -279,17 +286,16 @@ fn send_bundle(face: &Arc<Face>) -> Reply {
         Ok(s) => s,
         Err(why) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("not serving slot {}: {why}\n", source.slot)),
     };
-    if face.transfers.fetch_add(1, Ordering::SeqCst) >= MAX_TRANSFERS {
-        face.transfers.fetch_sub(1, Ordering::SeqCst);
+    let Ok(permit) = face.transfers.clone().try_acquire_owned() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "busy sending the bundle to other nodes; try again in a minute\n".into());
-    }
+    };
     let name = served.manifest.file_name();
     let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{name}\""));
     let len = served.len;
     // Two pieces in flight: a transfer costs 128 KiB at most, however slow the neighbour.
     let (tx, rx) = mpsc::channel(2);
-    let face = face.clone();
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut reader = served.reader;
         let mut sent = 0u64;
         let outcome = loop {
@@ -310,7 +316,6 @@ fn send_bundle(face: &Arc<Face>) -> Reply {
                 }
             }
         };
-        face.transfers.fetch_sub(1, Ordering::SeqCst);
         match outcome {
             Ok(()) => eprintln!("meshd: sent {name} ({sent} bytes)"),
             Err(e) => eprintln!("meshd: sending {name}: ended after {sent} of {len} bytes: {e}"),
@@ -391,14 +396,7 @@ mod tests {
 
     fn face() -> Face {
         let state = NodeState { name: "test-node".into(), ..NodeState::default() };
-        Face {
-            state: Arc::new(Mutex::new(state)),
-            run_dir: PathBuf::from("/nonexistent"),
-            bundle: Err("none here".into()),
-            shelf: None,
-            collectors: Mutex::new(Collectors::new()),
-            transfers: AtomicUsize::new(0),
-        }
+        Face::new(Arc::new(Mutex::new(state)), PathBuf::from("/nonexistent"), Err("none here".into()), None)
     }
 
     fn serve(limits: Limits) -> SocketAddr {

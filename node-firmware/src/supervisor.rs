@@ -214,17 +214,11 @@ mod tests {
         assert_eq!(s.backoff, Duration::from_secs(2));
     }
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("meshd-supervisor-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn the_run_before_keeps_its_log() {
-        let dir = scratch("log");
-        let mut s = Service::new("talker", "/bin/sh", vec!["-c".into(), "echo run $$; exit 3".into()], &dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut s = Service::new("talker", "/bin/sh", vec!["-c".into(), "echo run $$; exit 3".into()], dir);
         s.tick();
         let first = s.status().pid.unwrap();
         std::thread::sleep(Duration::from_millis(300));
@@ -234,14 +228,14 @@ mod tests {
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(std::fs::read_to_string(dir.join("talker.log.1")).unwrap(), format!("run {first}\n"));
         assert!(std::fs::read_to_string(dir.join("talker.log")).unwrap().starts_with("run "));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_service_ends_with_the_thread_that_started_it() {
         // PR_SET_PDEATHSIG fires when the starting thread ends: here a thread stands in for
         // meshd, which starts every service from its main thread.
-        let dir = scratch("orphan");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let mut s = std::thread::spawn(move || {
             let mut s = Service::new("sleeper", "sleep", vec!["100".into()], &dir);
             s.tick();
@@ -264,17 +258,18 @@ mod tests {
 
     #[test]
     fn one_left_by_an_earlier_meshd_is_stopped_first() {
-        let dir = scratch("stale");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let mut earlier = Command::new("sleep").arg("100").spawn().unwrap();
         // Until it has run a moment, its /proc/<pid>/cmdline may still be empty.
         std::thread::sleep(Duration::from_millis(200));
         std::fs::write(dir.join("sleeper.pid"), format!("{}\n", earlier.id())).unwrap();
         // A pid file naming another program is left alone.
-        let other = Service::new("other", "yggdrasil", vec![], &dir);
+        let other = Service::new("other", "yggdrasil", vec![], dir);
         std::fs::write(dir.join("other.pid"), format!("{}\n", earlier.id())).unwrap();
         other.stop_left_behind();
         assert!(earlier.try_wait().unwrap().is_none(), "a process of another program was stopped");
-        let mut s = Service::new("sleeper", "sleep", vec!["100".into()], &dir);
+        let mut s = Service::new("sleeper", "sleep", vec!["100".into()], dir);
         s.tick();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(earlier.wait().unwrap().signal(), Some(libc::SIGKILL));
@@ -282,7 +277,6 @@ mod tests {
         assert_eq!(Some(pid), s.status().pid);
         s.stop();
         assert!(!dir.join("sleeper.pid").exists());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
