@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# A/B upgrades in QEMU on a board's real image (default rpi3 in raspi3b, which has no network
-# card: bundles reach the node the offline way, in updates/ on the boot partition, and what the
-# node did is read from its console and, after power-off, from its card):
+# A/B upgrades in QEMU on a board's real image (default rpi3 in raspi3b). Bundles reach the node
+# the offline way, in updates/ on the boot partition (raspi3b has no network card), and what the
+# node did is read from its console and, after power-off, from its card:
 #   1. N+1's bundle is installed at boot into slot B; the node reboots into B and marks it good;
 #      after a power cycle it comes up on B again;
 #   2. N+2, whose router never starts, installed into B: it is tried as many times as it has
@@ -11,7 +11,8 @@
 #      another board's, an older version.
 # Usage: ci/upgrade-test.sh [BOARD [SCENARIO...]] (default: rpi3, all three; needs MESHOS_SIGN_KEY,
 # as make test sets, and the board's image built and signed with it; scenario 3 also the other
-# board's bundle); logs and cards in out/upgrade-test/BOARD/.
+# board's bundle: the Orange Pi Zero's for rpi3, rpi3's for any other board); logs and cards in
+# out/upgrade-test/BOARD/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BOARD=${1:-rpi3}
@@ -24,7 +25,7 @@ export MTOOLS_SKIP_CHECK=1 PATH="$PATH:/usr/sbin:/sbin"
 V=$(cargo pkgid -p meshimg | sed 's/.*[#@]//')
 N=out/$BOARD/meshos-$BOARD-$V
 WORK=out/upgrade-test/$BOARD
-OTHER_BOARD=$([ "$BOARD" = orangepi-zero ] && echo rpi3 || echo orangepi-zero)
+OTHER_BOARD=$([ "$BOARD" = rpi3 ] && echo orangepi-zero || echo rpi3)
 rm -rf "$WORK" && mkdir -p "$WORK" && : > "$WORK/console.log"
 node_pid=
 fail() {
