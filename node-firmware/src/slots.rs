@@ -4,9 +4,10 @@
 
 use meshos_common::boot_state::{self, BootState, Slot};
 use meshos_common::cmdline;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -41,7 +42,10 @@ pub fn running(node_slot: &str) -> Result<(PathBuf, Slot), String> {
 
 /// Both copies, the newest valid state, and which copy to write next.
 pub fn read_state(disk: &Path) -> Result<(BootState, usize), String> {
-    let f = File::open(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
+    read_from(&File::open(disk).map_err(|e| format!("{}: {e}", disk.display()))?, disk)
+}
+
+fn read_from(f: &File, disk: &Path) -> Result<(BootState, usize), String> {
     let mut copies = [[0u8; boot_state::SIZE]; 2];
     for (i, sector) in boot_state::SECTORS.iter().enumerate() {
         f.read_exact_at(&mut copies[i], sector * 512).map_err(|e| format!("{}: reading boot state copy {i}: {e}", disk.display()))?;
@@ -49,14 +53,22 @@ pub fn read_state(disk: &Path) -> Result<(BootState, usize), String> {
     BootState::newest([&copies[0], &copies[1]]).map_err(|e| format!("{}: {e}", disk.display()))
 }
 
-/// Writes `state` (its sequence number one past the newest) over the older copy: a single
-/// sector, flushed to the card before returning.
-pub fn write_state(disk: &Path, state: &BootState, copy: usize) -> Result<(), String> {
-    let err = |e: std::io::Error| format!("{}: writing boot state copy {copy}: {e}", disk.display());
-    let mut f = OpenOptions::new().write(true).open(disk).map_err(err)?;
-    f.seek(SeekFrom::Start(boot_state::SECTORS[copy] * 512)).map_err(err)?;
-    f.write_all(&state.encode()).map_err(err)?;
-    f.sync_all().map_err(err)
+/// Changes the boot state on `disk`: `change` gets the newest state and returns the next one,
+/// or `None` to leave it. The whole read-change-write holds an exclusive lock on the card, so
+/// the daemon marking its slot good and an install run from the command line (another process)
+/// never write over each other's change. The next state gets the sequence number one past the
+/// newest and is written over the older copy: a single sector, flushed before this returns.
+/// Returns the state in force afterwards.
+pub fn update(disk: &Path, change: impl FnOnce(&BootState) -> Option<BootState>) -> Result<BootState, String> {
+    let err = |what: &str, e: &dyn std::fmt::Display| format!("{}: {what}: {e}", disk.display());
+    let f = OpenOptions::new().read(true).write(true).open(disk).map_err(|e| err("opening the boot state", &e))?;
+    let f = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| err("locking the boot state", &e))?;
+    let (state, older) = read_from(&f, disk)?;
+    let Some(mut next) = change(&state) else { return Ok(state) };
+    next.seq = state.seq + 1;
+    f.write_all_at(&next.encode(), boot_state::SECTORS[older] * 512).map_err(|e| err(&format!("writing boot state copy {older}"), &e))?;
+    f.sync_all().map_err(|e| err(&format!("writing boot state copy {older}"), &e))?;
+    Ok(next)
 }
 
 /// What the boot state said about this boot, for status and metrics.
@@ -90,13 +102,13 @@ pub fn committed(state: &BootState, running: Slot) -> (BootState, Option<Slot>) 
 
 /// Marks the running slot good on `disk` (one write, only when something changes).
 pub fn mark_good(disk: &Path, running: Slot) -> Result<SlotReport, String> {
-    let (state, older) = read_state(disk)?;
-    let (next, rolled_back_from) = committed(&state, running);
-    let unchanged = BootState { seq: state.seq, ..next.clone() } == state;
-    if !unchanged {
-        write_state(disk, &next, older)?;
-    }
-    Ok(report(&next, running, rolled_back_from, true))
+    let mut rolled_back_from = None;
+    let now = update(disk, |state| {
+        let (next, from) = committed(state, running);
+        rolled_back_from = from;
+        (BootState { seq: state.seq, ..next.clone() } != *state).then_some(next)
+    })?;
+    Ok(report(&now, running, rolled_back_from, true))
 }
 
 pub fn report(state: &BootState, running: Slot, rolled_back_from: Option<Slot>, marked_good: bool) -> SlotReport {
@@ -134,5 +146,49 @@ mod tests {
         let ran_out = BootState { order: vec![Slot::B, Slot::A], a_left: 2, b_left: 0, seq: 7 };
         let (next, rb) = committed(&ran_out, Slot::A);
         assert_eq!((next.order.clone(), next.a_left, rb), (vec![Slot::A], 3, Some(Slot::B)));
+    }
+
+    /// A card: a file as large as the record's place, `state` in copy 0.
+    fn card(dir: &Path, state: &BootState) -> PathBuf {
+        let disk = dir.join("card");
+        let f = File::create(&disk).unwrap();
+        f.set_len(1 << 20).unwrap();
+        f.write_all_at(&state.encode(), boot_state::SECTORS[0] * 512).unwrap();
+        disk
+    }
+
+    #[test]
+    fn changes_from_several_writers_at_once_are_never_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = card(dir.path(), &BootState::default());
+        let start = read_state(&disk).unwrap().0.seq;
+        // Each writer takes one attempt from B and gives it back, and bumps the sequence; a
+        // change made between another's read and write would be lost or leave B wrong.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..25 {
+                        update(&disk, |st| Some(BootState { b_left: st.b_left + 1, ..st.clone() })).unwrap();
+                        update(&disk, |st| Some(BootState { b_left: st.b_left - 1, ..st.clone() })).unwrap();
+                    }
+                });
+            }
+        });
+        let (end, _) = read_state(&disk).unwrap();
+        assert_eq!((end.seq - start, end.b_left), (200, 0));
+    }
+
+    #[test]
+    fn an_unchanged_state_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        // As U-Boot left it after counting this boot's attempt.
+        let disk = card(dir.path(), &BootState { a_left: 2, ..BootState::default() });
+        let before = fs::read(&disk).unwrap();
+        let first = mark_good(&disk, Slot::A).unwrap();
+        assert!(first.marked_good);
+        let written = fs::read(&disk).unwrap();
+        assert_ne!(before, written, "the first mark refills A's attempts");
+        mark_good(&disk, Slot::A).unwrap();
+        assert_eq!(written, fs::read(&disk).unwrap(), "marking an already good slot writes nothing");
     }
 }

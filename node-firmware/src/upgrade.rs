@@ -164,17 +164,18 @@ impl std::fmt::Display for InstallError {
 
 /// Held while an install runs: one at a time, whoever starts it (the agent, `meshd upgrade
 /// install`, a bundle in updates/). Released when dropped (or when the process dies).
-pub struct InstallLock(#[allow(dead_code)] File);
+pub struct InstallLock(#[allow(dead_code)] nix::fcntl::Flock<File>);
 
 pub fn lock(state_dir: &Path) -> Result<InstallLock, InstallError> {
-    use std::os::fd::AsRawFd;
     let path = state_dir.join("install.lock");
     let f = File::create(&path).map_err(|e| fail(Step::Verify, "io")(format!("{}: {e}", path.display())))?;
-    // SAFETY: flock only reads the descriptor, which `f` keeps open.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(fail(Step::Verify, "busy")("another install is running on this node (see 'meshd upgrade status'); try again when it is done".into()));
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(held) => Ok(InstallLock(held)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            Err(fail(Step::Verify, "busy")("another install is running on this node (see 'meshd upgrade status'); try again when it is done".into()))
+        }
+        Err((_, e)) => Err(fail(Step::Verify, "io")(format!("{}: {e}", path.display()))),
     }
-    Ok(InstallLock(f))
 }
 
 /// Runs the state machine on the bundle at `source`; returns the version installed.
@@ -272,15 +273,16 @@ pub fn check<R: std::io::Read>(
 pub fn mark_target_bad(node: &Target, target: Slot, manifest: &bundle::Manifest, record: &mut Record) -> Result<(), InstallError> {
     record.step = Step::MarkTargetBad;
     save(node.state_dir, record);
-    let (state, older) = slots::read_state(node.disk).map_err(fail(Step::MarkTargetBad, "boot_state"))?;
-    let mut bad = state.clone();
-    bad.order.retain(|s| *s != target);
-    if bad.order.is_empty() {
-        bad.order.push(node.running);
-    }
-    bad.set_left(target, 0);
-    bad.seq = state.seq + 1;
-    slots::write_state(node.disk, &bad, older).map_err(fail(Step::MarkTargetBad, "boot_state"))?;
+    slots::update(node.disk, |state| {
+        let mut bad = state.clone();
+        bad.order.retain(|s| *s != target);
+        if bad.order.is_empty() {
+            bad.order.push(node.running);
+        }
+        bad.set_left(target, 0);
+        Some(bad)
+    })
+    .map_err(fail(Step::MarkTargetBad, "boot_state"))?;
     let header_path = node.boot_dir.join(target.lower()).join(bundle::SLOT_HEADER_FILE);
     match fs::remove_file(&header_path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(Step::MarkTargetBad, "io")(format!("{}: {e}", header_path.display()))),
@@ -351,10 +353,12 @@ pub fn finish(node: &Target, target: Slot, header: &[u8], version: &str, record:
 
     record.step = Step::MarkTry;
     save(node.state_dir, record);
-    let (state, older) = slots::read_state(node.disk).map_err(fail(Step::MarkTry, "boot_state"))?;
-    let mut try_it = BootState { order: vec![target, node.running], seq: state.seq + 1, ..state.clone() };
-    try_it.set_left(target, DEFAULT_ATTEMPTS);
-    slots::write_state(node.disk, &try_it, older).map_err(fail(Step::MarkTry, "boot_state"))?;
+    slots::update(node.disk, |state| {
+        let mut try_it = BootState { order: vec![target, node.running], ..state.clone() };
+        try_it.set_left(target, DEFAULT_ATTEMPTS);
+        Some(try_it)
+    })
+    .map_err(fail(Step::MarkTry, "boot_state"))?;
     eprintln!("meshd: upgrade: slot {target} holds {version} and boots next ({DEFAULT_ATTEMPTS} attempts, then slot {} again)", node.running);
     Ok(())
 }

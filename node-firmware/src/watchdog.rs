@@ -14,9 +14,9 @@ use std::time::Duration;
 /// What meshd asks for; drivers with a shorter hardware limit (bcm2835: 15 s) get their limit.
 pub const WANTED: Duration = Duration::from_secs(15);
 
-// <linux/watchdog.h>: _IOWR('W', 6, int) and _IOR('W', 7, int).
-const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
-const WDIOC_GETTIMEOUT: libc::c_ulong = 0x8004_5707;
+// <linux/watchdog.h>: WDIOC_SETTIMEOUT is _IOWR('W', 6, int), WDIOC_GETTIMEOUT _IOR('W', 7, int).
+nix::ioctl_readwrite!(wdioc_settimeout, b'W', 6, libc::c_int);
+nix::ioctl_read!(wdioc_gettimeout, b'W', 7, libc::c_int);
 
 /// The armed device (its descriptor is also kept for the SIGTERM handler).
 pub struct Watchdog {
@@ -39,8 +39,8 @@ impl Watchdog {
         let fd = file.as_raw_fd();
         let mut secs: libc::c_int = wanted.as_secs().try_into().unwrap_or(libc::c_int::MAX);
         // SAFETY: both ioctls read or write one int through the pointer, which outlives them.
-        let set = unsafe { libc::ioctl(fd, WDIOC_SETTIMEOUT as _, &mut secs as *mut libc::c_int) };
-        if set != 0 && unsafe { libc::ioctl(fd, WDIOC_GETTIMEOUT as _, &mut secs as *mut libc::c_int) } != 0 {
+        // A driver that refuses the timeout keeps its own: ask which.
+        if unsafe { wdioc_settimeout(fd, &mut secs) }.is_err() && unsafe { wdioc_gettimeout(fd, &mut secs) }.is_err() {
             secs = 0;
         }
         FD.store(fd, Ordering::SeqCst);
