@@ -37,8 +37,14 @@ AUTOBOOT = r"^Hit any key to stop autoboot"
 READY = re.compile(r"^meshos ready version=(\S+) board=\S+ slot=([ab])")
 
 
+NODES = []  # powered off when the test fails, so no QEMU outlives it
+
+
 def fail(msg):
     print(f"powercut-test: FAILED: {msg}", file=sys.stderr)
+    for node in NODES:
+        if node.proc and node.proc.poll() is None:
+            node.cut()
     sys.exit(1)
 
 
@@ -58,6 +64,7 @@ class Node:
         self.cond = threading.Condition()
         self.boots = 0
         self.log = open(work / "console.log", "w")
+        NODES.append(self)
 
     def power_on(self):
         self.boots += 1
@@ -264,6 +271,7 @@ def main():
     kinds = [("counter", "install", "commit")[i % 3] for i in range(args.rounds)]
     rng.shuffle(kinds)
     stats = {k: [] for k in ("counter", "install", "commit")}
+    fat_repairs = []
     node.power_on()
     running_version, running = node.ready()
     i, _ = node.wait_line(AUTOBOOT, 1)
@@ -329,12 +337,22 @@ def main():
             what = f"{delay:.1f} s after slot {target} came up ({'after' if committed else 'before'} it was marked good)"
             # Marked good or not, the new slot has attempts left and is first in the order.
             expect = target
+        # What the cut left on the boot partition must be repaired by the next boot, before
+        # anything mounts it (the initramfs's fsck.fat; meshd says what was repaired).
+        damage = fat_check(node.card, work)
         node.power_on()
         running_version, running = node.ready()
         if expect and running != expect:
             fail(f"cut {n} ({kind}, {what}): the node came up on slot {running}, expected {expect}")
         stats[kind].append(what)
-        ok(f"cut {n}/{len(kinds)} {kind}: {what}; powered on again: ready on slot {running} ({running_version})")
+        repaired = ""
+        if damage.startswith("fsck.vfat"):
+            _, m = node.wait_line(r"^meshd: boot partition repaired at boot: (.*)", 60)
+            if m is None:
+                fail(f"cut {n} left the boot partition damaged ({damage}) and the next boot did not repair it")
+            repaired = f"; the boot repaired the FAT ({m.group(1)[:100]})"
+            fat_repairs.append(m.group(1))
+        ok(f"cut {n}/{len(kinds)} {kind}: {what}; powered on again: ready on slot {running} ({running_version}){repaired}")
 
     node.wait_ssh()
     wait_not_on_trial(node)
@@ -361,12 +379,21 @@ def main():
     waited = node.lines[i][0] - stopped
     node.ready()
     ok(f"meshd stopped: the watchdog reset the node {waited:.0f} s later (timeout {timeout} s) and it came up again")
-    node.cut()
+    # After all of it, a clean shutdown must leave a clean boot partition.
+    node.wait_ssh()
+    node.ssh("poweroff", check=False)
+    try:
+        node.proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        fail("the node did not power off within 120 s")
     fat = fat_check(node.card, work)
+    if fat != "clean":
+        fail(f"after the power cuts and a clean shutdown the boot partition is not clean: {fat}")
     summary = {k: len(v) for k, v in stats.items()}
     hits = sum("before or during" in w for w in stats["counter"]) + sum("mid-write" in w for w in stats["install"]) + sum("before it" in w for w in stats["commit"])
     ok(f"all {len(kinds)} power cuts (seed {args.seed}: {summary}; {hits} inside the step's critical window) were followed by a boot to 'meshos ready' "
-       f"({node.boots} power-ons in {time.monotonic() - t_start:.0f} s); finally slot {status['running_slot']} runs {status['version']}, order {' '.join(status['boot_order'])}; boot partition {fat}")
+       f"({node.boots} power-ons in {time.monotonic() - t_start:.0f} s); finally slot {status['running_slot']} runs {status['version']}, order {' '.join(status['boot_order'])}; "
+       f"{len(fat_repairs)} cuts damaged the boot partition and the next boot repaired each; after a clean shutdown it is {fat}")
 
 
 if __name__ == "__main__":

@@ -32,17 +32,17 @@ expect() {
   case $1 in
   rpi3)
     export BOOT_FILES="u-boot.bin bootcode.bin start.elf fixup.dat config.txt bcm2837-rpi-3-b.dtb bcm2837-rpi-3-b-plus.dtb a/dtbs/broadcom/bcm2837-rpi-3-b.dtb a/dtbs/broadcom/bcm2837-rpi-3-b-plus.dtb"
-    export ROOT_FILES="usr/lib/firmware/htc_9271.fw usr/lib/firmware/ath9k_htc/htc_9271-1.4.0.fw usr/lib/firmware/rt2870.bin usr/lib/firmware/brcm/brcmfmac43430-sdio.bin usr/lib/firmware/regulatory.db brcmfmac.ko ath9k_htc.ko rt2800usb.ko mac80211.ko cfg80211.ko tun.ko squashfs.ko overlay.ko vfat.ko ext4.ko"
+    export ROOT_FILES="usr/sbin/fsck.fat usr/lib/firmware/htc_9271.fw usr/lib/firmware/ath9k_htc/htc_9271-1.4.0.fw usr/lib/firmware/rt2870.bin usr/lib/firmware/brcm/brcmfmac43430-sdio.bin usr/lib/firmware/regulatory.db brcmfmac.ko bcm2835-rng.ko ath9k_htc.ko rt2800usb.ko mac80211.ko cfg80211.ko tun.ko squashfs.ko overlay.ko vfat.ko ext4.ko"
     export SPL_AT=
     ;;
   orangepi-zero)
     export BOOT_FILES="a/dtbs/sun8i-h2-plus-orangepi-zero.dtb"
-    export ROOT_FILES="usr/lib/firmware/htc_9271.fw usr/lib/firmware/ath9k_htc/htc_9271-1.4.0.fw usr/lib/firmware/rt2870.bin usr/lib/firmware/regulatory.db ath9k_htc.ko rt2800usb.ko mac80211.ko cfg80211.ko tun.ko squashfs.ko overlay.ko ext4.ko"
+    export ROOT_FILES="usr/sbin/fsck.fat usr/lib/firmware/htc_9271.fw usr/lib/firmware/ath9k_htc/htc_9271-1.4.0.fw usr/lib/firmware/rt2870.bin usr/lib/firmware/regulatory.db ath9k_htc.ko rt2800usb.ko mac80211.ko cfg80211.ko tun.ko squashfs.ko overlay.ko ext4.ko"
     export SPL_AT=8192
     ;;
   qemu-arm64)
     export BOOT_FILES="u-boot.bin"
-    export ROOT_FILES="mac80211_hwsim.ko virtio_net.ko virtio_blk.ko tun.ko usr/lib/firmware/regulatory.db"
+    export ROOT_FILES="usr/sbin/fsck.fat mac80211_hwsim.ko virtio_net.ko virtio_blk.ko tun.ko usr/lib/firmware/regulatory.db"
     export SPL_AT=
     ;;
   *) export BOOT_FILES="" ROOT_FILES="" SPL_AT= ;;

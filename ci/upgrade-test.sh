@@ -96,6 +96,10 @@ if want 1; then
   installed=$((SECONDS - t1))
   wait_for 300 seen '^meshd: slot B healthy, marked good' || fail "slot B was not marked good"
   ok "N installed N+1 from updates/ into slot B (about $install_s s), rebooted into it ($installed s after power-on) and marked it good ($((SECONDS - t1)) s, $(count '^meshos: booting slot') boots)"
+  # The first boot may wait for the kernel's random numbers; it leaves a seed, so no later one does.
+  waits=$(count '^meshd: random: waiting')
+  [ "$waits" -le 1 ] || fail "meshd waited for random numbers on $waits boots; the seed saved on the data partition should spare every boot after the first"
+  ok "random numbers: $(grep -a '^meshd: random: ' "$WORK/console.log" | sed 's/^meshd: random: //' | paste -sd ';' | cut -c1-200)"
   power_off
   record "$WORK/card1.img" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["step"] == "committed" and d["target"] == "B", d' \
     || fail "upgrade record: $(record "$WORK/card1.img")"

@@ -148,6 +148,7 @@ impl BundleError {
             BundleError::Incompatible { .. } => "incompatible",
             BundleError::NotNewer { .. } => "not_newer",
             BundleError::Mismatch { .. } => "payload_mismatch",
+            BundleError::Io(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => "read_only",
             BundleError::Io(_) => "io",
         }
     }

@@ -106,7 +106,7 @@ pub fn install(header: &Header, peers: &[String], node: &Target, opts: &Options)
 
 fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record: &mut Record) -> Result<String, InstallError> {
     let (header, origin) = (&fetched.bytes[..], fetched.origin.as_str());
-    let bundle_err = |step: Step| move |e: BundleError| InstallError { step, kind: e.kind(), message: format!("{origin}: {e}") };
+    let bundle_err = |step: Step| move |e: BundleError| InstallError::new(step, e.kind(), format!("{origin}: {e}"));
     let opened = bundle::open(header).map_err(bundle_err(Step::Verify))?;
     // Named before the signature is checked, so a refusal says which release it refused.
     record.version = Some(opened.manifest.version.clone());

@@ -66,9 +66,17 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     let cfg = loaded.config;
     apply_conf_d(&dirs.boot.join("conf.d"));
 
+    // First, so that a boot that installs and reboots also leaves a seed for the next.
+    let random = crate::entropy::start(&dirs.state);
     install_pending_updates(dirs);
 
     let timeout = Duration::from_secs(cfg.upgrade.health_timeout);
+    let boot_fs = crate::boot_check::read(Path::new(crate::boot_check::LOG));
+    match boot_fs.result.as_str() {
+        "clean" => {}
+        "repaired" => eprintln!("meshd: boot partition repaired at boot: {}", boot_fs.changes.join(" ")),
+        other => eprintln!("meshd: boot partition check {other}: {} (see {})", boot_fs.changes.join(" "), crate::boot_check::LOG),
+    }
     let id = Identity::load_or_create(&dirs.state, &cfg.mesh.id).map_err(|e| cannot_start(e, &node, dirs, timeout))?;
     id.apply_hostname();
     eprintln!("meshd: {} overlay address {}", id.hostname, id.address);
@@ -87,6 +95,8 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         config_error: loaded.error.as_ref().map(Into::into),
         metrics_port: cfg.metrics.enabled.then_some(cfg.metrics.port),
         trusted_keys: trusted.iter().map(meshos_common::minisign::PublicKey::id).collect(),
+        random,
+        boot_fs,
         ..NodeState::default()
     };
     if state.trusted_keys.is_empty() {
@@ -303,9 +313,10 @@ fn install_pending_updates(dirs: &Dirs) {
         eprintln!("meshd: upgrade: installing {} from the boot partition", bundle.display());
         let result = install_bundle(&crate::fetch::Source::File(bundle.clone()), dirs, false);
         if let Err(e) = &result {
-            if e.kind == "busy" {
-                // Not refused: an install from the mesh runs; the bundle waits for the next start.
-                eprintln!("meshd: upgrade: {} waits: {e}", bundle.display());
+            if e.kind == "busy" || e.kind == "read_only" {
+                // Not refused: an install from the mesh runs, or the boot partition waits for
+                // its repair at the next boot (and could not take the renamed bundle anyway).
+                eprintln!("meshd: upgrade: {} waits for the next start: {e}", bundle.display());
                 return;
             }
         }

@@ -2,11 +2,13 @@
 //! `daemon` is the node's life, `status` what `meshd status` shows.
 
 mod access_point;
+mod boot_check;
 mod chunk_fetch;
 mod command;
 mod config;
 mod daemon;
 mod durable;
+mod entropy;
 mod fetch;
 mod held;
 mod http;

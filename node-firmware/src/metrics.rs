@@ -77,6 +77,17 @@ pub fn render(state: &NodeState, stations: &[Station], peers: &Result<Vec<Peer>,
     for s in &state.services {
         e.sample("meshd_service_restarts_total", &[("service", &s.name)], s.restarts);
     }
+    if !state.boot_fs.result.is_empty() {
+        e.one(
+            "meshd_boot_fs_check",
+            "gauge",
+            "1 for what the check of the boot partition at boot found: clean, repaired, failed or unchecked.",
+            &[("result", &state.boot_fs.result)],
+            1,
+        );
+    }
+    e.one("meshd_random_wait_seconds", "gauge", "Seconds meshd waited at start for the kernel's random numbers.", &[], state.random.waited_s);
+    e.one("meshd_random_seeded", "gauge", "1 when this start credited the seed saved on the data partition.", &[], u8::from(state.random.seeded));
     let sl = &state.slots;
     if sl.error.is_none() && !sl.running.is_empty() {
         e.family("meshd_boot_attempts_left", "gauge", "Boot attempts U-Boot has left for the slot.");

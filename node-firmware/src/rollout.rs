@@ -212,6 +212,12 @@ impl Agent {
 
     /// Installs the newest release a neighbour offers, if it is newer than what runs here.
     fn look_for_newer(&self, heard: &BTreeMap<String, Option<Announced>>, ours: &[Release]) {
+        if nix::sys::statvfs::statvfs(&self.boot_dir).is_ok_and(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY)) {
+            self.publish(|r| {
+                r.note = Some(format!("no installs: {} is read-only (the kernel found damage on it); the next boot repairs it", self.boot_dir.display()))
+            });
+            return;
+        }
         let refused = self.refused();
         let mut best: Option<&Release> = None;
         for a in heard.values().flatten().filter(|a| a.board == self.board) {

@@ -31,6 +31,12 @@ pub struct NodeState {
     /// Upgrades over the mesh: what the slots hold, what the agent is doing.
     #[serde(default)]
     pub upgrade: crate::rollout::Rollout,
+    /// How this start got the kernel's random numbers.
+    #[serde(default)]
+    pub random: crate::entropy::Report,
+    /// What the initramfs's check of the boot partition found this boot.
+    #[serde(default)]
+    pub boot_fs: crate::boot_check::Report,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -121,6 +127,23 @@ pub fn render(state: &NodeState, peers: &Result<Vec<crate::router::Peer>, String
         let _ = writeln!(s, "  ROLLBACK  slot {from} ran out of boot attempts; the node went back to slot {}", sl.running);
     }
     let _ = writeln!(s, "config   {}", state.config_source);
+    match state.boot_fs.result.as_str() {
+        "clean" | "" => {}
+        "repaired" => {
+            let _ = writeln!(s, "boot fs  repaired at boot: {}", state.boot_fs.changes.join(" "));
+        }
+        other => {
+            let _ = writeln!(s, "boot fs  check {other}: {} ({})", state.boot_fs.changes.join(" "), crate::boot_check::LOG);
+        }
+    }
+    let r = &state.random;
+    if let Some(e) = &r.error {
+        let _ = writeln!(s, "random   {e}");
+    } else if r.waited_s > 0.0 {
+        let _ = writeln!(s, "random   waited {:.1} s at start for the kernel's random numbers (no saved seed yet)", r.waited_s);
+    } else if r.seeded {
+        let _ = writeln!(s, "random   seeded at start from the seed saved on the data partition");
+    }
     if state.trusted_keys.is_empty() {
         let _ = writeln!(s, "upgrades none accepted: this image trusts no signing key");
     } else {

@@ -202,12 +202,31 @@ pub fn conclude(node: &Target, record: &mut Record, result: &Result<String, Inst
     save(node.state_dir, record);
 }
 
+/// What an install that finds the boot partition read-only adds to its error.
+const READ_ONLY: &str = "the boot partition is read-only: the kernel found damage on it and stopped writing to it; \
+the next boot checks and repairs it, and the install can run again then";
+
+impl InstallError {
+    pub fn new(step: Step, kind: &'static str, message: String) -> InstallError {
+        let message = if kind == "read_only" { format!("{message} ({READ_ONLY})") } else { message };
+        InstallError { step, kind, message }
+    }
+}
+
 fn fail(step: Step, kind: &'static str) -> impl Fn(String) -> InstallError {
-    move |message: String| InstallError { step, kind, message }
+    move |message: String| InstallError::new(step, kind, message)
+}
+
+/// A file on the card could not be written: `read_only` when the kernel made its file system so.
+fn io_fail(step: Step, path: &Path) -> impl Fn(std::io::Error) -> InstallError + '_ {
+    move |e: std::io::Error| {
+        let kind = if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem { "read_only" } else { "io" };
+        InstallError::new(step, kind, format!("{}: {e}", path.display()))
+    }
 }
 
 fn bundle_err(step: Step, origin: &str) -> impl Fn(BundleError) -> InstallError + '_ {
-    move |e: BundleError| InstallError { step, kind: e.kind(), message: format!("{origin}: {e}") }
+    move |e: BundleError| InstallError::new(step, e.kind(), format!("{origin}: {e}"))
 }
 
 fn run(source: &Source, node: &Target, allow_downgrade: bool, record: &mut Record) -> Result<String, InstallError> {
@@ -285,7 +304,7 @@ pub fn mark_target_bad(node: &Target, target: Slot, manifest: &bundle::Manifest,
     .map_err(fail(Step::MarkTargetBad, "boot_state"))?;
     let header_path = node.boot_dir.join(target.lower()).join(bundle::SLOT_HEADER_FILE);
     match fs::remove_file(&header_path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(Step::MarkTargetBad, "io")(format!("{}: {e}", header_path.display()))),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_fail(Step::MarkTargetBad, &header_path)(e)),
         _ => {}
     }
     eprintln!("meshd: upgrade: {} {}: slot {target} marked bad, writing it", manifest.compatible, manifest.version);
@@ -306,7 +325,7 @@ pub struct SlotWriter {
 impl SlotWriter {
     pub fn open(node: &Target, target: Slot) -> Result<SlotWriter, InstallError> {
         let part = slot_partition(node.disk, target);
-        let root = OpenOptions::new().write(true).open(&part).map_err(|e| fail(Step::Write, "io")(format!("{}: {e}", part.display())))?;
+        let root = OpenOptions::new().write(true).open(&part).map_err(io_fail(Step::Write, &part))?;
         Ok(SlotWriter { part, root, slot_dir: node.boot_dir.join(target.lower()), boot_file: None })
     }
 
@@ -346,7 +365,7 @@ pub fn finish(node: &Target, target: Slot, header: &[u8], version: &str, record:
     fs::create_dir_all(&slot_dir)
         .and_then(|()| File::create(&header_path))
         .and_then(|mut f| f.write_all(header).and_then(|()| f.sync_all()))
-        .map_err(|e| fail(Step::Write, "io")(format!("{}: {e}", header_path.display())))?;
+        .map_err(io_fail(Step::Write, &header_path))?;
     // The files were synced one by one, but their directory entries and the FAT are the boot
     // file system's: all of it must be on the card before the record says "boot this slot".
     sync_fs(node.boot_dir).map_err(fail(Step::Write, "io"))?;
@@ -413,6 +432,14 @@ pub fn settle(bundle: &Path, result: &Result<String, InstallError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_only_boot_partition_is_its_own_kind_and_says_what_comes_next() {
+        let e = io_fail(Step::Write, Path::new("/boot/b/vmlinuz"))(std::io::Error::from_raw_os_error(libc::EROFS));
+        assert_eq!(e.kind, "read_only");
+        assert!(e.message.starts_with("/boot/b/vmlinuz: ") && e.message.contains("the next boot checks and repairs it"), "{}", e.message);
+        assert_eq!(io_fail(Step::Write, Path::new("/x"))(std::io::Error::from_raw_os_error(libc::EIO)).kind, "io");
+    }
 
     #[test]
     fn slot_partitions_follow_the_kernel_names() {
