@@ -85,7 +85,8 @@ stage_wait() { # waits for the stages started with stage_bg and counts them
   started_bg=() bg_pids=()
 }
 
-stage "cargo tests" cargo test --workspace --locked
+# (PROPTEST_CASES: inputs each property test of a parser tries; see */tests/properties.rs)
+stage "cargo tests" env PROPTEST_CASES=4096 cargo test --workspace --locked
 stage "cargo fmt --check" cargo fmt --all --check
 stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 # Images are signed with a key made for this run (no secret is ever committed); the stock

@@ -146,8 +146,8 @@ impl BootState {
                             .collect::<Result<Vec<_>, _>>()?,
                     )
                 }
-                "BOOT_A_LEFT" => a = Some(num(v)? as u32),
-                "BOOT_B_LEFT" => b = Some(num(v)? as u32),
+                "BOOT_A_LEFT" => a = Some(u32::try_from(num(v)?).map_err(|_| bad(format!("{k}={v} is out of range")))?),
+                "BOOT_B_LEFT" => b = Some(u32::try_from(num(v)?).map_err(|_| bad(format!("{k}={v} is out of range")))?),
                 "BOOT_SEQ" => seq = Some(num(v)?),
                 _ => {} // a later format's variable: keep reading
             }
