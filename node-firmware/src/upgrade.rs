@@ -433,6 +433,96 @@ pub fn settle(bundle: &Path, result: &Result<String, InstallError>) {
 mod tests {
     use super::*;
 
+    /// A node in a directory: `card` (the boot state record, slot A running), `card2` and
+    /// `card3` (the root slots), `boot/` and the state directory.
+    fn node_dir(name: &str) -> tempfile::TempDir {
+        let dir = tempfile::Builder::new().prefix(name).tempdir().unwrap();
+        let card = fs::File::create(dir.path().join("card")).unwrap();
+        card.set_len(1 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&card, &BootState { a_left: 2, ..BootState::default() }.encode(), meshos_common::boot_state::SECTORS[0] * 512)
+            .unwrap();
+        fs::write(dir.path().join("card2"), vec![0xAAu8; 400_000]).unwrap();
+        fs::write(dir.path().join("card3"), vec![0u8; 400_000]).unwrap();
+        fs::create_dir_all(dir.path().join("boot/a")).unwrap();
+        fs::write(dir.path().join("boot/a/vmlinuz"), b"old kernel").unwrap();
+        fs::create_dir_all(dir.path().join("state")).unwrap();
+        dir
+    }
+
+    /// A signed bundle of version 1.1 for meshos-test: a root image and a kernel.
+    fn signed_bundle(key: &meshos_common::minisign::SecretKey, root: &[u8]) -> Vec<u8> {
+        let m = bundle::Manifest {
+            format: bundle::FORMAT,
+            compatible: "meshos-test".into(),
+            version: "1.1".into(),
+            build_id: "t1".into(),
+            images: vec![bundle::image_entry("root", root), bundle::image_entry("boot/vmlinuz", b"new kernel")],
+        };
+        let json = serde_json::to_vec(&m).unwrap();
+        let mut b = bundle::header(&json, Some(&key.sign(&json, "bundle", "manifest").render()));
+        b.extend_from_slice(root);
+        b.extend_from_slice(b"new kernel");
+        b
+    }
+
+    #[test]
+    fn an_install_writes_the_other_slot_then_marks_it_to_be_tried_and_a_bad_one_leaves_a_alone() {
+        let key = meshos_common::minisign::SecretKey::generate().unwrap();
+        let trusted = [key.public()];
+        let root: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let dir = node_dir("meshd-install-");
+        let d = dir.path();
+        let (disk, boot, state) = (d.join("card"), d.join("boot"), d.join("state"));
+        let node = Target {
+            disk: &disk,
+            running: Slot::A,
+            compatible: "meshos-test".into(),
+            version: "1.0".into(),
+            trusted: &trusted,
+            required: 1,
+            boot_dir: &boot,
+            state_dir: &state,
+        };
+
+        // Altered payload: refused after B was marked bad, so B never boots half written, and
+        // slot A (partition, kernel, place in the order) is as it was.
+        let mut altered = signed_bundle(&key, &root);
+        let n = altered.len();
+        altered[n - 100] ^= 1;
+        fs::write(d.join("altered.bundle"), &altered).unwrap();
+        let e = install(&Source::File(d.join("altered.bundle")), &node, false).unwrap_err();
+        assert_eq!(e.kind, "payload_mismatch", "{e}");
+        let (st, _) = slots::read_state(&disk).unwrap();
+        assert_eq!((st.order.clone(), st.b_left), (vec![Slot::A], 0));
+        assert_eq!(fs::read(d.join("card2")).unwrap(), vec![0xAAu8; 400_000]);
+        assert_eq!(fs::read(boot.join("a/vmlinuz")).unwrap(), b"old kernel");
+        assert_eq!(read_record(&state).unwrap().step, Step::Failed);
+
+        // Cut short: refused as truncated, nothing marked to be tried.
+        fs::write(d.join("short.bundle"), &signed_bundle(&key, &root)[..100_000]).unwrap();
+        assert_eq!(install(&Source::File(d.join("short.bundle")), &node, false).unwrap_err().kind, "truncated");
+        assert_eq!(slots::read_state(&disk).unwrap().0.order, vec![Slot::A]);
+
+        // The good bundle: B holds it, byte for byte, and boots next with all its attempts.
+        fs::write(d.join("good.bundle"), signed_bundle(&key, &root)).unwrap();
+        assert_eq!(install(&Source::File(d.join("good.bundle")), &node, false).unwrap(), "1.1");
+        assert_eq!(&fs::read(d.join("card3")).unwrap()[..root.len()], &root[..]);
+        assert_eq!(fs::read(boot.join("b/vmlinuz")).unwrap(), b"new kernel");
+        assert!(boot.join("b").join(bundle::SLOT_HEADER_FILE).exists());
+        let (st, _) = slots::read_state(&disk).unwrap();
+        assert_eq!((st.order.clone(), st.b_left), (vec![Slot::B, Slot::A], DEFAULT_ATTEMPTS));
+        let r = read_record(&state).unwrap();
+        assert_eq!((r.step, r.target.as_deref(), r.version.as_deref()), (Step::Installed, Some("B"), Some("1.1")));
+        assert_eq!(fs::read(d.join("card2")).unwrap(), vec![0xAAu8; 400_000], "slot A is never written");
+
+        // Signed by a key this node does not trust: refused at the signature.
+        let other = meshos_common::minisign::SecretKey::generate().unwrap();
+        fs::write(d.join("untrusted.bundle"), signed_bundle(&other, &root)).unwrap();
+        let node_b = Target { running: Slot::B, version: "1.0".into(), ..node };
+        save(&state, &Record { step: Step::Committed, ..r });
+        assert_eq!(install(&Source::File(d.join("untrusted.bundle")), &node_b, false).unwrap_err().kind, "signature");
+    }
+
     #[test]
     fn a_read_only_boot_partition_is_its_own_kind_and_says_what_comes_next() {
         let e = io_fail(Step::Write, Path::new("/boot/b/vmlinuz"))(std::io::Error::from_raw_os_error(libc::EROFS));
