@@ -465,22 +465,8 @@ impl Health {
         if since.elapsed() < HEALTHY_FOR {
             return;
         }
-        match slots::mark_good(disk, slot) {
+        match crate::upgrade::commit_boot(disk, slot, &self.state_dir) {
             Ok(report) => {
-                // Close the last install's story: kept, or rolled back.
-                if let Some(mut r) = crate::upgrade::read_record(&self.state_dir).filter(|r| r.step == crate::upgrade::Step::Installed) {
-                    if report.rolled_back_from.is_some() {
-                        r.step = crate::upgrade::Step::RolledBack;
-                        r.error = Some(format!(
-                            "slot {} did not become healthy within its boot attempts; slot {slot} runs again",
-                            r.target.as_deref().unwrap_or("?")
-                        ));
-                        r.error_kind = Some("rolled_back".into());
-                    } else if r.target.as_deref().and_then(Slot::parse) == Some(slot) {
-                        r.step = crate::upgrade::Step::Committed;
-                    }
-                    crate::upgrade::save(&self.state_dir, &r);
-                }
                 // (after the record: whoever reads this line finds both on the card)
                 match &report.rolled_back_from {
                     Some(from) => eprintln!("meshd: ROLLBACK: slot {from} ran out of boot attempts; slot {slot} is running and marked good"),

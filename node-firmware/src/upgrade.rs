@@ -357,6 +357,24 @@ impl SlotWriter {
     }
 }
 
+/// A healthy boot: marks the running `slot` good on `disk`, then closes the last install's
+/// story in its record: committed when this slot is the one it installed, rolled back when
+/// that slot ran out of attempts and this one runs instead.
+pub fn commit_boot(disk: &Path, slot: Slot, state_dir: &Path) -> Result<slots::SlotReport, String> {
+    let report = slots::mark_good(disk, slot)?;
+    if let Some(mut r) = read_record(state_dir).filter(|r| r.step == Step::Installed) {
+        if report.rolled_back_from.is_some() {
+            r.step = Step::RolledBack;
+            r.error = Some(format!("slot {} did not become healthy within its boot attempts; slot {slot} runs again", r.target.as_deref().unwrap_or("?")));
+            r.error_kind = Some("rolled_back".into());
+        } else if r.target.as_deref().and_then(Slot::parse) == Some(slot) {
+            r.step = Step::Committed;
+        }
+        save(state_dir, &r);
+    }
+    Ok(report)
+}
+
 /// After every image matched: the header beside the slot's files (so the node can serve the
 /// slot), everything on the card, then the single write that makes `target` the slot to try.
 pub fn finish(node: &Target, target: Slot, header: &[u8], version: &str, record: &mut Record) -> Result<(), InstallError> {
@@ -521,6 +539,34 @@ mod tests {
         let node_b = Target { running: Slot::B, version: "1.0".into(), ..node };
         save(&state, &Record { step: Step::Committed, ..r });
         assert_eq!(install(&Source::File(d.join("untrusted.bundle")), &node_b, false).unwrap_err().kind, "signature");
+    }
+
+    #[test]
+    fn a_healthy_boot_commits_the_trial_or_records_the_rollback() {
+        let dir = node_dir("meshd-commit-");
+        let (disk, state) = (dir.path().join("card"), dir.path().join("state"));
+        let trial = Record { step: Step::Installed, target: Some("B".into()), version: Some("1.1".into()), ..Record::new("x".into()) };
+        let write = |st: BootState| slots::update(&disk, |_| Some(st)).unwrap();
+
+        // B on trial, healthy: committed, its attempts back to full.
+        write(BootState { order: vec![Slot::B, Slot::A], a_left: 3, b_left: 2, seq: 0 });
+        save(&state, &trial);
+        let report = commit_boot(&disk, Slot::B, &state).unwrap();
+        assert_eq!((report.rolled_back_from, report.b_left), (None, 3));
+        assert_eq!(read_record(&state).unwrap().step, Step::Committed);
+
+        // B ran out of attempts and A runs: a rollback, B leaves the order.
+        write(BootState { order: vec![Slot::B, Slot::A], a_left: 2, b_left: 0, seq: 0 });
+        save(&state, &trial);
+        let report = commit_boot(&disk, Slot::A, &state).unwrap();
+        assert_eq!((report.rolled_back_from.as_deref(), report.order.clone()), (Some("B"), vec!["A".to_string()]));
+        let r = read_record(&state).unwrap();
+        assert_eq!((r.step, r.error_kind.as_deref()), (Step::RolledBack, Some("rolled_back")));
+
+        // A plain boot with no install pending leaves the record alone.
+        let before = read_record(&state).unwrap();
+        commit_boot(&disk, Slot::A, &state).unwrap();
+        assert_eq!(read_record(&state).unwrap().step, before.step);
     }
 
     #[test]
