@@ -166,13 +166,37 @@ def wait_not_on_trial(node, timeout=180):
         time.sleep(2)
 
 
-def fat_check(card, work):
-    """fsck.vfat -n of the card's boot partition (read-only): what the cuts did to the FAT."""
+def boot_partition(card):
+    """Byte offset and length of the card's first partition (the boot FAT)."""
     with open(card, "rb") as f:
         mbr = f.read(512)
-        start, count = int.from_bytes(mbr[454:458], "little"), int.from_bytes(mbr[458:462], "little")
-        f.seek(start * 512)
-        (work / "boot.vfat").write_bytes(f.read(count * 512))
+    return int.from_bytes(mbr[454:458], "little") * 512, int.from_bytes(mbr[458:462], "little") * 512
+
+
+def lose_clusters(card, work):
+    """What a cut in the middle of writing a file can leave: clusters allocated in the FAT that
+    no directory entry reaches. A file is copied on with mtools, then its entry marked deleted."""
+    start, length = boot_partition(card)
+    blob = work / "lost.bin"
+    blob.write_bytes(os.urandom(300_000))
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    subprocess.run(["mcopy", "-o", "-i", f"{card}@@{start}", str(blob), "::/LOST.BIN"], check=True, env=env)
+    with open(card, "r+b") as f:
+        f.seek(start)
+        part = f.read(length)
+        at = part.find(b"LOST    BIN")
+        if at < 0:
+            fail("lost.bin's directory entry is not on the boot partition")
+        f.seek(start + at)
+        f.write(b"\xe5")
+
+
+def fat_check(card, work):
+    """fsck.vfat -n of the card's boot partition (read-only): what the cuts did to the FAT."""
+    start, length = boot_partition(card)
+    with open(card, "rb") as f:
+        f.seek(start)
+        (work / "boot.vfat").write_bytes(f.read(length))
     r = subprocess.run(["fsck.vfat", "-n", str(work / "boot.vfat")], capture_output=True, text=True)
     (work / "boot.vfat").unlink()
     # A cut file system is left marked dirty (the flag sits in the boot sector, so its backup
@@ -379,6 +403,18 @@ def main():
     waited = node.lines[i][0] - stopped
     node.ready()
     ok(f"meshd stopped: the watchdog reset the node {waited:.0f} s later (timeout {timeout} s) and it came up again")
+    # Whatever the seed's cuts did, a boot partition with lost clusters must be repaired.
+    node.cut()
+    lose_clusters(node.card, work)
+    damage = fat_check(node.card, work)
+    if not damage.startswith("fsck.vfat"):
+        fail(f"lost clusters made on the boot partition, but fsck.vfat -n finds it {damage}")
+    node.power_on()
+    node.ready()
+    _, m = node.wait_line(r"^meshd: boot partition repaired at boot: (.*)", 60)
+    if m is None:
+        fail(f"the boot partition had lost clusters ({damage}) and the boot did not repair them")
+    ok(f"lost clusters on the boot partition ({damage[:120]}): the next boot repaired them ({m.group(1)[:120]})")
     # After all of it, a clean shutdown must leave a clean boot partition.
     node.wait_ssh()
     node.ssh("poweroff", check=False)
