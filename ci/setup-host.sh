@@ -24,6 +24,7 @@ declare -A need=(
   [curl]=curl                   # the mesh test reads metrics through a forwarded port
   [minisign]=minisign           # the stock tool must accept our signatures (tests)
   [openssl]=openssl             # a test CA and server certificate for installs over https (tests)
+  [promtool]=prometheus         # checks and unit-tests monitoring/'s alerting rules (tests)
 )
 missing=()
 for cmd in "${!need[@]}"; do

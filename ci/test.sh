@@ -89,6 +89,7 @@ stage_wait() { # waits for the stages started with stage_bg and counts them
 stage "cargo tests" env PROPTEST_CASES=4096 cargo test --workspace --locked
 stage "cargo fmt --check" cargo fmt --all --check
 stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+stage "alerting rules (promtool)" sh -c 'promtool check rules monitoring/rules.yml && promtool test rules monitoring/rules-test.yml'
 # Images are signed with a key made for this run (no secret is ever committed); the stock
 # minisign tool must accept the signature.
 rm -rf out/ci-key && mkdir -p out/ci-key
