@@ -155,6 +155,23 @@ on_a wget -q -O - "http://[$B]:9100/metrics" > "$WORK/b.metrics" || fail "GET B'
 peers "$WORK/b.metrics" 2 || fail "B's metrics do not show two peers: $(grep router_peers "$WORK/b.metrics")"
 peers "$WORK/c.metrics" 1 || fail "C's metrics do not show its one peer"
 ok "metrics show the peers: A 1, B 2, C 1 (A's read at http://127.0.0.1:$METRICS_PORT/metrics)"
+
+# --- the mesh view: every node learns the others from its neighbours; A's /sd.json (Prometheus
+# HTTP service discovery) lists the whole line, and B's nodeinfo names its two neighbours.
+lists() { # JSON-FILE ADDRESS...: whether the service discovery document has each node's target
+  python3 - "$@" <<'PY'
+import json, sys
+targets = {t for g in json.load(open(sys.argv[1])) for t in g["targets"]}
+sys.exit(0 if all(f"[{a}]:9100" in targets for a in sys.argv[2:]) else 1)
+PY
+}
+sd_lists() { curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/sd.json" > "$WORK/a-sd.json" && lists "$WORK/a-sd.json" "$@"; }
+t=$SECONDS
+wait_for 150 sd_lists "$A" "$B" "$C" || fail "A's /sd.json does not list A, B and C: $(cat "$WORK/a-sd.json")"
+on_a wget -q -O - "http://[$B]:9100/nodeinfo.json" > "$WORK/b-nodeinfo.json" || fail "GET B's /nodeinfo.json from A"
+python3 -c 'import json,sys; n=json.load(open(sys.argv[1]))["neighbours"]; sys.exit(0 if set(sys.argv[2:]) <= set(n) else 1)' "$WORK/b-nodeinfo.json" "$A" "$C" \
+  || fail "B's nodeinfo does not name A and C as its neighbours: $(cat "$WORK/b-nodeinfo.json")"
+ok "A's /sd.json lists A, B and C ($((SECONDS - t)) s after the line was routed); B's nodeinfo names A and C as its neighbours"
 on_a meshd status > "$WORK/a-status.txt" || fail "meshd status on A"
 grep -q "^address  $A\$" "$WORK/a-status.txt" && grep -q "^$B " "$WORK/a-status.txt" || fail "meshd status on A: $(cat "$WORK/a-status.txt")"
 on_a meshd status --json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["peers"][0]["address"] == sys.argv[1], d' "$B" \

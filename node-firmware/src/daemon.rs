@@ -123,7 +123,29 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     let cache = crate::chunk_fetch::cache_dir(&dirs.state);
     if cfg.metrics.enabled {
         let shelf = card.as_ref().ok().map(|(disk, _)| Shelf::new(&dirs.boot, disk, &cache, true));
-        if let Err(e) = http::spawn(cfg.metrics.port, shared.clone(), dirs.run.clone(), bundle.map(|(source, _)| source), shelf) {
+        let mesh = Arc::new(Mutex::new(crate::meshview::View::default()));
+        if let Err(e) = http::spawn(cfg.metrics.port, shared.clone(), dirs.run.clone(), bundle.map(|(source, _)| source), shelf, mesh.clone()) {
+            eprintln!("meshd: {e}");
+        }
+        let (state, run_dir) = (shared.clone(), dirs.run.clone());
+        let me = move || {
+            let s = state.lock().ok()?.clone();
+            let mut neighbours: Vec<String> =
+                crate::router::peers(&run_dir).unwrap_or_default().into_iter().filter(|p| p.up && !p.address.is_empty()).map(|p| p.address).collect();
+            neighbours.sort();
+            neighbours.dedup();
+            Some(crate::meshview::Node {
+                address: s.address,
+                name: s.name,
+                version: s.version,
+                board: s.board,
+                slot: s.slot,
+                metrics_port: s.metrics_port,
+                neighbours,
+                age_s: 0,
+            })
+        };
+        if let Err(e) = crate::meshview::spawn(mesh, me) {
             eprintln!("meshd: {e}");
         }
     }

@@ -12,6 +12,7 @@
 //! makes them.
 
 use crate::held::Shelf;
+use crate::meshview::View;
 use crate::metrics::{self, Collectors};
 use crate::radio;
 use crate::router;
@@ -81,22 +82,36 @@ struct Face {
     bundle: Result<SlotSource, String>,
     shelf: Option<Mutex<Shelf>>,
     collectors: Mutex<Collectors>,
+    /// The mesh as this node knows it (crate::meshview).
+    mesh: Arc<Mutex<View>>,
     /// One permit per bundle transfer, held by its reading thread until it ends.
     transfers: Arc<Semaphore>,
 }
 
 type Reply = Response<Box<dyn Body<Data = Bytes, Error = std::io::Error> + Send + Unpin>>;
 
-pub fn spawn(port: u16, state: Arc<Mutex<NodeState>>, run_dir: PathBuf, bundle: Result<SlotSource, String>, shelf: Option<Shelf>) -> Result<(), String> {
+pub fn spawn(
+    port: u16,
+    state: Arc<Mutex<NodeState>>,
+    run_dir: PathBuf,
+    bundle: Result<SlotSource, String>,
+    shelf: Option<Shelf>,
+    mesh: Arc<Mutex<View>>,
+) -> Result<(), String> {
     // [::] also takes IPv4 (Linux's bindv6only is 0).
     let listener = std::net::TcpListener::bind(("::", port)).map_err(|e| format!("metrics on port {port}: {e}"))?;
-    serve_on(listener, Face::new(state, run_dir, bundle, shelf), Limits::default())
+    serve_on(listener, Face::new(state, run_dir, bundle, shelf, mesh), Limits::default())
 }
 
 impl Face {
-    fn new(state: Arc<Mutex<NodeState>>, run_dir: PathBuf, bundle: Result<SlotSource, String>, shelf: Option<Shelf>) -> Face {
+    fn new(state: Arc<Mutex<NodeState>>, run_dir: PathBuf, bundle: Result<SlotSource, String>, shelf: Option<Shelf>, mesh: Arc<Mutex<View>>) -> Face {
         let (collectors, transfers) = (Mutex::new(Collectors::new()), Arc::new(Semaphore::new(MAX_TRANSFERS)));
-        Face { state, run_dir, bundle, shelf: shelf.map(Mutex::new), collectors, transfers }
+        Face { state, run_dir, bundle, shelf: shelf.map(Mutex::new), collectors, mesh, transfers }
+    }
+
+    /// The nodes of the mesh view now, this node first.
+    fn mesh_nodes(&self) -> Vec<crate::meshview::Node> {
+        self.mesh.lock().map(|v| v.nodes(Instant::now())).unwrap_or_default()
     }
 }
 
@@ -217,13 +232,24 @@ async fn respond(face: &Arc<Face>, req: Request<Incoming>, bundle: &AtomicBool) 
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}\n")),
             }
         }
-        "/nodeinfo.json" => reply(StatusCode::OK, "application/json", (nodeinfo(&snapshot).to_string() + "\n").into()),
+        "/nodeinfo.json" => {
+            let mut info = nodeinfo(&snapshot);
+            let neighbours = face.mesh_nodes().into_iter().next().filter(|me| me.address == snapshot.address).map(|me| me.neighbours).unwrap_or_default();
+            info["neighbours"] = json!(neighbours);
+            reply(StatusCode::OK, "application/json", (info.to_string() + "\n").into())
+        }
+        "/mesh.json" => reply(StatusCode::OK, "application/json", (json!(face.mesh_nodes()).to_string() + "\n").into()),
+        "/sd.json" => reply(StatusCode::OK, "application/json", (crate::meshview::service_discovery(&face.mesh_nodes()).to_string() + "\n").into()),
         "/" => reply(
             StatusCode::OK,
             "text/plain; charset=utf-8",
-            format!("{} (meshos {})\n/metrics\n/nodeinfo.json\n/bundle\n/header/<sha256>\n/chunk/<sha256>\n", snapshot.name, snapshot.version).into(),
+            format!(
+                "{} (meshos {})\n/metrics\n/nodeinfo.json\n/mesh.json\n/sd.json\n/bundle\n/header/<sha256>\n/chunk/<sha256>\n",
+                snapshot.name, snapshot.version
+            )
+            .into(),
         ),
-        _ => text(StatusCode::NOT_FOUND, "not found; try /metrics, /nodeinfo.json or /bundle\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "not found; try /metrics, /nodeinfo.json, /mesh.json, /sd.json or /bundle\n".into()),
     }
 }
 
@@ -396,7 +422,7 @@ mod tests {
 
     fn face() -> Face {
         let state = NodeState { name: "test-node".into(), ..NodeState::default() };
-        Face::new(Arc::new(Mutex::new(state)), PathBuf::from("/nonexistent"), Err("none here".into()), None)
+        Face::new(Arc::new(Mutex::new(state)), PathBuf::from("/nonexistent"), Err("none here".into()), None, Arc::default())
     }
 
     fn serve(limits: Limits) -> SocketAddr {
@@ -456,6 +482,9 @@ mod tests {
         assert!(info.starts_with("HTTP/1.1 200"), "{info}");
         assert!(info.contains("\"name\":\"test-node\""), "{info}");
         assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+        // No mesh view yet (its thread has not run): empty lists, not errors.
+        assert!(get(addr, "/mesh.json").ends_with("\r\n\r\n[]\n"));
+        assert!(get(addr, "/sd.json").ends_with("\r\n\r\n[]\n"));
         let bundle = get(addr, "/bundle");
         assert!(bundle.starts_with("HTTP/1.1 404") && bundle.contains("none here"), "{bundle}");
         assert!(get(addr, "/chunk/xyz").starts_with("HTTP/1.1 404"));

@@ -13,6 +13,7 @@ mod fetch;
 mod held;
 mod http;
 mod identity;
+mod meshview;
 mod metrics;
 mod node;
 mod radio;

@@ -1,0 +1,199 @@
+//! The mesh as this node knows it, for monitoring: every node it has heard of, with its overlay
+//! neighbours. Each node serves its view at `/mesh.json` and reads its overlay neighbours'
+//! views every [`EVERY`], keeping of each node the freshest word (an age in seconds, not a
+//! time: nodes have no clocks they agree on). A node not heard of for [`MAX_AGE`] is dropped,
+//! and the view never holds more than [`MAX_NODES`]. `/sd.json` gives the same nodes as
+//! Prometheus HTTP service discovery, so a Prometheus that reaches one node finds them all.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const EVERY: Duration = Duration::from_secs(30);
+pub const MAX_AGE: Duration = Duration::from_secs(600);
+pub const MAX_NODES: usize = 1024;
+/// A neighbour's `/mesh.json` larger than this is not read.
+const MAX_BODY: u64 = 1 << 20;
+
+/// One node, as it last described itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Node {
+    pub address: String,
+    pub name: String,
+    pub version: String,
+    pub board: String,
+    pub slot: String,
+    /// Where its metrics are served (None: turned off).
+    pub metrics_port: Option<u16>,
+    /// Its overlay neighbours, by address.
+    #[serde(default)]
+    pub neighbours: Vec<String>,
+    /// Seconds since the node itself said this (0 for the node serving the view).
+    #[serde(default)]
+    pub age_s: u64,
+}
+
+impl Node {
+    /// What a view takes from outside: an overlay address, short text, a bounded list.
+    fn plausible(&self) -> bool {
+        let short = |s: &str| s.len() <= 128 && !s.contains(['\n', '\r']);
+        self.address.parse::<Ipv6Addr>().is_ok()
+            && [&self.name, &self.version, &self.board, &self.slot].iter().all(|s| short(s))
+            && self.neighbours.len() <= 64
+            && self.neighbours.iter().all(|n| n.parse::<Ipv6Addr>().is_ok())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct View {
+    me: Option<Node>,
+    /// Address → the node and when it said it (estimated: when heard less its age).
+    known: BTreeMap<String, (Node, Instant)>,
+}
+
+impl View {
+    pub fn set_me(&mut self, me: Node) {
+        self.known.remove(&me.address);
+        self.me = Some(me);
+    }
+
+    /// Takes from a neighbour's view what is fresher than what this node knows.
+    pub fn learn(&mut self, nodes: Vec<Node>, now: Instant) {
+        let me = self.me.as_ref().map(|m| m.address.clone());
+        for n in nodes.into_iter().filter(Node::plausible) {
+            let age = Duration::from_secs(n.age_s);
+            let Some(said) = now.checked_sub(age).filter(|_| age < MAX_AGE) else { continue };
+            if Some(&n.address) == me.as_ref() || self.known.get(&n.address).is_some_and(|(_, t)| *t >= said) {
+                continue;
+            }
+            self.known.insert(n.address.clone(), (n, said));
+        }
+        self.known.retain(|_, (_, said)| now.duration_since(*said) < MAX_AGE);
+        while self.known.len() > MAX_NODES - 1 {
+            let oldest = self.known.iter().min_by_key(|(_, (_, said))| *said).map(|(a, _)| a.clone()).expect("not empty");
+            self.known.remove(&oldest);
+        }
+    }
+
+    /// This node first, then every other it knows, each with its age now.
+    pub fn nodes(&self, now: Instant) -> Vec<Node> {
+        let others = self
+            .known
+            .values()
+            .filter(|(_, said)| now.duration_since(*said) < MAX_AGE)
+            .map(|(n, said)| Node { age_s: now.duration_since(*said).as_secs(), ..n.clone() });
+        self.me.iter().cloned().chain(others).collect()
+    }
+}
+
+/// Prometheus HTTP service discovery: one target group a node that serves metrics.
+pub fn service_discovery(nodes: &[Node]) -> serde_json::Value {
+    let groups: Vec<serde_json::Value> = nodes
+        .iter()
+        .filter_map(|n| {
+            let port = n.metrics_port?;
+            Some(serde_json::json!({
+                "targets": [format!("[{}]:{port}", n.address)],
+                "labels": { "meshos_node": n.name, "meshos_board": n.board, "meshos_version": n.version },
+            }))
+        })
+        .collect();
+    serde_json::Value::Array(groups)
+}
+
+/// Reads the overlay neighbours' views every [`EVERY`]; `me` says what this node is now (its
+/// neighbours included).
+pub fn spawn(view: Arc<Mutex<View>>, me: impl Fn() -> Option<Node> + Send + 'static) -> Result<(), String> {
+    let http: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).user_agent(concat!("meshd/", env!("CARGO_PKG_VERSION"))).build().into();
+    let run = move || loop {
+        if let Some(me) = me() {
+            let neighbours = me.neighbours.clone();
+            let port = me.metrics_port;
+            if let Ok(mut v) = view.lock() {
+                v.set_me(me);
+            }
+            for n in neighbours {
+                let Some(port) = port else { break };
+                let url = format!("http://[{n}]:{port}/mesh.json");
+                let got = crate::chunk_fetch::get(&http, &url, MAX_BODY).ok().and_then(|b| serde_json::from_slice::<Vec<Node>>(&b).ok());
+                if let (Some(nodes), Ok(mut v)) = (got, view.lock()) {
+                    v.learn(nodes, Instant::now());
+                }
+            }
+        }
+        std::thread::sleep(EVERY);
+    };
+    std::thread::Builder::new().name("meshview".into()).stack_size(128 * 1024).spawn(run).map(|_| ()).map_err(|e| format!("mesh view thread: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(last: u16, age_s: u64, neighbours: &[u16]) -> Node {
+        Node {
+            address: format!("200::{last:x}"),
+            name: format!("n{last}"),
+            version: "0.1.0".into(),
+            board: "rpi3".into(),
+            slot: "a".into(),
+            metrics_port: Some(9100),
+            neighbours: neighbours.iter().map(|n| format!("200::{n:x}")).collect(),
+            age_s,
+        }
+    }
+
+    #[test]
+    fn the_freshest_word_on_each_node_wins_and_old_words_expire() {
+        let now = Instant::now() + Duration::from_secs(3600);
+        let mut v = View::default();
+        v.set_me(node(1, 0, &[2]));
+        v.learn(vec![node(2, 0, &[1, 3]), node(3, 40, &[2])], now);
+        // Another neighbour heard of 3 more recently, with other neighbours; and of 2 earlier.
+        v.learn(vec![node(3, 10, &[2, 4]), node(2, 30, &[])], now);
+        let got = v.nodes(now);
+        assert_eq!(got.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n1", "n2", "n3"]);
+        assert_eq!(got[1].neighbours, ["200::1", "200::3"]);
+        assert_eq!((got[2].neighbours.len(), got[2].age_s), (2, 10));
+        // Ten minutes without a word: gone; a word that old is not taken.
+        let later = now + MAX_AGE;
+        v.learn(vec![node(5, MAX_AGE.as_secs(), &[])], later);
+        assert_eq!(v.nodes(later).len(), 1);
+    }
+
+    #[test]
+    fn what_a_neighbour_says_is_bounded_and_checked() {
+        let now = Instant::now() + Duration::from_secs(3600);
+        let mut v = View::default();
+        v.set_me(node(1, 0, &[]));
+        // It cannot speak for this node, nor pass off junk.
+        let mut bad = node(9, 0, &[]);
+        bad.address = "not an address".into();
+        let mut long = node(10, 0, &[]);
+        long.name = "x".repeat(500);
+        v.learn(vec![node(1, 0, &[7]), bad, long], now);
+        assert_eq!(v.nodes(now), [node(1, 0, &[])]);
+        // A flood keeps the view at MAX_NODES, the freshest kept.
+        v.learn((2..3000).map(|i| node(i, (i % 500).into(), &[])).collect(), now);
+        let got = v.nodes(now);
+        assert_eq!(got.len(), MAX_NODES);
+        assert!(got.iter().all(|n| n.age_s < 500));
+    }
+
+    #[test]
+    fn service_discovery_lists_every_node_that_serves_metrics() {
+        let mut quiet = node(3, 0, &[]);
+        quiet.metrics_port = None;
+        let sd = service_discovery(&[node(1, 0, &[]), node(2, 5, &[]), quiet]);
+        assert_eq!(
+            sd,
+            serde_json::json!([
+                {"targets": ["[200::1]:9100"], "labels": {"meshos_node": "n1", "meshos_board": "rpi3", "meshos_version": "0.1.0"}},
+                {"targets": ["[200::2]:9100"], "labels": {"meshos_node": "n2", "meshos_board": "rpi3", "meshos_version": "0.1.0"}},
+            ])
+        );
+    }
+}
