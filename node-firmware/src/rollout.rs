@@ -111,6 +111,7 @@ impl Agent {
     fn run(self) {
         let mut shelf = Shelf::new(&self.boot_dir, &self.disk, &self.fetch.cache, false);
         let mut seen: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut members: BTreeMap<String, Instant> = BTreeMap::new();
         let http =
             ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(8))).user_agent(concat!("meshd/", env!("CARGO_PKG_VERSION"))).build().into();
         loop {
@@ -135,7 +136,7 @@ impl Agent {
             }
             let neighbours = self.neighbours(&mut seen);
             if !on_trial {
-                let heard = self.listen(&http, &neighbours);
+                let heard = only_nodes(self.listen(&http, &neighbours), &mut members);
                 if staged && record.as_ref().is_some_and(|r| r.by_agent) {
                     self.reboot_when_allowed(&http, &neighbours, heard);
                 } else if staged {
@@ -324,6 +325,20 @@ impl Agent {
 /// Why a node that wants to reboot must wait, if it must: a neighbour silent (it may be down),
 /// on trial, or rebooting. Once this node has itself `announced` that it reboots, a neighbour
 /// that announced the same holds it back only when that neighbour's address is the lower one.
+/// What the neighbours said, less the overlay peers that are no meshos node (a monitoring
+/// machine, a laptop): a peer that has never answered `/nodeinfo.json` is not waited for, while
+/// a node that answered within [`FORGET_AFTER`] and is silent now may be rebooting.
+fn only_nodes(mut heard: BTreeMap<String, Option<Announced>>, members: &mut BTreeMap<String, Instant>) -> BTreeMap<String, Option<Announced>> {
+    for (addr, a) in &heard {
+        if a.is_some() {
+            members.insert(addr.clone(), Instant::now());
+        }
+    }
+    members.retain(|_, t| t.elapsed() < FORGET_AFTER);
+    heard.retain(|addr, a| a.is_some() || members.contains_key(addr));
+    heard
+}
+
 fn holds_back(me: &str, heard: &BTreeMap<String, Option<Announced>>, announced: bool) -> Option<String> {
     heard.iter().find_map(|(addr, a)| match a {
         None => Some(format!("{addr} does not answer (it may be rebooting)")),
@@ -373,6 +388,18 @@ mod tests {
         assert!(holds_back("200::b", &b_sees_a, true).is_some());
         // A neighbour on trial holds back even the lower address.
         assert!(holds_back("200::a", &heard(&[("200::b", Some(Phase::Trial))]), true).is_some());
+    }
+
+    #[test]
+    fn a_peer_that_never_answered_is_not_waited_for_but_a_silent_node_is() {
+        let mut members = BTreeMap::new();
+        // 200::m (a monitoring machine's router) never serves nodeinfo; 200::b does.
+        let first = only_nodes(heard(&[("200::b", Some(Phase::Idle)), ("200::m", None)]), &mut members);
+        assert_eq!(first.keys().collect::<Vec<_>>(), ["200::b"]);
+        assert_eq!(holds_back("200::a", &first, false), None);
+        // b goes quiet (rebooting): still waited for.
+        let later = only_nodes(heard(&[("200::b", None), ("200::m", None)]), &mut members);
+        assert!(holds_back("200::a", &later, false).unwrap().contains("200::b does not answer"));
     }
 
     #[test]
