@@ -38,7 +38,16 @@ BOOT_LIMIT=${MESH_TEST_BOOT_LIMIT:-600}
 
 rm -rf "$WORK" && mkdir -p "$WORK"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+# The monitoring machine (see below): its network namespace, its Ethernet port (a tap device)
+# and the UDP ports of the link between that port and A.
+MON_NS=meshmon-$PORT MON_TAP=mmtap$PORT MON_LINK_A=$((PORT + 40)) MON_LINK_M=$((PORT + 41))
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  as_root ip netns pids "$MON_NS" 2>/dev/null | xargs -r as_root kill 2>/dev/null || true
+  wait 2>/dev/null || true
+  as_root ip netns del "$MON_NS" 2>/dev/null || true
+}
 trap cleanup EXIT
 
 fail() { echo "mesh-test: FAILED: $*" >&2; for n in a b c d; do [ -f "$WORK/$n.log" ] && { echo "--- node $n console (tail)"; tail -25 "$WORK/$n.log"; }; done >&2; exit 1; }
@@ -93,6 +102,45 @@ if [ -n "${MESHOS_SIGN_KEY:-}" ]; then
   IMAGE_BUNDLE=${IMAGE%.img}.bundle
 fi
 
+# A monitoring machine joined to the mesh the way the README tells an operator: its own
+# Yggdrasil, cabled to a node (A), which peers with it as with any wired neighbour, and Debian's
+# Prometheus with monitoring/prometheus.yml given A's overlay address. Here the machine is a
+# network namespace of this host, and its Ethernet port a tap device that socat joins to one of
+# A's links (QEMU sends each frame as one UDP datagram).
+monitor_start() {
+  as_root ip netns del "$MON_NS" 2>/dev/null || true
+  as_root ip netns add "$MON_NS" && as_root ip netns exec "$MON_NS" ip link set lo up || fail "making the monitoring machine's network namespace (needs root)"
+  as_root socat "UDP4-DATAGRAM:127.0.0.1:$MON_LINK_A,bind=127.0.0.1:$MON_LINK_M" "TUN,tun-type=tap,tun-name=$MON_TAP" 2> "$WORK/monitor-link.log" &
+  pids+=($!)
+  wait_for 10 ip link show "$MON_TAP" || fail "socat made no tap device: $(cat "$WORK/monitor-link.log")"
+  as_root ip link set "$MON_TAP" netns "$MON_NS" && as_root ip netns exec "$MON_NS" ip link set "$MON_TAP" up || fail "moving $MON_TAP into $MON_NS"
+  yggdrasil -genconf -json | python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+c.update(Listen=[], Peers=[], AdminListen="none", IfName="auto",
+         MulticastInterfaces=[{"Regex": "^'"$MON_TAP"'$", "Beacon": True, "Listen": True, "Port": 0, "Priority": 0, "Password": ""}])
+json.dump(c, sys.stdout)' > "$WORK/monitor-yggdrasil.conf"
+  as_root ip netns exec "$MON_NS" yggdrasil -useconffile "$WORK/monitor-yggdrasil.conf" > "$WORK/monitor-yggdrasil.log" 2>&1 &
+  pids+=($!)
+}
+prometheus_start() { # ADDRESS: Prometheus in the monitoring machine, finding the nodes through ADDRESS's /sd.json
+  mkdir -p "$WORK/prometheus"
+  cp monitoring/rules.yml "$WORK/prometheus/"
+  # The operator's file as it is, but for the node's address and a quicker pace for the test.
+  sed -e "s/200:1111:2222:3333:4444:5555:6666:7777/$1/" -e 's/_interval: 30s/_interval: 5s/' -e 's/refresh_interval: 1m/refresh_interval: 10s/' \
+    monitoring/prometheus.yml > "$WORK/prometheus/prometheus.yml"
+  promtool check config "$WORK/prometheus/prometheus.yml" > "$WORK/promtool.log" 2>&1 || fail "promtool check config: $(cat "$WORK/promtool.log")"
+  as_root ip netns exec "$MON_NS" prometheus --config.file="$WORK/prometheus/prometheus.yml" --storage.tsdb.path="$WORK/prometheus/data" \
+    --web.listen-address=127.0.0.1:9090 > "$WORK/prometheus.log" 2>&1 &
+  pids+=($!)
+}
+# PROMQL: the query's result vector, one "labels value" line a sample.
+promql() {
+  as_root ip netns exec "$MON_NS" curl -sf -m 10 --data-urlencode "query=$1" http://127.0.0.1:9090/api/v1/query |
+    python3 -c 'import json,sys; [print(json.dumps(r["metric"], sort_keys=True), r["value"][1]) for r in json.load(sys.stdin)["data"]["result"]]'
+}
+monitor_start
+
 start() { # NAME IMAGE ARGS...: boot one node in the background, console appended to $WORK/NAME.log
   local name=$1 image=$2; shift 2
   "$MESHIMG" qemu qemu-arm64 --image "$image" "$@" >> "$WORK/$name.log" 2>&1 &
@@ -103,7 +151,8 @@ start() { # NAME IMAGE ARGS...: boot one node in the background, console appende
 e_link() { echo "--link $((PORT + 5 + 2 * $1)):$((PORT + 6 + 2 * $1))"; }
 B_ARGS=(--card "$WORK/b.card" --link "$((PORT + 2)):$((PORT + 1))" --link "$((PORT + 3)):$((PORT + 4))" $(e_link 2) --boot-file "mesh.yaml=$WORK/b.yaml")
 t0=$SECONDS
-start a "$IMAGE" --forward "$SSH_PORT:22" --forward "$METRICS_PORT:9100" --link "$((PORT + 1)):$((PORT + 2))" $(e_link 1) --boot-file "mesh.yaml=$WORK/a.yaml" \
+start a "$IMAGE" --forward "$SSH_PORT:22" --forward "$METRICS_PORT:9100" --link "$((PORT + 1)):$((PORT + 2))" $(e_link 1) \
+  --link "$MON_LINK_A:$MON_LINK_M" --boot-file "mesh.yaml=$WORK/a.yaml" \
   --boot-file "conf.d/50-motd.tar.gz=$WORK/50-motd.tar.gz"
 start b "$IMAGE" "${B_ARGS[@]}"
 start c "$IMAGE" --link "$((PORT + 4)):$((PORT + 3))" --link "$((PORT + 5)):$((PORT + 6))" $(e_link 3) --boot-file "mesh.yaml=$WORK/c.yaml"
@@ -150,11 +199,11 @@ ok "C's metrics carry the config error with its key and line"
 
 peers() { grep -q "^meshd_router_peers{router=\"yggdrasil\"} $2\$" "$1"; }
 curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/metrics" > "$WORK/a.metrics" || fail "A's metrics through --forward $METRICS_PORT:9100"
-peers "$WORK/a.metrics" 1 || fail "A's metrics do not show its one peer: $(grep router_peers "$WORK/a.metrics")"
+peers "$WORK/a.metrics" 2 || fail "A's metrics do not show its two peers (B and the monitoring machine): $(grep router_peers "$WORK/a.metrics")"
 on_a wget -q -O - "http://[$B]:9100/metrics" > "$WORK/b.metrics" || fail "GET B's /metrics from A"
 peers "$WORK/b.metrics" 2 || fail "B's metrics do not show two peers: $(grep router_peers "$WORK/b.metrics")"
 peers "$WORK/c.metrics" 1 || fail "C's metrics do not show its one peer"
-ok "metrics show the peers: A 1, B 2, C 1 (A's read at http://127.0.0.1:$METRICS_PORT/metrics)"
+ok "metrics show the peers: A 2 (B and the monitoring machine), B 2, C 1 (A's read at http://127.0.0.1:$METRICS_PORT/metrics)"
 
 # --- the mesh view: every node learns the others from its neighbours; A's /sd.json (Prometheus
 # HTTP service discovery) lists the whole line, and B's nodeinfo names its two neighbours.
@@ -172,6 +221,10 @@ on_a wget -q -O - "http://[$B]:9100/nodeinfo.json" > "$WORK/b-nodeinfo.json" || 
 python3 -c 'import json,sys; n=json.load(open(sys.argv[1]))["neighbours"]; sys.exit(0 if set(sys.argv[2:]) <= set(n) else 1)' "$WORK/b-nodeinfo.json" "$A" "$C" \
   || fail "B's nodeinfo does not name A and C as its neighbours: $(cat "$WORK/b-nodeinfo.json")"
 ok "A's /sd.json lists A, B and C ($((SECONDS - t)) s after the line was routed); B's nodeinfo names A and C as its neighbours"
+prometheus_start "$A"
+all_up() { [ "$(promql 'up{job="meshos"} == 1' | wc -l)" -ge 3 ]; }
+wait_for 120 all_up || fail "Prometheus in the monitoring machine does not see A, B and C up: $(promql 'up'; tail -5 "$WORK/prometheus.log")"
+ok "Prometheus on a monitoring machine peered with A, given only A's /sd.json, scrapes A, B and C (up 1 for each)"
 on_a meshd status > "$WORK/a-status.txt" || fail "meshd status on A"
 grep -q "^address  $A\$" "$WORK/a-status.txt" && grep -q "^$B " "$WORK/a-status.txt" || fail "meshd status on A: $(cat "$WORK/a-status.txt")"
 on_a meshd status --json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["peers"][0]["address"] == sys.argv[1], d' "$B" \
@@ -180,7 +233,7 @@ ok "meshd status on A (table and --json) shows its radio, services and B as its 
 
 # Supervision: a killed router comes back by itself and finds its peer again.
 on_a 'kill $(pidof yggdrasil)' || fail "could not kill yggdrasil on A"
-restarted() { curl -sf -m 5 "http://127.0.0.1:$METRICS_PORT/metrics" > "$WORK/a.metrics" && grep -q '^meshd_service_restarts_total{service="yggdrasil"} 1$' "$WORK/a.metrics" && peers "$WORK/a.metrics" 1; }
+restarted() { curl -sf -m 5 "http://127.0.0.1:$METRICS_PORT/metrics" > "$WORK/a.metrics" && grep -q '^meshd_service_restarts_total{service="yggdrasil"} 1$' "$WORK/a.metrics" && peers "$WORK/a.metrics" 2; }
 wait_for 60 restarted || fail "yggdrasil on A was not restarted, or found no peer again: $(grep -E 'yggdrasil|router_peers' "$WORK/a.metrics")"
 ok "yggdrasil killed on A was restarted by meshd and peered with B again"
 
@@ -431,4 +484,13 @@ PY
     || fail "meshd upgrade status on A does not show the refusal: $(cat "$WORK/a-status-e.txt")"
   ok "meshd upgrade status on A: $(grep '^error' "$WORK/a-status-e.txt" | cut -c1-120)"
 fi
+
+# --- monitoring: the nodes Prometheus found by itself, then C switched off raises MeshNodeDown.
+promql 'up{job="meshos"}' > "$WORK/prometheus-up.txt"
+ok "Prometheus scrapes $(grep -c ' 1$' "$WORK/prometheus-up.txt") nodes found through A's /sd.json: $(sed 's/.*"instance": "\([^"]*\)".*/\1/' "$WORK/prometheus-up.txt" | tr '\n' ' ' | cut -c1-200)"
+kill "$pid_c"; wait "$pid_c" 2>/dev/null || true
+t=$SECONDS
+c_down() { promql 'ALERTS{alertname="MeshNodeDown", alertstate="firing"}' | grep -q "\"instance\": \"\[$C\]:9100\""; }
+wait_for 180 c_down || fail "C is off but MeshNodeDown does not fire for it: $(promql 'ALERTS')"
+ok "C switched off: MeshNodeDown fired for it in Prometheus $((SECONDS - t)) s later (the rule waits a minute)"
 echo "mesh-test: all checks passed in $((SECONDS - t0)) s"

@@ -25,6 +25,9 @@ declare -A need=(
   [minisign]=minisign           # the stock tool must accept our signatures (tests)
   [openssl]=openssl             # a test CA and server certificate for installs over https (tests)
   [promtool]=prometheus         # checks and unit-tests monitoring/'s alerting rules (tests)
+  [prometheus]=prometheus       # the mesh test's monitoring machine
+  [yggdrasil]=yggdrasil         # the monitoring machine's router (0.5: from backports on bookworm)
+  [socat]=socat                 # joins the monitoring machine's tap device to a node's link
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -50,14 +53,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq || echo "setup: warning: apt-get update reported errors (continuing)"
   target=()
   [ "${VERSION_CODENAME:-}" = bookworm ] && target=(-t bookworm-backports)
-  # qemu-system-arm and qemu-utils must come from the same suite.
-  qemu=()
-  for p in "${missing[@]}"; do [ "$p" = qemu-system-arm ] && qemu=(qemu-system-arm qemu-utils); done
-  rest=()
-  for p in "${missing[@]}"; do [ "$p" = qemu-system-arm ] || rest+=("$p"); done
+  # From backports on bookworm: QEMU (qemu-system-arm and qemu-utils from the same suite), and
+  # Yggdrasil 0.5, which speaks the nodes' protocol (bookworm's own 0.4 does not).
+  newer=() rest=()
+  for p in "${missing[@]}"; do
+    case $p in
+    qemu-system-arm) newer+=(qemu-system-arm qemu-utils) ;;
+    yggdrasil) newer+=(yggdrasil) ;;
+    *) rest+=("$p") ;;
+    esac
+  done
   export DEBIAN_FRONTEND=noninteractive
   [ ${#rest[@]} -eq 0 ] || $sudo apt-get install -y -qq --no-install-recommends "${rest[@]}"
-  [ ${#qemu[@]} -eq 0 ] || $sudo apt-get install -y -qq --no-install-recommends "${target[@]}" "${qemu[@]}"
+  [ ${#newer[@]} -eq 0 ] || $sudo apt-get install -y -qq --no-install-recommends "${target[@]}" "${newer[@]}"
 fi
 
 # Rust targets for the node firmware.
