@@ -110,7 +110,7 @@ fi
 monitor_start() {
   as_root ip netns del "$MON_NS" 2>/dev/null || true
   as_root ip netns add "$MON_NS" && as_root ip netns exec "$MON_NS" ip link set lo up || fail "making the monitoring machine's network namespace (needs root)"
-  as_root socat "UDP4-DATAGRAM:127.0.0.1:$MON_LINK_A,bind=127.0.0.1:$MON_LINK_M" "TUN,tun-type=tap,tun-name=$MON_TAP" 2> "$WORK/monitor-link.log" &
+  as_root socat "UDP4-DATAGRAM:127.0.0.1:$MON_LINK_A,bind=127.0.0.1:$MON_LINK_M" "TUN,tun-type=tap,tun-name=$MON_TAP,iff-no-pi" 2> "$WORK/monitor-link.log" &
   pids+=($!)
   wait_for 10 ip link show "$MON_TAP" || fail "socat made no tap device: $(cat "$WORK/monitor-link.log")"
   as_root ip link set "$MON_TAP" netns "$MON_NS" && as_root ip netns exec "$MON_NS" ip link set "$MON_TAP" up || fail "moving $MON_TAP into $MON_NS"
