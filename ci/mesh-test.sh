@@ -488,6 +488,13 @@ fi
 # --- monitoring: the nodes Prometheus found by itself, then C switched off raises MeshNodeDown.
 promql 'up{job="meshos"}' > "$WORK/prometheus-up.txt"
 ok "Prometheus scrapes $(grep -c ' 1$' "$WORK/prometheus-up.txt") nodes found through A's /sd.json: $(sed 's/.*"instance": "\([^"]*\)".*/\1/' "$WORK/prometheus-up.txt" | tr '\n' ' ' | cut -c1-200)"
+# Every query of the Grafana dashboard, for all nodes, returns data.
+python3 -c 'import json,sys; [print(t["expr"]) for p in json.load(open(sys.argv[1]))["panels"] for t in p.get("targets", [])]' \
+  monitoring/grafana/dashboards/meshos.json | sed -e 's/\$node/.*/g' -e 's/\$__rate_interval/1m/g' > "$WORK/dashboard-queries.txt"
+while read -r q; do
+  [ -n "$(promql "$q")" ] || fail "the dashboard's query returns no data: $q"
+done < "$WORK/dashboard-queries.txt"
+ok "all $(wc -l < "$WORK/dashboard-queries.txt") queries of the Grafana dashboard return data"
 kill "$pid_c"; wait "$pid_c" 2>/dev/null || true
 t=$SECONDS
 c_down() { promql 'ALERTS{alertname="MeshNodeDown", alertstate="firing"}' | grep -q "\"instance\": \"\[$C\]:9100\""; }
