@@ -225,6 +225,19 @@ prometheus_start "$A"
 all_up() { [ "$(promql 'up{job="meshos"} == 1' | wc -l)" -ge 3 ]; }
 wait_for 120 all_up || fail "Prometheus in the monitoring machine does not see A, B and C up: $(promql 'up'; tail -5 "$WORK/prometheus.log")"
 ok "Prometheus on a monitoring machine peered with A, given only A's /sd.json, scrapes A, B and C (up 1 for each)"
+
+# --- the map: headless Chromium loads A's /map (through the forwarded port); the page it drew
+# holds the three nodes and the two links of the line. A screenshot goes to out/test-logs/.
+chromium_at() { # ARGS...: headless Chromium on A's /map
+  timeout 120 chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --hide-scrollbars --virtual-time-budget=8000 \
+    "$@" "http://127.0.0.1:$METRICS_PORT/map" 2>> "$WORK/chromium.log"
+}
+chromium_at --dump-dom > "$WORK/map.html" || fail "headless Chromium could not load A's /map: $(tail -3 "$WORK/chromium.log")"
+drawn_nodes=$(grep -o 'class="node[ "]' "$WORK/map.html" | wc -l) drawn_links=$(grep -o 'class="link"' "$WORK/map.html" | wc -l)
+[ "$drawn_nodes" -eq 3 ] && [ "$drawn_links" -eq 2 ] || fail "A's map drew $drawn_nodes nodes and $drawn_links links, not 3 and 2: $(grep -o '<span id="summary">[^<]*' "$WORK/map.html")"
+mkdir -p out/test-logs
+chromium_at --window-size=1000,700 --screenshot="$PWD/out/test-logs/mesh-map.png" > /dev/null || fail "no screenshot of the map"
+ok "headless Chromium drew A's /map: $(grep -o '<span id="summary">[^<]*' "$WORK/map.html" | sed 's/.*>//'); screenshot in out/test-logs/mesh-map.png"
 on_a meshd status > "$WORK/a-status.txt" || fail "meshd status on A"
 grep -q "^address  $A\$" "$WORK/a-status.txt" && grep -q "^$B " "$WORK/a-status.txt" || fail "meshd status on A: $(cat "$WORK/a-status.txt")"
 on_a meshd status --json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["peers"][0]["address"] == sys.argv[1], d' "$B" \

@@ -28,6 +28,7 @@ declare -A need=(
   [prometheus]=prometheus       # the mesh test's monitoring machine
   [yggdrasil]=yggdrasil         # the monitoring machine's router (0.5: from backports on bookworm)
   [socat]=socat                 # joins the monitoring machine's tap device to a node's link
+  [chromium]=chromium           # the mesh test loads a node's /map in headless Chromium
 )
 missing=()
 for cmd in "${!need[@]}"; do

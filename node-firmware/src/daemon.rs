@@ -130,18 +130,22 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         let (state, run_dir) = (shared.clone(), dirs.run.clone());
         let me = move || {
             let s = state.lock().ok()?.clone();
-            let mut neighbours: Vec<String> =
-                crate::router::peers(&run_dir).unwrap_or_default().into_iter().filter(|p| p.up && !p.address.is_empty()).map(|p| p.address).collect();
-            neighbours.sort();
-            neighbours.dedup();
+            // One entry a neighbour: two that found each other at once keep two connections.
+            let mut links: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+            for p in crate::router::peers(&run_dir).unwrap_or_default().into_iter().filter(|p| p.up && !p.address.is_empty()) {
+                *links.entry(p.address).or_default() += p.rx_bytes + p.tx_bytes;
+            }
             Some(crate::meshview::Node {
+                alerts: crate::status::alerts(&s),
                 address: s.address,
                 name: s.name,
                 version: s.version,
                 board: s.board,
                 slot: s.slot,
                 metrics_port: s.metrics_port,
-                neighbours,
+                neighbours: links.keys().cloned().collect(),
+                link_bytes: links.into_values().collect(),
+                uptime_s: crate::node::uptime_s().unwrap_or(0),
                 age_s: 0,
             })
         };

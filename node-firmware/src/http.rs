@@ -90,6 +90,10 @@ struct Face {
 
 type Reply = Response<Box<dyn Body<Data = Bytes, Error = std::io::Error> + Send + Unpin>>;
 
+/// The mesh map: one page, its script and style inline (a mesh often has no internet), drawing
+/// the mesh from `/mesh.json`.
+const MAP: &str = include_str!("../assets/map.html");
+
 pub fn spawn(
     port: u16,
     state: Arc<Mutex<NodeState>>,
@@ -238,18 +242,19 @@ async fn respond(face: &Arc<Face>, req: Request<Incoming>, bundle: &AtomicBool) 
             info["neighbours"] = json!(neighbours);
             reply(StatusCode::OK, "application/json", (info.to_string() + "\n").into())
         }
+        "/map" => reply(StatusCode::OK, "text/html; charset=utf-8", Bytes::from_static(MAP.as_bytes())),
         "/mesh.json" => reply(StatusCode::OK, "application/json", (json!(face.mesh_nodes()).to_string() + "\n").into()),
         "/sd.json" => reply(StatusCode::OK, "application/json", (crate::meshview::service_discovery(&face.mesh_nodes()).to_string() + "\n").into()),
         "/" => reply(
             StatusCode::OK,
             "text/plain; charset=utf-8",
             format!(
-                "{} (meshos {})\n/metrics\n/nodeinfo.json\n/mesh.json\n/sd.json\n/bundle\n/header/<sha256>\n/chunk/<sha256>\n",
+                "{} (meshos {})\n/metrics\n/nodeinfo.json\n/map\n/mesh.json\n/sd.json\n/bundle\n/header/<sha256>\n/chunk/<sha256>\n",
                 snapshot.name, snapshot.version
             )
             .into(),
         ),
-        _ => text(StatusCode::NOT_FOUND, "not found; try /metrics, /nodeinfo.json, /mesh.json, /sd.json or /bundle\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "not found; try /metrics, /nodeinfo.json, /map, /mesh.json, /sd.json or /bundle\n".into()),
     }
 }
 
@@ -485,6 +490,10 @@ mod tests {
         // No mesh view yet (its thread has not run): empty lists, not errors.
         assert!(get(addr, "/mesh.json").ends_with("\r\n\r\n[]\n"));
         assert!(get(addr, "/sd.json").ends_with("\r\n\r\n[]\n"));
+        let map = get(addr, "/map");
+        assert!(map.starts_with("HTTP/1.1 200") && map.contains("fetch(\"/mesh.json\""));
+        // Self-contained: no script, style, font or image from anywhere.
+        assert!(!map.contains("src=") && !map.contains("<link") && !map.contains("url(") && !map.contains("@import"));
         let bundle = get(addr, "/bundle");
         assert!(bundle.starts_with("HTTP/1.1 404") && bundle.contains("none here"), "{bundle}");
         assert!(get(addr, "/chunk/xyz").starts_with("HTTP/1.1 404"));

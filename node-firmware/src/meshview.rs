@@ -30,6 +30,14 @@ pub struct Node {
     /// Its overlay neighbours, by address.
     #[serde(default)]
     pub neighbours: Vec<String>,
+    /// Bytes moved with each neighbour (same order), for shading links.
+    #[serde(default)]
+    pub link_bytes: Vec<u64>,
+    #[serde(default)]
+    pub uptime_s: u64,
+    /// What is wrong on the node, in words (a config error, a rollback, a radio down…).
+    #[serde(default)]
+    pub alerts: Vec<String>,
     /// Seconds since the node itself said this (0 for the node serving the view).
     #[serde(default)]
     pub age_s: u64,
@@ -43,6 +51,9 @@ impl Node {
             && [&self.name, &self.version, &self.board, &self.slot].iter().all(|s| short(s))
             && self.neighbours.len() <= 64
             && self.neighbours.iter().all(|n| n.parse::<Ipv6Addr>().is_ok())
+            && self.link_bytes.len() <= self.neighbours.len()
+            && self.alerts.len() <= 16
+            && self.alerts.iter().all(|a| a.len() <= 256)
     }
 }
 
@@ -142,6 +153,9 @@ mod tests {
             slot: "a".into(),
             metrics_port: Some(9100),
             neighbours: neighbours.iter().map(|n| format!("200::{n:x}")).collect(),
+            link_bytes: vec![],
+            uptime_s: 60,
+            alerts: vec![],
             age_s,
         }
     }

@@ -45,6 +45,12 @@ impl Node {
 }
 
 /// This process's resident memory, from /proc/self/status.
+/// Seconds since the kernel started.
+pub fn uptime_s() -> Option<u64> {
+    let text = fs::read_to_string("/proc/uptime").ok()?;
+    text.split_whitespace().next()?.parse::<f64>().ok().map(|s| s as u64)
+}
+
 pub fn rss_kib() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;

@@ -111,6 +111,34 @@ pub fn read(run_dir: &Path) -> Result<NodeState, String> {
 }
 
 /// The human table `meshd status` prints; `peers` are the router's, asked live.
+/// What is wrong on the node, one line each, as the mesh map shows it.
+pub fn alerts(state: &NodeState) -> Vec<String> {
+    let mut a = Vec::new();
+    if let Some(e) = &state.config_error {
+        a.push(format!("mesh.yaml: {}", e.text));
+    }
+    if let Some(from) = &state.slots.rolled_back_from {
+        a.push(format!("rolled back: slot {from} ran out of boot attempts"));
+    }
+    if let Some(e) = &state.slots.error {
+        a.push(format!("slots: {e}"));
+    }
+    for r in state.radios.iter().filter(|r| r.error.is_some()) {
+        a.push(format!("radio {} ({}): {}", r.phy, r.driver, r.error.as_deref().unwrap_or_default()));
+    }
+    for s in state.services.iter().filter(|s| !s.running) {
+        a.push(format!("{} is not running", s.name));
+    }
+    if state.boot_fs.result == "failed" {
+        a.push("the boot partition could not be checked".into());
+    }
+    if let Some(r) = state.upgrade.last_install.as_ref().filter(|r| r.step == crate::upgrade::Step::Failed) {
+        a.push(format!("install of {} failed: {}", r.version.as_deref().unwrap_or("?"), r.error.as_deref().unwrap_or("?")));
+    }
+    a.iter_mut().for_each(|l| l.truncate(l.floor_char_boundary(200)));
+    a
+}
+
 pub fn render(state: &NodeState, peers: &Result<Vec<crate::router::Peer>, String>) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "name     {}", state.name);
