@@ -238,8 +238,11 @@ async fn respond(face: &Arc<Face>, req: Request<Incoming>, bundle: &AtomicBool) 
         }
         "/nodeinfo.json" => {
             let mut info = nodeinfo(&snapshot);
-            let neighbours = face.mesh_nodes().into_iter().next().filter(|me| me.address == snapshot.address).map(|me| me.neighbours).unwrap_or_default();
+            let me = face.mesh_nodes().into_iter().next().filter(|me| me.address == snapshot.address);
+            let (neighbours, bytes) = me.map(|me| (me.neighbours, me.link_bytes)).unwrap_or_default();
+            let links: Vec<_> = neighbours.iter().zip(&bytes).map(|(peer, b)| json!({ "peer": peer, "bytes": b })).collect();
             info["neighbours"] = json!(neighbours);
+            info["links"] = json!(links);
             reply(StatusCode::OK, "application/json", (info.to_string() + "\n").into())
         }
         "/map" => reply(StatusCode::OK, "text/html; charset=utf-8", Bytes::from_static(MAP.as_bytes())),
