@@ -89,6 +89,8 @@ if want 1; then
   t1=$SECONDS
   power_on "$WORK/card1.img" --boot-file "mesh.yaml=$WORK/mesh.yaml" --boot-file "updates/$(basename "$NEXT")=$NEXT"
   wait_for 600 seen "upgrade: installing /boot/updates/$(basename "$NEXT")" || fail "N did not start installing the bundle in updates/"
+  # The boot script read the record meshimg wrote on the fresh card and counted this attempt.
+  seen '^meshos: booting slot a (A 2 left, B 0 left)' || fail "no boot-state line from the boot script on the fresh card"
   t_install=$SECONDS
   wait_for 600 seen "upgrade: $V.1 installed; rebooting into it" || fail "the install did not finish"
   install_s=$((SECONDS - t_install))
