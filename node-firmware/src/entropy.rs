@@ -1,6 +1,6 @@
-//! The kernel's random numbers at start. A node makes its keys on its first boot, and a board
-//! without a hardware RNG driver makes the kernel gather entropy from CPU jitter first (about
-//! two minutes on an emulated Orange Pi). Like systemd-random-seed, meshd keeps a seed on the
+//! The kernel's random numbers at start. A node makes its keys on its first boot, and on a
+//! board without a hardware RNG driver the kernel must gather entropy from CPU jitter first
+//! (meshd waits for it in getrandom). Like systemd-random-seed, meshd keeps a seed on the
 //! data partition: taken from the kernel once it is ready, credited to the kernel at the next
 //! start, and never credited twice (the file is removed before it is used). The wait, if any,
 //! is shown in `meshd status` and the metrics.
