@@ -42,9 +42,12 @@ pids=()
 # and the UDP ports of the link between that port and A.
 MON_NS=meshmon-$PORT MON_TAP=mmtap$PORT MON_LINK_A=$((PORT + 40)) MON_LINK_M=$((PORT + 41))
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+# For a process started in the background: the job becomes the process itself, so that its pid
+# in $! is the one cleanup kills.
+exec_as_root() { if [ "$(id -u)" -eq 0 ]; then exec "$@"; else exec sudo "$@"; fi; }
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  as_root ip netns pids "$MON_NS" 2>/dev/null | xargs -r as_root kill 2>/dev/null || true
+  for p in $(as_root ip netns pids "$MON_NS" 2>/dev/null); do as_root kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   as_root ip netns del "$MON_NS" 2>/dev/null || true
 }
@@ -110,7 +113,7 @@ fi
 monitor_start() {
   as_root ip netns del "$MON_NS" 2>/dev/null || true
   as_root ip netns add "$MON_NS" && as_root ip netns exec "$MON_NS" ip link set lo up || fail "making the monitoring machine's network namespace (needs root)"
-  as_root socat "UDP4-DATAGRAM:127.0.0.1:$MON_LINK_A,bind=127.0.0.1:$MON_LINK_M" "TUN,tun-type=tap,tun-name=$MON_TAP,iff-no-pi" 2> "$WORK/monitor-link.log" &
+  exec_as_root socat "UDP4-DATAGRAM:127.0.0.1:$MON_LINK_A,bind=127.0.0.1:$MON_LINK_M" "TUN,tun-type=tap,tun-name=$MON_TAP,iff-no-pi" 2> "$WORK/monitor-link.log" &
   pids+=($!)
   wait_for 10 ip link show "$MON_TAP" || fail "socat made no tap device: $(cat "$WORK/monitor-link.log")"
   as_root ip link set "$MON_TAP" netns "$MON_NS" && as_root ip netns exec "$MON_NS" ip link set "$MON_TAP" up || fail "moving $MON_TAP into $MON_NS"
@@ -120,7 +123,7 @@ c = json.load(sys.stdin)
 c.update(Listen=[], Peers=[], AdminListen="none", IfName="auto",
          MulticastInterfaces=[{"Regex": "^'"$MON_TAP"'$", "Beacon": True, "Listen": True, "Port": 0, "Priority": 0, "Password": ""}])
 json.dump(c, sys.stdout)' > "$WORK/monitor-yggdrasil.conf"
-  as_root ip netns exec "$MON_NS" yggdrasil -useconffile "$WORK/monitor-yggdrasil.conf" > "$WORK/monitor-yggdrasil.log" 2>&1 &
+  exec_as_root ip netns exec "$MON_NS" yggdrasil -useconffile "$WORK/monitor-yggdrasil.conf" > "$WORK/monitor-yggdrasil.log" 2>&1 &
   pids+=($!)
 }
 prometheus_start() { # ADDRESS: Prometheus in the monitoring machine, finding the nodes through ADDRESS's /sd.json
@@ -130,7 +133,7 @@ prometheus_start() { # ADDRESS: Prometheus in the monitoring machine, finding th
   sed -e "s/200:1111:2222:3333:4444:5555:6666:7777/$1/" -e 's/_interval: 30s/_interval: 5s/' -e 's/refresh_interval: 1m/refresh_interval: 10s/' \
     monitoring/prometheus.yml > "$WORK/prometheus/prometheus.yml"
   promtool check config "$WORK/prometheus/prometheus.yml" > "$WORK/promtool.log" 2>&1 || fail "promtool check config: $(cat "$WORK/promtool.log")"
-  as_root ip netns exec "$MON_NS" prometheus --config.file="$WORK/prometheus/prometheus.yml" --storage.tsdb.path="$WORK/prometheus/data" \
+  exec_as_root ip netns exec "$MON_NS" prometheus --config.file="$WORK/prometheus/prometheus.yml" --storage.tsdb.path="$WORK/prometheus/data" \
     --web.listen-address=127.0.0.1:9090 > "$WORK/prometheus.log" 2>&1 &
   pids+=($!)
 }

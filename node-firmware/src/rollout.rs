@@ -138,7 +138,7 @@ impl Agent {
             if !on_trial {
                 let heard = only_nodes(self.listen(&http, &neighbours), &mut members);
                 if staged && record.as_ref().is_some_and(|r| r.by_agent) {
-                    self.reboot_when_allowed(&http, &neighbours, heard);
+                    self.reboot_when_allowed(&http, &neighbours, heard, &mut members);
                 } else if staged {
                     self.publish(|r| r.note = Some(format!("slot {} was installed by hand and boots at the next reboot", self.running.other())));
                 } else if self.auto {
@@ -281,7 +281,13 @@ impl Agent {
     }
 
     /// Reboots into the staged slot when no neighbour is down, rebooting or on trial.
-    fn reboot_when_allowed(&self, http: &ureq::Agent, neighbours: &[String], heard: BTreeMap<String, Option<Announced>>) {
+    fn reboot_when_allowed(
+        &self,
+        http: &ureq::Agent,
+        neighbours: &[String],
+        heard: BTreeMap<String, Option<Announced>>,
+        members: &mut BTreeMap<String, Instant>,
+    ) {
         let busy = |heard: &BTreeMap<String, Option<Announced>>, announced: bool| holds_back(&self.address, heard, announced);
         if let Some(why) = busy(&heard, false) {
             self.publish(|r| {
@@ -297,7 +303,7 @@ impl Agent {
         // Long enough for neighbours to read it (they look every LOOK_EVERY), random so two
         // neighbours that said it at once look again at different times.
         std::thread::sleep(LOOK_EVERY + Duration::from_millis(random_below(15_000)));
-        let heard = self.listen(http, neighbours);
+        let heard = only_nodes(self.listen(http, neighbours), members);
         if let Some(why) = busy(&heard, true) {
             eprintln!("meshd: upgrade: not rebooting yet: {why}");
             self.publish(|r| {
