@@ -41,21 +41,20 @@ pub fn start(state_dir: &Path) -> Report {
     if !ready() {
         eprintln!("meshd: random: waiting for the kernel's random numbers (no saved seed and no hardware RNG)");
         let t = Instant::now();
-        let mut b = [0u8; 1];
-        // SAFETY: getrandom writes at most b.len() bytes into b; without flags it blocks until
-        // the kernel is ready.
-        unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        // Without flags getrandom blocks until the kernel is ready.
+        let _ = fresh(1);
         report.waited_s = t.elapsed().as_secs_f64();
     }
-    match fresh(SEED_SIZE).ok_or_else(|| "the kernel gave no random numbers".to_string()).and_then(|s| crate::durable::write_private(&seed_path, &s)) {
-        Ok(()) => {}
-        Err(e) => report.error = Some(format!("saving a seed for the next start: {e}")),
+    let saved = fresh(SEED_SIZE).ok_or_else(|| "the kernel gave no random numbers".to_string()).and_then(|s| crate::durable::write_private(&seed_path, &s));
+    if let Err(e) = saved {
+        report.error = Some(format!("saving a seed for the next start: {e}"));
     }
-    match (&report, report.waited_s > 0.0) {
-        (Report { error: Some(e), .. }, _) => eprintln!("meshd: random: {e}"),
-        (_, true) => eprintln!("meshd: random: ready after {:.1} s; a seed is saved for the next start", report.waited_s),
-        (Report { seeded: true, .. }, _) => eprintln!("meshd: random: seeded from {}", seed_path.display()),
-        _ => {}
+    if let Some(e) = &report.error {
+        eprintln!("meshd: random: {e}");
+    } else if report.waited_s > 0.0 {
+        eprintln!("meshd: random: ready after {:.1} s; a seed is saved for the next start", report.waited_s);
+    } else if report.seeded {
+        eprintln!("meshd: random: seeded from {}", seed_path.display());
     }
     report
 }
