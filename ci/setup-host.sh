@@ -29,6 +29,7 @@ declare -A need=(
   [yggdrasil]=yggdrasil         # the monitoring machine's router (0.5: from backports on bookworm)
   [socat]=socat                 # joins the monitoring machine's tap device to a node's link
   [chromium]=chromium           # the mesh test loads a node's /map in headless Chromium
+  [dnsmasq]=dnsmasq-base        # the mesh test's simulated internet: DHCP and DNS for the gateways' uplinks
 )
 missing=()
 for cmd in "${!need[@]}"; do

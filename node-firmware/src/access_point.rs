@@ -1,10 +1,14 @@
 //! Access points for ordinary Wi-Fi clients: hostapd (from Debian) on radios mesh.yaml gives
-//! the `accessPoint` role, and busybox udhcpd handing out addresses on them.
+//! the `accessPoint` role, and dnsmasq (Debian's dnsmasq-base) on each: IPv4 addresses by
+//! DHCP, the node's overlay-routed IPv6 prefix by router advertisements (so a phone reaches
+//! every node of the mesh by IPv6 without running a router), and DNS, forwarded to the
+//! gateway's (crate::gateway).
 
 use crate::command;
 use crate::config::{channel_of, Config};
 use crate::radio::{self, Radio};
 use crate::supervisor::Service;
+use std::net::Ipv6Addr;
 use std::path::Path;
 
 /// The client network of the access point on radio `index`: node local, never routed over
@@ -29,22 +33,52 @@ wpa_passphrase={passphrase}\n",
     )
 }
 
-pub fn udhcpd_conf(interface: &str, index: u32, run_dir: &Path) -> String {
-    let (gateway, net) = subnet(index);
-    format!(
-        "# Written by meshd; changes here are lost.\ninterface {interface}\nstart {net}.100\nend {net}.250\n\
-lease_file {leases}\noption subnet 255.255.255.0\noption router {gateway}\noption lease 3600\n",
-        leases = run_dir.join(format!("udhcpd-{interface}.leases")).display(),
-    )
+/// The node's routed IPv6 /64 (Yggdrasil gives each node `300::/8` plus the 56 bits after its
+/// address's `200::/8` prefix), and the address the access point takes in it.
+pub fn ipv6_prefix(overlay: Ipv6Addr) -> Option<(Ipv6Addr, Ipv6Addr)> {
+    let mut o = overlay.octets();
+    if o[0] != 0x02 {
+        return None; // cjdns (fc00::/8) routes single addresses, no prefixes
+    }
+    o[0] = 0x03;
+    o[8..].fill(0);
+    let net = Ipv6Addr::from(o);
+    o[15] = 1;
+    Some((net, Ipv6Addr::from(o)))
 }
 
-/// Makes the AP interface on `radio`, writes the configs and returns the two services.
-pub fn bring_up(radio: &Radio, ssid: &str, passphrase: &str, config: &Config, run_dir: &Path) -> Result<Vec<Service>, String> {
+/// dnsmasq's configuration for one access point: DHCP, router advertisements of `prefix` (with
+/// the DNS server in them), and DNS forwarded to the servers meshd writes for the role.
+pub fn dnsmasq_conf(interface: &str, index: u32, prefix: Option<Ipv6Addr>, run_dir: &Path) -> String {
+    let (gateway, net) = subnet(index);
+    let mut text = format!(
+        "# Written by meshd; changes here are lost.\ninterface={interface}\nbind-dynamic\nexcept-interface=lo\nno-hosts\n\
+resolv-file={upstream}\ndhcp-range={net}.100,{net}.250,255.255.255.0,1h\ndhcp-option=option:router,{gateway}\n\
+dhcp-leasefile={leases}\ndhcp-authoritative\npid-file=\nuser=nobody\ngroup=nogroup\nlog-facility=-\n",
+        upstream = crate::gateway::upstream_path(run_dir).display(),
+        leases = crate::gateway::dns_dir(run_dir).join(format!("{interface}.leases")).display(),
+    );
+    if prefix.is_some() {
+        text.push_str(&format!("enable-ra\ndhcp-range=::,constructor:{interface},ra-only,64,1h\n"));
+    }
+    text
+}
+
+/// Makes the AP interface on `radio`, writes the configs and returns the two services. `ipv6`
+/// is the node's routed prefix, for the one access point that advertises it.
+pub fn bring_up(radio: &Radio, ssid: &str, passphrase: &str, config: &Config, run_dir: &Path, ipv6: Option<Ipv6Addr>) -> Result<Vec<Service>, String> {
     let interface = radio.interface(crate::config::Role::AccessPoint);
     radio::make_interface(radio, &interface, "__ap")?;
     let (gateway, _) = subnet(radio.index);
     let _ = command::run("ip", &["addr", "flush", "dev", &interface]);
     command::run("ip", &["addr", "add", &format!("{gateway}/24"), "dev", &interface])?;
+    let prefix = ipv6.and_then(ipv6_prefix);
+    if let Some((_, address)) = prefix {
+        command::run("ip", &["-6", "addr", "add", &format!("{address}/64"), "dev", &interface, "nodad"])?;
+        // The overlay router delivers the prefix's packets; the node passes them on.
+        let path = "/proc/sys/net/ipv6/conf/all/forwarding";
+        std::fs::write(path, "1").map_err(|e| format!("{path}: {e}"))?;
+    }
     // hostapd's holds the passphrase.
     let write = |name: String, text: String| -> Result<String, String> {
         let path = run_dir.join(name);
@@ -52,11 +86,11 @@ pub fn bring_up(radio: &Radio, ssid: &str, passphrase: &str, config: &Config, ru
         Ok(path.display().to_string())
     };
     let hostapd = write(format!("hostapd-{interface}.conf"), hostapd_conf(&interface, ssid, passphrase, config))?;
-    let udhcpd = write(format!("udhcpd-{interface}.conf"), udhcpd_conf(&interface, radio.index, run_dir))?;
-    std::fs::write(run_dir.join(format!("udhcpd-{interface}.leases")), b"").map_err(|e| format!("{}: {e}", run_dir.display()))?;
+    crate::gateway::prepare_dns_dir(run_dir)?;
+    let dnsmasq = write(format!("dnsmasq-{interface}.conf"), dnsmasq_conf(&interface, radio.index, prefix.map(|(net, _)| net), run_dir))?;
     Ok(vec![
         Service::new(&format!("hostapd-{interface}"), "hostapd", vec![hostapd], run_dir),
-        Service::new(&format!("udhcpd-{interface}"), "udhcpd", vec!["-f".into(), udhcpd], run_dir),
+        Service::new(&format!("dnsmasq-{interface}"), "dnsmasq", vec!["--keep-in-foreground".into(), format!("--conf-file={dnsmasq}")], run_dir),
     ])
 }
 
@@ -84,7 +118,17 @@ mod tests {
         // A newline in the SSID cannot add a directive.
         let text = hostapd_conf("ap1", "x\nwpa=0", "correct horse", &c);
         assert!(text.contains("ssid2=780a7770613d30\n") && !text.contains("\nwpa=0"), "{text}");
-        let d = udhcpd_conf("ap1", 1, Path::new("/run/meshd"));
-        assert!(d.contains("start 10.42.1.100\n") && d.contains("option router 10.42.1.1\n"), "{d}");
+        let d = dnsmasq_conf("ap1", 1, None, Path::new("/run/meshd"));
+        assert!(d.contains("dhcp-range=10.42.1.100,10.42.1.250,255.255.255.0,1h\n") && d.contains("option:router,10.42.1.1\n"), "{d}");
+        assert!(d.contains("resolv-file=/run/meshd/dns/resolv.upstream\n") && !d.contains("enable-ra"), "{d}");
+    }
+
+    #[test]
+    fn the_routed_prefix_is_the_overlay_address_in_300() {
+        let (net, me) = ipv6_prefix("200:1234:5678:9abc:def0:1:2:3".parse().unwrap()).unwrap();
+        assert_eq!((net.to_string(), me.to_string()), ("300:1234:5678:9abc::".into(), "300:1234:5678:9abc::1".into()));
+        assert_eq!(ipv6_prefix("fc00::1".parse().unwrap()), None);
+        let d = dnsmasq_conf("ap1", 1, Some(net), Path::new("/run/meshd"));
+        assert!(d.contains("enable-ra\ndhcp-range=::,constructor:ap1,ra-only,64,1h\n"), "{d}");
     }
 }

@@ -26,6 +26,31 @@ pub struct Config {
     pub router: Router,
     pub metrics: Metrics,
     pub upgrade: Upgrade,
+    pub gateway: Gateway,
+}
+
+/// Internet access through gateway nodes (crate::gateway).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Gateway {
+    /// Share this node's uplink (a wired DHCP network with a default route) with the mesh.
+    pub offer: bool,
+    /// Whether this node and its access point clients reach the internet through the mesh's
+    /// gateways (when it offers none itself).
+    #[serde(rename = "use")]
+    pub use_gateways: GatewayUse,
+    /// Who may use this gateway, by Yggdrasil public key (64 hex digits) or overlay address;
+    /// empty: every node of the mesh.
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum GatewayUse {
+    /// The best live gateway: fewest overlay hops.
+    #[default]
+    Auto,
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -175,6 +200,7 @@ impl Default for Config {
             router: Router::Yggdrasil,
             metrics: Metrics::default(),
             upgrade: Upgrade::default(),
+            gateway: Gateway::default(),
         }
     }
 }
@@ -334,6 +360,18 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     if config.metrics.port == 0 {
         return Err(at("metrics.port", "0 is not a port".into()));
+    }
+    for (i, entry) in config.gateway.allow.iter().enumerate() {
+        if crate::gateway::allowed_address(entry).is_none() {
+            return Err(err(
+                line_of_item(text, "gateway.allow", i),
+                &format!("gateway.allow[{i}]"),
+                format!("'{entry}' is neither a Yggdrasil public key (64 hex digits, `meshd status` shows a node's) nor an overlay IPv6 address"),
+            ));
+        }
+    }
+    if config.gateway.offer && !config.metrics.enabled {
+        return Err(at("gateway.offer", "a gateway hands out its tunnels on the metrics port, and metrics.enabled is false".into()));
     }
     Ok(config)
 }
@@ -523,6 +561,13 @@ peers: [tls://192.0.2.1:443]\nwired:\n  peering: [eth0]\n  dhcp: []\nrouter: cjd
 
         let e = bad("apiVersion: meshos/v1\nrouter: babel\n");
         assert_eq!(e.key, "router", "{e}");
+
+        let e = bad("apiVersion: meshos/v1\ngateway:\n  offer: true\n  allow:\n    - 200::1\n    - beef\n");
+        assert_eq!((e.line, e.key.as_str()), (Some(6), "gateway.allow[1]"), "{e}");
+        let e = bad("apiVersion: meshos/v1\ngateway:\n  use: always\n");
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "gateway.use"), "{e}");
+        let e = bad("apiVersion: meshos/v1\ngateway:\n  offer: true\nmetrics:\n  enabled: false\n");
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "gateway.offer"), "{e}");
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     let mut state = NodeState {
         name: id.hostname.clone(),
         address: id.address.to_string(),
+        key: id.public_key().to_string(),
         version: node.release.version.clone(),
         board: node.release.board.clone(),
         slot: node.slot.clone(),
@@ -121,10 +122,33 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     let shared = Arc::new(Mutex::new(state.clone()));
     let card = slots::running(&node.slot);
     let cache = crate::chunk_fetch::cache_dir(&dirs.state);
+    let gateway = Arc::new(Mutex::new(crate::gateway::Report::default()));
+    if cfg.gateway.offer {
+        match crate::gateway::dns_service(&dirs.run) {
+            Ok(s) => services.push(s),
+            Err(e) => eprintln!("meshd: gateway: {e}"),
+        }
+    }
     if cfg.metrics.enabled {
         let shelf = card.as_ref().ok().map(|(disk, _)| Shelf::new(&dirs.boot, disk, &cache, true));
         let mesh = Arc::new(Mutex::new(crate::meshview::View::default()));
-        if let Err(e) = http::spawn(cfg.metrics.port, shared.clone(), dirs.run.clone(), bundle.map(|(source, _)| source), shelf, mesh.clone()) {
+        let served = Arc::new(Mutex::new(crate::gateway::Served::default()));
+        if let Err(e) = http::spawn(cfg.metrics.port, shared.clone(), dirs.run.clone(), bundle.map(|(source, _)| source), shelf, mesh.clone(), served.clone()) {
+            eprintln!("meshd: {e}");
+        }
+        let view = mesh.clone();
+        let agent = crate::gateway::Agent {
+            settings: cfg.gateway.clone(),
+            wired: cfg.wired.clone(),
+            peers: cfg.peers.clone(),
+            me: id.address,
+            port: cfg.metrics.port,
+            run_dir: dirs.run.clone(),
+            served,
+            report: gateway.clone(),
+            candidates: Box::new(move || view.lock().map(|v| crate::gateway::candidates(&v.nodes(Instant::now()))).unwrap_or_default()),
+        };
+        if let Err(e) = crate::gateway::spawn(agent) {
             eprintln!("meshd: {e}");
         }
         let (state, run_dir) = (shared.clone(), dirs.run.clone());
@@ -147,6 +171,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
                 link_bytes: links.into_values().collect(),
                 uptime_s: crate::node::uptime_s().unwrap_or(0),
                 age_s: 0,
+                gateway: s.gateway.offer.as_ref().is_some_and(|o| o.uplink_up),
             })
         };
         if let Err(e) = crate::meshview::spawn(mesh, me) {
@@ -218,6 +243,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         }
         state.slots = health.report.clone();
         state.upgrade = rollout.lock().map(|r| r.clone()).unwrap_or_default();
+        state.gateway = gateway.lock().map(|g| g.clone()).unwrap_or_default();
         state.radios = radios.values().map(|m| RadioState::new(&m.radio, m.role, &m.result)).collect();
         let all = services.iter().chain(dhcp.values()).chain(radios.values().flat_map(|m| m.services.iter()));
         state.services = all.map(|s| s.status().into()).collect();
@@ -282,7 +308,10 @@ fn manage_radios(radios: &mut BTreeMap<String, Managed>, cfg: &Config, id: &Iden
                     *passphrase = Some(crate::identity::ap_passphrase(cfg, &dirs.state, &dirs.boot)?);
                 }
                 let ssid = cfg.access_point.ssid.clone().unwrap_or_else(|| id.hostname.clone());
-                services = access_point::bring_up(&r, &ssid, passphrase.as_deref().unwrap_or_default(), cfg, &dirs.run)?;
+                // The node's one routed IPv6 prefix goes to its first access point.
+                let taken = radios.values().any(|m| m.role == Role::AccessPoint && m.result.is_ok());
+                let ipv6 = (!taken).then_some(id.address);
+                services = access_point::bring_up(&r, &ssid, passphrase.as_deref().unwrap_or_default(), cfg, &dirs.run, ipv6)?;
                 Ok(r.interface(Role::AccessPoint))
             })(),
         };

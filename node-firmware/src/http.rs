@@ -1,7 +1,8 @@
 //! The node's HTTP face: `GET /metrics` (Prometheus), `GET /nodeinfo.json`, `GET /bundle` (the
 //! running slot as an update bundle, for neighbours), and for upgrades over the mesh
 //! `GET /header/<manifest sha256>` (a release's signed header) and `GET /chunk/<sha256>` (one
-//! chunk of either slot or of the fetch cache), on every address (the overlay too, so a mesh
+//! chunk of either slot or of the fetch cache), and `POST /gateway/lease` (a tunnel to the
+//! internet, when the node is a gateway: crate::gateway), on every address (the overlay too, so a mesh
 //! operator can scrape any node and a neighbour can upgrade from it).
 //!
 //! hyper on a one-thread tokio runtime serves many neighbours at once; file reads and metrics
@@ -86,6 +87,8 @@ struct Face {
     mesh: Arc<Mutex<View>>,
     /// One permit per bundle transfer, held by its reading thread until it ends.
     transfers: Arc<Semaphore>,
+    /// The leases this node gives as a gateway (crate::gateway).
+    gateway: Arc<Mutex<crate::gateway::Served>>,
 }
 
 type Reply = Response<Box<dyn Body<Data = Bytes, Error = std::io::Error> + Send + Unpin>>;
@@ -101,16 +104,24 @@ pub fn spawn(
     bundle: Result<SlotSource, String>,
     shelf: Option<Shelf>,
     mesh: Arc<Mutex<View>>,
+    gateway: Arc<Mutex<crate::gateway::Served>>,
 ) -> Result<(), String> {
     // [::] also takes IPv4 (Linux's bindv6only is 0).
     let listener = std::net::TcpListener::bind(("::", port)).map_err(|e| format!("metrics on port {port}: {e}"))?;
-    serve_on(listener, Face::new(state, run_dir, bundle, shelf, mesh), Limits::default())
+    serve_on(listener, Face::new(state, run_dir, bundle, shelf, mesh, gateway), Limits::default())
 }
 
 impl Face {
-    fn new(state: Arc<Mutex<NodeState>>, run_dir: PathBuf, bundle: Result<SlotSource, String>, shelf: Option<Shelf>, mesh: Arc<Mutex<View>>) -> Face {
+    fn new(
+        state: Arc<Mutex<NodeState>>,
+        run_dir: PathBuf,
+        bundle: Result<SlotSource, String>,
+        shelf: Option<Shelf>,
+        mesh: Arc<Mutex<View>>,
+        gateway: Arc<Mutex<crate::gateway::Served>>,
+    ) -> Face {
         let (collectors, transfers) = (Mutex::new(Collectors::new()), Arc::new(Semaphore::new(MAX_TRANSFERS)));
-        Face { state, run_dir, bundle, shelf: shelf.map(Mutex::new), collectors, mesh, transfers }
+        Face { state, run_dir, bundle, shelf: shelf.map(Mutex::new), collectors, mesh, transfers, gateway }
     }
 
     /// The nodes of the mesh view now, this node first.
@@ -158,7 +169,7 @@ async fn accept(listener: std::net::TcpListener, face: Arc<Face>, limits: Limits
         let Ok(place) = places.clone().try_acquire_owned() else { continue };
         let face = face.clone();
         tokio::spawn(async move {
-            if let Err(why) = connection(stream, face, limits).await {
+            if let Err(why) = connection(stream, peer, face, limits).await {
                 eprintln!("meshd: http: {peer}: {why}");
             }
             drop(place);
@@ -167,14 +178,14 @@ async fn accept(listener: std::net::TcpListener, face: Arc<Face>, limits: Limits
 }
 
 /// Serves one connection, dropping it when it moves too little or lasts too long.
-async fn connection(stream: tokio::net::TcpStream, face: Arc<Face>, limits: Limits) -> Result<(), String> {
+async fn connection(stream: tokio::net::TcpStream, peer: std::net::SocketAddr, face: Arc<Face>, limits: Limits) -> Result<(), String> {
     let moved = Arc::new(AtomicU64::new(0));
     let bundle = Arc::new(AtomicBool::new(false));
     let io = TokioIo::new(Metered { inner: stream, moved: moved.clone() });
     let marks = bundle.clone();
     let service = hyper::service::service_fn(move |req| {
         let (face, marks) = (face.clone(), marks.clone());
-        async move { Ok::<_, std::convert::Infallible>(respond(&face, req, &marks).await) }
+        async move { Ok::<_, std::convert::Infallible>(respond(&face, req, peer, &marks).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -204,11 +215,14 @@ async fn connection(stream: tokio::net::TcpStream, face: Arc<Face>, limits: Limi
     }
 }
 
-async fn respond(face: &Arc<Face>, req: Request<Incoming>, bundle: &AtomicBool) -> Reply {
-    if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
-    }
+async fn respond(face: &Arc<Face>, req: Request<Incoming>, peer: std::net::SocketAddr, bundle: &AtomicBool) -> Reply {
     let path = req.uri().path();
+    if path == "/gateway/lease" && req.method() == Method::POST {
+        return gateway_lease(face, peer).await;
+    }
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET (and POST to /gateway/lease)\n".into());
+    }
     if path == "/bundle" {
         bundle.store(true, Ordering::Relaxed);
         return send_bundle(face);
@@ -252,12 +266,29 @@ async fn respond(face: &Arc<Face>, req: Request<Incoming>, bundle: &AtomicBool) 
             StatusCode::OK,
             "text/plain; charset=utf-8",
             format!(
-                "{} (meshos {})\n/metrics\n/nodeinfo.json\n/map\n/mesh.json\n/sd.json\n/bundle\n/header/<sha256>\n/chunk/<sha256>\n",
+                "{} (meshos {})\n/metrics\n/nodeinfo.json\n/map\n/mesh.json\n/sd.json\n/bundle\n/header/<sha256>\n/chunk/<sha256>\nPOST /gateway/lease\n",
                 snapshot.name, snapshot.version
             )
             .into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found; try /metrics, /nodeinfo.json, /map, /mesh.json, /sd.json or /bundle\n".into()),
+    }
+}
+
+/// `POST /gateway/lease`: a lease and a tunnel for the node asking, known by the overlay
+/// address the request came from (see crate::gateway).
+async fn gateway_lease(face: &Arc<Face>, peer: std::net::SocketAddr) -> Reply {
+    let client = match peer.ip() {
+        std::net::IpAddr::V6(a) => a,
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
+    };
+    let served = face.gateway.clone();
+    // It makes the tunnel with `ip`.
+    match tokio::task::spawn_blocking(move || crate::gateway::serve_lease(&served, client)).await {
+        Ok(Ok(lease)) => reply(StatusCode::OK, "application/json", (json!(lease).to_string() + "\n").into()),
+        Ok(Err(crate::gateway::Refusal::NotAllowed(why))) => text(StatusCode::FORBIDDEN, why + "\n"),
+        Ok(Err(crate::gateway::Refusal::Unavailable(why))) => text(StatusCode::SERVICE_UNAVAILABLE, why + "\n"),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("gateway: {e}\n")),
     }
 }
 
@@ -414,11 +445,15 @@ impl AsyncWrite for Metered {
 pub fn nodeinfo(s: &NodeState) -> serde_json::Value {
     let services: Vec<&str> = s.services.iter().filter(|x| x.running).map(|x| x.name.as_str()).collect();
     json!({
-        "name": s.name, "address": s.address, "version": s.version, "board": s.board, "slot": s.slot,
+        "name": s.name, "address": s.address, "key": s.key, "version": s.version, "board": s.board, "slot": s.slot,
         "build_id": s.build_id, "router": s.router, "services": services,
         "metrics": s.metrics_port.map(|p| format!("http://[{}]:{p}/metrics", s.address)),
         "bundle": s.metrics_port.filter(|_| s.bundle.is_some()).map(|p| format!("http://[{}]:{p}/bundle", s.address)),
         "upgrade": { "phase": s.upgrade.phase, "releases": s.upgrade.releases },
+        "gateway": {
+            "offers": s.gateway.offer.as_ref().is_some_and(|o| o.uplink_up),
+            "using": s.gateway.using.as_ref().map(|u| &u.address),
+        },
     })
 }
 
@@ -430,7 +465,7 @@ mod tests {
 
     fn face() -> Face {
         let state = NodeState { name: "test-node".into(), ..NodeState::default() };
-        Face::new(Arc::new(Mutex::new(state)), PathBuf::from("/nonexistent"), Err("none here".into()), None, Arc::default())
+        Face::new(Arc::new(Mutex::new(state)), PathBuf::from("/nonexistent"), Err("none here".into()), None, Arc::default(), Arc::default())
     }
 
     fn serve(limits: Limits) -> SocketAddr {

@@ -44,6 +44,12 @@ impl Identity {
     }
 
     /// Sets the kernel's hostname (and /etc/hostname, for tools that read it).
+    /// The public half, in hex: the last 32 of the private key's 64 bytes (ed25519's seed, then
+    /// its public key, as Yggdrasil keeps it).
+    pub fn public_key(&self) -> &str {
+        &self.private_key[64..]
+    }
+
     pub fn apply_hostname(&self) {
         let _ = fs::write("/proc/sys/kernel/hostname", &self.hostname);
         let _ = fs::write("/etc/hostname", format!("{}\n", self.hostname));
@@ -133,7 +139,7 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }

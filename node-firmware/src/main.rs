@@ -10,6 +10,7 @@ mod daemon;
 mod durable;
 mod entropy;
 mod fetch;
+mod gateway;
 mod held;
 mod http;
 mod identity;

@@ -41,6 +41,9 @@ pub struct Node {
     /// Seconds since the node itself said this (0 for the node serving the view).
     #[serde(default)]
     pub age_s: u64,
+    /// It offers internet access now (crate::gateway): its uplink answers.
+    #[serde(default)]
+    pub gateway: bool,
 }
 
 impl Node {
@@ -97,6 +100,23 @@ impl View {
             .map(|(n, said)| Node { age_s: now.duration_since(*said).as_secs(), ..n.clone() });
         self.me.iter().cloned().chain(others).collect()
     }
+}
+
+/// Overlay hops from `from` to every node it can reach through the nodes' neighbour lists.
+pub fn hops(nodes: &[Node], from: &str) -> BTreeMap<String, usize> {
+    let links: BTreeMap<&str, &[String]> = nodes.iter().map(|n| (n.address.as_str(), n.neighbours.as_slice())).collect();
+    let mut dist = BTreeMap::from([(from.to_string(), 0)]);
+    let mut queue = std::collections::VecDeque::from([from.to_string()]);
+    while let Some(at) = queue.pop_front() {
+        let d = dist[&at];
+        for next in links.get(at.as_str()).copied().unwrap_or_default() {
+            if !dist.contains_key(next) {
+                dist.insert(next.clone(), d + 1);
+                queue.push_back(next.clone());
+            }
+        }
+    }
+    dist
 }
 
 /// Prometheus HTTP service discovery: one target group a node that serves metrics.
@@ -157,7 +177,23 @@ mod tests {
             uptime_s: 60,
             alerts: vec![],
             age_s,
+            gateway: false,
         }
+    }
+
+    #[test]
+    fn hops_follow_the_neighbour_lists() {
+        // 1 - 2 - 3 - 4, and 5 known but unlinked.
+        let nodes = [node(1, 0, &[2]), node(2, 0, &[1, 3]), node(3, 0, &[2, 4]), node(4, 0, &[3]), node(5, 0, &[])];
+        let h = hops(&nodes, "200::1");
+        assert_eq!((h["200::1"], h["200::3"], h["200::4"], h.get("200::5")), (0, 2, 3, None));
+        let mut gw = nodes.to_vec();
+        gw[2].gateway = true;
+        gw[3].gateway = true;
+        gw[4].gateway = true;
+        let c = crate::gateway::candidates(&gw);
+        let got: Vec<_> = c.iter().map(|c| (c.address.to_string(), c.hops)).collect();
+        assert_eq!(got, [("200::3".to_string(), Some(2)), ("200::4".into(), Some(3)), ("200::5".into(), None)]);
     }
 
     #[test]

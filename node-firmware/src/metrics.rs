@@ -69,6 +69,7 @@ pub fn render(state: &NodeState, stations: &[Station], peers: &Result<Vec<Peer>,
     node(&mut e, c);
     mesh(&mut e, state, stations);
     router(&mut e, state, peers);
+    gateway(&mut e, &state.gateway);
     e.family("meshd_service_up", "gauge", "1 when the supervised service runs.");
     for s in &state.services {
         e.sample("meshd_service_up", &[("service", &s.name)], u8::from(s.running));
@@ -354,6 +355,29 @@ fn router(e: &mut Exposition, state: &NodeState, peers: &Result<Vec<Peer>, Strin
             let v = if name.contains("receive") { rx } else { tx };
             e.sample(name, &[("router", &state.router), ("peer", address)], v);
         }
+    }
+}
+
+/// Internet access (crate::gateway): the node's offer, the gateway it uses, refusals.
+fn gateway(e: &mut Exposition, g: &crate::gateway::Report) {
+    if let Some(o) = &g.offer {
+        e.one("meshd_gateway_offer_up", "gauge", "1 while this node offers internet access: its uplink's router answers.", &[("uplink", &o.uplink)], u8::from(o.uplink_up));
+        e.one("meshd_gateway_clients", "gauge", "Nodes holding a lease (a tunnel) from this gateway.", &[], o.clients);
+        e.one("meshd_gateway_served_receive_bytes_total", "counter", "Bytes received through this gateway's tunnels.", &[], o.rx_bytes);
+        e.one("meshd_gateway_served_transmit_bytes_total", "counter", "Bytes sent through this gateway's tunnels.", &[], o.tx_bytes);
+    }
+    e.one("meshd_gateway_switches_total", "counter", "Gateways this node took since meshd started (the first included).", &[], g.switches);
+    if let Some(u) = &g.using {
+        let l = [("gateway", u.address.as_str()), ("name", u.name.as_str())];
+        e.one("meshd_gateway_in_use", "gauge", "The gateway this node's internet traffic goes through now, value 1.", &l, 1);
+        e.one("meshd_gateway_healthy", "gauge", "1 while the last check through the tunnel to the gateway's uplink passed.", &l, u8::from(u.healthy));
+        e.one("meshd_gateway_hops", "gauge", "Overlay hops to the gateway in use (0: unknown).", &l, u.hops);
+        e.one("meshd_gateway_receive_bytes_total", "counter", "Bytes received from the gateway through the tunnel.", &l, u.rx_bytes);
+        e.one("meshd_gateway_transmit_bytes_total", "counter", "Bytes sent to the gateway through the tunnel.", &l, u.tx_bytes);
+    }
+    e.family("meshd_gateway_refused", "gauge", "A gateway that refused this node a lease, with its reason, value 1.");
+    for r in &g.refused {
+        e.sample("meshd_gateway_refused", &[("gateway", &r.address), ("name", &r.name), ("reason", &r.reason)], 1);
     }
 }
 

@@ -12,6 +12,9 @@ use std::path::Path;
 pub struct NodeState {
     pub name: String,
     pub address: String,
+    /// The router's public key in hex (what a gateway's `gateway.allow` lists).
+    #[serde(default)]
+    pub key: String,
     pub version: String,
     pub board: String,
     pub slot: String,
@@ -37,6 +40,9 @@ pub struct NodeState {
     /// What the initramfs's check of the boot partition found this boot.
     #[serde(default)]
     pub boot_fs: crate::boot_check::Report,
+    /// Internet access: this node's offer as a gateway, the gateway it uses.
+    #[serde(default)]
+    pub gateway: crate::gateway::Report,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -132,6 +138,9 @@ pub fn alerts(state: &NodeState) -> Vec<String> {
     if state.boot_fs.result == "failed" {
         a.push("the boot partition could not be checked".into());
     }
+    if let Some(o) = state.gateway.offer.as_ref().filter(|o| !o.uplink_up) {
+        a.push(format!("gateway: uplink {} is down", if o.uplink.is_empty() { "(none)" } else { &o.uplink }));
+    }
     if let Some(r) = state.upgrade.last_install.as_ref().filter(|r| r.step == crate::upgrade::Step::Failed) {
         a.push(format!("install of {} failed: {}", r.version.as_deref().unwrap_or("?"), r.error.as_deref().unwrap_or("?")));
     }
@@ -180,6 +189,8 @@ pub fn render(state: &NodeState, peers: &Result<Vec<crate::router::Peer>, String
     if let Some(e) = &state.config_error {
         let _ = writeln!(s, "  error  {}", e.text);
     }
+    let _ = writeln!(s, "key      {}", state.key);
+    gateway_lines(&mut s, &state.gateway);
     let _ = writeln!(s, "\nRADIO   DRIVER           ROLE         INTERFACE  STATE");
     if state.radios.is_empty() {
         let _ = writeln!(s, "(none)");
@@ -211,6 +222,31 @@ pub fn render(state: &NodeState, peers: &Result<Vec<crate::router::Peer>, String
         let _ = writeln!(s, "\nmetrics  http://[{}]:{port}/metrics", state.address);
     }
     s
+}
+
+/// `gateway  …` lines: the offer, the gateway in use, refusals.
+fn gateway_lines(s: &mut String, g: &crate::gateway::Report) {
+    if let Some(o) = &g.offer {
+        let uplink = match (o.uplink.as_str(), o.uplink_up) {
+            ("", _) => "no uplink (no default route on a wired.dhcp interface)".to_string(),
+            (u, true) => format!("uplink {u} up"),
+            (u, false) => format!("uplink {u} DOWN (its router does not answer)"),
+        };
+        let _ = writeln!(s, "gateway  offering: {uplink}; {} clients, rx {} tx {}", o.clients, o.rx_bytes, o.tx_bytes);
+    }
+    if let Some(u) = &g.using {
+        let health = if u.healthy { "passing traffic" } else { "NOT passing traffic" };
+        let _ = writeln!(
+            s,
+            "gateway  using {} ({}), {} hops, lease {}, {health}, for {} s; rx {} tx {}",
+            u.name, u.address, u.hops, u.lease, u.since_s, u.rx_bytes, u.tx_bytes
+        );
+    } else if let Some(note) = &g.note {
+        let _ = writeln!(s, "gateway  none: {note}");
+    }
+    for r in &g.refused {
+        let _ = writeln!(s, "gateway  REFUSED by {} ({}): {}", r.name, r.address, r.reason);
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,738 @@
+//! Community access: the people on a node's Wi-Fi reach the internet through gateway nodes.
+//!
+//! A node with `gateway.offer` and an uplink (a wired DHCP network with a default route) is a
+//! gateway. It checks its uplink every [`EVERY`] (a ping of the uplink's router), says in the
+//! mesh view (crate::meshview) whether it offers, and hands each node that asks — `POST
+//! /gateway/lease` on its metrics port, over the overlay, so the asker is known by its
+//! key-derived address — an address in 100.64.0.0/10 and an IPv4-in-IPv6 tunnel (`ip6tnl`,
+//! mode `ipip6`) between their overlay addresses. What comes out of the tunnels may only leave
+//! by the uplink, masqueraded onto it.
+//!
+//! Every other node (`gateway.use: auto`) takes a lease from the live gateway the fewest
+//! overlay hops away (counted in the mesh view's links) and sends IPv4 from its access point
+//! clients and itself into its tunnel, `gw0`, by policy routing, masqueraded onto its lease.
+//! It pings the gateway's uplink router through the tunnel every [`EVERY`] and renews its
+//! lease every [`RENEW`]; [`FAILURES`] failed checks in a row, or a gateway that stops
+//! offering, and it takes the next gateway.
+//!
+//! Only IPv4 enters a tunnel: the overlay (IPv6), the radio links and the wired peering
+//! (link-local IPv6) cannot. Traffic that has a route of its own (the access point's and
+//! wired networks), the router's IPv4 peers, and replies to connections made to the node
+//! (ssh, metrics, upgrades from a LAN) never use the tunnel either, so a broken gateway cannot
+//! cut a node off from its operators.
+
+use crate::command;
+use crate::config::{Gateway as Settings, GatewayUse, Wired};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const EVERY: Duration = Duration::from_secs(5);
+/// Failed checks in a row after which a gateway is given up.
+pub const FAILURES: u32 = 2;
+/// A client renews its lease this often; a gateway forgets a lease not renewed for [`LEASE`].
+pub const RENEW: Duration = Duration::from_secs(30);
+pub const LEASE: Duration = Duration::from_secs(120);
+/// A gateway given up is not tried again for this long (one that refused, for [`REFUSED_FOR`]).
+const FAILED_FOR: Duration = Duration::from_secs(60);
+const REFUSED_FOR: Duration = Duration::from_secs(300);
+/// Tunnels one gateway serves at once.
+pub const MAX_LEASES: usize = 1000;
+
+/// The gateway's end of every tunnel, and the DNS server its clients ask.
+pub const INNER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+/// The client's tunnel, and the routing table and rule priorities it uses.
+pub const TUNNEL: &str = "gw0";
+const TABLE: &str = "4242";
+const RULES: [u32; 4] = [1000, 1001, 1002, 1003];
+/// Marks connections made to this node from outside the tunnel, so that their replies leave
+/// by the main table ("MP").
+const REPLY_MARK: &str = "0x4d50";
+/// Tunnels on the gateway are named this and the lease's number.
+const SERVED_PREFIX: &str = "gwc";
+/// Large enough for a full Ethernet frame from a client, so nothing is fragmented on the way in.
+const TUNNEL_MTU: &str = "1500";
+
+/// What the gateway hands out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Lease {
+    /// The client's end of the tunnel.
+    pub address: Ipv4Addr,
+    /// The gateway's end, and its DNS server.
+    pub gateway: Ipv4Addr,
+    /// What the client pings through the tunnel to know that traffic passes: the router of
+    /// the gateway's uplink.
+    pub check: Ipv4Addr,
+    pub lease_s: u64,
+}
+
+/// A refusal, in words the refused node shows in its status.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// Not on the gateway's `gateway.allow` list (HTTP 403).
+    NotAllowed(String),
+    /// Not a gateway now, or full (HTTP 503).
+    Unavailable(String),
+}
+
+/// What `meshd status` and the metrics show.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// This node's own offer (None: it does not offer).
+    pub offer: Option<OfferReport>,
+    /// The gateway this node uses now.
+    pub using: Option<UsingReport>,
+    /// Gateways that refused this node lately, with their reason.
+    pub refused: Vec<RefusedReport>,
+    /// Gateway changes since meshd started (the first choice included).
+    pub switches: u64,
+    /// Why this node uses no gateway, when it wants one.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct OfferReport {
+    /// The uplink interface (empty: none found).
+    pub uplink: String,
+    pub uplink_up: bool,
+    pub clients: usize,
+    /// Bytes through all tunnels, from and to the clients.
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct UsingReport {
+    pub name: String,
+    pub address: String,
+    /// Overlay hops to it in the mesh view (0: unknown).
+    pub hops: usize,
+    pub lease: String,
+    pub healthy: bool,
+    pub since_s: u64,
+    /// Bytes through the tunnel, from and to the gateway.
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RefusedReport {
+    pub name: String,
+    pub address: String,
+    pub reason: String,
+}
+
+/// A gateway as the mesh view tells of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub address: Ipv6Addr,
+    pub name: String,
+    pub hops: Option<usize>,
+}
+
+/// The address a `gateway.allow` entry stands for: a Yggdrasil public key's, or an overlay
+/// address as written.
+pub fn allowed_address(entry: &str) -> Option<Ipv6Addr> {
+    if let Ok(a) = entry.parse::<Ipv6Addr>() {
+        return Some(a);
+    }
+    let bytes = crate::identity::unhex(entry).filter(|b| b.len() == 32)?;
+    Some(crate::identity::address_for_key(&bytes.try_into().ok()?))
+}
+
+/// The served side: leases by client, and the uplink as last checked.
+#[derive(Debug, Default)]
+pub struct Served {
+    offering: bool,
+    me: Option<Ipv6Addr>,
+    allow: Vec<Ipv6Addr>,
+    uplink: Option<Uplink>,
+    /// Client overlay address → lease number and when it was last renewed.
+    leases: BTreeMap<Ipv6Addr, (u32, Instant)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Uplink {
+    interface: String,
+    router: Ipv4Addr,
+    up: bool,
+}
+
+/// The tunnel address of lease `n` (2 and up; 100.64.0.1 is the gateway's).
+fn lease_address(n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + n)
+}
+
+impl Served {
+    /// `POST /gateway/lease` from `client`: the same lease again when it has one.
+    pub fn lease(&mut self, client: Ipv6Addr, now: Instant) -> Result<(Lease, Option<u32>), Refusal> {
+        let (Some(uplink), true) = (self.uplink.as_ref().filter(|u| u.up), self.offering) else {
+            return Err(Refusal::Unavailable("this node offers no internet access now".into()));
+        };
+        if !is_overlay(&client) {
+            return Err(Refusal::NotAllowed(format!("{client} is not an overlay address; leases are given over the mesh only")));
+        }
+        if !self.allow.is_empty() && !self.allow.contains(&client) {
+            return Err(Refusal::NotAllowed(format!("{client} is not in this gateway's gateway.allow")));
+        }
+        let fresh = !self.leases.contains_key(&client);
+        let n = match self.leases.get(&client) {
+            Some((n, _)) => *n,
+            None if self.leases.len() >= MAX_LEASES => return Err(Refusal::Unavailable(format!("this gateway serves {MAX_LEASES} nodes already"))),
+            None => (2..).find(|n| !self.leases.values().any(|(m, _)| m == n)).expect("fewer than MAX_LEASES taken"),
+        };
+        self.leases.insert(client, (n, now));
+        let lease = Lease { address: lease_address(n), gateway: INNER, check: uplink.router, lease_s: LEASE.as_secs() };
+        Ok((lease, fresh.then_some(n)))
+    }
+
+    /// Leases not renewed in time, removed.
+    fn expire(&mut self, now: Instant) -> Vec<u32> {
+        let old: Vec<Ipv6Addr> = self.leases.iter().filter(|(_, (_, t))| now.duration_since(*t) > LEASE).map(|(a, _)| *a).collect();
+        old.iter().filter_map(|a| self.leases.remove(a)).map(|(n, _)| n).collect()
+    }
+}
+
+/// Overlay addresses: Yggdrasil's 200::/7 (nodes and their subnets) and cjdns's fc00::/8.
+pub fn is_overlay(a: &Ipv6Addr) -> bool {
+    a.octets()[0] & 0xfe == 0x02 || a.octets()[0] == 0xfc
+}
+
+/// Gives a client its lease and, the first time, its tunnel. Called by the HTTP face.
+pub fn serve_lease(served: &Mutex<Served>, client: Ipv6Addr) -> Result<Lease, Refusal> {
+    let (lease, new, me) = {
+        let mut s = served.lock().map_err(|_| Refusal::Unavailable("gateway state poisoned".into()))?;
+        let (lease, new) = s.lease(client, Instant::now())?;
+        (lease, new, s.me)
+    };
+    if let (Some(n), Some(me)) = (new, me) {
+        if let Err(e) = open_served_tunnel(n, me, client, lease.address) {
+            eprintln!("meshd: gateway: tunnel to {client}: {e}");
+            if let Ok(mut s) = served.lock() {
+                s.leases.remove(&client);
+            }
+            return Err(Refusal::Unavailable(format!("the gateway could not make the tunnel: {e}")));
+        }
+        eprintln!("meshd: gateway: {client} leased {} through {SERVED_PREFIX}{n}", lease.address);
+    }
+    Ok(lease)
+}
+
+fn open_served_tunnel(n: u32, me: Ipv6Addr, client: Ipv6Addr, address: Ipv4Addr) -> Result<(), String> {
+    let name = format!("{SERVED_PREFIX}{n}");
+    let _ = command::run("ip", &["link", "del", &name]);
+    command::run("ip", &["-6", "tunnel", "add", &name, "mode", "ipip6", "local", &me.to_string(), "remote", &client.to_string(), "encaplimit", "none"])?;
+    command::run("ip", &["link", "set", &name, "mtu", TUNNEL_MTU, "up"])?;
+    command::run("ip", &["addr", "add", &INNER.to_string(), "peer", &format!("{address}/32"), "dev", &name])?;
+    // Strict reverse path: a client can only send from its own lease.
+    sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), "1")
+}
+
+fn sysctl(key: &str, value: &str) -> Result<(), String> {
+    let path = Path::new("/proc/sys").join(key);
+    std::fs::write(&path, value).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// What the agent needs from the rest of meshd.
+pub struct Agent {
+    pub settings: Settings,
+    pub wired: Wired,
+    /// The router's IPv4 peers (`tls://192.0.2.1:443`), which must never enter the tunnel.
+    pub peers: Vec<String>,
+    pub me: Ipv6Addr,
+    pub port: u16,
+    pub run_dir: PathBuf,
+    pub served: Arc<Mutex<Served>>,
+    pub report: Arc<Mutex<Report>>,
+    /// The gateways the mesh view knows, nearest first.
+    pub candidates: Box<dyn Fn() -> Vec<Candidate> + Send>,
+}
+
+/// Where the node's dnsmasq instances (crate::access_point's, and the gateway's DNS) keep
+/// their leases and read the name servers to forward to: theirs, as they run as nobody.
+pub fn dns_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("dns")
+}
+
+/// The name servers dnsmasq forwards to, written for the node's role: the gateway's through the
+/// tunnel, a gateway's own uplink's, or none.
+pub fn upstream_path(run_dir: &Path) -> PathBuf {
+    dns_dir(run_dir).join("resolv.upstream")
+}
+
+/// Makes [`dns_dir`], dnsmasq's once it drops to nobody; the run directory above it becomes
+/// passable (not listable) for that. The files there that hold secrets are the owner's alone.
+pub fn prepare_dns_dir(run_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = dns_dir(run_dir);
+    let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
+    std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o711)).map_err(|e| err(run_dir, e))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| err(&dir, e))?;
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).map_err(|e| err(&dir, e))?;
+    let upstream = upstream_path(run_dir);
+    if !upstream.exists() {
+        crate::durable::write(&upstream, b"", 0o644).map_err(|e| err(&upstream, e))?;
+    }
+    Ok(())
+}
+
+/// nobody and nogroup, as the image's /etc/passwd and /etc/group give them.
+const NOBODY: u32 = 65534;
+
+/// A gateway's DNS server for the nodes it serves, on its end of their tunnels ([`INNER`]),
+/// forwarding to the name servers of its uplink.
+pub fn dns_service(run_dir: &Path) -> Result<crate::supervisor::Service, String> {
+    prepare_dns_dir(run_dir)?;
+    let conf = run_dir.join("dnsmasq-gateway.conf");
+    let text = format!(
+        "# Written by meshd; changes here are lost.\nlisten-address={INNER}\nbind-dynamic\nno-hosts\nresolv-file={}\npid-file=\nuser=nobody\ngroup=nogroup\nlog-facility=-\n",
+        upstream_path(run_dir).display()
+    );
+    crate::durable::write(&conf, text.as_bytes(), 0o644).map_err(|e| format!("{}: {e}", conf.display()))?;
+    let args = vec!["--keep-in-foreground".into(), format!("--conf-file={}", conf.display())];
+    Ok(crate::supervisor::Service::new("dnsmasq-gateway", "dnsmasq", args, run_dir))
+}
+
+struct Using {
+    candidate: Candidate,
+    lease: Lease,
+    since: Instant,
+    renewed: Instant,
+    failures: u32,
+}
+
+pub fn spawn(agent: Agent) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("gateway".into())
+        .stack_size(256 * 1024)
+        .spawn(move || agent.run())
+        .map(|_| ())
+        .map_err(|e| format!("gateway thread: {e}"))
+}
+
+impl Agent {
+    fn run(self) {
+        // Tunnels a meshd before this one left behind.
+        for name in interfaces().into_iter().filter(|n| n.starts_with(SERVED_PREFIX) || n == TUNNEL) {
+            let _ = command::run("ip", &["link", "del", &name]);
+        }
+        if let Err(e) = prepare_dns_dir(&self.run_dir) {
+            eprintln!("meshd: gateway: {e}");
+        }
+        let _ = crate::durable::write(&upstream_path(&self.run_dir), b"", 0o644);
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .http_status_as_error(false)
+            .user_agent(concat!("meshd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let mut using: Option<Using> = None;
+        let mut avoid: BTreeMap<Ipv6Addr, Instant> = BTreeMap::new();
+        let mut refused: BTreeMap<Ipv6Addr, RefusedReport> = BTreeMap::new();
+        let mut uplink_failures = 0;
+        let mut ruleset = String::new();
+        let mut switches = 0;
+        loop {
+            let now = Instant::now();
+            let uplink = find_uplink(&self.wired).map(|(interface, router)| {
+                uplink_failures = if ping(&interface, router) { 0 } else { uplink_failures + 1 };
+                Uplink { interface, router, up: uplink_failures < FAILURES }
+            });
+            let offering = self.settings.offer && uplink.is_some();
+            let expired = match self.served.lock() {
+                Ok(mut s) => {
+                    s.offering = self.settings.offer;
+                    s.me = Some(self.me);
+                    s.allow = self.settings.allow.iter().filter_map(|e| allowed_address(e)).collect();
+                    s.uplink = uplink.clone();
+                    if !offering {
+                        std::mem::take(&mut s.leases).into_values().map(|(n, _)| n).collect()
+                    } else {
+                        s.expire(now)
+                    }
+                }
+                Err(_) => Vec::new(),
+            };
+            for n in expired {
+                let _ = command::run("ip", &["link", "del", &format!("{SERVED_PREFIX}{n}")]);
+            }
+
+            let wants = self.settings.use_gateways == GatewayUse::Auto && !self.settings.offer;
+            let mut note = None;
+            if wants {
+                if let Some(u) = using.as_mut() {
+                    let mut why = None;
+                    if ping(TUNNEL, u.lease.check) {
+                        u.failures = 0;
+                    } else {
+                        u.failures += 1;
+                        if u.failures >= FAILURES {
+                            why = Some(format!("{} checks in a row passed no traffic", u.failures));
+                        }
+                    }
+                    if why.is_none() && now.duration_since(u.renewed) >= RENEW {
+                        match request_lease(&http, &u.candidate.address, self.port) {
+                            Ok(l) if l == u.lease => u.renewed = now,
+                            Ok(_) => why = Some("it changed the lease".into()),
+                            Err(r) => {
+                                if let Refusal::NotAllowed(reason) = &r {
+                                    refused.insert(u.candidate.address, refused_report(&u.candidate, reason));
+                                }
+                                why = Some(format!("renewing: {}", refusal_text(&r)));
+                            }
+                        }
+                    }
+                    if let Some(why) = why {
+                        eprintln!("meshd: gateway: leaving {} ({}): {why}", u.candidate.name, u.candidate.address);
+                        avoid.insert(u.candidate.address, now + FAILED_FOR);
+                        close_tunnel();
+                        using = None;
+                    }
+                }
+                if using.is_none() {
+                    avoid.retain(|_, until| *until > now);
+                    let candidates: Vec<Candidate> = (self.candidates)().into_iter().filter(|c| c.address != self.me && !avoid.contains_key(&c.address)).collect();
+                    for c in candidates {
+                        match request_lease(&http, &c.address, self.port).and_then(|lease| {
+                            open_tunnel(self.me, &c, &lease, &self.peers).map_err(Refusal::Unavailable)?;
+                            Ok(lease)
+                        }) {
+                            Ok(lease) => {
+                                let hops = c.hops.map_or("?".into(), |h| h.to_string());
+                                eprintln!("meshd: gateway: using {} ({}), {hops} overlay hops away, lease {}", c.name, c.address, lease.address);
+                                refused.remove(&c.address);
+                                switches += 1;
+                                using = Some(Using { candidate: c, lease, since: now, renewed: now, failures: 0 });
+                                break;
+                            }
+                            Err(r) => {
+                                eprintln!("meshd: gateway: {} ({}) gives no lease: {}", c.name, c.address, refusal_text(&r));
+                                let until = match &r {
+                                    Refusal::NotAllowed(reason) => {
+                                        refused.insert(c.address, refused_report(&c, reason));
+                                        now + REFUSED_FOR
+                                    }
+                                    Refusal::Unavailable(_) => now + FAILED_FOR,
+                                };
+                                avoid.insert(c.address, until);
+                                close_tunnel();
+                            }
+                        }
+                    }
+                    if using.is_none() {
+                        note = Some(if refused.is_empty() { "no live gateway in the mesh view".to_string() } else { "every gateway in reach refused this node".to_string() });
+                    }
+                }
+            } else if using.take().is_some() {
+                close_tunnel();
+            }
+            refused.retain(|a, _| avoid.contains_key(a) || using.as_ref().is_none_or(|u| u.candidate.address != *a));
+
+            // The firewall and DNS follow the role.
+            let internet = if offering { uplink.as_ref().map(|u| u.interface.clone()) } else { using.as_ref().map(|_| TUNNEL.to_string()) };
+            let wanted = nft_ruleset(internet.as_deref(), offering, using.is_some());
+            if wanted != ruleset {
+                // Tried once per change of role, so a node without nft says so once.
+                if let Err(e) = apply_ruleset(&self.run_dir, &wanted) {
+                    eprintln!("meshd: gateway: {e}");
+                }
+                ruleset = wanted;
+            }
+            if internet.is_some() {
+                let _ = sysctl("net/ipv4/ip_forward", "1");
+            }
+            let upstream = if using.is_some() { format!("nameserver {INNER}\n") } else if offering { system_name_servers() } else { String::new() };
+            let path = upstream_path(&self.run_dir);
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(upstream.as_str()) {
+                let _ = crate::durable::write(&path, upstream.as_bytes(), 0o644);
+            }
+
+            let report = Report {
+                offer: self.settings.offer.then(|| {
+                    let leases = self.served.lock().map(|s| s.leases.values().map(|(n, _)| *n).collect::<Vec<_>>()).unwrap_or_default();
+                    let (rx, tx) = leases.iter().map(|n| counters(&format!("{SERVED_PREFIX}{n}"))).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+                    OfferReport {
+                        uplink: uplink.as_ref().map(|u| u.interface.clone()).unwrap_or_default(),
+                        uplink_up: uplink.as_ref().is_some_and(|u| u.up),
+                        clients: leases.len(),
+                        rx_bytes: rx,
+                        tx_bytes: tx,
+                    }
+                }),
+                using: using.as_ref().map(|u| {
+                    let (rx, tx) = counters(TUNNEL);
+                    UsingReport {
+                        name: u.candidate.name.clone(),
+                        address: u.candidate.address.to_string(),
+                        hops: u.candidate.hops.unwrap_or(0),
+                        lease: u.lease.address.to_string(),
+                        healthy: u.failures == 0,
+                        since_s: now.duration_since(u.since).as_secs(),
+                        rx_bytes: rx,
+                        tx_bytes: tx,
+                    }
+                }),
+                refused: refused.values().cloned().collect(),
+                switches,
+                note,
+            };
+            if let Ok(mut r) = self.report.lock() {
+                *r = report;
+            }
+            std::thread::sleep(EVERY.saturating_sub(now.elapsed()));
+        }
+    }
+}
+
+fn refused_report(c: &Candidate, reason: &str) -> RefusedReport {
+    RefusedReport { name: c.name.clone(), address: c.address.to_string(), reason: reason.to_string() }
+}
+
+fn refusal_text(r: &Refusal) -> &str {
+    match r {
+        Refusal::NotAllowed(s) | Refusal::Unavailable(s) => s,
+    }
+}
+
+/// Asks `gateway` for a lease over the overlay.
+fn request_lease(http: &ureq::Agent, gateway: &Ipv6Addr, port: u16) -> Result<Lease, Refusal> {
+    let url = format!("http://[{gateway}]:{port}/gateway/lease");
+    let mut resp = http.post(&url).send_empty().map_err(|e| Refusal::Unavailable(format!("{url}: {e}")))?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().with_config().limit(4096).read_to_string().map_err(|e| Refusal::Unavailable(format!("{url}: {e}")))?;
+    match status {
+        200 => serde_json::from_str(&body).map_err(|e| Refusal::Unavailable(format!("{url}: not a lease: {e}"))),
+        403 => Err(Refusal::NotAllowed(body.trim().to_string())),
+        _ => Err(Refusal::Unavailable(format!("{url}: HTTP {status}: {}", body.trim()))),
+    }
+}
+
+/// The client's tunnel and the policy routing that sends IPv4 into it.
+fn open_tunnel(me: Ipv6Addr, gateway: &Candidate, lease: &Lease, peers: &[String]) -> Result<(), String> {
+    close_tunnel();
+    let _ = command::run("modprobe", &["ip6_tunnel"]);
+    let (me, gw) = (me.to_string(), gateway.address.to_string());
+    command::run("ip", &["-6", "tunnel", "add", TUNNEL, "mode", "ipip6", "local", &me, "remote", &gw, "encaplimit", "none"])?;
+    command::run("ip", &["link", "set", TUNNEL, "mtu", TUNNEL_MTU, "up"])?;
+    command::run("ip", &["addr", "add", &lease.address.to_string(), "peer", &format!("{}/32", lease.gateway), "dev", TUNNEL])?;
+    command::run("ip", &["route", "replace", "default", "dev", TUNNEL, "table", TABLE])?;
+    let [replies, peer_rule, own_routes, tunnel] = RULES.map(|p| p.to_string());
+    command::run("ip", &["rule", "add", "pref", &replies, "fwmark", REPLY_MARK, "lookup", "main"])?;
+    for peer in router_peer_addresses(peers) {
+        command::run("ip", &["rule", "add", "pref", &peer_rule, "to", &peer.to_string(), "lookup", "main"])?;
+    }
+    command::run("ip", &["rule", "add", "pref", &own_routes, "lookup", "main", "suppress_prefixlength", "0"])?;
+    command::run("ip", &["rule", "add", "pref", &tunnel, "lookup", TABLE])?;
+    Ok(())
+}
+
+fn close_tunnel() {
+    for pref in RULES {
+        while command::run("ip", &["rule", "del", "pref", &pref.to_string()]).is_ok() {}
+    }
+    let _ = command::run("ip", &["route", "flush", "table", TABLE]);
+    let _ = command::run("ip", &["link", "del", TUNNEL]);
+}
+
+/// The IPv4 addresses of the router's peers over the internet.
+fn router_peer_addresses(peers: &[String]) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    for p in peers {
+        let Some((_, rest)) = p.split_once("://") else { continue };
+        let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h).split(['?', '/']).next().unwrap_or_default();
+        if let Ok(addrs) = host_port.to_socket_addrs() {
+            out.extend(addrs.filter_map(|a| match a.ip() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(_) => None,
+            }));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The nftables table meshd owns, whole: the access points' clients reach by IPv4 only the
+/// internet (`internet`: the uplink or the tunnel), a gateway's tunnels only its uplink, and
+/// what leaves by `internet` is masqueraded. On a node using a gateway, connections made to
+/// the node from elsewhere are marked so that their replies keep to the main table.
+pub fn nft_ruleset(internet: Option<&str>, gateway: bool, client: bool) -> String {
+    let mut forward = String::new();
+    let mut nat = String::new();
+    let mut extra = String::new();
+    match internet {
+        Some(out) => {
+            let _ = writeln!(forward, "    iifname \"ap*\" oifname != \"{out}\" drop");
+            let _ = writeln!(nat, "    oifname \"{out}\" masquerade");
+        }
+        None => forward.push_str("    iifname \"ap*\" drop\n"),
+    }
+    if gateway {
+        let out = internet.unwrap_or("none");
+        let _ = writeln!(forward, "    iifname \"{SERVED_PREFIX}*\" oifname != \"{out}\" drop");
+    }
+    if client {
+        let _ = write!(
+            extra,
+            "  chain input {{\n    type filter hook input priority filter; policy accept;\n    ct state new iifname != \"{TUNNEL}\" ct mark set {REPLY_MARK}\n  }}\n\
+  chain output {{\n    type route hook output priority mangle; policy accept;\n    ct mark {REPLY_MARK} meta mark set {REPLY_MARK}\n  }}\n"
+        );
+    }
+    format!(
+        "# Written by meshd (crate::gateway); replaced whole whenever the node's role changes.\n\
+table ip meshos\ndelete table ip meshos\ntable ip meshos {{\n\
+  chain forward {{\n    type filter hook forward priority filter; policy accept;\n{forward}  }}\n\
+  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{nat}  }}\n{extra}}}\n"
+    )
+}
+
+fn apply_ruleset(run_dir: &Path, ruleset: &str) -> Result<(), String> {
+    let path = run_dir.join("meshos.nft");
+    crate::durable::write(&path, ruleset.as_bytes(), 0o644).map_err(|e| format!("{}: {e}", path.display()))?;
+    command::run("nft", &["-f", &path.display().to_string()]).map(|_| ())
+}
+
+/// The default route's interface and router, when the interface is one mesh.yaml's
+/// `wired.dhcp` names (a gateway's own tunnel is never an uplink).
+fn find_uplink(wired: &Wired) -> Option<(String, Ipv4Addr)> {
+    let routes = command::run("ip", &["-4", "route", "show", "default", "table", "main"]).ok()?;
+    parse_default_routes(&routes).into_iter().find(|(dev, _)| Wired::matches(&wired.dhcp, dev))
+}
+
+fn parse_default_routes(text: &str) -> Vec<(String, Ipv4Addr)> {
+    text.lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let after = |w: &str| words.iter().position(|x| *x == w).and_then(|i| words.get(i + 1)).copied();
+            Some((after("dev")?.to_string(), after("via")?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One ping out of `interface`, answered within 2 s.
+fn ping(interface: &str, to: Ipv4Addr) -> bool {
+    command::run("ping", &["-c", "1", "-W", "2", "-I", interface, &to.to_string()]).is_ok()
+}
+
+/// The name servers the node's own DHCP lease gave (the gateway's upstream).
+fn system_name_servers() -> String {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    text.lines().filter(|l| l.starts_with("nameserver ")).map(|l| format!("{l}\n")).collect()
+}
+
+fn interfaces() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net").map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+}
+
+/// Bytes received and sent on `interface`.
+fn counters(interface: &str) -> (u64, u64) {
+    let read = |what: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{interface}/statistics/{what}")).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+    };
+    (read("rx_bytes"), read("tx_bytes"))
+}
+
+/// The gateways in `nodes` (this node first, as the mesh view gives them), nearest first: by
+/// overlay hops through the nodes' neighbour lists, then by address so every node breaks a
+/// tie the same way.
+pub fn candidates(nodes: &[crate::meshview::Node]) -> Vec<Candidate> {
+    let Some(me) = nodes.first() else { return Vec::new() };
+    let hops = crate::meshview::hops(nodes, &me.address);
+    let mut out: Vec<Candidate> = nodes
+        .iter()
+        .skip(1)
+        .filter(|n| n.gateway)
+        .filter_map(|n| Some(Candidate { address: n.address.parse().ok()?, name: n.name.clone(), hops: hops.get(&n.address).copied() }))
+        .collect();
+    out.sort_by_key(|c| (c.hops.unwrap_or(usize::MAX), c.address));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    fn served(allow: &[&str]) -> Served {
+        Served {
+            offering: true,
+            me: Some(a("200::c")),
+            allow: allow.iter().map(|e| allowed_address(e).unwrap()).collect(),
+            uplink: Some(Uplink { interface: "eth3".into(), router: Ipv4Addr::new(198, 51, 100, 1), up: true }),
+            leases: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn leases_are_stable_unique_and_expire() {
+        let mut s = served(&[]);
+        let t = Instant::now();
+        let (l1, new1) = s.lease(a("200::a"), t).unwrap();
+        let (l2, _) = s.lease(a("201:1::b"), t).unwrap();
+        assert_eq!((l1.address, new1, l2.address), (Ipv4Addr::new(100, 64, 0, 2), Some(2), Ipv4Addr::new(100, 64, 0, 3)));
+        assert_eq!((l1.gateway, l1.check), (INNER, Ipv4Addr::new(198, 51, 100, 1)));
+        // Renewing gives the same lease and no new tunnel.
+        assert_eq!(s.lease(a("200::a"), t + RENEW).unwrap(), (l1.clone(), None));
+        assert_eq!(s.expire(t + LEASE + Duration::from_secs(1)), vec![3]);
+        // The freed number is handed out again.
+        assert_eq!(s.lease(a("200::d"), t + LEASE).unwrap().0.address, Ipv4Addr::new(100, 64, 0, 3));
+        assert_eq!(lease_address(258), Ipv4Addr::new(100, 64, 1, 2));
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        // Only B's key (its address 200:...), given as a key.
+        let key = "9d01fe7e0ba2a9a1e5d2b7e8df83e6c3b2a86e8d1b4a6e5f2c3d4e5f6a7b8c9d";
+        let b = allowed_address(key).unwrap();
+        assert!(is_overlay(&b));
+        let mut s = served(&[key]);
+        let t = Instant::now();
+        assert!(s.lease(b, t).is_ok());
+        match s.lease(a("200::a"), t) {
+            Err(Refusal::NotAllowed(why)) => assert!(why.contains("gateway.allow"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Not from the overlay: a LAN host cannot take a lease.
+        assert!(matches!(served(&[]).lease(a("fe80::1"), t), Err(Refusal::NotAllowed(_))));
+        let mut down = served(&[]);
+        down.uplink.as_mut().unwrap().up = false;
+        assert!(matches!(down.lease(a("200::a"), t), Err(Refusal::Unavailable(_))));
+        assert!(allowed_address("beef").is_none() && allowed_address(&"g".repeat(64)).is_none());
+    }
+
+    #[test]
+    fn the_uplink_is_a_default_route_on_a_dhcp_interface() {
+        let routes = "default via 198.51.100.1 dev eth3 \ndefault dev gw0 scope link\ndefault via 10.0.2.2 dev usb0 metric 5\n";
+        assert_eq!(parse_default_routes(routes), [("eth3".into(), Ipv4Addr::new(198, 51, 100, 1)), ("usb0".into(), Ipv4Addr::new(10, 0, 2, 2))]);
+        let wired = Wired { peering: vec![], dhcp: vec!["eth*".into()] };
+        assert!(Wired::matches(&wired.dhcp, "eth3") && !Wired::matches(&wired.dhcp, "usb0"));
+    }
+
+    #[test]
+    fn rulesets_keep_clients_to_the_internet() {
+        let gw = nft_ruleset(Some("eth3"), true, false);
+        for want in ["iifname \"ap*\" oifname != \"eth3\" drop", "iifname \"gwc*\" oifname != \"eth3\" drop", "oifname \"eth3\" masquerade"] {
+            assert!(gw.contains(want), "{want} missing:\n{gw}");
+        }
+        assert!(!gw.contains("ct mark"));
+        let client = nft_ruleset(Some(TUNNEL), false, true);
+        assert!(client.contains("oifname \"gw0\" masquerade") && client.contains("ct mark set 0x4d50"), "{client}");
+        let none = nft_ruleset(None, false, false);
+        assert!(none.contains("iifname \"ap*\" drop") && !none.contains("masquerade"), "{none}");
+        assert!(none.starts_with("# Written by meshd") && none.contains("delete table ip meshos\n"));
+    }
+
+    #[test]
+    fn router_peers_resolve_to_their_ipv4_addresses() {
+        let peers = ["tls://192.0.2.1:443".to_string(), "tcp://u:p@198.51.100.7:9001?key=x".into(), "tls://[2001:db8::1]:443".into()];
+        assert_eq!(router_peer_addresses(&peers), [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(198, 51, 100, 7)]);
+    }
+}
