@@ -175,8 +175,7 @@ internet_start() {
   as_root ip netns del "$NET_NS" 2>/dev/null || true
   as_root ip netns add "$NET_NS" || fail "making the internet's network namespace (needs root)"
   { in_net ip link set lo up && in_net ip link add br0 type bridge && in_net ip addr add 198.51.100.1/24 dev br0 &&
-    in_net ip link set br0 up && in_net ip link add web type dummy && in_net ip addr add 203.0.113.80/24 dev web &&
-    in_net ip link set web up; } || fail "setting up the internet's router"
+    in_net ip link set br0 up && in_net ip addr add 203.0.113.80/32 dev lo; } || fail "setting up the internet's router"
   local n port tap
   for n in c d; do
     tap=up$n$PORT port=$C_UPLINK

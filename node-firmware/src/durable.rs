@@ -8,13 +8,16 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Replaces `path` with `bytes` (created with `mode`); once this returns, a power cut keeps them.
+/// Replaces `path` with `bytes` (with exactly `mode`, whatever the umask: meshd's is 077, and
+/// some files are for other users, such as dnsmasq's name servers); once this returns, a power
+/// cut keeps them.
 /// Two writers at once (the daemon and a command) each use a temporary name of their own, so
 /// the last rename wins and neither writes into the other's half-written file.
 pub fn write(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = temporary(path);
     let written = (|| {
         let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -64,6 +67,18 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         super::write_private(&p, b"wpa_passphrase=x\n").unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_mode_is_exact_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("resolv.upstream");
+        // SAFETY: umask only sets the process's file mode mask; restored below.
+        let before = unsafe { libc::umask(0o077) };
+        let written = super::write(&p, b"nameserver 100.64.0.1\n", 0o644);
+        unsafe { libc::umask(before) };
+        written.unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
     }
 
     #[test]

@@ -173,8 +173,8 @@ impl Served {
         let (Some(uplink), true) = (self.uplink.as_ref().filter(|u| u.up), self.offering) else {
             return Err(Refusal::Unavailable("this node offers no internet access now".into()));
         };
-        if !is_overlay(&client) {
-            return Err(Refusal::NotAllowed(format!("{client} is not an overlay address; leases are given over the mesh only")));
+        if !is_node_address(&client) {
+            return Err(Refusal::NotAllowed(format!("{client} is not a node's overlay address; leases are given to nodes, over the mesh")));
         }
         if !self.allow.is_empty() && !self.allow.contains(&client) {
             return Err(Refusal::NotAllowed(format!("{client} is not in this gateway's gateway.allow")));
@@ -197,9 +197,11 @@ impl Served {
     }
 }
 
-/// Overlay addresses: Yggdrasil's 200::/7 (nodes and their subnets) and cjdns's fc00::/8.
-pub fn is_overlay(a: &Ipv6Addr) -> bool {
-    a.octets()[0] & 0xfe == 0x02 || a.octets()[0] == 0xfc
+/// A node's own overlay address: Yggdrasil's 200::/8 (its key's; the overlay checks that a
+/// packet's source belongs to the key that sent it) or cjdns's fc00::/8. Not the 300::/8
+/// prefixes nodes route to their Wi-Fi clients: a phone asks its node, not a gateway.
+pub fn is_node_address(a: &Ipv6Addr) -> bool {
+    matches!(a.octets()[0], 0x02 | 0xfc)
 }
 
 /// Gives a client its lease and, the first time, its tunnel. Called by the HTTP face.
@@ -692,7 +694,7 @@ mod tests {
         // Only B's key (its address 200:...), given as a key.
         let key = "9d01fe7e0ba2a9a1e5d2b7e8df83e6c3b2a86e8d1b4a6e5f2c3d4e5f6a7b8c9d";
         let b = allowed_address(key).unwrap();
-        assert!(is_overlay(&b));
+        assert!(is_node_address(&b) && !is_node_address(&a("300:1::5")));
         let mut s = served(&[key]);
         let t = Instant::now();
         assert!(s.lease(b, t).is_ok());
@@ -700,8 +702,9 @@ mod tests {
             Err(Refusal::NotAllowed(why)) => assert!(why.contains("gateway.allow"), "{why}"),
             other => panic!("{other:?}"),
         }
-        // Not from the overlay: a LAN host cannot take a lease.
+        // Not a node's overlay address: neither a LAN host nor a phone in a node's prefix.
         assert!(matches!(served(&[]).lease(a("fe80::1"), t), Err(Refusal::NotAllowed(_))));
+        assert!(matches!(served(&[]).lease(a("300:1::5"), t), Err(Refusal::NotAllowed(_))));
         let mut down = served(&[]);
         down.uplink.as_mut().unwrap().up = false;
         assert!(matches!(down.lease(a("200::a"), t), Err(Refusal::Unavailable(_))));
