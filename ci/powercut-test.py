@@ -13,7 +13,8 @@ meshd is stopped and the hardware watchdog (QEMU's i6300esb) must reset the node
 
 After every cut the node is powered on again and must reach `meshos ready`: the slot that was
 running when an install was cut, the new slot after a commit was cut. The same seed gives the
-same kinds and moments (the node's own timing still varies).
+same kinds and moments (the node's own timing still varies). The seed is the day's date unless
+given, so each day's runs cut at other moments than the day before; it is printed first.
 
 Usage: ci/powercut-test.py [--seed N] [--rounds N]   (needs MESHOS_SIGN_KEY, as make test
 sets; builds N+1 itself; logs in out/powercut-test/)
@@ -269,8 +270,9 @@ def build_next(work, version):
 
 def main():
     ap = argparse.ArgumentParser(description="Power cuts during install, commit and the boot counter update.")
-    ap.add_argument("--seed", type=int, default=int(os.environ.get("POWERCUT_SEED", "2026")))
-    ap.add_argument("--rounds", type=int, default=int(os.environ.get("POWERCUT_ROUNDS", "21")))
+    today = time.strftime("%Y%m%d", time.gmtime())
+    ap.add_argument("--seed", type=int, default=int(os.environ.get("POWERCUT_SEED", today)))
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("POWERCUT_ROUNDS", "12")))
     ap.add_argument("--port", type=int, default=int(os.environ.get("POWERCUT_PORT", "20400")))
     args = ap.parse_args()
     if not os.environ.get("MESHOS_SIGN_KEY"):
@@ -291,6 +293,7 @@ def main():
     (work / "mesh.yaml").write_text(f"apiVersion: meshos/v1\nssh:\n  authorizedKeys:\n    - {(work / 'key.pub').read_text().strip()}\nupgrade:\n  healthTimeout: 25\n")
     node = Node(work, n_image, args.port, key, [f"mesh.yaml={work / 'mesh.yaml'}"])
 
+    ok(f"seed {args.seed}, {args.rounds} cuts (run again with --seed {args.seed} for the same kinds and moments)")
     rng = random.Random(args.seed)
     kinds = [("counter", "install", "commit")[i % 3] for i in range(args.rounds)]
     rng.shuffle(kinds)

@@ -11,6 +11,11 @@ other=$(mktemp -d /tmp/meshos-repro.XXXXXX)/elsewhere/meshos
 trap 'rm -rf "$(dirname "$(dirname "$other")")"' EXIT
 mkdir -p "$other"
 git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C "$other"
+# make test gives the copies of one run one place to compile meshd in (MESHOS_REPRO_TARGET), so
+# a second board of the same architecture reuses the copy's meshd, never the first build's.
+if [ -n "${MESHOS_REPRO_TARGET:-}" ]; then
+  mkdir -p "$other/target" "$MESHOS_REPRO_TARGET" && ln -s "$MESHOS_REPRO_TARGET" "$other/target/node-firmware"
+fi
 # The same downloaded packages, but nothing derived from them: the module indexes are computed
 # again rather than taken from the first build.
 cache=$(dirname "$(dirname "$other")")/cache

@@ -14,6 +14,11 @@ BOARDS=${BOARDS:-rpi3 orangepi-zero qemu-arm64}
 passed=0 failed=0 failures=() started_bg=() bg_pids=()
 
 mkdir -p out/test-logs && rm -f out/test-logs/*.log
+# Where the reproducibility checks compile meshd from their copies of the checkout (see
+# ci/reproducible.sh): once per architecture in a run.
+MESHOS_REPRO_TARGET=$(mktemp -d /tmp/meshos-repro-target.XXXXXX)
+export MESHOS_REPRO_TARGET
+trap 'rm -rf "$MESHOS_REPRO_TARGET"' EXIT
 stage() { # NAME COMMAND...: run one stage, its output also kept in out/test-logs/
   local name=$1 start=$SECONDS log rc; shift
   log=out/test-logs/$(printf '%02d' $((passed + failed + ${#started_bg[@]} + 1)))-$(tr -c 'a-z0-9\n' - <<<"${name,,}" | tr -s -).log
@@ -61,13 +66,22 @@ boot() { # BOARD: boot the image, console to out/BOARD/console.log
 
 # Two stages at a time where one leaves a core idle (a QEMU under TCG keeps about one of the
 # two busy): the virtual board boots beside its second build, and the power cuts on
-# qemu-arm64 run beside the real boards' upgrades and the virtual board's rollback and
-# refusals; a stage in the background keeps its output in its log, shown when it ends.
-stage_bg() { # NAME COMMAND...
-  local name=$1 log; shift
+# qemu-arm64, then the Orange Pi's upgrade, run beside the Pi's upgrade and the virtual
+# board's rollback and refusals; a stage in the background keeps its output in its log, shown
+# when it ends.
+stage_bg() { # [--after] NAME COMMAND...: --after: once the last stage started in the background ends
+  local after= name log
+  if [ "$1" = --after ]; then
+    [ ${#bg_pids[@]} -eq 0 ] || after=${bg_pids[-1]}
+    shift
+  fi
+  name=$1; shift
   log=out/test-logs/$(printf '%02d' $((passed + failed + ${#started_bg[@]} + 1)))-$(tr -c 'a-z0-9\n' - <<<"${name,,}" | tr -s -).log
-  echo "== $name (beside the next stage; output in $log)"
-  ( start=$SECONDS; "$@" > "$log" 2>&1; rc=$?; echo "$rc $((SECONDS - start))" > "$log.rc" ) &
+  echo "== $name (in the background; output in $log)"
+  (
+    if [ -n "$after" ]; then while kill -0 "$after" 2>/dev/null; do sleep 2; done; fi
+    start=$SECONDS; "$@" > "$log" 2>&1; rc=$?; echo "$rc $((SECONDS - start))" > "$log.rc"
+  ) &
   started_bg+=("$name|$log") bg_pids+=($!)
 }
 stage_wait() { # waits for the stages started with stage_bg and counts them
@@ -125,7 +139,7 @@ if has rpi3; then
   stage "A/B upgrade on rpi3 in raspi3b" ci/upgrade-test.sh rpi3 1
 fi
 if has orangepi-zero; then
-  stage "A/B upgrade on orangepi-zero in orangepi-pc" ci/upgrade-test.sh orangepi-zero 1
+  stage_bg --after "A/B upgrade on orangepi-zero in orangepi-pc" ci/upgrade-test.sh orangepi-zero 1
 fi
 # Rollback and refusals are the same meshd and boot script logic on every board: they run on
 # the fast virtual board (the refusals include the Orange Pi's bundle).

@@ -37,6 +37,11 @@ pub const FAILURES: u32 = 2;
 /// A client renews its lease this often; a gateway forgets a lease not renewed for [`LEASE`].
 pub const RENEW: Duration = Duration::from_secs(30);
 pub const LEASE: Duration = Duration::from_secs(120);
+/// A new tunnel must pass traffic within this long (the overlay may first have to find the path
+/// to a gateway it never talked to), else the next gateway is tried.
+const FIRST_TRAFFIC: Duration = Duration::from_secs(20);
+/// A lease request's whole exchange; the first one to a gateway may wait for its path.
+const ASK_FOR: Duration = Duration::from_secs(15);
 /// A gateway given up is not tried again for this long (one that refused, for [`REFUSED_FOR`]).
 const FAILED_FOR: Duration = Duration::from_secs(60);
 const REFUSED_FOR: Duration = Duration::from_secs(300);
@@ -328,7 +333,7 @@ impl Agent {
         }
         let _ = crate::durable::write(&upstream_path(&self.run_dir), b"", 0o644);
         let http: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(5)))
+            .timeout_global(Some(ASK_FOR))
             .http_status_as_error(false)
             .user_agent(concat!("meshd/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -337,6 +342,7 @@ impl Agent {
         let mut avoid: BTreeMap<Ipv6Addr, Instant> = BTreeMap::new();
         let mut refused: BTreeMap<Ipv6Addr, RefusedReport> = BTreeMap::new();
         let mut uplink_failures = 0;
+        let mut uplink_was: Option<Uplink> = None;
         let mut ruleset = String::new();
         let mut switches = 0;
         loop {
@@ -345,6 +351,14 @@ impl Agent {
                 uplink_failures = if ping(&interface, router) { 0 } else { uplink_failures + 1 };
                 Uplink { interface, router, up: uplink_failures < FAILURES }
             });
+            if self.settings.offer && uplink != uplink_was {
+                match &uplink {
+                    Some(u) if u.up => eprintln!("meshd: gateway: offering internet access through {} (its router {} answers)", u.interface, u.router),
+                    Some(u) => eprintln!("meshd: gateway: uplink {} down: its router {} does not answer; offering nothing", u.interface, u.router),
+                    None => eprintln!("meshd: gateway: no uplink (no default route on a wired.dhcp interface); offering nothing"),
+                }
+                uplink_was = uplink.clone();
+            }
             let offering = self.settings.offer && uplink.is_some();
             let expired = match self.served.lock() {
                 Ok(mut s) => {
@@ -402,6 +416,7 @@ impl Agent {
                     for c in candidates {
                         match request_lease(&http, &c.address, self.port).and_then(|lease| {
                             open_tunnel(self.me, &c, &lease, &self.peers).map_err(Refusal::Unavailable)?;
+                            first_traffic(&lease)?;
                             Ok(lease)
                         }) {
                             Ok(lease) => {
@@ -489,6 +504,18 @@ impl Agent {
             std::thread::sleep(EVERY.saturating_sub(now.elapsed()));
         }
     }
+}
+
+/// Whether a new tunnel passes traffic to the gateway's uplink within [`FIRST_TRAFFIC`].
+fn first_traffic(lease: &Lease) -> Result<(), Refusal> {
+    let start = Instant::now();
+    while start.elapsed() < FIRST_TRAFFIC {
+        if ping(TUNNEL, lease.check) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Err(Refusal::Unavailable(format!("the tunnel passed no traffic to {} in {} s", lease.check, FIRST_TRAFFIC.as_secs())))
 }
 
 fn refused_report(c: &Candidate, reason: &str) -> RefusedReport {
