@@ -457,6 +457,7 @@ PY
     --boot-file "mesh.yaml=$WORK/d.yaml" --boot-file "updates/$(basename "$NEXT_BUNDLE")=$NEXT_BUNDLE"
   ready_on() { grep -aq "^meshos ready version=$V.1 board=qemu-arm64 slot=b" "$WORK/$1.log"; }
   wait_for 300 ready_on d || fail "D did not come up on $V.1 from its updates/"
+  D=$(address d)
   ok "D installed $V.1 from its updates/ and runs it ($((SECONDS - t)) s after power-on)"
 
   # B: power off in the middle of its fetch, then on again with the same card.
@@ -576,7 +577,7 @@ PY
   in_net ip link set "upc$PORT" down || fail "cutting C's uplink"
   t=$SECONDS
   through_d() { internet_page && a_gateway "(g['using'] or {}).get('address') == '$D'"; }
-  wait_for 90 through_d || fail "C's uplink is cut, but the client's fetches do not pass through D: $(on_a meshd status | grep gateway)"
+  wait_for 90 through_d || fail "C's uplink is cut, but the client's fetches do not pass through D: $(on_a meshd status | grep gateway; grep -a 'meshd: gateway' "$WORK/a.log" | tail -4)"
   echo "mesh-test: figure: gateway failover: the client's fetches passed again, through D, $((SECONDS - t)) s after C's uplink was cut (checks every 5 s)"
   ok "C's uplink cut: A moved to gateway D and the client's fetches pass again ($((SECONDS - t)) s)"
   c_withdrew() { on_a wget -q -T 10 -O - "http://[$C]:9100/nodeinfo.json" | python3 -c 'import json,sys; sys.exit(0 if not json.load(sys.stdin)["gateway"]["offers"] else 1)'; }

@@ -42,6 +42,8 @@ pub const LEASE: Duration = Duration::from_secs(120);
 const FIRST_TRAFFIC: Duration = Duration::from_secs(20);
 /// A lease request's whole exchange; the first one to a gateway may wait for its path.
 const ASK_FOR: Duration = Duration::from_secs(15);
+/// For this long after start, gateways whose distance the mesh view does not know yet wait.
+const UNKNOWN_HOPS_FOR: Duration = Duration::from_secs(90);
 /// A gateway given up is not tried again for this long (one that refused, for [`REFUSED_FOR`]).
 const FAILED_FOR: Duration = Duration::from_secs(60);
 const REFUSED_FOR: Duration = Duration::from_secs(300);
@@ -341,6 +343,7 @@ impl Agent {
         let mut using: Option<Using> = None;
         let mut avoid: BTreeMap<Ipv6Addr, Instant> = BTreeMap::new();
         let mut refused: BTreeMap<Ipv6Addr, RefusedReport> = BTreeMap::new();
+        let started = Instant::now();
         let mut uplink_failures = 0;
         let mut uplink_was: Option<Uplink> = None;
         let mut ruleset = String::new();
@@ -412,7 +415,12 @@ impl Agent {
                 }
                 if using.is_none() {
                     avoid.retain(|_, until| *until > now);
-                    let candidates: Vec<Candidate> = (self.candidates)().into_iter().filter(|c| c.address != self.me && !avoid.contains_key(&c.address)).collect();
+                    let mut candidates: Vec<Candidate> = (self.candidates)().into_iter().filter(|c| c.address != self.me && !avoid.contains_key(&c.address)).collect();
+                    // Right after start the view may know gateways before the links to them:
+                    // wait a little for their distances rather than take a far one for good.
+                    if started.elapsed() < UNKNOWN_HOPS_FOR && candidates.iter().any(|c| c.hops.is_none()) {
+                        candidates.retain(|c| c.hops.is_some());
+                    }
                     for c in candidates {
                         match request_lease(&http, &c.address, self.port).and_then(|lease| {
                             open_tunnel(self.me, &c, &lease, &self.peers).map_err(Refusal::Unavailable)?;
