@@ -595,7 +595,9 @@ PY
       "root@$D" "$@"
   }
   d_yaml "$(printf '  allow:\n    - %s' "$B_KEY")" > "$WORK/d-allow.yaml"
-  on_d 'cat > /boot/mesh.yaml && sync && setsid sh -c "sleep 1; kill \$(pidof meshd)" < /dev/null > /dev/null 2>&1 &' < "$WORK/d-allow.yaml" || fail "ssh to D through A"
+  # (meshd is restarted by init and reads the file again; the kill waits for ssh to close.)
+  on_d 'cat > /boot/mesh.yaml && sync && { setsid sh -c "sleep 1; kill \$(pidof meshd)" < /dev/null > /dev/null 2>&1 & }' < "$WORK/d-allow.yaml" \
+    || fail "ssh to D through A"
   t=$SECONDS
   a_refused() { a_gateway "g['using'] is None and any(r['address'] == '$D' and 'gateway.allow' in r['reason'] for r in g['refused'])"; }
   wait_for 240 a_refused || fail "D allows only B, but A's status does not say D refused it: $(on_a meshd status | grep gateway)"

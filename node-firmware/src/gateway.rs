@@ -42,6 +42,9 @@ pub const LEASE: Duration = Duration::from_secs(120);
 const FIRST_TRAFFIC: Duration = Duration::from_secs(20);
 /// A lease request's whole exchange; the first one to a gateway may wait for its path.
 const ASK_FOR: Duration = Duration::from_secs(15);
+/// A gateway nearer than the one in use (by at least a hop) and live in the mesh view for this
+/// long is moved to: nearer is better, but not at the first sight of it.
+const NEARER_FOR: Duration = Duration::from_secs(60);
 /// For this long after start, gateways whose distance the mesh view does not know yet wait.
 const UNKNOWN_HOPS_FOR: Duration = Duration::from_secs(90);
 /// A gateway given up is not tried again for this long (one that refused, for [`REFUSED_FOR`]).
@@ -348,6 +351,7 @@ impl Agent {
         let mut uplink_was: Option<Uplink> = None;
         let mut ruleset = String::new();
         let mut switches = 0;
+        let mut nearer_since: Option<(Ipv6Addr, Instant)> = None;
         loop {
             let now = Instant::now();
             let uplink = find_uplink(&self.wired).map(|(interface, router)| {
@@ -411,6 +415,25 @@ impl Agent {
                         avoid.insert(u.candidate.address, now + FAILED_FOR);
                         close_tunnel();
                         using = None;
+                    } else if let Some(nearer) = nearer_gateway(&(self.candidates)(), &u.candidate, &avoid) {
+                        match nearer_since {
+                            Some((a, since)) if a == nearer.address && now.duration_since(since) >= NEARER_FOR => {
+                                eprintln!(
+                                    "meshd: gateway: leaving {} ({}) for {}, {} hops nearer",
+                                    u.candidate.name,
+                                    u.candidate.address,
+                                    nearer.name,
+                                    u.candidate.hops.unwrap_or(0).saturating_sub(nearer.hops.unwrap_or(0))
+                                );
+                                close_tunnel();
+                                using = None;
+                                nearer_since = None;
+                            }
+                            Some((a, _)) if a == nearer.address => {}
+                            _ => nearer_since = Some((nearer.address, now)),
+                        }
+                    } else {
+                        nearer_since = None;
                     }
                 }
                 if using.is_none() {
@@ -524,6 +547,13 @@ fn first_traffic(lease: &Lease) -> Result<(), Refusal> {
         std::thread::sleep(Duration::from_secs(1));
     }
     Err(Refusal::Unavailable(format!("the tunnel passed no traffic to {} in {} s", lease.check, FIRST_TRAFFIC.as_secs())))
+}
+
+/// The nearest live gateway at least a hop nearer than `current` (whose distance is taken anew
+/// from the same view), if any.
+fn nearer_gateway(candidates: &[Candidate], current: &Candidate, avoid: &BTreeMap<Ipv6Addr, Instant>) -> Option<Candidate> {
+    let now = candidates.iter().find(|c| c.address == current.address).and_then(|c| c.hops).or(current.hops)?;
+    candidates.iter().find(|c| c.address != current.address && !avoid.contains_key(&c.address) && c.hops.is_some_and(|h| h < now)).cloned()
 }
 
 fn refused_report(c: &Candidate, reason: &str) -> RefusedReport {
@@ -766,6 +796,18 @@ mod tests {
         let none = nft_ruleset(None, false, false);
         assert!(none.contains("iifname \"ap*\" drop") && !none.contains("masquerade"), "{none}");
         assert!(none.starts_with("# Written by meshd") && none.contains("delete table ip meshos\n"));
+    }
+
+    #[test]
+    fn a_nearer_gateway_is_one_at_least_a_hop_nearer() {
+        let c = |last: &str, hops: Option<usize>| Candidate { address: a(&format!("200::{last}")), name: last.into(), hops };
+        let current = c("d", Some(3));
+        let view = [c("c", Some(2)), c("d", Some(3)), c("e", None)];
+        assert_eq!(nearer_gateway(&view, &current, &BTreeMap::new()), Some(c("c", Some(2))));
+        // Not one that is avoided, nor one as far; the current's distance is taken anew.
+        let avoided = BTreeMap::from([(a("200::c"), Instant::now())]);
+        assert_eq!(nearer_gateway(&view, &current, &avoided), None);
+        assert_eq!(nearer_gateway(&[c("c", Some(2)), c("d", Some(2))], &current, &BTreeMap::new()), None);
     }
 
     #[test]
