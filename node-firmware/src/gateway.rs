@@ -319,12 +319,7 @@ struct Using {
 }
 
 pub fn spawn(agent: Agent) -> Result<(), String> {
-    std::thread::Builder::new()
-        .name("gateway".into())
-        .stack_size(256 * 1024)
-        .spawn(move || agent.run())
-        .map(|_| ())
-        .map_err(|e| format!("gateway thread: {e}"))
+    std::thread::Builder::new().name("gateway".into()).stack_size(256 * 1024).spawn(move || agent.run()).map(|_| ()).map_err(|e| format!("gateway thread: {e}"))
 }
 
 impl Agent {
@@ -438,7 +433,8 @@ impl Agent {
                 }
                 if using.is_none() {
                     avoid.retain(|_, until| *until > now);
-                    let mut candidates: Vec<Candidate> = (self.candidates)().into_iter().filter(|c| c.address != self.me && !avoid.contains_key(&c.address)).collect();
+                    let mut candidates: Vec<Candidate> =
+                        (self.candidates)().into_iter().filter(|c| c.address != self.me && !avoid.contains_key(&c.address)).collect();
                     // Right after start the view may know gateways before the links to them:
                     // wait a little for their distances rather than take a far one for good.
                     if started.elapsed() < UNKNOWN_HOPS_FOR && candidates.iter().any(|c| c.hops.is_none()) {
@@ -473,7 +469,11 @@ impl Agent {
                         }
                     }
                     if using.is_none() {
-                        note = Some(if refused.is_empty() { "no live gateway in the mesh view".to_string() } else { "every gateway in reach refused this node".to_string() });
+                        note = Some(if refused.is_empty() {
+                            "no live gateway in the mesh view".to_string()
+                        } else {
+                            "every gateway in reach refused this node".to_string()
+                        });
                     }
                 }
             } else if using.take().is_some() {
@@ -494,7 +494,13 @@ impl Agent {
             if internet.is_some() {
                 let _ = sysctl("net/ipv4/ip_forward", "1");
             }
-            let upstream = if using.is_some() { format!("nameserver {INNER}\n") } else if offering { system_name_servers() } else { String::new() };
+            let upstream = if using.is_some() {
+                format!("nameserver {INNER}\n")
+            } else if offering {
+                system_name_servers()
+            } else {
+                String::new()
+            };
             let path = upstream_path(&self.run_dir);
             if std::fs::read_to_string(&path).ok().as_deref() != Some(upstream.as_str()) {
                 let _ = crate::durable::write(&path, upstream.as_bytes(), 0o644);
@@ -698,9 +704,8 @@ fn interfaces() -> Vec<String> {
 
 /// Bytes received and sent on `interface`.
 fn counters(interface: &str) -> (u64, u64) {
-    let read = |what: &str| {
-        std::fs::read_to_string(format!("/sys/class/net/{interface}/statistics/{what}")).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
-    };
+    let read =
+        |what: &str| std::fs::read_to_string(format!("/sys/class/net/{interface}/statistics/{what}")).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
     (read("rx_bytes"), read("tx_bytes"))
 }
 

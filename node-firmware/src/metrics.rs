@@ -361,7 +361,13 @@ fn router(e: &mut Exposition, state: &NodeState, peers: &Result<Vec<Peer>, Strin
 /// Internet access (crate::gateway): the node's offer, the gateway it uses, refusals.
 fn gateway(e: &mut Exposition, g: &crate::gateway::Report) {
     if let Some(o) = &g.offer {
-        e.one("meshd_gateway_offer_up", "gauge", "1 while this node offers internet access: its uplink's router answers.", &[("uplink", &o.uplink)], u8::from(o.uplink_up));
+        e.one(
+            "meshd_gateway_offer_up",
+            "gauge",
+            "1 while this node offers internet access: its uplink's router answers.",
+            &[("uplink", &o.uplink)],
+            u8::from(o.uplink_up),
+        );
         e.one("meshd_gateway_clients", "gauge", "Nodes holding a lease (a tunnel) from this gateway.", &[], o.clients);
         e.one("meshd_gateway_served_receive_bytes_total", "counter", "Bytes received through this gateway's tunnels.", &[], o.rx_bytes);
         e.one("meshd_gateway_served_transmit_bytes_total", "counter", "Bytes sent through this gateway's tunnels.", &[], o.tx_bytes);
