@@ -399,12 +399,13 @@ wait_for 240 a_gateway "(g['using'] or {}).get('address') == '$C'" || fail "A do
 echo "mesh-test: A took gateway C $((SECONDS - t)) s into the wait: $(on_a meshd status | grep '^gateway')"
 wait_for 60 internet_page || fail "the client cannot fetch http://www.internet.test/ through A and C: $(on_a 'meshd status; cat /run/meshd/dns/resolv.upstream')"
 ok "the client fetched http://www.internet.test/ by name through A's tunnel to gateway C, two overlay hops away (through B)"
-t0=$(date +%s.%N)
+# (the time of a command in the client's namespace, less that of an empty one)
+before=$(date +%s.%N)
 in_ns client true
-t1=$(date +%s.%N)
+empty=$(date +%s.%N)
 in_ns client "wget -q -T 300 -O /dev/null http://www.internet.test/4m.bin" || fail "the client's download of 4 MiB through C"
-t2=$(date +%s.%N)
-echo "mesh-test: figure: client on A downloaded 4 MiB from the internet through gateway C (two overlay hops) at $(python3 -c "print(f'{4 * 8 / (($t2 - $t1) - ($t1 - $t0)):.1f}')") Mbit/s under TCG"
+after=$(date +%s.%N)
+echo "mesh-test: figure: client on A downloaded 4 MiB from the internet through gateway C (two overlay hops) at $(python3 -c "print(f'{4 * 8 / (($after - $empty) - ($empty - $before)):.1f}')") Mbit/s under TCG"
 
 # --- upgrade over the mesh, by itself: D joins with N+1 in updates/, and it spreads to A.
 if [ -z "${NEXT_BUNDLE:-}" ]; then
@@ -601,7 +602,7 @@ PY
   t=$SECONDS
   a_refused() { a_gateway "g['using'] is None and any(r['address'] == '$D' and 'gateway.allow' in r['reason'] for r in g['refused'])"; }
   wait_for 240 a_refused || fail "D allows only B, but A's status does not say D refused it: $(on_a meshd status | grep gateway)"
-  internet_page && fail "A's client still reaches the internet, though the only gateway left allows B alone"
+  internet_page 2> /dev/null && fail "A's client still reaches the internet, though the only gateway left allows B alone"
   on_a meshd status > "$WORK/a-status-refused.txt"
   metrics_of a | grep -q "^meshd_gateway_refused{gateway=\"$D\",.*gateway.allow" || fail "A's metrics do not show D's refusal"
   b_uses_d() { on_a wget -q -T 10 -O - "http://[$B]:9100/nodeinfo.json" | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["gateway"]["using"] == sys.argv[1] else 1)' "$D"; }
