@@ -323,6 +323,8 @@ pub fn spawn(agent: Agent) -> Result<(), String> {
 }
 
 impl Agent {
+    /// Every [`EVERY`]: the uplink, the leases served, the gateway used, then the firewall,
+    /// DNS and the report as the role now is.
     fn run(self) {
         // Tunnels a meshd before this one left behind.
         for name in interfaces().into_iter().filter(|n| n.starts_with(SERVED_PREFIX) || n == TUNNEL) {
@@ -332,158 +334,21 @@ impl Agent {
             eprintln!("meshd: gateway: {e}");
         }
         let _ = crate::durable::write(&upstream_path(&self.run_dir), b"", 0o644);
-        let http: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(ASK_FOR))
-            .http_status_as_error(false)
-            .user_agent(concat!("meshd/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
-        let mut using: Option<Using> = None;
-        let mut avoid: BTreeMap<Ipv6Addr, Instant> = BTreeMap::new();
-        let mut refused: BTreeMap<Ipv6Addr, RefusedReport> = BTreeMap::new();
-        let started = Instant::now();
-        let mut uplink_failures = 0;
-        let mut uplink_was: Option<Uplink> = None;
+        let mut watch = UplinkWatch::default();
+        let mut client = Client::new();
         let mut ruleset = String::new();
-        let mut switches = 0;
-        let mut nearer_since: Option<(Ipv6Addr, Instant)> = None;
         loop {
             let now = Instant::now();
-            let uplink = find_uplink(&self.wired).map(|(interface, router)| {
-                uplink_failures = if ping(&interface, router) { 0 } else { uplink_failures + 1 };
-                Uplink { interface, router, up: uplink_failures < FAILURES }
-            });
-            if self.settings.offer && uplink != uplink_was {
-                match &uplink {
-                    Some(u) if u.up => eprintln!("meshd: gateway: offering internet access through {} (its router {} answers)", u.interface, u.router),
-                    Some(u) => eprintln!("meshd: gateway: uplink {} down: its router {} does not answer; offering nothing", u.interface, u.router),
-                    None => eprintln!("meshd: gateway: no uplink (no default route on a wired.dhcp interface); offering nothing"),
-                }
-                uplink_was = uplink.clone();
-            }
+            let uplink = watch.check(&self.wired, self.settings.offer);
             let offering = self.settings.offer && uplink.is_some();
-            let expired = match self.served.lock() {
-                Ok(mut s) => {
-                    s.offering = self.settings.offer;
-                    s.me = Some(self.me);
-                    s.allow = self.settings.allow.iter().filter_map(|e| allowed_address(e)).collect();
-                    s.uplink = uplink.clone();
-                    if !offering {
-                        std::mem::take(&mut s.leases).into_values().map(|(n, _)| n).collect()
-                    } else {
-                        s.expire(now)
-                    }
-                }
-                Err(_) => Vec::new(),
-            };
-            for n in expired {
-                let _ = command::run("ip", &["link", "del", &format!("{SERVED_PREFIX}{n}")]);
-            }
-
+            self.serve(uplink.as_ref(), offering, now);
             let wants = self.settings.use_gateways == GatewayUse::Auto && !self.settings.offer;
-            let mut note = None;
-            if wants {
-                if let Some(u) = using.as_mut() {
-                    let mut why = None;
-                    if ping(TUNNEL, u.lease.check) {
-                        u.failures = 0;
-                    } else {
-                        u.failures += 1;
-                        if u.failures >= FAILURES {
-                            why = Some(format!("{} checks in a row passed no traffic", u.failures));
-                        }
-                    }
-                    if why.is_none() && now.duration_since(u.renewed) >= RENEW {
-                        match request_lease(&http, &u.candidate.address, self.port) {
-                            Ok(l) if l == u.lease => u.renewed = now,
-                            Ok(_) => why = Some("it changed the lease".into()),
-                            Err(r) => {
-                                if let Refusal::NotAllowed(reason) = &r {
-                                    refused.insert(u.candidate.address, refused_report(&u.candidate, reason));
-                                }
-                                why = Some(format!("renewing: {}", refusal_text(&r)));
-                            }
-                        }
-                    }
-                    if let Some(why) = why {
-                        eprintln!("meshd: gateway: leaving {} ({}): {why}", u.candidate.name, u.candidate.address);
-                        avoid.insert(u.candidate.address, now + FAILED_FOR);
-                        close_tunnel();
-                        using = None;
-                    } else if let Some(nearer) = nearer_gateway(&(self.candidates)(), &u.candidate, &avoid) {
-                        match nearer_since {
-                            Some((a, since)) if a == nearer.address && now.duration_since(since) >= NEARER_FOR => {
-                                eprintln!(
-                                    "meshd: gateway: leaving {} ({}) for {}, {} hops nearer",
-                                    u.candidate.name,
-                                    u.candidate.address,
-                                    nearer.name,
-                                    u.candidate.hops.unwrap_or(0).saturating_sub(nearer.hops.unwrap_or(0))
-                                );
-                                close_tunnel();
-                                using = None;
-                                nearer_since = None;
-                            }
-                            Some((a, _)) if a == nearer.address => {}
-                            _ => nearer_since = Some((nearer.address, now)),
-                        }
-                    } else {
-                        nearer_since = None;
-                    }
-                }
-                if using.is_none() {
-                    avoid.retain(|_, until| *until > now);
-                    let mut candidates: Vec<Candidate> =
-                        (self.candidates)().into_iter().filter(|c| c.address != self.me && !avoid.contains_key(&c.address)).collect();
-                    // Right after start the view may know gateways before the links to them:
-                    // wait a little for their distances rather than take a far one for good.
-                    if started.elapsed() < UNKNOWN_HOPS_FOR && candidates.iter().any(|c| c.hops.is_none()) {
-                        candidates.retain(|c| c.hops.is_some());
-                    }
-                    for c in candidates {
-                        match request_lease(&http, &c.address, self.port).and_then(|lease| {
-                            open_tunnel(self.me, &c, &lease, &self.peers).map_err(Refusal::Unavailable)?;
-                            first_traffic(&lease)?;
-                            Ok(lease)
-                        }) {
-                            Ok(lease) => {
-                                let hops = c.hops.map_or("?".into(), |h| h.to_string());
-                                eprintln!("meshd: gateway: using {} ({}), {hops} overlay hops away, lease {}", c.name, c.address, lease.address);
-                                refused.remove(&c.address);
-                                switches += 1;
-                                using = Some(Using { candidate: c, lease, since: now, renewed: now, failures: 0 });
-                                break;
-                            }
-                            Err(r) => {
-                                eprintln!("meshd: gateway: {} ({}) gives no lease: {}", c.name, c.address, refusal_text(&r));
-                                let until = match &r {
-                                    Refusal::NotAllowed(reason) => {
-                                        refused.insert(c.address, refused_report(&c, reason));
-                                        now + REFUSED_FOR
-                                    }
-                                    Refusal::Unavailable(_) => now + FAILED_FOR,
-                                };
-                                avoid.insert(c.address, until);
-                                close_tunnel();
-                            }
-                        }
-                    }
-                    if using.is_none() {
-                        note = Some(if refused.is_empty() {
-                            "no live gateway in the mesh view".to_string()
-                        } else {
-                            "every gateway in reach refused this node".to_string()
-                        });
-                    }
-                }
-            } else if using.take().is_some() {
-                close_tunnel();
-            }
-            refused.retain(|a, _| avoid.contains_key(a) || using.as_ref().is_none_or(|u| u.candidate.address != *a));
+            let note = if wants { client.tick(&self, now) } else { client.stop() };
+            let using = client.using.is_some();
 
             // The firewall and DNS follow the role.
-            let internet = if offering { uplink.as_ref().map(|u| u.interface.clone()) } else { using.as_ref().map(|_| TUNNEL.to_string()) };
-            let wanted = nft_ruleset(internet.as_deref(), offering, using.is_some());
+            let internet = if offering { uplink.as_ref().map(|u| u.interface.clone()) } else { using.then(|| TUNNEL.to_string()) };
+            let wanted = nft_ruleset(internet.as_deref(), offering, using);
             if wanted != ruleset {
                 // Tried once per change of role, so a node without nft says so once.
                 if let Err(e) = apply_ruleset(&self.run_dir, &wanted) {
@@ -494,7 +359,7 @@ impl Agent {
             if internet.is_some() {
                 let _ = sysctl("net/ipv4/ip_forward", "1");
             }
-            let upstream = if using.is_some() {
+            let upstream = if using {
                 format!("nameserver {INNER}\n")
             } else if offering {
                 system_name_servers()
@@ -507,32 +372,10 @@ impl Agent {
             }
 
             let report = Report {
-                offer: self.settings.offer.then(|| {
-                    let leases = self.served.lock().map(|s| s.leases.values().map(|(n, _)| *n).collect::<Vec<_>>()).unwrap_or_default();
-                    let (rx, tx) = leases.iter().map(|n| counters(&format!("{SERVED_PREFIX}{n}"))).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-                    OfferReport {
-                        uplink: uplink.as_ref().map(|u| u.interface.clone()).unwrap_or_default(),
-                        uplink_up: uplink.as_ref().is_some_and(|u| u.up),
-                        clients: leases.len(),
-                        rx_bytes: rx,
-                        tx_bytes: tx,
-                    }
-                }),
-                using: using.as_ref().map(|u| {
-                    let (rx, tx) = counters(TUNNEL);
-                    UsingReport {
-                        name: u.candidate.name.clone(),
-                        address: u.candidate.address.to_string(),
-                        hops: u.candidate.hops.unwrap_or(0),
-                        lease: u.lease.address.to_string(),
-                        healthy: u.failures == 0,
-                        since_s: now.duration_since(u.since).as_secs(),
-                        rx_bytes: rx,
-                        tx_bytes: tx,
-                    }
-                }),
-                refused: refused.values().cloned().collect(),
-                switches,
+                offer: self.settings.offer.then(|| self.offer_report(uplink.as_ref())),
+                using: client.using_report(now),
+                refused: client.refused.values().cloned().collect(),
+                switches: client.switches,
                 note,
             };
             if let Ok(mut r) = self.report.lock() {
@@ -540,6 +383,227 @@ impl Agent {
             }
             std::thread::sleep(EVERY.saturating_sub(now.elapsed()));
         }
+    }
+
+    /// The served side: what the HTTP face leases from, and the tunnels of expired leases gone.
+    fn serve(&self, uplink: Option<&Uplink>, offering: bool, now: Instant) {
+        let expired = match self.served.lock() {
+            Ok(mut s) => {
+                s.offering = self.settings.offer;
+                s.me = Some(self.me);
+                s.allow = self.settings.allow.iter().filter_map(|e| allowed_address(e)).collect();
+                s.uplink = uplink.cloned();
+                if offering {
+                    s.expire(now)
+                } else {
+                    std::mem::take(&mut s.leases).into_values().map(|(n, _)| n).collect()
+                }
+            }
+            Err(_) => Vec::new(),
+        };
+        for n in expired {
+            let _ = command::run("ip", &["link", "del", &format!("{SERVED_PREFIX}{n}")]);
+        }
+    }
+
+    fn offer_report(&self, uplink: Option<&Uplink>) -> OfferReport {
+        let leases = self.served.lock().map(|s| s.leases.values().map(|(n, _)| *n).collect::<Vec<_>>()).unwrap_or_default();
+        let (rx, tx) = leases.iter().map(|n| counters(&format!("{SERVED_PREFIX}{n}"))).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        OfferReport {
+            uplink: uplink.map(|u| u.interface.clone()).unwrap_or_default(),
+            uplink_up: uplink.is_some_and(|u| u.up),
+            clients: leases.len(),
+            rx_bytes: rx,
+            tx_bytes: tx,
+        }
+    }
+}
+
+/// A gateway's uplink, pinged every round; down after [`FAILURES`] misses in a row.
+#[derive(Default)]
+struct UplinkWatch {
+    failures: u32,
+    was: Option<Uplink>,
+}
+
+impl UplinkWatch {
+    fn check(&mut self, wired: &Wired, offer: bool) -> Option<Uplink> {
+        let uplink = find_uplink(wired).map(|(interface, router)| {
+            self.failures = if ping(&interface, router) { 0 } else { self.failures + 1 };
+            Uplink { interface, router, up: self.failures < FAILURES }
+        });
+        if offer && uplink != self.was {
+            match &uplink {
+                Some(u) if u.up => eprintln!("meshd: gateway: offering internet access through {} (its router {} answers)", u.interface, u.router),
+                Some(u) => eprintln!("meshd: gateway: uplink {} down: its router {} does not answer; offering nothing", u.interface, u.router),
+                None => eprintln!("meshd: gateway: no uplink (no default route on a wired.dhcp interface); offering nothing"),
+            }
+            self.was = uplink.clone();
+        }
+        uplink
+    }
+}
+
+/// Why a node leaves its gateway: it failed (not tried again for [`FAILED_FOR`]), or a nearer
+/// one is live.
+enum Leave {
+    Failed(String),
+    Nearer(String),
+}
+
+/// The using side: the gateway in use, the ones given up for a while, the refusals.
+struct Client {
+    http: ureq::Agent,
+    using: Option<Using>,
+    avoid: BTreeMap<Ipv6Addr, Instant>,
+    refused: BTreeMap<Ipv6Addr, RefusedReport>,
+    nearer_since: Option<(Ipv6Addr, Instant)>,
+    switches: u64,
+    started: Instant,
+}
+
+impl Client {
+    fn new() -> Client {
+        let http = ureq::Agent::config_builder()
+            .timeout_global(Some(ASK_FOR))
+            .http_status_as_error(false)
+            .user_agent(concat!("meshd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Client { http, using: None, avoid: BTreeMap::new(), refused: BTreeMap::new(), nearer_since: None, switches: 0, started: Instant::now() }
+    }
+
+    /// Checks the gateway in use (leaving it when it fails, or for one nearer), else takes the
+    /// nearest that gives a lease. Returns why none is used, when none is.
+    fn tick(&mut self, agent: &Agent, now: Instant) -> Option<String> {
+        if let Some(leave) = self.check(agent, now) {
+            let u = self.using.take().expect("checked one");
+            let why = match leave {
+                Leave::Failed(why) => {
+                    self.avoid.insert(u.candidate.address, now + FAILED_FOR);
+                    why
+                }
+                Leave::Nearer(why) => why,
+            };
+            eprintln!("meshd: gateway: leaving {} ({}): {why}", u.candidate.name, u.candidate.address);
+            close_tunnel();
+        }
+        if self.using.is_none() {
+            self.choose(agent, now);
+        }
+        let using = self.using.as_ref().map(|u| u.candidate.address);
+        let avoid = &self.avoid;
+        self.refused.retain(|a, _| avoid.contains_key(a) || using != Some(*a));
+        match (&self.using, self.refused.is_empty()) {
+            (Some(_), _) => None,
+            (None, true) => Some("no live gateway in the mesh view".into()),
+            (None, false) => Some("every gateway in reach refused this node".into()),
+        }
+    }
+
+    /// Why to leave the gateway in use, if at all.
+    fn check(&mut self, agent: &Agent, now: Instant) -> Option<Leave> {
+        let u = self.using.as_mut()?;
+        if ping(TUNNEL, u.lease.check) {
+            u.failures = 0;
+        } else {
+            u.failures += 1;
+            if u.failures >= FAILURES {
+                return Some(Leave::Failed(format!("{} checks in a row passed no traffic", u.failures)));
+            }
+        }
+        if now.duration_since(u.renewed) >= RENEW {
+            match request_lease(&self.http, &u.candidate.address, agent.port) {
+                Ok(l) if l == u.lease => u.renewed = now,
+                Ok(_) => return Some(Leave::Failed("it changed the lease".into())),
+                Err(r) => {
+                    if let Refusal::NotAllowed(reason) = &r {
+                        self.refused.insert(u.candidate.address, refused_report(&u.candidate, reason));
+                    }
+                    return Some(Leave::Failed(format!("renewing: {}", refusal_text(&r))));
+                }
+            }
+        }
+        let Some(nearer) = nearer_gateway(&(agent.candidates)(), &u.candidate, &self.avoid) else {
+            self.nearer_since = None;
+            return None;
+        };
+        match self.nearer_since {
+            Some((a, since)) if a == nearer.address && now.duration_since(since) >= NEARER_FOR => {
+                self.nearer_since = None;
+                let by = u.candidate.hops.unwrap_or(0).saturating_sub(nearer.hops.unwrap_or(0));
+                Some(Leave::Nearer(format!("{} is {by} hops nearer", nearer.name)))
+            }
+            Some((a, _)) if a == nearer.address => None,
+            _ => {
+                self.nearer_since = Some((nearer.address, now));
+                None
+            }
+        }
+    }
+
+    /// Leases from the nearest gateway that gives one and whose tunnel passes traffic.
+    fn choose(&mut self, agent: &Agent, now: Instant) {
+        self.avoid.retain(|_, until| *until > now);
+        let mut candidates: Vec<Candidate> =
+            (agent.candidates)().into_iter().filter(|c| c.address != agent.me && !self.avoid.contains_key(&c.address)).collect();
+        // Right after start the view may know gateways before the links to them: wait a
+        // little for their distances rather than take a far one for good.
+        if self.started.elapsed() < UNKNOWN_HOPS_FOR && candidates.iter().any(|c| c.hops.is_none()) {
+            candidates.retain(|c| c.hops.is_some());
+        }
+        for c in candidates {
+            let leased = request_lease(&self.http, &c.address, agent.port).and_then(|lease| {
+                open_tunnel(agent.me, &c, &lease, &agent.peers).map_err(Refusal::Unavailable)?;
+                first_traffic(&lease)?;
+                Ok(lease)
+            });
+            match leased {
+                Ok(lease) => {
+                    let hops = c.hops.map_or("?".into(), |h| h.to_string());
+                    eprintln!("meshd: gateway: using {} ({}), {hops} overlay hops away, lease {}", c.name, c.address, lease.address);
+                    self.refused.remove(&c.address);
+                    self.switches += 1;
+                    self.using = Some(Using { candidate: c, lease, since: now, renewed: now, failures: 0 });
+                    return;
+                }
+                Err(r) => {
+                    eprintln!("meshd: gateway: {} ({}) gives no lease: {}", c.name, c.address, refusal_text(&r));
+                    let until = match &r {
+                        Refusal::NotAllowed(reason) => {
+                            self.refused.insert(c.address, refused_report(&c, reason));
+                            now + REFUSED_FOR
+                        }
+                        Refusal::Unavailable(_) => now + FAILED_FOR,
+                    };
+                    self.avoid.insert(c.address, until);
+                    close_tunnel();
+                }
+            }
+        }
+    }
+
+    /// No gateway wanted (the node offers one, or `gateway.use: off`).
+    fn stop(&mut self) -> Option<String> {
+        if self.using.take().is_some() {
+            close_tunnel();
+        }
+        None
+    }
+
+    fn using_report(&self, now: Instant) -> Option<UsingReport> {
+        let u = self.using.as_ref()?;
+        let (rx, tx) = counters(TUNNEL);
+        Some(UsingReport {
+            name: u.candidate.name.clone(),
+            address: u.candidate.address.to_string(),
+            hops: u.candidate.hops.unwrap_or(0),
+            lease: u.lease.address.to_string(),
+            healthy: u.failures == 0,
+            since_s: now.duration_since(u.since).as_secs(),
+            rx_bytes: rx,
+            tx_bytes: tx,
+        })
     }
 }
 
