@@ -604,7 +604,8 @@ PY
   wait_for 240 a_refused || fail "D allows only B, but A's status does not say D refused it: $(on_a meshd status | grep gateway)"
   internet_page 2> /dev/null && fail "A's client still reaches the internet, though the only gateway left allows B alone"
   on_a meshd status > "$WORK/a-status-refused.txt"
-  metrics_of a | grep -q "^meshd_gateway_refused{gateway=\"$D\",.*gateway.allow" || fail "A's metrics do not show D's refusal"
+  refusal_in_metrics() { metrics_of a > "$WORK/a-refused.metrics" && grep -q "^meshd_gateway_refused{gateway=\"$D\",.*gateway.allow" "$WORK/a-refused.metrics"; }
+  wait_for 30 refusal_in_metrics || fail "A's metrics do not show D's refusal: $(grep gateway "$WORK/a-refused.metrics")"
   b_uses_d() { on_a wget -q -T 10 -O - "http://[$B]:9100/nodeinfo.json" | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["gateway"]["using"] == sys.argv[1] else 1)' "$D"; }
   wait_for 180 b_uses_d || fail "B, whose key D allows, does not use D"
   ok "D allows only B's key: A is refused ($((SECONDS - t)) s after D's restart) and says so: $(grep REFUSED "$WORK/a-status-refused.txt" | cut -c1-140); B uses D"

@@ -513,6 +513,13 @@ impl Client {
             }
         }
         if now.duration_since(u.renewed) >= RENEW {
+            // The next gateway's path is kept known to the overlay (finding it can take
+            // seconds), so that moving there is quick.
+            let candidates = (agent.candidates)();
+            if let Some(next) = candidates.iter().find(|c| c.address != u.candidate.address && c.address != agent.me && !self.avoid.contains_key(&c.address)) {
+                let url = format!("http://[{}]:{}/nodeinfo.json", next.address, agent.port);
+                let _ = self.http.get(&url).config().timeout_global(Some(Duration::from_secs(3))).build().call();
+            }
             match request_lease(&self.http, &u.candidate.address, agent.port) {
                 Ok(l) if l == u.lease => u.renewed = now,
                 Ok(_) => return Some(Leave::Failed("it changed the lease".into())),
