@@ -627,9 +627,9 @@ fn first_traffic(lease: &Lease) -> Result<(), Refusal> {
 }
 
 /// The nearest live gateway at least a hop nearer than `current` (whose distance is taken anew
-/// from the same view), if any.
+/// from the same view; one the view cannot place counts as farthest), if any.
 fn nearer_gateway(candidates: &[Candidate], current: &Candidate, avoid: &BTreeMap<Ipv6Addr, Instant>) -> Option<Candidate> {
-    let now = candidates.iter().find(|c| c.address == current.address).and_then(|c| c.hops).or(current.hops)?;
+    let now = candidates.iter().find(|c| c.address == current.address).and_then(|c| c.hops).or(current.hops).unwrap_or(usize::MAX);
     candidates.iter().find(|c| c.address != current.address && !avoid.contains_key(&c.address) && c.hops.is_some_and(|h| h < now)).cloned()
 }
 
@@ -884,6 +884,8 @@ mod tests {
         let avoided = BTreeMap::from([(a("200::c"), Instant::now())]);
         assert_eq!(nearer_gateway(&view, &current, &avoided), None);
         assert_eq!(nearer_gateway(&[c("c", Some(2)), c("d", Some(2))], &current, &BTreeMap::new()), None);
+        // A gateway taken before the view could place it is left for one it can.
+        assert_eq!(nearer_gateway(&[c("c", Some(2)), c("d", None)], &c("d", None), &BTreeMap::new()), Some(c("c", Some(2))));
     }
 
     #[test]
