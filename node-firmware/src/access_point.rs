@@ -76,8 +76,7 @@ pub fn bring_up(radio: &Radio, ssid: &str, passphrase: &str, config: &Config, ru
     if let Some((_, address)) = prefix {
         command::run("ip", &["-6", "addr", "add", &format!("{address}/64"), "dev", &interface, "nodad"])?;
         // The overlay router delivers the prefix's packets; the node passes them on.
-        let path = "/proc/sys/net/ipv6/conf/all/forwarding";
-        std::fs::write(path, "1").map_err(|e| format!("{path}: {e}"))?;
+        crate::gateway::sysctl("net/ipv6/conf/all/forwarding", "1")?;
     }
     // hostapd's holds the passphrase.
     let write = |name: String, text: String| -> Result<String, String> {

@@ -244,7 +244,8 @@ fn open_served_tunnel(n: u32, me: Ipv6Addr, client: Ipv6Addr, address: Ipv4Addr)
     sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), "1")
 }
 
-fn sysctl(key: &str, value: &str) -> Result<(), String> {
+/// Writes a kernel setting under /proc/sys (`net/ipv4/ip_forward`); the error names the file.
+pub fn sysctl(key: &str, value: &str) -> Result<(), String> {
     let path = Path::new("/proc/sys").join(key);
     std::fs::write(&path, value).map_err(|e| format!("{}: {e}", path.display()))
 }
