@@ -66,7 +66,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fail() { echo "mesh-test: FAILED: $*" >&2; for n in a b c d e; do [ -f "$WORK/$n.log" ] && { echo "--- node $n console (tail)"; tail -25 "$WORK/$n.log"; }; done >&2; exit 1; }
+# The consoles' tails first, then what failed: the last line of a long log says where to look.
+fail() {
+  for n in a b c d e; do [ -f "$WORK/$n.log" ] && { echo "--- node $n console (tail)"; tail -25 "$WORK/$n.log"; }; done >&2
+  echo "mesh-test: FAILED: $*" >&2
+  exit 1
+}
 ok() { echo "mesh-test: ok: $*"; }
 
 # Waits up to $1 seconds for command "${@:2}" to succeed.
@@ -169,12 +174,14 @@ monitor_start
 # The internet as C and D see it: a network namespace of this host with a router at
 # 198.51.100.1 (DHCP and DNS by dnsmasq) and, beyond it, a web server at www.internet.test
 # (203.0.113.80) holding a page and a 4 MiB file. Nothing in it routes anywhere else. Each
-# uplink is a tap device on the router's bridge, joined to one QEMU link by socat.
+# uplink is a tap device on the router's bridge, joined to one QEMU link by socat. The bridge's
+# MAC address is fixed: a bridge otherwise takes its lowest port's, and would change it (and
+# leave the other gateway's ARP entry stale for seconds) when C's uplink is cut.
 in_net() { as_root ip netns exec "$NET_NS" "$@"; }
 internet_start() {
   as_root ip netns del "$NET_NS" 2>/dev/null || true
   as_root ip netns add "$NET_NS" || fail "making the internet's network namespace (needs root)"
-  { in_net ip link set lo up && in_net ip link add br0 type bridge && in_net ip addr add 198.51.100.1/24 dev br0 &&
+  { in_net ip link set lo up && in_net ip link add br0 address 02:00:00:00:0b:01 type bridge && in_net ip addr add 198.51.100.1/24 dev br0 &&
     in_net ip link set br0 up && in_net ip addr add 203.0.113.80/32 dev lo; } || fail "setting up the internet's router"
   local n port tap
   for n in c d; do
