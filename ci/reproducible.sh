@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds BOARD again from a copy of this checkout in another directory (so meshd is compiled
-# there too, and from a package cache with nothing derived) and compares the sha256 of .img
-# and .img.xz with out/BOARD.
+# there too, and from a package cache with nothing derived, so cjdns is compiled again too) and
+# compares the sha256 of .img, .img.xz and cjdroute with out/BOARD.
 set -euo pipefail
 board=$1
 cd "$(dirname "$0")/.."
@@ -19,8 +19,14 @@ fi
 # The same downloaded packages, but nothing derived from them: the module indexes are computed
 # again rather than taken from the first build.
 cache=$(dirname "$(dirname "$other")")/cache
-mkdir -p "$cache"
-ln -s "${MESHOS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshos}/sha256" "$cache/sha256"
+main_cache=${MESHOS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshos}
+mkdir -p "$cache/derived"
+ln -s "$main_cache/sha256" "$cache/sha256"
+# make test compiles cjdns again once per run (MESHOS_REPRO_CJDNS, shared like meshd's target
+# directory) or, for a board whose cjdns the run does not compile twice, takes the first build's.
+if [ -n "${MESHOS_REPRO_CJDNS:-}" ]; then
+  mkdir -p "$MESHOS_REPRO_CJDNS" && ln -s "$MESHOS_REPRO_CJDNS" "$cache/derived/cjdns"
+fi
 MESHOS_CACHE=$cache "$MESHIMG" --root "$other" build "$board" --out "$other/out" >/dev/null
 status=0
 for ext in img img.xz; do
@@ -29,4 +35,10 @@ for ext in img img.xz; do
   if [ "$a" = "$b" ]; then echo "reproducible: $board .$ext $a in both directories"
   else echo "reproducible: FAIL: $board .$ext differs: $a here, $b in $other"; status=1; fi
 done
+cjdroute() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["outputs"].get("cjdroute") or "")' "$1"/out/"$board"/meshos-"$board"-*.build-report.json; }
+a=$(cjdroute "$here") b=$(cjdroute "$other")
+if [ -n "$a" ]; then
+  if [ "$a" = "$b" ]; then echo "reproducible: $board cjdroute $a in both directories"
+  else echo "reproducible: FAIL: $board cjdroute differs: $a here, $b in $other"; status=1; fi
+fi
 exit $status

@@ -30,6 +30,7 @@ declare -A need=(
   [socat]=socat                 # joins the monitoring machine's tap device to a node's link
   [chromium]=chromium           # the mesh test loads a node's /map in headless Chromium
   [dnsmasq]=dnsmasq-base        # the mesh test's simulated internet: DHCP and DNS for the gateways' uplinks
+  [node]=nodejs                 # cjdns builds its C parts with node_build/make.js
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -70,13 +71,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ ${#newer[@]} -eq 0 ] || $sudo apt-get install -y -qq --no-install-recommends "${target[@]}" "${newer[@]}"
 fi
 
-# Rust targets for the node firmware.
+# Rust targets for the node firmware: meshd (musl on arm64, glibc on armv7) and cjdns (glibc).
+add_target() {
+  rustup target add "$1" && return 0
+  # Files of the target left in the toolchain by something other than rustup make it refuse
+  # ("detected conflict"); they are not registered, so nothing uses them: remove them, once.
+  local lib
+  lib=$(rustc --print sysroot)/lib/rustlib
+  [ -d "$lib/$1" ] && ! rustup target list --installed | grep -qx "$1" || return 1
+  echo "setup: removing unregistered files of Rust target $1 from $lib and adding it again"
+  rm -rf "${lib:?}/$1" "$lib/manifest-rust-std-$1"
+  rustup target add "$1"
+}
 if command -v rustup >/dev/null 2>&1; then
   for c in clippy rustfmt; do
     rustup component list --installed | grep -q "^$c" || { echo "setup: adding Rust component $c (make test runs it)"; rustup component add "$c"; }
   done
-  for t in aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf; do
-    rustup target list --installed | grep -qx "$t" || { echo "setup: adding Rust target $t"; rustup target add "$t"; }
+  for t in aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu; do
+    rustup target list --installed | grep -qx "$t" || { echo "setup: adding Rust target $t"; add_target "$t"; }
   done
 else
   echo "setup: error: rustup not found; install Rust from https://rustup.rs then run this again" >&2

@@ -18,7 +18,17 @@ mkdir -p out/test-logs && rm -f out/test-logs/*.log
 # ci/reproducible.sh): once per architecture in a run.
 MESHOS_REPRO_TARGET=$(mktemp -d /tmp/meshos-repro-target.XXXXXX)
 export MESHOS_REPRO_TARGET
-trap 'rm -rf "$MESHOS_REPRO_TARGET"' EXIT
+# cjdns is compiled a second time once, for arm64 (rpi3, then reused by qemu-arm64): two builds
+# in two directories must give the same cjdroute. The armv7 build runs the same recipe, so the
+# Orange Pi's second image build takes the first's cjdroute rather than spend minutes again.
+repro_cjdns_arm64=$(mktemp -d /tmp/meshos-repro-cjdns.XXXXXX)
+trap 'rm -rf "$MESHOS_REPRO_TARGET" "$repro_cjdns_arm64"' EXIT
+repro_cjdns() { # BOARD: where its second build finds cjdns
+  case $1 in
+  orangepi-zero) echo "${MESHOS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshos}/derived/cjdns" ;;
+  *) echo "$repro_cjdns_arm64" ;;
+  esac
+}
 stage() { # NAME COMMAND...: run one stage, its output also kept in out/test-logs/
   local name=$1 start=$SECONDS log rc; shift
   log=out/test-logs/$(printf '%02d' $((passed + failed + ${#started_bg[@]} + 1)))-$(tr -c 'a-z0-9\n' - <<<"${name,,}" | tr -s -).log
@@ -124,7 +134,7 @@ for board in $BOARDS; do
   # The real boards boot to 'meshos ready' in their upgrade tests below (three boots each, the
   # first on a fresh card); the virtual board boots here, beside its second build.
   [ "$board" != qemu-arm64 ] || stage_bg "boot $board in QEMU" boot "$board"
-  stage "reproducible $board" ci/reproducible.sh "$board"
+  stage "reproducible $board" env MESHOS_REPRO_CJDNS="$(repro_cjdns "$board")" ci/reproducible.sh "$board"
   stage_wait
   if [ "$board" = qemu-arm64 ]; then
     stage "mesh of four qemu-arm64 nodes" ci/mesh-test.sh "$img"

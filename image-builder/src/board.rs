@@ -43,6 +43,21 @@ pub struct Board {
     pub boot: Boot,
     pub disk: Disk,
     pub qemu: Qemu,
+    /// cjdns's `cjdroute`, cross-compiled from the sources pinned in
+    /// `board-defs/sources/cjdns.yaml` (none: the image has no cjdns).
+    #[serde(default)]
+    pub cjdns: Option<CjdnsBuild>,
+    /// The sources of `cjdns`, read by [`Board::load`] beside the board file.
+    #[serde(skip)]
+    pub cjdns_sources: Option<crate::source::SourceSet>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CjdnsBuild {
+    /// Rust target cjdns is built for. Its C parts compile against the Debian cross
+    /// toolchain's C library, so a glibc target (the image's Debian userland is glibc too).
+    pub rust_target: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -229,7 +244,18 @@ impl Board {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Board, BoardError> {
         let text = std::fs::read_to_string(path).map_err(|source| BoardError::Read { path: path.into(), source })?;
-        Board::parse(&text, path)
+        Board::parse_file(&text, path)
+    }
+
+    /// [`Board::parse`], then the source sets the board builds, read beside `path`.
+    pub fn parse_file(text: &str, path: &Path) -> Result<Board, BoardError> {
+        let mut board = Board::parse(text, path)?;
+        if board.cjdns.is_some() {
+            let sources = path.parent().unwrap_or(Path::new(".")).join("sources/cjdns.yaml");
+            let set = crate::source::SourceSet::load(&sources).map_err(|e| BoardError::Invalid { path: path.into(), message: format!("cjdns: {e}") })?;
+            board.cjdns_sources = Some(set);
+        }
+        Ok(board)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Board, BoardError> {
@@ -314,6 +340,7 @@ impl Board {
             "exclude": self.exclude,
             "busybox": self.initramfs_busybox, "kernel": self.kernel.package,
             "firmware": self.firmware.packages, "boot": self.boot.packages,
+            "sources": self.cjdns_sources.as_ref().map(|s| s.lock_inputs()),
         })
         .to_string()
     }

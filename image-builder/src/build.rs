@@ -6,7 +6,7 @@ use crate::fetch::Cache;
 use crate::lock::{Lock, Role};
 use crate::plan::{basename, Plan};
 use crate::tree::{Kind, Node, Tree};
-use crate::{disk, firmware, fsimage, initramfs, kmod, node_firmware, rootfs, sbom, update_bundle};
+use crate::{cjdns, disk, firmware, fsimage, initramfs, kmod, node_firmware, rootfs, sbom, source, update_bundle};
 use anyhow::{anyhow, Context, Result};
 use meshos_common::os_release::OsRelease;
 use meshos_common::{boot_state, bundle};
@@ -27,10 +27,13 @@ pub struct Options {
     pub root: PathBuf,
     pub lock_path: PathBuf,
     pub cache: PathBuf,
-    /// Where meshd is compiled (kept between builds for warm rebuilds).
+    /// Where meshd is compiled (kept between builds for warm rebuilds), and cjdns (removed once
+    /// its binary is kept in the cache).
     pub firmware_target_dir: PathBuf,
     /// Signs the compressed image when given.
     pub sign_key: Option<meshos_common::minisign::SecretKey>,
+    /// A directory of source tarballs searched before GitHub (`--sources`).
+    pub sources: Option<PathBuf>,
 }
 
 /// What a build did, for the report and for the caller to print.
@@ -93,19 +96,42 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let epoch = plan.source_date_epoch;
     let board_file = format!("board-defs/{}.yaml", board.name);
-    let mut steps = Steps { done: Vec::new(), total: if opts.sign_key.is_some() { 12 } else { 11 } };
+    let builds_cjdns = board.cjdns.is_some() && board.cjdns_sources.is_some();
+    let mut steps = Steps { done: Vec::new(), total: 11 + usize::from(opts.sign_key.is_some()) + 2 * usize::from(builds_cjdns) };
 
     let downloaded = steps.run("fetch packages", || {
         let all: Vec<_> = lock.packages.iter().collect();
         Ok(cache.ensure(lock, &opts.lock_path, &all)?)
     })?;
 
+    // Every source tree is checked against the lock before anything is compiled.
+    let sources = match (&board.cjdns, &board.cjdns_sources) {
+        (Some(c), Some(set)) => {
+            let trees = steps.run("fetch and verify sources", || {
+                Ok(source::Sources::new(&opts.cache, opts.sources.clone()).ensure(set, &lock.sources, &opts.lock_path, &board.name)?)
+            })?;
+            Some((c, set, trees))
+        }
+        _ => None,
+    };
     let meshd_path = steps.run("cross-compile meshd", || Ok(node_firmware::build(&opts.root, &board.rust_target, &opts.firmware_target_dir)?))?;
     let meshd = std::fs::read(&meshd_path).with_context(|| format!("reading {}", meshd_path.display()))?;
+    let cjdroute = match &sources {
+        Some((c, set, trees)) => {
+            let path = steps.run("cross-compile cjdns", || {
+                Ok(cjdns::build(set, trees, &lock.sources, &c.rust_target, &opts.firmware_target_dir, &cache.derived("cjdns"))?)
+            })?;
+            Some(std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
     let build_id = {
         let mut h = Sha256::new();
         h.update(plan.input_id.as_bytes());
         h.update(&meshd);
+        if let Some(c) = &cjdroute {
+            h.update(c);
+        }
         hex::encode(h.finalize())[..16].to_string()
     };
     let release = OsRelease { version: plan.version.clone(), board: board.name.clone(), build_id: build_id.clone() };
@@ -144,6 +170,9 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
             t.insert(p, fw.get(p).expect("chosen from tree").clone());
         }
         t.insert("usr/sbin/meshd", Node::file(meshd.clone(), 0o755));
+        if let Some(c) = &cjdroute {
+            t.insert("usr/bin/cjdroute", Node::file(c.clone(), 0o755));
+        }
         for (path, text) in &plan.trust_files {
             t.insert(path, Node::file(text.clone().into_bytes(), 0o644));
         }
@@ -287,6 +316,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
             "initramfs": initrd.len(),
             "kernel": kernel_len,
             "meshd": meshd.len(),
+            "cjdroute": cjdroute.as_ref().map(|c| c.len()),
             "bundle": size(&out.bundle),
         },
         "counts": {
@@ -298,6 +328,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         "outputs": {
             "img": img_sha,
             "img_xz": xz_sha,
+            "cjdroute": cjdroute.as_ref().map(|c| hex::encode(Sha256::digest(c))),
         },
     });
     std::fs::write(staged(&out.report), serde_json::to_vec_pretty(&report)?)?;
@@ -428,7 +459,7 @@ mod tests {
         for name in crate::board::list(&root) {
             let path = crate::board::board_path(&root, &name);
             let text = std::fs::read_to_string(&path).unwrap();
-            let board = Board::parse(&text, &path).unwrap();
+            let board = Board::parse_file(&text, &path).unwrap();
             let lock = Lock::load(&crate::lock::lock_path(&root, &name), &board, &path).unwrap();
             let plan =
                 Plan::new(&root, &root.join("out"), &board, &text, &lock, &crate::signing::Trust { keys: vec![], required: 1 }, crate::plan::VERSION, &[])

@@ -2,6 +2,7 @@
 
 pub mod board;
 pub mod build;
+pub mod cjdns;
 pub mod deb;
 pub mod debian;
 pub mod disk;
@@ -19,5 +20,6 @@ pub mod rootfs;
 pub mod sbom;
 pub mod serve;
 pub mod signing;
+pub mod source;
 pub mod tree;
 pub mod update_bundle;

@@ -1,4 +1,5 @@
-//! `board-defs/<board>.lock`: the exact Debian packages a board is built from.
+//! `board-defs/<board>.lock`: the exact Debian packages a board is built from, and the upstream
+//! sources it compiles.
 //!
 //! Only `meshimg lock` talks to the archive's indexes; builds read the lock and never resolve,
 //! as `cargo --locked` does. The lock records what each package is for (its roles).
@@ -52,6 +53,9 @@ pub struct Lock {
     pub inputs_sha256: String,
     #[serde(rename = "package")]
     pub packages: Vec<LockedPackage>,
+    /// Upstream sources built into the image (board-defs/sources/), by the hash of their tree.
+    #[serde(rename = "source", default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<crate::source::LockedSource>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +160,7 @@ pub fn resolve(board: &Board, log: &dyn Fn(&str)) -> Result<Lock, LockError> {
         source_date_epoch: rel.date_epoch,
         inputs_sha256: inputs_hash(board),
         packages,
+        sources: Vec::new(),
     })
 }
 

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use meshimg::{board, build, fetch, lock, plan, qemu, signing, update_bundle};
+use meshimg::{board, build, fetch, lock, plan, qemu, signing, source, update_bundle};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,7 +30,14 @@ enum Command {
     /// List the boards in board-defs/.
     Boards,
     /// Resolve a board's packages from the signed archive and write board-defs/<board>.lock.
-    Lock { board: String },
+    Lock {
+        board: String,
+        /// Package and source cache (default: $MESHOS_CACHE or ~/.cache/meshos).
+        #[arg(long, env = "MESHOS_CACHE")]
+        cache: Option<PathBuf>,
+        #[command(flatten)]
+        sources: SourcesArg,
+    },
     /// Show what a build would do (partitions, packages, boot files) without doing it.
     Plan {
         board: String,
@@ -56,6 +63,8 @@ enum Command {
         json: bool,
         #[command(flatten)]
         keys: ImageArgs,
+        #[command(flatten)]
+        sources: SourcesArg,
     },
     /// Make an Ed25519 signing key pair (minisign format): the secret key at OUTPUT, the
     /// public key at OUTPUT.pub. The passphrase comes from MESHOS_SIGN_PASSPHRASE or the
@@ -180,6 +189,15 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(b) = cause.downcast_ref::<meshos_common::bundle::BundleError>() {
             return if b.kind() == "io" { 1 } else { 4 };
         }
+        if let Some(s) = cause.downcast_ref::<source::SourceError>() {
+            use source::SourceError::*;
+            return match s {
+                TreeMismatch { .. } | Unpack { .. } => 4,
+                Fetch { .. } => 5,
+                NotLocked { .. } | Invalid { .. } => 3,
+                Read { .. } | Io { .. } => 1,
+            };
+        }
         if let Some(f) = cause.downcast_ref::<meshimg::fetch::FetchError>() {
             use meshimg::fetch::FetchError::*;
             return match f {
@@ -201,7 +219,15 @@ fn release_code(r: &meshimg::debian::release::ReleaseError) -> u8 {
     }
 }
 
-/// Loads a board, its lock and the plan for it.
+/// Where upstream sources (board-defs/sources/) are looked for before GitHub.
+#[derive(clap::Args)]
+struct SourcesArg {
+    /// A directory of source tarballs (or of directories of them), searched before GitHub:
+    /// for machines with no route to it. Each tarball is checked against the lock.
+    #[arg(long = "sources", env = "MESHOS_SOURCES", value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
 /// What goes into an image beyond the board: version, signing, trusted keys, extra overlays
 /// (shared by `plan` and `build`).
 #[derive(clap::Args)]
@@ -250,7 +276,7 @@ fn load(root: &std::path::Path, name: &str, out: &std::path::Path, keys: &ImageA
     let board_path = board::board_path(root, name);
     let text =
         std::fs::read_to_string(&board_path).with_context(|| format!("{}: cannot read (boards: {})", board_path.display(), board::list(root).join(", ")))?;
-    let b = board::Board::parse(&text, &board_path)?;
+    let b = board::Board::parse_file(&text, &board_path)?;
     let lock_path = lock::lock_path(root, name);
     let l = lock::Lock::load(&lock_path, &b, &board_path)?;
     let trusted = keys.trusted(root)?;
@@ -282,10 +308,16 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Lock { board: name } => {
+        Command::Lock { board: name, cache, sources } => {
             let board_path = board::board_path(&cli.root, &name);
             let b = board::Board::load(&board_path)?;
-            let new = lock::resolve(&b, &|m| eprintln!("lock: {m}")).with_context(|| format!("locking {}", board_path.display()))?;
+            let log = |m: &str| eprintln!("lock: {m}");
+            let mut new = lock::resolve(&b, &log).with_context(|| format!("locking {}", board_path.display()))?;
+            if let Some(set) = &b.cjdns_sources {
+                let cache = cache.unwrap_or_else(fetch::cache_dir);
+                new.sources =
+                    source::Sources::new(&cache, sources.dir).lock(set, &log).with_context(|| format!("locking {}'s sources", board_path.display()))?;
+            }
             let path = lock::lock_path(&cli.root, &name);
             lock::write(&path, &new)?;
             let total: u64 = new.packages.iter().map(|p| p.size).sum();
@@ -318,7 +350,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Build { board: name, out, cache, json, keys } => {
+        Command::Build { board: name, out, cache, json, keys, sources } => {
             let (b, l, p, lock_path) = load(&cli.root, &name, &out, &keys)?;
             let sign_key = keys.sign_key.as_deref().map(signing::open_secret).transpose()?;
             if sign_key.is_none() {
@@ -336,6 +368,7 @@ fn run(cli: Cli) -> Result<()> {
                 cache: cache.unwrap_or_else(fetch::cache_dir),
                 firmware_target_dir: cli.root.join("target").join("node-firmware"),
                 sign_key,
+                sources: sources.dir,
             };
             let report = build::build(&b, &l, &p, &opts)?;
             if json {

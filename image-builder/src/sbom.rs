@@ -1,5 +1,5 @@
 //! Software bill of materials: CycloneDX 1.5 JSON of every Debian package in the image and
-//! every Rust crate in meshd. Deterministic: only build inputs go into it.
+//! every Rust crate in meshd, and the upstream sources compiled in (cjdns). Deterministic: only build inputs go into it.
 
 use crate::lock::Lock;
 use serde_json::{json, Value};
@@ -31,6 +31,19 @@ pub fn cyclonedx(lock: &Lock, board: &str, version: &str, build_id: &str, crates
             c["hashes"] = json!([{"alg": "SHA-256", "content": sum}]);
         }
         components.push(c);
+    }
+    // Sources by repository and commit (a purl for GitHub), with the hash the lock pins.
+    for s in &lock.sources {
+        let path = s.repository.trim_start_matches("https://github.com/");
+        components.push(json!({
+            "type": "library",
+            "bom-ref": format!("source:{}@{}", s.name, s.commit),
+            "name": s.name,
+            "version": s.commit,
+            "purl": format!("pkg:github/{path}@{}", s.commit),
+            "externalReferences": [{"type": "vcs", "url": s.repository}],
+            "properties": [{"name": "meshos:tree_sha256", "value": s.tree_sha256}],
+        }));
     }
     json!({
         "bomFormat": "CycloneDX",
