@@ -79,13 +79,18 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     }
     let id = Identity::load_or_create(&dirs.state, &cfg.mesh.id).map_err(|e| cannot_start(e, &node, dirs, timeout))?;
     id.apply_hostname();
-    eprintln!("meshd: {} overlay address {}", id.hostname, id.address);
+    // cjdns has an address of its own, from its own keys.
+    let address = router::overlay_address(&cfg, &id, &dirs.state).unwrap_or_else(|e| {
+        eprintln!("meshd: router: {e}");
+        id.address
+    });
+    eprintln!("meshd: {} overlay address {address}", id.hostname);
 
     // Read once: the ids go to status and metrics, the keys to the upgrade agent.
     let trusted = trusted_public_keys(Path::new(TRUSTED_KEYS_DIR));
     let mut state = NodeState {
         name: id.hostname.clone(),
-        address: id.address.to_string(),
+        address: address.to_string(),
         key: id.public_key().to_string(),
         version: node.release.version.clone(),
         board: node.release.board.clone(),
@@ -141,7 +146,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
             settings: cfg.gateway.clone(),
             wired: cfg.wired.clone(),
             peers: cfg.peers.clone(),
-            me: id.address,
+            me: address,
             port: cfg.metrics.port,
             run_dir: dirs.run.clone(),
             served,
@@ -189,7 +194,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
                 running: *running,
                 board: node.release.board.clone(),
                 version: node.release.version.clone(),
-                address: id.address.to_string(),
+                address: address.to_string(),
                 required: signatures_required(Path::new(SIGNATURES_REQUIRED), trusted.len()),
                 trusted: trusted.clone(),
                 port: cfg.metrics.port,
@@ -592,8 +597,10 @@ fn start_router(cfg: &Config, id: &Identity, dirs: &Dirs) -> Result<Service, Str
     }
     // It holds the router's private key.
     crate::durable::write_private(&launch.config_path, launch.config_text.as_bytes())?;
+    router::forget_other(cfg, &dirs.run);
     let name = if launch.program == router::CJDROUTE { "cjdns" } else { "yggdrasil" };
-    Ok(Service::new(name, launch.program, launch.args, &dirs.run))
+    let service = Service::new(name, launch.program, launch.args, &dirs.run);
+    Ok(if launch.config_on_stdin { service.with_stdin(&launch.config_path) } else { service })
 }
 
 /// dropbear, key logins only (`-s`), host key kept on the data partition.

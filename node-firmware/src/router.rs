@@ -1,6 +1,6 @@
 //! The encrypted overlay router: its configuration, generated from mesh.yaml and the node's
-//! identity, and what it says about its peers. Yggdrasil (from Debian) by default; cjdns when
-//! chosen and its `cjdroute` binary is in the image.
+//! identity, and what it says about its peers. Yggdrasil (from Debian) by default; cjdns
+//! (built from source into the images) with `router: cjdns`.
 
 use crate::config::{Config, Router};
 use crate::identity::Identity;
@@ -14,16 +14,22 @@ use std::time::Duration;
 /// The TUN interface the overlay address lives on.
 pub const TUN_NAME: &str = "ygg0";
 
-/// What to run: program, arguments, and the config file it reads.
+/// What to run: program, arguments, and the config file it reads (on its standard input
+/// when `config_on_stdin`: cjdroute takes it no other way).
 pub struct Launch {
     pub program: &'static str,
     pub args: Vec<String>,
     pub config_path: std::path::PathBuf,
     pub config_text: String,
+    pub config_on_stdin: bool,
 }
 
-/// Where cjdns is looked for; a board may add it to the image as a local .deb.
+/// cjdns's router, built from pinned source into the images (image-builder/src/cjdns.rs).
 pub const CJDROUTE: &str = "/usr/bin/cjdroute";
+const CJDNS_CONF: &str = "cjdroute.conf";
+const YGGDRASIL_CONF: &str = "yggdrasil.conf";
+/// cjdroute's admin interface (bencode over UDP; peer statistics need no password).
+const CJDNS_ADMIN: &str = "127.0.0.1:11234";
 
 /// The regex yggdrasil matches interface names with: our mesh interfaces plus the wired ones
 /// the config marks for peering (`eth*` means every name starting with eth).
@@ -46,9 +52,32 @@ pub fn launch(config: &Config, id: &Identity, state_dir: &Path, run_dir: &Path) 
         Router::Yggdrasil => Ok(yggdrasil(config, id, run_dir)),
         Router::Cjdns if Path::new(CJDROUTE).exists() => cjdns(config, state_dir, run_dir),
         Router::Cjdns => Err(format!(
-            "mesh.yaml asks for router: cjdns but this image has no {CJDROUTE}; add a cjdns .deb to the board's packages, or use router: yggdrasil"
+            "mesh.yaml asks for router: cjdns but this image has no {CJDROUTE}; build the image from a board with a cjdns: entry, or use router: yggdrasil"
         )),
     }
+}
+
+/// The node's address in the overlay: Yggdrasil's from the node's key, or cjdns's from its own.
+pub fn overlay_address(config: &Config, id: &Identity, state_dir: &Path) -> Result<std::net::Ipv6Addr, String> {
+    match config.router {
+        Router::Yggdrasil => Ok(id.address),
+        Router::Cjdns => {
+            let keys = cjdns_keys(state_dir)?;
+            let text = keys["ipv6"].as_str().unwrap_or("");
+            text.parse()
+                .map_err(|_| format!("{}: ipv6 '{text}' is not an address; move it away to make new cjdns keys", state_dir.join("cjdns.keys.json").display()))
+        }
+    }
+}
+
+/// Removes the config of the router not chosen, so that what reads `run_dir` (peers, status)
+/// asks the one that runs.
+pub fn forget_other(config: &Config, run_dir: &Path) {
+    let other = match config.router {
+        Router::Yggdrasil => CJDNS_CONF,
+        Router::Cjdns => YGGDRASIL_CONF,
+    };
+    let _ = std::fs::remove_file(run_dir.join(other));
 }
 
 fn yggdrasil(config: &Config, id: &Identity, run_dir: &Path) -> Launch {
@@ -68,12 +97,13 @@ fn yggdrasil(config: &Config, id: &Identity, run_dir: &Path) -> Launch {
         "NodeInfoPrivacy": false,
         "NodeInfo": { "name": id.hostname },
     });
-    let config_path = run_dir.join("yggdrasil.conf");
+    let config_path = run_dir.join(YGGDRASIL_CONF);
     Launch {
         program: "yggdrasil",
         args: vec!["-useconffile".into(), config_path.display().to_string(), "-loglevel".into(), "warn".into()],
         config_path,
         config_text: serde_json::to_string_pretty(&conf).expect("a JSON value serialises"),
+        config_on_stdin: false,
     }
 }
 
@@ -100,16 +130,17 @@ fn cjdns(config: &Config, state_dir: &Path, run_dir: &Path) -> Result<Launch, St
             "UDPInterface": [{ "bind": "0.0.0.0:0", "connectTo": connect_to }],
         },
         "router": { "interface": { "type": "TUNInterface", "tunDevice": TUN_NAME } },
-        "admin": { "bind": "127.0.0.1:11234" },
+        "admin": { "bind": CJDNS_ADMIN },
         "noBackground": 1,
         "security": [{ "setuser": 0 }],
     });
-    let config_path = run_dir.join("cjdroute.conf");
+    let config_path = run_dir.join(CJDNS_CONF);
     Ok(Launch {
         program: CJDROUTE,
-        args: vec!["--nobg".into(), "--config".into(), config_path.display().to_string()],
+        args: vec!["--nobg".into()],
         config_path,
         config_text: serde_json::to_string_pretty(&conf).expect("a JSON value serialises"),
+        config_on_stdin: true,
     })
 }
 
@@ -155,10 +186,123 @@ pub struct Peer {
     pub uptime_seconds: f64,
 }
 
-/// Asks yggdrasil's admin socket for its peers.
+/// Asks the running router (the one whose config is in `run_dir`) for its peers.
 pub fn peers(run_dir: &Path) -> Result<Vec<Peer>, String> {
+    if run_dir.join(CJDNS_CONF).exists() {
+        return cjdns_peers();
+    }
     let reply = admin_request(&admin_socket(run_dir), "getpeers")?;
     parse_peers(&reply)
+}
+
+/// cjdroute's `InterfaceController_peerStats`, page by page.
+fn cjdns_peers() -> Result<Vec<Peer>, String> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("cjdns admin: {e}"))?;
+    socket.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| format!("cjdns admin: {e}"))?;
+    let mut out = Vec::new();
+    for page in 0..64 {
+        let request = cjdns_admin::Request { args: cjdns_admin::Page { page }, q: "InterfaceController_peerStats", txid: format!("p{page}") };
+        let bytes = serde_bencode::to_bytes(&request).map_err(|e| format!("cjdns admin: {e}"))?;
+        socket.send_to(&bytes, CJDNS_ADMIN).map_err(|e| format!("cjdns admin {CJDNS_ADMIN}: {e}"))?;
+        let mut buf = vec![0u8; 65536];
+        let n = socket.recv(&mut buf).map_err(|e| format!("cjdns admin {CJDNS_ADMIN}: {e}"))?;
+        let (peers, more) = parse_cjdns_peers(&buf[..n])?;
+        out.extend(peers);
+        if !more {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+mod cjdns_admin {
+    use serde::{Deserialize, Serialize};
+
+    /// Fields in bencode's key order.
+    #[derive(Serialize)]
+    pub struct Request {
+        pub args: Page,
+        pub q: &'static str,
+        pub txid: String,
+    }
+
+    #[derive(Serialize)]
+    pub struct Page {
+        pub page: i64,
+    }
+
+    #[derive(Deserialize)]
+    pub struct PeerStats {
+        #[serde(default)]
+        pub peers: Vec<PeerStat>,
+        pub more: Option<i64>,
+        pub error: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct PeerStat {
+        pub addr: String,
+        #[serde(rename = "bytesIn", default)]
+        pub bytes_in: i64,
+        #[serde(rename = "bytesOut", default)]
+        pub bytes_out: i64,
+        #[serde(default)]
+        pub lladdr: String,
+        #[serde(default)]
+        pub state: String,
+    }
+}
+
+fn parse_cjdns_peers(reply: &[u8]) -> Result<(Vec<Peer>, bool), String> {
+    let stats: cjdns_admin::PeerStats = serde_bencode::from_bytes(reply).map_err(|e| format!("cjdns admin reply: {e}"))?;
+    if let Some(e) = stats.error.filter(|e| e != "none") {
+        return Err(format!("cjdns admin: {e}"));
+    }
+    let peers = stats
+        .peers
+        .into_iter()
+        .map(|p| {
+            // "v<version>.<path: four groups>.<key>.k": the key is the last two parts.
+            let key = p.addr.rsplitn(3, '.').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(".");
+            Peer {
+                address: cjdns_address(&key).map(|a| a.to_string()).unwrap_or_default(),
+                key,
+                remote: p.lladdr,
+                up: p.state == "ESTABLISHED",
+                rx_bytes: p.bytes_in.max(0) as u64,
+                tx_bytes: p.bytes_out.max(0) as u64,
+                uptime_seconds: 0.0,
+            }
+        })
+        .collect();
+    Ok((peers, stats.more.is_some_and(|m| m != 0)))
+}
+
+/// A cjdns node's address from its public key (`<base32>.k`): the first 16 bytes of
+/// sha512(sha512(key)), which start with 0xfc for every key cjdns accepts.
+pub fn cjdns_address(key: &str) -> Option<std::net::Ipv6Addr> {
+    use sha2::{Digest, Sha512};
+    let raw = cjdns_base32(key.strip_suffix(".k")?)?;
+    let hash = Sha512::digest(Sha512::digest(&raw));
+    let bytes: [u8; 16] = hash[..16].try_into().ok()?;
+    (bytes[0] == 0xfc).then(|| std::net::Ipv6Addr::from(bytes))
+}
+
+/// cjdns's base32: alphabet 0-9 b-d f-h j-n p-z, least significant bits first.
+fn cjdns_base32(text: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"0123456789bcdfghjklmnpqrstuvwxyz";
+    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0u32);
+    for c in text.bytes() {
+        let v = ALPHABET.iter().position(|&a| a == c.to_ascii_lowercase())? as u32;
+        acc |= v << bits;
+        bits += 5;
+        if bits >= 8 {
+            out.push((acc & 0xff) as u8);
+            acc >>= 8;
+            bits -= 8;
+        }
+    }
+    (bits < 5 && acc == 0).then_some(out)
 }
 
 fn admin_request(socket: &Path, request: &str) -> Result<String, String> {
@@ -213,6 +357,46 @@ mod tests {
         assert_eq!(v["AdminListen"], "unix:///run/meshd/yggdrasil.sock");
         assert_eq!(v["MulticastInterfaces"][0]["Regex"], "^(mesh[0-9]+|eth.*)$");
         assert_eq!(v["NodeInfo"]["name"], "tomesh-0001");
+    }
+
+    #[test]
+    fn a_cjdns_address_is_derived_from_its_key() {
+        // The key pair of cjdns-route-server's own key tests.
+        let a = cjdns_address("qgkjd0stfvk9r3j28s4gh8rgslbgx2r5xgxzxkgm5vdxqwn8xsu0.k").unwrap();
+        assert_eq!(a, "fcf5:c1ec:be67:9ad5:1f6c:f31b:5d74:37b0".parse::<std::net::Ipv6Addr>().unwrap());
+        assert_eq!(cjdns_address("qgkjd0stfvk9r3j28s4gh8rgslbgx2r5xgxzxkgm5vdxqwn8xsu0"), None, "no .k");
+        assert_eq!(cjdns_address("qgkjd0stfvk9r3j28s4gh8rgslbgx2r5xgxzxkgm5vdxqwn8xsua.k"), None, "'a' is not in the alphabet");
+    }
+
+    #[test]
+    fn cjdns_peers_parse_from_peer_stats() {
+        let key = "qgkjd0stfvk9r3j28s4gh8rgslbgx2r5xgxzxkgm5vdxqwn8xsu0.k";
+        let addr = format!("v22.0000.0000.0000.0013.{key}");
+        let reply = format!(
+            "d5:error4:none4:morei1e5:peersld4:addr{}:{addr}7:bytesIni120e8:bytesOuti80e6:lladdr17:02:00:00:00:02:005:state11:ESTABLISHEDee5:totali2e4:txid2:p0e",
+            addr.len()
+        );
+        let (peers, more) = parse_cjdns_peers(reply.as_bytes()).unwrap();
+        assert!(more);
+        assert_eq!(peers[0].key, key);
+        assert_eq!(peers[0].address, "fcf5:c1ec:be67:9ad5:1f6c:f31b:5d74:37b0");
+        assert_eq!((peers[0].rx_bytes, peers[0].tx_bytes, peers[0].up, peers[0].remote.as_str()), (120, 80, true, "02:00:00:00:02:00"));
+        assert!(parse_cjdns_peers(b"d5:error11:not allowede").is_err());
+    }
+
+    #[test]
+    fn cjdroute_reads_its_config_on_stdin() {
+        let c = Config { router: Router::Cjdns, ..Config::default() };
+        let d = tempfile::tempdir().unwrap();
+        let key = "qgkjd0stfvk9r3j28s4gh8rgslbgx2r5xgxzxkgm5vdxqwn8xsu0.k";
+        let keys = json!({"privateKey": "37".repeat(32), "publicKey": key, "ipv6": "fcf5:c1ec:be67:9ad5:1f6c:f31b:5d74:37b0"});
+        std::fs::write(d.path().join("cjdns.keys.json"), keys.to_string()).unwrap();
+        let l = cjdns(&c, d.path(), Path::new("/run/meshd")).unwrap();
+        assert_eq!((l.args.as_slice(), l.config_on_stdin), (["--nobg".to_string()].as_slice(), true));
+        let v: Value = serde_json::from_str(&l.config_text).unwrap();
+        assert_eq!((v["publicKey"].as_str(), v["admin"]["bind"].as_str()), (Some(key), Some(CJDNS_ADMIN)));
+        let id = Identity { private_key: "ab".repeat(64), address: "200::1".parse().unwrap(), hostname: "n".into() };
+        assert_eq!(overlay_address(&c, &id, d.path()).unwrap().to_string(), "fcf5:c1ec:be67:9ad5:1f6c:f31b:5d74:37b0");
     }
 
     #[test]
