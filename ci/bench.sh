@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: build time with an empty package cache and a cold meshd build, then warm;
+# `make bench`: build time with an empty package cache and cold meshd and cjdns builds, then warm;
 # image and root slot sizes; QEMU power-on to 'meshos ready'; meshd memory on the node; the
 # share of a bundle an upgrade over the mesh moves (ci/delta-bench.sh).
 set -euo pipefail
@@ -30,6 +30,11 @@ printf '  %-38s %8s MiB\n' "update bundle" "$(mib "$(field "$tmp/warm.json" "d['
 printf '  %-38s %8s MiB\n' "root squashfs (one slot)" "$(mib "$(field "$tmp/warm.json" "d['sizes']['root_squashfs']")")"
 printf '  %-38s %8s MiB\n' "kernel (as stored) + initramfs" "$(mib "$(field "$tmp/warm.json" "d['sizes']['kernel'] + d['sizes']['initramfs']")")"
 printf '  %-38s %8s KiB\n' "meshd binary" "$(( $(field "$tmp/warm.json" "d['sizes']['meshd']") / 1024 ))"
+if [ "$(field "$tmp/warm.json" "d['sizes'].get('cjdroute') or 0")" != 0 ]; then
+  step() { field "$1" "[s['seconds'] for s in d['steps'] if s['step'] == 'cross-compile cjdns'][0]"; }
+  printf '  %-38s %8s KiB\n' "cjdroute binary" "$(( $(field "$tmp/warm.json" "d['sizes']['cjdroute']") / 1024 ))"
+  printf '  %-38s %8s s cold, %s s warm (cached)\n' "cjdns cross-compile" "$(step "$tmp/cold.json")" "$(step "$tmp/warm.json")"
+fi
 printf '  %-38s %8s s\n' "QEMU power-on to 'meshos ready' (TCG)" "${boot:-?}"
 printf '  %-38s %8s KiB\n' "meshd resident memory, idle" "${rss:-?}"
 echo "  steps (warm): $(field "$tmp/warm.json" "', '.join(f\"{s['step']} {s['seconds']}s\" for s in d['steps'])")"

@@ -64,6 +64,13 @@ expect() {
   esac
 }
 
+cjdns_keys() { # BOARD: a node of BOARD started with router: cjdns gets its address from cjdroute's keys
+  local log=out/$1/cjdns-console.log
+  printf 'apiVersion: meshos/v1\nrouter: cjdns\n' > "out/$1/cjdns-mesh.yaml"
+  "$MESHIMG" qemu "$1" --out out --boot-file "mesh.yaml=out/$1/cjdns-mesh.yaml" --expect-ready 900 > "$log" 2>&1 || { tail -20 "$log"; return 1; }
+  grep -a 'overlay address fc' "$log" || { grep -a 'meshd: router\|overlay address' "$log"; return 1; }
+  grep -a '^meshos ready' "$log"
+}
 boot() { # BOARD: boot the image, console to out/BOARD/console.log
   "$MESHIMG" qemu "$1" --out out --expect-ready 900 > "out/$1/console.log" 2>&1
   local rc=$?
@@ -134,9 +141,13 @@ for board in $BOARDS; do
   # The real boards boot to 'meshos ready' in their upgrade tests below (three boots each, the
   # first on a fresh card); the virtual board boots here, beside its second build.
   [ "$board" != qemu-arm64 ] || stage_bg "boot $board in QEMU" boot "$board"
+  # cjdns, cross-compiled into the image, on a node started with router: cjdns.
+  [ "$board" != qemu-arm64 ] || stage_bg --after "cjdns on a qemu-arm64 node" ci/cjdns-test.sh "$img" 1
+  [ "$board" != orangepi-zero ] || stage_bg "cjdns on an orangepi-zero node in orangepi-pc" cjdns_keys orangepi-zero
   stage "reproducible $board" env MESHOS_REPRO_CJDNS="$(repro_cjdns "$board")" ci/reproducible.sh "$board"
   stage_wait
   if [ "$board" = qemu-arm64 ]; then
+    stage "tampered source tarballs refused before compiling" ci/sources-test.sh "$board"
     stage "mesh of four qemu-arm64 nodes" ci/mesh-test.sh "$img"
   fi
 done

@@ -234,9 +234,13 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     let mut radios: BTreeMap<String, Managed> = BTreeMap::new();
     let mut dhcp: BTreeMap<String, Service> = BTreeMap::new();
     let mut ap_passphrase: Option<String> = None;
+    let mut cjdns_links = (cfg.router == config::Router::Cjdns).then(|| router::cjdns_interfaces(&cfg.wired.peering));
     loop {
         manage_wired(&cfg.wired, &mut dhcp, &dirs.run);
         manage_radios(&mut radios, &cfg, &id, dirs, &mut ap_passphrase);
+        if let Some(known) = cjdns_links.as_mut() {
+            rebind_cjdns(known, &mut services, &cfg, &id, dirs);
+        }
         for s in services.iter_mut().chain(dhcp.values_mut()).chain(radios.values_mut().flat_map(|m| m.services.iter_mut())) {
             s.tick();
         }
@@ -598,9 +602,23 @@ fn start_router(cfg: &Config, id: &Identity, dirs: &Dirs) -> Result<Service, Str
     // It holds the router's private key.
     crate::durable::write_private(&launch.config_path, launch.config_text.as_bytes())?;
     router::forget_other(cfg, &dirs.run);
-    let name = if launch.program == router::CJDROUTE { "cjdns" } else { "yggdrasil" };
-    let service = Service::new(name, launch.program, launch.args, &dirs.run);
-    Ok(if launch.config_on_stdin { service.with_stdin(&launch.config_path) } else { service })
+    Ok(Service::new(launch.name, launch.program, launch.args, &dirs.run))
+}
+
+/// cjdns binds its interfaces only at start: when the links change (a radio became a mesh
+/// point, a USB Ethernet was plugged in), its config is written anew and it is restarted.
+fn rebind_cjdns(known: &mut Vec<String>, services: &mut [Service], cfg: &Config, id: &Identity, dirs: &Dirs) {
+    let now = router::cjdns_interfaces(&cfg.wired.peering);
+    if now == *known {
+        return;
+    }
+    eprintln!("meshd: cjdns: links now {}; restarting it to bind them", now.join(" "));
+    *known = now;
+    let Some(service) = services.iter_mut().find(|s| s.name == "cjdns") else { return };
+    match router::launch(cfg, id, &dirs.state, &dirs.run).and_then(|l| crate::durable::write_private(&l.config_path, l.config_text.as_bytes())) {
+        Ok(()) => service.stop(),
+        Err(e) => eprintln!("meshd: cjdns: {e}"),
+    }
 }
 
 /// dropbear, key logins only (`-s`), host key kept on the data partition.

@@ -14,14 +14,13 @@ use std::time::Duration;
 /// The TUN interface the overlay address lives on.
 pub const TUN_NAME: &str = "ygg0";
 
-/// What to run: program, arguments, and the config file it reads (on its standard input
-/// when `config_on_stdin`: cjdroute takes it no other way).
+/// What to run: the service's name, program and arguments, and the config file it reads.
 pub struct Launch {
+    pub name: &'static str,
     pub program: &'static str,
     pub args: Vec<String>,
     pub config_path: std::path::PathBuf,
     pub config_text: String,
-    pub config_on_stdin: bool,
 }
 
 /// cjdns's router, built from pinned source into the images (image-builder/src/cjdns.rs).
@@ -30,6 +29,26 @@ const CJDNS_CONF: &str = "cjdroute.conf";
 const YGGDRASIL_CONF: &str = "yggdrasil.conf";
 /// cjdroute's admin interface (bencode over UDP; peer statistics need no password).
 const CJDNS_ADMIN: &str = "127.0.0.1:11234";
+/// How cjdns runs under meshd's supervisor: `cjdroute < conf` starts its core, hands it the
+/// config and exits, and the service then lasts as long as the core. cjdns v22.1's client
+/// process crashes now and then while handing over (seen on arm64 and x86_64 alike; `--nobg`,
+/// which keeps it running, crashes the same way), leaving a core half configured: that core is
+/// stopped and the hand-over tried again.
+const CJDNS_RUN: &str = r#"conf=$1
+for try in 1 2 3 4 5 6 7 8; do
+  if /usr/bin/cjdroute < "$conf"; then
+    core=$(pidof cjdroute) && break
+  fi
+  echo "meshd: cjdroute did not finish starting its core (try $try); starting it again"
+  killall -KILL cjdroute 2>/dev/null
+  sleep 1
+  core=
+done
+[ -n "$core" ] || exit 1
+while kill -0 $core 2>/dev/null; do sleep 5; done
+echo "meshd: cjdroute's core (pid $core) ended"
+exit 1
+"#;
 
 /// The regex yggdrasil matches interface names with: our mesh interfaces plus the wired ones
 /// the config marks for peering (`eth*` means every name starting with eth).
@@ -44,6 +63,27 @@ pub fn interface_regex(wired: &[String]) -> String {
         alternatives.push(if any { format!("{escaped}.*") } else { escaped });
     }
     format!("^({})$", alternatives.join("|"))
+}
+
+/// Whether `name` is a link the router peers on: a mesh interface, or one `wired.peering`
+/// names (`eth*` means every name starting with eth).
+pub fn peers_on(name: &str, wired: &[String]) -> bool {
+    let mesh = name.strip_prefix("mesh").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    mesh || wired.iter().any(|w| match w.strip_suffix('*') {
+        Some(stem) => name.starts_with(stem),
+        None => name == w,
+    })
+}
+
+/// The interfaces cjdns binds now: those of [`peers_on`] that exist, in name order. cjdns
+/// binds interfaces only at start (its "all" takes every one then, radios that are about to
+/// be replaced by mesh points among them), so meshd restarts it when this set changes.
+pub fn cjdns_interfaces(wired: &[String]) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir("/sys/class/net").map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    names.retain(|n| peers_on(n, wired));
+    names.sort();
+    names
 }
 
 /// The router to run for this config, or why none can run.
@@ -99,16 +139,16 @@ fn yggdrasil(config: &Config, id: &Identity, run_dir: &Path) -> Launch {
     });
     let config_path = run_dir.join(YGGDRASIL_CONF);
     Launch {
+        name: "yggdrasil",
         program: "yggdrasil",
         args: vec!["-useconffile".into(), config_path.display().to_string(), "-loglevel".into(), "warn".into()],
         config_path,
         config_text: serde_json::to_string_pretty(&conf).expect("a JSON value serialises"),
-        config_on_stdin: false,
     }
 }
 
-/// cjdns: ETHInterface on the mesh and wired links (beaconing, so neighbours find each
-/// other), UDPInterface for static peers written `udp://host:port?publicKey=…&password=…`.
+/// cjdns: an ETHInterface on each mesh and wired link present (beaconing, so neighbours find
+/// each other), UDPInterface for static peers written `udp://host:port?publicKey=…&password=…`.
 /// Its keys are cjdns's own, made by `cjdroute --genconf` on first start and kept.
 fn cjdns(config: &Config, state_dir: &Path, run_dir: &Path) -> Result<Launch, String> {
     let mut connect_to = serde_json::Map::new();
@@ -126,21 +166,21 @@ fn cjdns(config: &Config, state_dir: &Path, run_dir: &Path) -> Result<Launch, St
     let conf = json!({
         "privateKey": keys["privateKey"], "publicKey": keys["publicKey"], "ipv6": keys["ipv6"],
         "interfaces": {
-            "ETHInterface": [{ "bind": "all", "beacon": 2 }],
+            "ETHInterface": cjdns_interfaces(&config.wired.peering).iter().map(|i| json!({ "bind": i, "beacon": 2 })).collect::<Vec<_>>(),
             "UDPInterface": [{ "bind": "0.0.0.0:0", "connectTo": connect_to }],
         },
         "router": { "interface": { "type": "TUNInterface", "tunDevice": TUN_NAME } },
         "admin": { "bind": CJDNS_ADMIN },
-        "noBackground": 1,
+        "pipe": run_dir.join("cjdroute.sock"),
         "security": [{ "setuser": 0 }],
     });
     let config_path = run_dir.join(CJDNS_CONF);
     Ok(Launch {
-        program: CJDROUTE,
-        args: vec!["--nobg".into()],
+        name: "cjdns",
+        program: "/bin/sh",
+        args: vec!["-c".into(), CJDNS_RUN.into(), "cjdns".into(), config_path.display().to_string()],
         config_path,
         config_text: serde_json::to_string_pretty(&conf).expect("a JSON value serialises"),
-        config_on_stdin: true,
     })
 }
 
@@ -360,6 +400,17 @@ mod tests {
     }
 
     #[test]
+    fn routers_peer_on_mesh_points_and_the_wired_links_named() {
+        let wired = ["eth*".to_string(), "usb0".to_string()];
+        for yes in ["mesh0", "mesh12", "eth0", "eth1", "usb0"] {
+            assert!(peers_on(yes, &wired), "{yes}");
+        }
+        for no in ["mesh", "meshx", "wlan0", "hwsim0", "ygg0", "usb1", "lo"] {
+            assert!(!peers_on(no, &wired), "{no}");
+        }
+    }
+
+    #[test]
     fn a_cjdns_address_is_derived_from_its_key() {
         // The key pair of cjdns-route-server's own key tests.
         let a = cjdns_address("qgkjd0stfvk9r3j28s4gh8rgslbgx2r5xgxzxkgm5vdxqwn8xsu0.k").unwrap();
@@ -385,14 +436,14 @@ mod tests {
     }
 
     #[test]
-    fn cjdroute_reads_its_config_on_stdin() {
+    fn cjdroute_gets_its_config_and_keys() {
         let c = Config { router: Router::Cjdns, ..Config::default() };
         let d = tempfile::tempdir().unwrap();
         let key = "qgkjd0stfvk9r3j28s4gh8rgslbgx2r5xgxzxkgm5vdxqwn8xsu0.k";
         let keys = json!({"privateKey": "37".repeat(32), "publicKey": key, "ipv6": "fcf5:c1ec:be67:9ad5:1f6c:f31b:5d74:37b0"});
         std::fs::write(d.path().join("cjdns.keys.json"), keys.to_string()).unwrap();
         let l = cjdns(&c, d.path(), Path::new("/run/meshd")).unwrap();
-        assert_eq!((l.args.as_slice(), l.config_on_stdin), (["--nobg".to_string()].as_slice(), true));
+        assert_eq!((l.name, l.args.last().map(String::as_str)), ("cjdns", Some("/run/meshd/cjdroute.conf")));
         let v: Value = serde_json::from_str(&l.config_text).unwrap();
         assert_eq!((v["publicKey"].as_str(), v["admin"]["bind"].as_str()), (Some(key), Some(CJDNS_ADMIN)));
         let id = Identity { private_key: "ab".repeat(64), address: "200::1".parse().unwrap(), hostname: "n".into() };

@@ -18,8 +18,6 @@ pub struct Service {
     pub name: String,
     program: String,
     args: Vec<String>,
-    /// A file given as standard input (none: /dev/null).
-    stdin: Option<PathBuf>,
     log: PathBuf,
     pid_file: PathBuf,
     /// A process an earlier meshd left behind has been looked for.
@@ -51,7 +49,6 @@ impl Service {
             name: name.into(),
             program: program.into(),
             args,
-            stdin: None,
             log: run_dir.join(format!("{name}.log")),
             pid_file: run_dir.join(format!("{name}.pid")),
             swept: false,
@@ -61,12 +58,6 @@ impl Service {
             backoff: Duration::from_secs(1),
             last_exit: None,
         }
-    }
-
-    /// The service reads `path` on its standard input (opened anew at each start).
-    pub fn with_stdin(mut self, path: &Path) -> Service {
-        self.stdin = Some(path.to_path_buf());
-        self
     }
 
     /// Starts the service if it is due, reaps it if it exited.
@@ -81,6 +72,10 @@ impl Service {
                     return;
                 }
                 Ok(Some(status)) => {
+                    // What it started may outlive it (cjdroute's core, holding its admin port):
+                    // the whole group goes before it starts again.
+                    // SAFETY: kill only sends a signal, to the group the child led.
+                    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
                     let why = format!("{status}");
                     eprintln!(
                         "meshd: {} exited ({why}), restarting in {} s; its output is in {} ({}.1 once it has started again)",
@@ -112,12 +107,8 @@ impl Service {
         let meshd = std::process::id();
         let spawned = File::create(&self.log).and_then(|out| {
             let err = out.try_clone()?;
-            let stdin = match &self.stdin {
-                Some(path) => Stdio::from(File::open(path)?),
-                None => Stdio::null(),
-            };
             let mut cmd = Command::new(&self.program);
-            cmd.args(&self.args).stdin(stdin).stdout(out).stderr(err).process_group(0);
+            cmd.args(&self.args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
             // SAFETY: between fork and exec the child only calls prctl and getppid, which are
             // async-signal-safe, and touches no memory of the parent's.
             unsafe {
