@@ -23,7 +23,7 @@ main_cache=${MESHOS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshos}
 mkdir -p "$cache/derived"
 ln -s "$main_cache/sha256" "$cache/sha256"
 # make test compiles cjdns again once per run (MESHOS_REPRO_CJDNS, shared like meshd's target
-# directory) or, for a board whose cjdns the run does not compile twice, takes the first build's.
+# directory): boards of one architecture share it.
 if [ -n "${MESHOS_REPRO_CJDNS:-}" ]; then
   mkdir -p "$MESHOS_REPRO_CJDNS" && ln -s "$MESHOS_REPRO_CJDNS" "$cache/derived/cjdns"
 fi

@@ -6,6 +6,7 @@
 //! into the cache under that hash, and check the tree again before every use. A mirror
 //! directory (`MESHOS_SOURCES` or `--sources`) holding the tarballs is searched before GitHub,
 //! for machines with no route to it.
+#![allow(clippy::result_large_err)] // one error ends the build; its size costs nothing
 
 use crate::http::{self, HttpError};
 use serde::{Deserialize, Serialize};
