@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Changes when the way cjdns is built here changes (a new key for every cached binary).
-const RECIPE: &str = "cjdns-build-1";
+const RECIPE: &str = "cjdns-build-2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CjdnsError {
@@ -74,16 +74,21 @@ pub fn build(
         return Ok(kept);
     }
 
-    // The trees, laid out as cjdns's Cargo.toml patches expect: cjdns/ and deps/<name>/.
+    // The trees: cjdns/, with its git dependencies in cjdns/deps/<name>/. Inside the workspace's
+    // directory cargo hashes their paths relative to it into the crates' metadata, and so into
+    // symbol names and code layout; outside it, absolute paths would make every build
+    // directory give another binary.
     let dir = work.join(format!("cjdns-{target}"));
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
     }
-    std::fs::create_dir_all(dir.join("deps")).map_err(io(&dir))?;
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let dir = dir.canonicalize().map_err(io(&dir))?;
     let main = &set.sources[0];
-    let place = |name: &str| if name == main.name { dir.join(&main.name) } else { dir.join("deps").join(name) };
-    for s in set.sources.iter().filter(|s| s.into.is_none()) {
+    let place = |name: &str| if name == main.name { dir.join(&main.name) } else { dir.join(&main.name).join("deps").join(name) };
+    copy_tree(&trees[&main.name], &place(&main.name))?;
+    std::fs::create_dir_all(place(&main.name).join("deps")).map_err(io(&dir))?;
+    for s in set.sources.iter().skip(1).filter(|s| s.into.is_none()) {
         copy_tree(&trees[&s.name], &place(&s.name))?;
     }
     for s in &set.sources {
@@ -99,6 +104,11 @@ pub fn build(
     let project = place(&main.name);
     let manifest = project.join("Cargo.toml");
     let mut text = std::fs::read_to_string(&manifest).map_err(io(&manifest))?;
+    // The dependencies are workspaces of their own, not members of cjdns's.
+    if !text.contains("\n[workspace]\n") && !text.starts_with("[workspace]\n") {
+        return Err(CjdnsError::Io { path: manifest, source: std::io::Error::other("has no [workspace] table to exclude deps/ from") });
+    }
+    text = text.replacen("[workspace]\n", "[workspace]\nexclude = [\"deps\"]\n", 1);
     for s in set.sources.iter().skip(1).filter(|s| s.into.is_none()) {
         text.push_str(&format!("\n[patch.\"{}\"]\n", s.repository));
         for (name, path) in crates_in(&place(&s.name))? {
