@@ -69,10 +69,9 @@ boot() { # BOARD: boot the image, console to out/BOARD/console.log
 }
 
 # Two stages at a time where one leaves a core idle (a QEMU under TCG keeps about one of the
-# two busy): the virtual board boots beside its second build, and the power cuts on
-# qemu-arm64, then the Orange Pi's upgrade, run beside the Pi's upgrade and the virtual
-# board's rollback and refusals; a stage in the background keeps its output in its log, shown
-# when it ends.
+# two busy): the virtual board's single-VM stages beside the builds, and the Orange Pi's upgrade
+# beside the virtual board's rollback and the Pi's upgrade; a stage in the background keeps its
+# output in its log, shown when it ends.
 stage_bg() { # [--after] NAME COMMAND...: --after: once the last stage started in the background ends
   local after= name log
   if [ "$1" = --after ]; then
@@ -119,39 +118,49 @@ signature() { # IMAGE.xz: the image and the update bundle, with minisign and wit
     minisign -V -m "$bundle" -p out/ci-key/ci.key.pub && "$MESHIMG" verify "$bundle" -p out/ci-key/ci.key.pub
 }
 has() { [[ " $BOARDS " == *" $1 "* ]]; }
-for board in $BOARDS; do
-  img=out/$board/meshos-$board-$(cargo pkgid -p meshimg | sed 's/.*[#@]//').img
-  stage "build $board" "$MESHIMG" build "$board" --out out
-  expect "$board"
-  stage "check $board image" ci/check-image.sh "$img"
-  stage "signatures of $board image and bundle (minisign -V)" signature "$img.xz"
-  # The real boards boot to 'meshos ready' in their upgrade tests below (three boots each, the
-  # first on a fresh card); the virtual board boots here, beside its second build.
-  [ "$board" != qemu-arm64 ] || stage_bg "boot $board in QEMU" boot "$board"
-  # cjdns, cross-compiled into the image, on a node started with router: cjdns.
-  [ "$board" != qemu-arm64 ] || stage_bg --after "cjdns on a qemu-arm64 node" ci/cjdns-test.sh "$img" 1
-  stage "reproducible $board" ci/reproducible.sh "$board"
-  stage_wait
-  if [ "$board" = qemu-arm64 ]; then
-    stage "tampered source tarballs refused before compiling" ci/sources-test.sh "$board"
-    stage "mesh of four qemu-arm64 nodes" ci/mesh-test.sh "$img"
-  fi
-done
+version=$(cargo pkgid -p meshimg | sed 's/.*[#@]//')
+image() { echo "out/$1/meshos-$1-$version.img"; }
+build() { # BOARD [NICE]: build it, check the image with other tools and its signatures
+  stage "build $1" nice -n "${2:-0}" "$MESHIMG" build "$1" --out out
+  expect "$1"
+  stage "check $1 image" ci/check-image.sh "$(image "$1")"
+  stage "signatures of $1 image and bundle (minisign -V)" signature "$(image "$1").xz"
+}
+# The virtual board first: its single-core VM stages (a boot, a node running cjdns, then the power
+# cuts and the hang) run one after another in the background while the other boards build and
+# every board builds again elsewhere. The builds run niced: the VM gets its core when it needs
+# it (its watchdog and the moments of the cuts depend on it), and the builds take the rest.
 if has qemu-arm64; then
-  stage_bg "power cuts and a hang on qemu-arm64" ci/powercut-test.py
+  build qemu-arm64
+  stage_bg "boot qemu-arm64 in QEMU" boot qemu-arm64
+  # cjdns, cross-compiled into the image, on a node started with router: cjdns.
+  stage_bg --after "cjdns on a qemu-arm64 node" ci/cjdns-test.sh "$(image qemu-arm64)" 1
+  stage_bg --after "power cuts and a hang on qemu-arm64" ci/powercut-test.py
+fi
+for board in $BOARDS; do
+  [ "$board" = qemu-arm64 ] || build "$board" 10
+done
+for board in $BOARDS; do
+  stage "reproducible $board" nice -n 10 ci/reproducible.sh "$board"
+done
+stage_wait
+if has qemu-arm64; then
+  stage "tampered source tarballs refused before compiling" ci/sources-test.sh qemu-arm64
+  stage "mesh of four qemu-arm64 nodes" ci/mesh-test.sh "$(image qemu-arm64)"
 fi
 # Each real board's own U-Boot and boot script: a fresh card boots and installs N+1, which is
-# tried, committed and boots again after a power cycle (scenario 1).
-if has rpi3; then
-  stage "A/B upgrade on rpi3 in raspi3b" ci/upgrade-test.sh rpi3 1
-fi
+# tried, committed and boots again after a power cycle (scenario 1). The Orange Pi's runs in the
+# background, beside the virtual board's rollback and refusals and then the Pi's.
 if has orangepi-zero; then
-  stage_bg --after "A/B upgrade on orangepi-zero in orangepi-pc" ci/upgrade-test.sh orangepi-zero 1
+  stage_bg "A/B upgrade on orangepi-zero in orangepi-pc" ci/upgrade-test.sh orangepi-zero 1
 fi
 # Rollback and refusals are the same meshd and boot script logic on every board: they run on
 # the fast virtual board (the refusals include the Orange Pi's bundle).
 if has qemu-arm64 && has orangepi-zero; then
   stage "rollback and refusals on qemu-arm64" ci/upgrade-test.sh qemu-arm64 2 3
+fi
+if has rpi3; then
+  stage "A/B upgrade on rpi3 in raspi3b" ci/upgrade-test.sh rpi3 1
 fi
 stage_wait
 # The last lines name what failed, so the tail of a long log is enough to know where to look.
