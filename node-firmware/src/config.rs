@@ -265,9 +265,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     let mut config: Config = if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
         Config::default()
     } else {
-        serde_norway::from_str(text).map_err(|e| {
-            let line = e.location().map(|l| l.line());
-            let (key, message) = split_serde_message(&e.to_string());
+        serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(text)).map_err(|e| {
+            let (line, key, message) = parse_error(e);
             err(line, &key, message)
         })?
     };
@@ -382,25 +381,29 @@ fn is_hex_pair(s: &str, width: usize) -> bool {
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 
-/// serde_norway says "mesh: unknown field `freq`, expected ... at line 3 column 3": the key
-/// path in front, the location at the end (reported separately).
-fn split_serde_message(message: &str) -> (String, String) {
-    let message = message.split(" at line ").next().unwrap_or(message);
-    match message.split_once(": ") {
-        Some((path, rest)) if !path.contains(' ') => {
-            let field = rest.strip_prefix("unknown field `").and_then(|r| r.split('`').next());
-            let key = match field {
-                Some(f) if path != "." => format!("{path}.{f}"),
-                Some(f) => f.to_string(),
-                None => path.to_string(),
-            };
-            (key, rest.to_string())
-        }
-        _ => {
-            let field = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next());
-            (field.unwrap_or("").to_string(), message.to_string())
-        }
+/// A parse error: the key is the path serde_path_to_error tracked to it ("mesh.freq", "radios[1].usb"),
+/// the line the YAML parser's, and the message the parser's without the location and the map's key
+/// it repeats ("mesh: unknown field `freq`, ... at line 4 column 3").
+fn parse_error(e: serde_path_to_error::Error<serde_norway::Error>) -> (Option<usize>, String, String) {
+    let key = match e.path().to_string() {
+        root if root == "." => String::new(),
+        path => path,
+    };
+    let inner = e.into_inner();
+    let line = inner.location().map(|l| l.line());
+    let mut message = inner.to_string();
+    if let Some(l) = inner.location() {
+        message = message.replacen(&format!(" at line {} column {}", l.line(), l.column()), "", 1);
     }
+    let mut parent = key.as_str();
+    while !parent.is_empty() {
+        if let Some(rest) = message.strip_prefix(&format!("{parent}: ")) {
+            message = rest.to_string();
+            break;
+        }
+        parent = parent.rfind(['.', '[']).map_or("", |i| &parent[..i]);
+    }
+    (line, key, message)
 }
 
 /// The line (1-based) where the dotted `key` is written, following indentation.
@@ -542,7 +545,13 @@ peers: [tls://192.0.2.1:443]\nwired:\n  peering: [eth0]\n  dhcp: []\nrouter: cjd
         let e = bad("apiVersion: meshos/v1\nmesh: [oops\n");
         assert_eq!((e.line, e.key.as_str()), (Some(2), "mesh"), "{e}");
         let e = bad("apiVersion: meshos/v1\nmesh:\n  id: 'open\n");
-        assert_eq!(e.to_string(), "/boot/mesh.yaml:4: found unexpected end of stream");
+        assert_eq!(e.to_string(), "/boot/mesh.yaml:4: mesh.id: found unexpected end of stream, while scanning a quoted scalar at line 3 column 7");
+        let e = bad("apiVersion: meshos/v1\nradios:\n  - usb: 0cf3:9271\n    role: mesh\n  - bus: 2\n");
+        assert_eq!((e.line, e.key.as_str()), (Some(5), "radios[1].bus"), "{e}");
+        assert!(e.to_string().starts_with("/boot/mesh.yaml:5: radios[1].bus: unknown field `bus`, expected"), "{e}");
+        let e = bad("apiVersion: meshos/v1\nmesh:\n  htMode: HT80\n");
+        assert!(e.to_string().starts_with("/boot/mesh.yaml:3: mesh.htMode: unknown variant `HT80`"), "{e}");
+        assert!(!e.to_string().contains(" at line "), "{e}");
 
         let e = bad("apiVersion: meshos/v2\n");
         assert_eq!((e.line, e.key.as_str()), (Some(1), "apiVersion"));
