@@ -138,18 +138,74 @@ pub enum BundleError {
     Io(#[from] std::io::Error),
 }
 
-impl BundleError {
-    /// A stable name for metrics labels and scripts.
-    pub fn kind(&self) -> &'static str {
+/// What went wrong with an install, as the upgrade record, `meshd upgrade status`, metrics
+/// labels and operators' scripts name it. The strings are stable: alert rules match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Not a bundle this format can read (magic, manifest, format version).
+    Malformed,
+    Truncated,
+    Signature,
+    Incompatible,
+    NotNewer,
+    TooLarge,
+    PayloadMismatch,
+    Io,
+    /// The kernel remounted `/boot` read-only.
+    ReadOnly,
+    /// The boot state record could not be read or written.
+    BootState,
+    /// The running slot is on trial itself.
+    OnTrial,
+    /// Another install is running.
+    Busy,
+    /// Neighbours did not serve a release's chunks.
+    Fetch,
+    /// The node itself could not be read (its keys, its card).
+    Node,
+    /// Recorded when U-Boot gave up on a slot and booted the other.
+    RolledBack,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
         match self {
-            BundleError::BadMagic | BundleError::TooLarge(_) | BundleError::Manifest(_) | BundleError::Format(_) => "malformed",
-            BundleError::Truncated(_) => "truncated",
-            BundleError::Unsigned | BundleError::Signature(_) => "signature",
-            BundleError::Incompatible { .. } => "incompatible",
-            BundleError::NotNewer { .. } => "not_newer",
-            BundleError::Mismatch { .. } => "payload_mismatch",
-            BundleError::Io(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => "read_only",
-            BundleError::Io(_) => "io",
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::Truncated => "truncated",
+            ErrorKind::Signature => "signature",
+            ErrorKind::Incompatible => "incompatible",
+            ErrorKind::NotNewer => "not_newer",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::PayloadMismatch => "payload_mismatch",
+            ErrorKind::Io => "io",
+            ErrorKind::ReadOnly => "read_only",
+            ErrorKind::BootState => "boot_state",
+            ErrorKind::OnTrial => "on_trial",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Fetch => "fetch",
+            ErrorKind::Node => "node",
+            ErrorKind::RolledBack => "rolled_back",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl BundleError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BundleError::BadMagic | BundleError::TooLarge(_) | BundleError::Manifest(_) | BundleError::Format(_) => ErrorKind::Malformed,
+            BundleError::Truncated(_) => ErrorKind::Truncated,
+            BundleError::Unsigned | BundleError::Signature(_) => ErrorKind::Signature,
+            BundleError::Incompatible { .. } => ErrorKind::Incompatible,
+            BundleError::NotNewer { .. } => ErrorKind::NotNewer,
+            BundleError::Mismatch { .. } => ErrorKind::PayloadMismatch,
+            BundleError::Io(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => ErrorKind::ReadOnly,
+            BundleError::Io(_) => ErrorKind::Io,
         }
     }
 }
@@ -492,7 +548,7 @@ mod tests {
         assert_eq!(header[..], good[..header.len()]);
         assert!(open(&good[..]).unwrap().is_signed() && !open(&make(None, "1.0.1", "rpi3").0[..]).unwrap().is_signed());
 
-        let kind = |r: Result<Vec<u8>, BundleError>| r.unwrap_err().kind();
+        let kind = |r: Result<Vec<u8>, BundleError>| r.unwrap_err().kind().as_str();
         assert_eq!(kind(install(&good[..good.len() - 10], &trusted)), "truncated");
         assert_eq!(kind(install(&good[..100], &trusted)), "truncated");
         let mut altered = good.clone();

@@ -187,7 +187,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             };
         }
         if let Some(b) = cause.downcast_ref::<meshos_common::bundle::BundleError>() {
-            return if b.kind() == "io" { 1 } else { 4 };
+            return if b.kind() == meshos_common::bundle::ErrorKind::Io { 1 } else { 4 };
         }
         if let Some(s) = cause.downcast_ref::<source::SourceError>() {
             use source::SourceError::*;

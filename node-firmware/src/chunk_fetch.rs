@@ -9,7 +9,7 @@
 
 use crate::held::Held;
 use crate::upgrade::{self, InstallError, Record, SlotWriter, Step, Target};
-use meshos_common::bundle::{self, BundleError, MAX_CHUNK};
+use meshos_common::bundle::{self, BundleError, ErrorKind, MAX_CHUNK};
 use meshos_common::chunks::{self, Chunk};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -122,10 +122,14 @@ fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record
     transfer.attempts += 1;
     transfer.bundle_bytes = opened.total_size();
     transfer.header_bytes = header.len() as u64;
-    std::fs::create_dir_all(&opts.cache).map_err(|e| InstallError { step: Step::Write, kind: "io", message: format!("{}: {e}", opts.cache.display()) })?;
+    std::fs::create_dir_all(&opts.cache).map_err(|e| InstallError {
+        step: Step::Write,
+        kind: ErrorKind::Io,
+        message: format!("{}: {e}", opts.cache.display()),
+    })?;
     prune(&opts.cache, manifest, &sha);
     // Kept (signature checked) so an install cut short does not fetch it again.
-    keep(&opts.cache, &format!("header-{sha}"), header).map_err(|message| InstallError { step: Step::Fetch, kind: "io", message })?;
+    keep(&opts.cache, &format!("header-{sha}"), header).map_err(|message| InstallError { step: Step::Fetch, kind: ErrorKind::Io, message })?;
     if fetched.fetched {
         transfer.fetched_bytes += header.len() as u64;
     }
@@ -181,7 +185,11 @@ fn fetch_all(needed: &[&Chunk], peers: &[String], opts: &Options, state_dir: &Pa
         return Ok(());
     }
     if peers.is_empty() {
-        return Err(InstallError { step: Step::Fetch, kind: "fetch", message: format!("{} chunks are missing and no neighbour offers them", needed.len()) });
+        return Err(InstallError {
+            step: Step::Fetch,
+            kind: ErrorKind::Fetch,
+            message: format!("{} chunks are missing and no neighbour offers them", needed.len()),
+        });
     }
     let agent = agent();
     let next = AtomicUsize::new(0);
@@ -215,7 +223,7 @@ fn fetch_all(needed: &[&Chunk], peers: &[String], opts: &Options, state_dir: &Pa
     *record = r;
     upgrade::save(state_dir, record);
     match error {
-        Some(message) => Err(InstallError { step: Step::Fetch, kind: "fetch", message }),
+        Some(message) => Err(InstallError { step: Step::Fetch, kind: ErrorKind::Fetch, message }),
         None => Ok(()),
     }
 }

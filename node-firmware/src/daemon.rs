@@ -13,6 +13,7 @@ use crate::supervisor::Service;
 use crate::watchdog::{self, Watchdog};
 use crate::{access_point, command, http, router, slots};
 use meshos_common::boot_state::Slot;
+use meshos_common::bundle::ErrorKind;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -377,7 +378,7 @@ fn install_pending_updates(dirs: &Dirs) {
         eprintln!("meshd: upgrade: installing {} from the boot partition", bundle.display());
         let result = install_bundle(&crate::fetch::Source::File(bundle.clone()), dirs, false);
         if let Err(e) = &result {
-            if e.kind == "busy" || e.kind == "read_only" {
+            if matches!(e.kind, ErrorKind::Busy | ErrorKind::ReadOnly) {
                 // Not refused: an install from the mesh runs, or the boot partition waits for
                 // its repair at the next boot (and could not take the renamed bundle anyway).
                 eprintln!("meshd: upgrade: {} waits for the next start: {e}", bundle.display());
@@ -418,14 +419,14 @@ fn served_slot(node: &Node, dirs: &Dirs) -> Result<(SlotSource, String), String>
 
 /// Installs `bundle` into the slot not running (see crate::upgrade).
 pub fn install_bundle(bundle: &crate::fetch::Source, dirs: &Dirs, allow_downgrade: bool) -> Result<String, crate::upgrade::InstallError> {
-    let setup = |message: String| crate::upgrade::InstallError { step: crate::upgrade::Step::Verify, kind: "node", message };
+    let setup = |message: String| crate::upgrade::InstallError { step: crate::upgrade::Step::Verify, kind: ErrorKind::Node, message };
     let node = Node::detect().map_err(setup)?;
     let (disk, running) = slots::running(&node.slot).map_err(setup)?;
     let trusted = trusted_public_keys(Path::new(TRUSTED_KEYS_DIR));
     if trusted.is_empty() {
         return Err(crate::upgrade::InstallError {
             step: crate::upgrade::Step::Verify,
-            kind: "signature",
+            kind: ErrorKind::Signature,
             message: "this image trusts no signing key, so it accepts no upgrade".into(),
         });
     }

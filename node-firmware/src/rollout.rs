@@ -18,7 +18,7 @@ use crate::held::Shelf;
 use crate::router;
 use crate::upgrade::{self, Step, Target};
 use meshos_common::boot_state::Slot;
-use meshos_common::bundle::newer;
+use meshos_common::bundle::{newer, ErrorKind};
 use meshos_common::minisign::PublicKey;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -272,7 +272,15 @@ impl Agent {
                 eprintln!("meshd: upgrade: {} from the mesh: {e}", best.version);
                 // A release that cannot be trusted or does not fit stays refused; a transfer
                 // that failed is tried again, going on from the chunks already fetched.
-                if matches!(e.kind, "signature" | "incompatible" | "malformed" | "too_large" | "not_newer" | "payload_mismatch") {
+                if matches!(
+                    e.kind,
+                    ErrorKind::Signature
+                        | ErrorKind::Incompatible
+                        | ErrorKind::Malformed
+                        | ErrorKind::TooLarge
+                        | ErrorKind::NotNewer
+                        | ErrorKind::PayloadMismatch
+                ) {
                     self.refuse(Some(&best.manifest), &e.message);
                 }
                 self.publish(|r| r.note = Some(e.to_string()));

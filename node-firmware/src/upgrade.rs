@@ -13,7 +13,7 @@
 use crate::fetch::Source;
 use crate::slots;
 use meshos_common::boot_state::{BootState, Slot, DEFAULT_ATTEMPTS};
-use meshos_common::bundle::{self, BundleError, Event};
+use meshos_common::bundle::{self, BundleError, ErrorKind, Event};
 use meshos_common::minisign::PublicKey;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -152,7 +152,7 @@ pub fn partition_size(part: &Path) -> Option<u64> {
 #[derive(Debug)]
 pub struct InstallError {
     pub step: Step,
-    pub kind: &'static str,
+    pub kind: ErrorKind,
     pub message: String,
 }
 
@@ -168,13 +168,13 @@ pub struct InstallLock(#[allow(dead_code)] nix::fcntl::Flock<File>);
 
 pub fn lock(state_dir: &Path) -> Result<InstallLock, InstallError> {
     let path = state_dir.join("install.lock");
-    let f = File::create(&path).map_err(|e| fail(Step::Verify, "io")(format!("{}: {e}", path.display())))?;
+    let f = File::create(&path).map_err(|e| fail(Step::Verify, ErrorKind::Io)(format!("{}: {e}", path.display())))?;
     match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(held) => Ok(InstallLock(held)),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-            Err(fail(Step::Verify, "busy")("another install is running on this node (see 'meshd upgrade status'); try again when it is done".into()))
+            Err(fail(Step::Verify, ErrorKind::Busy)("another install is running on this node (see 'meshd upgrade status'); try again when it is done".into()))
         }
-        Err((_, e)) => Err(fail(Step::Verify, "io")(format!("{}: {e}", path.display()))),
+        Err((_, e)) => Err(fail(Step::Verify, ErrorKind::Io)(format!("{}: {e}", path.display()))),
     }
 }
 
@@ -195,7 +195,7 @@ pub fn conclude(node: &Target, record: &mut Record, result: &Result<String, Inst
         Ok(_) => record.step = Step::Installed,
         Err(e) => {
             record.error = Some(e.message.clone());
-            record.error_kind = Some(e.kind.to_string());
+            record.error_kind = Some(e.kind.as_str().into());
             record.step = Step::Failed;
         }
     }
@@ -207,20 +207,20 @@ const READ_ONLY: &str = "the boot partition is read-only: the kernel found damag
 the next boot checks and repairs it, and the install can run again then";
 
 impl InstallError {
-    pub fn new(step: Step, kind: &'static str, message: String) -> InstallError {
-        let message = if kind == "read_only" { format!("{message} ({READ_ONLY})") } else { message };
+    pub fn new(step: Step, kind: ErrorKind, message: String) -> InstallError {
+        let message = if kind == ErrorKind::ReadOnly { format!("{message} ({READ_ONLY})") } else { message };
         InstallError { step, kind, message }
     }
 }
 
-fn fail(step: Step, kind: &'static str) -> impl Fn(String) -> InstallError {
+fn fail(step: Step, kind: ErrorKind) -> impl Fn(String) -> InstallError {
     move |message: String| InstallError::new(step, kind, message)
 }
 
 /// A file on the card could not be written: `read_only` when the kernel made its file system so.
 fn io_fail(step: Step, path: &Path) -> impl Fn(std::io::Error) -> InstallError + '_ {
     move |e: std::io::Error| {
-        let kind = if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem { "read_only" } else { "io" };
+        let kind = if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem { ErrorKind::ReadOnly } else { ErrorKind::Io };
         InstallError::new(step, kind, format!("{}: {e}", path.display()))
     }
 }
@@ -231,7 +231,7 @@ fn bundle_err(step: Step, origin: &str) -> impl Fn(BundleError) -> InstallError 
 
 fn run(source: &Source, node: &Target, allow_downgrade: bool, record: &mut Record) -> Result<String, InstallError> {
     let origin = source.to_string();
-    let input = source.open().map_err(fail(Step::Verify, "io"))?;
+    let input = source.open().map_err(fail(Step::Verify, ErrorKind::Io))?;
     let opened = bundle::open(input.reader).map_err(bundle_err(Step::Verify, &origin))?;
     // Named before the signature is checked, so a refusal says which release it refused.
     record.version = Some(opened.manifest.version.clone());
@@ -255,7 +255,7 @@ fn run(source: &Source, node: &Target, allow_downgrade: bool, record: &mut Recor
 pub fn refuse_on_trial(node: &Target) -> Result<(), InstallError> {
     if let Some(r) = read_record(node.state_dir).filter(|r| r.step == Step::Installed && r.target.as_deref().and_then(Slot::parse) == Some(node.running)) {
         let v = r.version.unwrap_or_default();
-        return Err(fail(Step::Verify, "on_trial")(format!(
+        return Err(fail(Step::Verify, ErrorKind::OnTrial)(format!(
             "slot {} runs {v} on trial: an install now would overwrite slot {}, the last one known good; it can follow once {v} is committed",
             node.running,
             node.running.other()
@@ -279,10 +279,10 @@ pub fn check<R: std::io::Read>(
     let target = node.running.other();
     record.target = Some(target.to_string());
     let part = slot_partition(node.disk, target);
-    let room = partition_size(&part).ok_or_else(|| fail(Step::CheckCompatible, "io")(format!("{}: cannot read its size", part.display())))?;
+    let room = partition_size(&part).ok_or_else(|| fail(Step::CheckCompatible, ErrorKind::Io)(format!("{}: cannot read its size", part.display())))?;
     let root: u64 = opened.manifest.images.iter().filter(|i| i.name == "root").map(|i| i.size).sum();
     if root > room {
-        return Err(fail(Step::CheckCompatible, "too_large")(format!("the root image is {root} bytes but slot {target} holds {room}")));
+        return Err(fail(Step::CheckCompatible, ErrorKind::TooLarge)(format!("the root image is {root} bytes but slot {target} holds {room}")));
     }
     Ok(target)
 }
@@ -301,7 +301,7 @@ pub fn mark_target_bad(node: &Target, target: Slot, manifest: &bundle::Manifest,
         bad.set_left(target, 0);
         Some(bad)
     })
-    .map_err(fail(Step::MarkTargetBad, "boot_state"))?;
+    .map_err(fail(Step::MarkTargetBad, ErrorKind::BootState))?;
     let header_path = node.boot_dir.join(target.lower()).join(bundle::SLOT_HEADER_FILE);
     match fs::remove_file(&header_path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_fail(Step::MarkTargetBad, &header_path)(e)),
@@ -366,7 +366,7 @@ pub fn commit_boot(disk: &Path, slot: Slot, state_dir: &Path) -> Result<slots::S
         if report.rolled_back_from.is_some() {
             r.step = Step::RolledBack;
             r.error = Some(format!("slot {} did not become healthy within its boot attempts; slot {slot} runs again", r.target.as_deref().unwrap_or("?")));
-            r.error_kind = Some("rolled_back".into());
+            r.error_kind = Some(ErrorKind::RolledBack.as_str().into());
         } else if r.target.as_deref().and_then(Slot::parse) == Some(slot) {
             r.step = Step::Committed;
         }
@@ -386,7 +386,7 @@ pub fn finish(node: &Target, target: Slot, header: &[u8], version: &str, record:
         .map_err(io_fail(Step::Write, &header_path))?;
     // The files were synced one by one, but their directory entries and the FAT are the boot
     // file system's: all of it must be on the card before the record says "boot this slot".
-    sync_fs(node.boot_dir).map_err(fail(Step::Write, "io"))?;
+    sync_fs(node.boot_dir).map_err(fail(Step::Write, ErrorKind::Io))?;
 
     record.step = Step::MarkTry;
     save(node.state_dir, record);
@@ -395,7 +395,7 @@ pub fn finish(node: &Target, target: Slot, header: &[u8], version: &str, record:
         try_it.set_left(target, DEFAULT_ATTEMPTS);
         Some(try_it)
     })
-    .map_err(fail(Step::MarkTry, "boot_state"))?;
+    .map_err(fail(Step::MarkTry, ErrorKind::BootState))?;
     eprintln!("meshd: upgrade: slot {target} holds {version} and boots next ({DEFAULT_ATTEMPTS} attempts, then slot {} again)", node.running);
     Ok(())
 }
@@ -509,7 +509,7 @@ mod tests {
         altered[n - 100] ^= 1;
         fs::write(d.join("altered.bundle"), &altered).unwrap();
         let e = install(&Source::File(d.join("altered.bundle")), &node, false).unwrap_err();
-        assert_eq!(e.kind, "payload_mismatch", "{e}");
+        assert_eq!(e.kind, ErrorKind::PayloadMismatch, "{e}");
         let (st, _) = slots::read_state(&disk).unwrap();
         assert_eq!((st.order.clone(), st.b_left), (vec![Slot::A], 0));
         assert_eq!(fs::read(d.join("card2")).unwrap(), vec![0xAAu8; 400_000]);
@@ -518,7 +518,7 @@ mod tests {
 
         // Cut short: refused as truncated, nothing marked to be tried.
         fs::write(d.join("short.bundle"), &signed_bundle(&key, &root)[..100_000]).unwrap();
-        assert_eq!(install(&Source::File(d.join("short.bundle")), &node, false).unwrap_err().kind, "truncated");
+        assert_eq!(install(&Source::File(d.join("short.bundle")), &node, false).unwrap_err().kind, ErrorKind::Truncated);
         assert_eq!(slots::read_state(&disk).unwrap().0.order, vec![Slot::A]);
 
         // The good bundle: B holds it, byte for byte, and boots next with all its attempts.
@@ -538,7 +538,7 @@ mod tests {
         fs::write(d.join("untrusted.bundle"), signed_bundle(&other, &root)).unwrap();
         let node_b = Target { running: Slot::B, version: "1.0".into(), ..node };
         save(&state, &Record { step: Step::Committed, ..r });
-        assert_eq!(install(&Source::File(d.join("untrusted.bundle")), &node_b, false).unwrap_err().kind, "signature");
+        assert_eq!(install(&Source::File(d.join("untrusted.bundle")), &node_b, false).unwrap_err().kind, ErrorKind::Signature);
     }
 
     #[test]
@@ -572,9 +572,9 @@ mod tests {
     #[test]
     fn a_read_only_boot_partition_is_its_own_kind_and_says_what_comes_next() {
         let e = io_fail(Step::Write, Path::new("/boot/b/vmlinuz"))(std::io::Error::from_raw_os_error(libc::EROFS));
-        assert_eq!(e.kind, "read_only");
+        assert_eq!(e.kind, ErrorKind::ReadOnly);
         assert!(e.message.starts_with("/boot/b/vmlinuz: ") && e.message.contains("the next boot checks and repairs it"), "{}", e.message);
-        assert_eq!(io_fail(Step::Write, Path::new("/x"))(std::io::Error::from_raw_os_error(libc::EIO)).kind, "io");
+        assert_eq!(io_fail(Step::Write, Path::new("/x"))(std::io::Error::from_raw_os_error(libc::EIO)).kind, ErrorKind::Io);
     }
 
     #[test]
@@ -601,11 +601,11 @@ mod tests {
         let trial = Record { step: Step::Installed, target: Some("B".into()), version: Some("1.1".into()), ..Record::new("x".into()) };
         save(&dir, &trial);
         let err = refuse_on_trial(&node).unwrap_err();
-        assert_eq!(err.kind, "on_trial");
+        assert_eq!(err.kind, ErrorKind::OnTrial);
         assert!(err.message.contains("slot B runs 1.1 on trial") && err.message.contains("overwrite slot A"), "{}", err.message);
         // The source is not even opened: the refusal comes first, and the record is kept.
         let e = install(&Source::File(dir.join("missing.bundle")), &node, false).unwrap_err();
-        assert_eq!(e.kind, "on_trial");
+        assert_eq!(e.kind, ErrorKind::OnTrial);
         assert_eq!(read_record(&dir).unwrap().step, Step::Installed);
         // Committed (or running the other slot): installs go ahead.
         save(&dir, &Record { step: Step::Committed, ..trial.clone() });
@@ -626,7 +626,7 @@ mod tests {
         assert_eq!(pending(&boot), [good.clone(), bad.clone()]);
 
         settle(&good, &Ok("0.1.1".into()));
-        let refused = InstallError { step: Step::CheckCompatible, kind: "incompatible", message: "the bundle is for meshos-x".into() };
+        let refused = InstallError { step: Step::CheckCompatible, kind: ErrorKind::Incompatible, message: "the bundle is for meshos-x".into() };
         settle(&bad, &Err(refused));
 
         assert!(pending(&boot).is_empty());
