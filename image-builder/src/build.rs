@@ -2,11 +2,11 @@
 //! (`.img`, `.img.xz`, its sha256, the SBOM and the build report).
 
 use crate::board::{parse_hex, Board, KernelFormat};
-use crate::fetch::Cache;
 use crate::lock::{Lock, Role};
+use crate::package_cache::Cache;
 use crate::plan::{basename, Plan};
 use crate::tree::{Kind, Node, Tree};
-use crate::{cjdns, disk, firmware, fsimage, initramfs, kmod, node_firmware, rootfs, sbom, source, update_bundle};
+use crate::{cjdns, disk, fsimage, initramfs, kmod, linux_firmware, meshd_build, rootfs, sbom, source, update_bundle};
 use anyhow::{anyhow, Context, Result};
 use meshos_common::os_release::OsRelease;
 use meshos_common::{boot_state, bundle};
@@ -114,7 +114,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         }
         _ => None,
     };
-    let meshd_path = steps.run("cross-compile meshd", || Ok(node_firmware::build(&opts.root, &board.rust_target, &opts.firmware_target_dir)?))?;
+    let meshd_path = steps.run("cross-compile meshd", || Ok(meshd_build::build(&opts.root, &board.rust_target, &opts.firmware_target_dir)?))?;
     let meshd = std::fs::read(&meshd_path).with_context(|| format!("reading {}", meshd_path.display()))?;
     let cjdroute = match &sources {
         Some((c, set, trees)) => {
@@ -163,9 +163,9 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         }
         let mut fw = extract_merged(&cache, lock, Role::Firmware)?;
         for (name, target) in &board.firmware.links {
-            fw.insert(&format!("{}/{name}", firmware::DIR), Node::symlink(target.clone()));
+            fw.insert(&format!("{}/{name}", linux_firmware::DIR), Node::symlink(target.clone()));
         }
-        let chosen = firmware::choose(&fw, selection.modules.values(), &board.firmware.limit, &board.firmware.extra);
+        let chosen = linux_firmware::choose(&fw, selection.modules.values(), &board.firmware.limit, &board.firmware.extra);
         for p in &chosen.paths {
             t.insert(p, fw.get(p).expect("chosen from tree").clone());
         }
@@ -291,7 +291,7 @@ pub fn build(board: &Board, lock: &Lock, plan: &Plan, opts: &Options) -> Result<
         None => None,
     };
 
-    let crates = node_firmware::crates(&opts.root)?;
+    let crates = meshd_build::crates(&opts.root)?;
     let bom = sbom::cyclonedx(lock, &board.name, &plan.version, &build_id, &crates);
     std::fs::write(staged(&out.sbom), serde_json::to_vec_pretty(&bom)?)?;
 

@@ -7,7 +7,7 @@
 //! Reproducible: host paths are remapped out of the binary, the clock is fixed and symbols are
 //! stripped. The binary is kept under a key of all its inputs, so a warm build reuses it.
 
-use crate::node_firmware::linker_for;
+use crate::meshd_build::linker_for;
 use crate::source::{LockedSource, SourceSet};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;

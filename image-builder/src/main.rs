@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use meshimg::{board, build, fetch, lock, plan, qemu, signing, source, update_bundle};
+use meshimg::{board, build, lock, package_cache, plan, qemu, signing, source, update_bundle};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -198,8 +198,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 Read { .. } | Io { .. } => 1,
             };
         }
-        if let Some(f) = cause.downcast_ref::<meshimg::fetch::FetchError>() {
-            use meshimg::fetch::FetchError::*;
+        if let Some(f) = cause.downcast_ref::<meshimg::package_cache::FetchError>() {
+            use meshimg::package_cache::FetchError::*;
             return match f {
                 HashMismatch { .. } | SizeMismatch { .. } => 4,
                 Gone { .. } | Http { .. } => 5,
@@ -314,7 +314,7 @@ fn run(cli: Cli) -> Result<()> {
             let log = |m: &str| eprintln!("lock: {m}");
             let mut new = lock::resolve(&b, &log).with_context(|| format!("locking {}", board_path.display()))?;
             if let Some(set) = &b.cjdns_sources {
-                let cache = cache.unwrap_or_else(fetch::cache_dir);
+                let cache = cache.unwrap_or_else(package_cache::cache_dir);
                 new.sources =
                     source::Sources::new(&cache, sources.dir).lock(set, &log).with_context(|| format!("locking {}'s sources", board_path.display()))?;
             }
@@ -365,7 +365,7 @@ fn run(cli: Cli) -> Result<()> {
             let opts = build::Options {
                 root: cli.root.clone(),
                 lock_path,
-                cache: cache.unwrap_or_else(fetch::cache_dir),
+                cache: cache.unwrap_or_else(package_cache::cache_dir),
                 firmware_target_dir: cli.root.join("target").join("node-firmware"),
                 sign_key,
                 sources: sources.dir,

@@ -284,7 +284,7 @@ pub fn tree_sha256(root: &Path) -> std::io::Result<String> {
                 entries.push((name, format!("link {}", std::fs::read_link(e.path())?.display())));
             } else {
                 let mode = if meta.permissions().mode() & 0o100 != 0 { "755" } else { "644" };
-                entries.push((name, format!("file {mode} {}", crate::fetch::file_sha256(&e.path())?)));
+                entries.push((name, format!("file {mode} {}", crate::package_cache::file_sha256(&e.path())?)));
             }
         }
     }

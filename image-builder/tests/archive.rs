@@ -266,7 +266,7 @@ fn fetch_checks_hashes_and_replaces_damaged_cache_entries() {
     let board = meshimg::board::Board::load(&p.dir.path().join("board-defs/test.yaml")).unwrap();
     let lock_path = p.dir.path().join("board-defs/test.lock");
     let lock = meshimg::lock::Lock::load(&lock_path, &board, &p.dir.path().join("board-defs/test.yaml")).unwrap();
-    let cache = meshimg::fetch::Cache::new(p.cache.clone());
+    let cache = meshimg::package_cache::Cache::new(p.cache.clone());
     let all: Vec<_> = lock.packages.iter().collect();
     assert!(cache.ensure(&lock, &lock_path, &all).unwrap() > 0);
     assert_eq!(cache.ensure(&lock, &lock_path, &all).unwrap(), 0, "second run is offline");
@@ -275,7 +275,7 @@ fn fetch_checks_hashes_and_replaces_damaged_cache_entries() {
     let app = lock.by_name("app").unwrap();
     std::fs::write(cache.path_of(&app.sha256), b"tampered").unwrap();
     assert_eq!(cache.ensure(&lock, &lock_path, &[app]).unwrap(), app.size);
-    assert_eq!(meshimg::fetch::file_sha256(&cache.path_of(&app.sha256)).unwrap(), app.sha256);
+    assert_eq!(meshimg::package_cache::file_sha256(&cache.path_of(&app.sha256)).unwrap(), app.sha256);
 
     // A mirror serving other bytes is refused with the lock, package and both hashes named.
     std::fs::remove_file(cache.path_of(&app.sha256)).unwrap();
@@ -294,7 +294,7 @@ fn fetch_checks_hashes_and_replaces_damaged_cache_entries() {
     assert!(e.contains(&format!("should be {} bytes but the download has {}", app.size, good.len() / 2)), "{e}");
     a.overrides.lock().unwrap().insert(app.path.clone(), good.clone());
     assert_eq!(cache.ensure(&lock, &lock_path, &[app]).unwrap(), app.size);
-    assert_eq!(meshimg::fetch::file_sha256(&cache.path_of(&app.sha256)).unwrap(), app.sha256);
+    assert_eq!(meshimg::package_cache::file_sha256(&cache.path_of(&app.sha256)).unwrap(), app.sha256);
 }
 
 #[test]

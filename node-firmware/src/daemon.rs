@@ -376,7 +376,7 @@ fn install_pending_updates(dirs: &Dirs) {
     }
     for bundle in pending {
         eprintln!("meshd: upgrade: installing {} from the boot partition", bundle.display());
-        let result = install_bundle(&crate::fetch::Source::File(bundle.clone()), dirs, false);
+        let result = install_bundle(&crate::bundle_source::Source::File(bundle.clone()), dirs, false);
         if let Err(e) = &result {
             if matches!(e.kind, ErrorKind::Busy | ErrorKind::ReadOnly) {
                 // Not refused: an install from the mesh runs, or the boot partition waits for
@@ -418,7 +418,7 @@ fn served_slot(node: &Node, dirs: &Dirs) -> Result<(SlotSource, String), String>
 }
 
 /// Installs `bundle` into the slot not running (see crate::upgrade).
-pub fn install_bundle(bundle: &crate::fetch::Source, dirs: &Dirs, allow_downgrade: bool) -> Result<String, crate::upgrade::InstallError> {
+pub fn install_bundle(bundle: &crate::bundle_source::Source, dirs: &Dirs, allow_downgrade: bool) -> Result<String, crate::upgrade::InstallError> {
     let setup = |message: String| crate::upgrade::InstallError { step: crate::upgrade::Step::Verify, kind: ErrorKind::Node, message };
     let node = Node::detect().map_err(setup)?;
     let (disk, running) = slots::running(&node.slot).map_err(setup)?;

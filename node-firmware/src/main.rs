@@ -3,13 +3,13 @@
 
 mod access_point;
 mod boot_check;
+mod bundle_source;
 mod chunk_fetch;
 mod command;
 mod config;
 mod daemon;
 mod durable;
 mod entropy;
-mod fetch;
 mod gateway;
 mod held;
 mod http;
@@ -133,7 +133,7 @@ fn upgrade_command(args: &[String]) -> Result<(), String> {
                 }
             }
             let source = source.ok_or_else(|| format!("upgrade install needs a bundle file or URL\n{USAGE}"))?;
-            let source = fetch::Source::parse(&source, ca)?;
+            let source = bundle_source::Source::parse(&source, ca)?;
             let version = daemon::install_bundle(&source, &dirs, allow_downgrade).map_err(|e| e.to_string())?;
             println!("installed {version}; it boots next");
             if reboot {

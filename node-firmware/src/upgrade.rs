@@ -10,7 +10,7 @@
 //! `meshd upgrade status`, and a bundle left in `updates/` on the FAT partition is installed at
 //! start (the offline path), so an install cut short is simply done again.
 
-use crate::fetch::Source;
+use crate::bundle_source::Source;
 use crate::slots;
 use meshos_common::boot_state::{BootState, Slot, DEFAULT_ATTEMPTS};
 use meshos_common::bundle::{self, BundleError, ErrorKind, Event};
