@@ -132,7 +132,7 @@ if [ -n "${MESHOS_SIGN_KEY:-}" ]; then
   IMAGE_BUNDLE=${IMAGE%.img}.bundle
 fi
 
-# A monitoring machine joined to the mesh the way the README tells an operator: its own
+# A monitoring machine joined to the mesh the way docs/monitoring.md tells an operator: its own
 # Yggdrasil, cabled to a node (A), which peers with it as with any wired neighbour, and Debian's
 # Prometheus with monitoring/prometheus.yml given A's overlay address. Here the machine is a
 # network namespace of this host, and its Ethernet port a tap device that socat joins to one of
@@ -595,6 +595,12 @@ PY
   rss_in() { sed -n 's/^process_resident_memory_bytes //p' "$WORK/$1-gateway.metrics" | awk '{print int($1 / 1024)}'; }
   echo "mesh-test: figure: meshd RSS on gateway D serving $(sed -n 's/^meshd_gateway_clients //p' "$WORK/d-gateway.metrics") nodes $(rss_in d) KiB, on B (using D) $(rss_in b) KiB"
 
+  # E boots and offers N+2 while D's refusal below takes its time (both are checked after it).
+  printf 'apiVersion: meshos/v1\nmesh:\n  id: tomesh\n  frequncy: 2412\n' > "$WORK/e.yaml"
+  t_e=$SECONDS
+  start e "$IMAGE" --link "$((PORT + 8)):$((PORT + 7))" --link "$((PORT + 10)):$((PORT + 9))" --link "$((PORT + 12)):$((PORT + 11))" \
+    --link "$((PORT + 14)):$((PORT + 13))" --boot-file "mesh.yaml=$WORK/e.yaml" --boot-file "updates/$(basename "$ONE_SIGNATURE_BUNDLE")=$ONE_SIGNATURE_BUNDLE"
+
   B_KEY=$(on_a wget -q -T 10 -O - "http://[$B]:9100/nodeinfo.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
   [ ${#B_KEY} -eq 64 ] || fail "B's nodeinfo gives no key: '$B_KEY'"
   on_d() { # through A's ssh, as an operator reaches a node in the mesh
@@ -617,13 +623,10 @@ PY
   wait_for 180 b_uses_d || fail "B, whose key D allows, does not use D"
   ok "D allows only B's key: A is refused ($((SECONDS - t)) s after D's restart) and says so: $(grep REFUSED "$WORK/a-status-refused.txt" | cut -c1-140); B uses D"
 
-  # --- k of n: E, linked to all four, runs N (one key suffices there) and takes N+2 from its
-  # updates/; it offers N+2 to nodes that now require two signatures. E's mesh.yaml is
-  # malformed: it runs on the defaults (auto upgrades; N+2 is newer than anything offered).
-  printf 'apiVersion: meshos/v1\nmesh:\n  id: tomesh\n  frequncy: 2412\n' > "$WORK/e.yaml"
-  t=$SECONDS
-  start e "$IMAGE" --link "$((PORT + 8)):$((PORT + 7))" --link "$((PORT + 10)):$((PORT + 9))" --link "$((PORT + 12)):$((PORT + 11))" \
-    --link "$((PORT + 14)):$((PORT + 13))" --boot-file "mesh.yaml=$WORK/e.yaml" --boot-file "updates/$(basename "$ONE_SIGNATURE_BUNDLE")=$ONE_SIGNATURE_BUNDLE"
+  # --- k of n (checked below, once D's refusal is): E, linked to all four, runs N (one key
+  # suffices there) and takes N+2 from its updates/; it offers N+2 to nodes that now require two
+  # signatures. E's mesh.yaml is malformed: it runs on the defaults (auto upgrades; N+2 is newer
+  # than anything offered).
   refused_on() { metrics_of "$1" | grep -q "^meshd_upgrade_last_install{step=\"failed\",version=\"$V.2\",error_kind=\"signature\"} 1"; }
   for n in a b c d; do
     wait_for 900 refused_on $n || fail "node $n did not refuse $V.2 at its signature: $(metrics_of $n | grep meshd_upgrade_last_install)"
@@ -635,7 +638,7 @@ v = sys.argv[2]
 assert held == {("A", v), ("B", v + ".1")}, held
 PY
   done
-  ok "E offered $V.2, signed by one key; A, B, C and D each refused it at the signature and still hold $V and $V.1 ($((SECONDS - t)) s after E was switched on)"
+  ok "E offered $V.2, signed by one key; A, B, C and D each refused it at the signature and still hold $V and $V.1 ($((SECONDS - t_e)) s after E was switched on)"
   on_a meshd upgrade status > "$WORK/a-status-e.txt" || fail "meshd upgrade status on A"
   grep -q "^last     failed: .* $V.2\$" "$WORK/a-status-e.txt" && grep -q "^error    .*1 of the 2 trusted signatures this node requires" "$WORK/a-status-e.txt" \
     || fail "meshd upgrade status on A does not show the refusal: $(cat "$WORK/a-status-e.txt")"
