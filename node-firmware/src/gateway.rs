@@ -477,6 +477,7 @@ impl Client {
     /// Checks the gateway in use (leaving it when it fails, or for one nearer), else takes the
     /// nearest that gives a lease. Returns why none is used, when none is.
     fn tick(&mut self, agent: &Agent, now: Instant) -> Option<String> {
+        self.avoid.retain(|_, until| *until > now);
         if let Some(leave) = self.check(agent, now) {
             let u = self.using.take().expect("checked one");
             let why = match leave {
@@ -532,7 +533,7 @@ impl Client {
                 }
             }
         }
-        let Some(nearer) = nearer_gateway(&(agent.candidates)(), &u.candidate, &self.avoid) else {
+        let Some(nearer) = nearer_gateway(&(agent.candidates)(), &u.candidate, &self.avoid, now) else {
             self.nearer_since = None;
             return None;
         };
@@ -552,7 +553,6 @@ impl Client {
 
     /// Leases from the nearest gateway that gives one and whose tunnel passes traffic.
     fn choose(&mut self, agent: &Agent, now: Instant) {
-        self.avoid.retain(|_, until| *until > now);
         let mut candidates: Vec<Candidate> =
             (agent.candidates)().into_iter().filter(|c| c.address != agent.me && !self.avoid.contains_key(&c.address)).collect();
         // Right after start the view may know gateways before the links to them: wait a
@@ -628,10 +628,13 @@ fn first_traffic(lease: &Lease) -> Result<(), Refusal> {
 }
 
 /// The nearest live gateway at least a hop nearer than `current` (whose distance is taken anew
-/// from the same view; one the view cannot place counts as farthest), if any.
-fn nearer_gateway(candidates: &[Candidate], current: &Candidate, avoid: &BTreeMap<Ipv6Addr, Instant>) -> Option<Candidate> {
-    let now = candidates.iter().find(|c| c.address == current.address).and_then(|c| c.hops).or(current.hops).unwrap_or(usize::MAX);
-    candidates.iter().find(|c| c.address != current.address && !avoid.contains_key(&c.address) && c.hops.is_some_and(|h| h < now)).cloned()
+/// from the same view; one the view cannot place counts as farthest), if any. A gateway avoided
+/// after a failure counts again once its time is up: while a gateway is in use nothing else
+/// clears the list, and a node that fled a rebooting gateway to a farther one must come back.
+fn nearer_gateway(candidates: &[Candidate], current: &Candidate, avoid: &BTreeMap<Ipv6Addr, Instant>, now: Instant) -> Option<Candidate> {
+    let avoided = |a: &Ipv6Addr| avoid.get(a).is_some_and(|until| *until > now);
+    let current_hops = candidates.iter().find(|c| c.address == current.address).and_then(|c| c.hops).or(current.hops).unwrap_or(usize::MAX);
+    candidates.iter().find(|c| c.address != current.address && !avoided(&c.address) && c.hops.is_some_and(|h| h < current_hops)).cloned()
 }
 
 fn refused_report(c: &Candidate, reason: &str) -> RefusedReport {
@@ -880,13 +883,16 @@ mod tests {
         let c = |last: &str, hops: Option<usize>| Candidate { address: a(&format!("200::{last}")), name: last.into(), hops };
         let current = c("d", Some(3));
         let view = [c("c", Some(2)), c("d", Some(3)), c("e", None)];
-        assert_eq!(nearer_gateway(&view, &current, &BTreeMap::new()), Some(c("c", Some(2))));
+        let now = Instant::now();
+        assert_eq!(nearer_gateway(&view, &current, &BTreeMap::new(), now), Some(c("c", Some(2))));
         // Not one that is avoided, nor one as far; the current's distance is taken anew.
-        let avoided = BTreeMap::from([(a("200::c"), Instant::now())]);
-        assert_eq!(nearer_gateway(&view, &current, &avoided), None);
-        assert_eq!(nearer_gateway(&[c("c", Some(2)), c("d", Some(2))], &current, &BTreeMap::new()), None);
+        let avoided = BTreeMap::from([(a("200::c"), now + Duration::from_secs(60))]);
+        assert_eq!(nearer_gateway(&view, &current, &avoided, now), None);
+        assert_eq!(nearer_gateway(&[c("c", Some(2)), c("d", Some(2))], &current, &BTreeMap::new(), now), None);
+        // Once the avoidance is over, the nearer one counts again.
+        assert_eq!(nearer_gateway(&view, &current, &avoided, now + Duration::from_secs(61)), Some(c("c", Some(2))));
         // A gateway taken before the view could place it is left for one it can.
-        assert_eq!(nearer_gateway(&[c("c", Some(2)), c("d", None)], &c("d", None), &BTreeMap::new()), Some(c("c", Some(2))));
+        assert_eq!(nearer_gateway(&[c("c", Some(2)), c("d", None)], &c("d", None), &BTreeMap::new(), now), Some(c("c", Some(2))));
     }
 
     #[test]
