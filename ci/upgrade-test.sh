@@ -44,13 +44,17 @@ wait_for() { # SECONDS CHECK...: until CHECK passes; gives up early once the nod
 }
 power_off() { [ -z "$node_pid" ] || { kill "$node_pid" 2>/dev/null || true; wait "$node_pid" 2>/dev/null || true; node_pid=; }; }
 trap power_off EXIT
-# orangepi-pc has four cores, each a host thread. The 32-bit kernel patches its own code under
-# stop_machine when a module loads; when make test runs another VM beside this one on a 2-core
-# host, three cores can spin there for tens of seconds while the fourth waits for the host, and
-# the node's watchdog resets it (seen as soft lockups on the console). As root, this node's QEMU
-# goes first when the host is busy, and every stage's own builds (N+1 here) run niced.
+# orangepi-pc has four cores, each a host thread. The 32-bit kernel flushes the TLB of every core
+# page by page after a module loads (do_free_init), and QEMU makes each such broadcast flush wait
+# for every emulated core; with the cores spread over the host's, while others spin in the
+# kernel's stop_machine, boots stalled for over a minute (soft lockups on the console) and the
+# node's watchdog reset it. Kept on one host core they take turns instead. As root its QEMU
+# also goes first when the host is busy.
 prio=()
-if [ "$BOARD" = orangepi-zero ] && [ "$(id -u)" = 0 ]; then prio=(nice -n -15); fi
+if [ "$BOARD" = orangepi-zero ]; then
+  prio=(taskset -c 0)
+  if [ "$(id -u)" = 0 ]; then prio+=(nice -n -15); fi
+fi
 power_on() { # CARD [--boot-file NAME=PATH ...]: boot the card; console appended to $WORK/console.log
   local card=$1; shift
   echo "===== power on $card" >> "$WORK/console.log"
