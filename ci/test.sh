@@ -156,8 +156,7 @@ fi
 # tried, committed and boots again after a power cycle (scenario 1). Each VM here runs alone:
 # raspi3b and orangepi-pc keep both cores busy (four emulated cores each), so beside the
 # rollback the Pi's took 343 s and the rollback 419 s, more than one after the other (164 s and
-# 204 s), and beside another VM the Orange Pi's cores stalled in the kernel's stop_machine long
-# enough for its watchdog to reset it (see ci/upgrade-test.sh).
+# 204 s); the Orange Pi's QEMU keeps to one host core (see ci/upgrade-test.sh).
 if has rpi3; then
   stage "A/B upgrade on rpi3 in raspi3b" ci/upgrade-test.sh rpi3 1
 fi
