@@ -22,26 +22,36 @@ pub enum HttpError {
     Failed { url: String, message: String },
 }
 
+/// HTTPS trusts the host's certificate store, so a CA added there (a company's TLS-inspecting
+/// proxy, say) works as it does for every other tool on the machine.
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(20))
-        .timeout_read(Duration::from_secs(60))
+    use ureq::tls::{RootCerts, TlsConfig};
+    ureq::Agent::config_builder()
+        .tls_config(TlsConfig::builder().root_certs(RootCerts::PlatformVerifier).build())
+        .timeout_connect(Some(Duration::from_secs(20)))
+        .timeout_per_read(Some(Duration::from_secs(60)))
         .user_agent(concat!("meshimg/", env!("CARGO_PKG_VERSION")))
         .build()
+        .into()
 }
 
-fn open(url: &str, from: u64) -> Result<(ureq::Response, bool), HttpError> {
+type Body = Box<dyn Read + Send + Sync + 'static>;
+
+fn open(url: &str, from: u64) -> Result<(Body, bool), HttpError> {
     let mut req = agent().get(url);
     if from > 0 {
-        req = req.set("Range", &format!("bytes={from}-"));
+        req = req.header("Range", &format!("bytes={from}-"));
     }
     match req.call() {
         Ok(resp) => {
             let partial = resp.status() == 206;
-            Ok((resp, partial))
+            Ok((Box::new(resp.into_body().into_reader()), partial))
         }
-        Err(ureq::Error::Status(404, _)) => Err(HttpError::NotFound { url: url.into() }),
-        Err(ureq::Error::Status(code, r)) => Err(HttpError::Failed { url: url.into(), message: format!("HTTP {code} {}", r.status_text()) }),
+        Err(ureq::Error::StatusCode(404)) => Err(HttpError::NotFound { url: url.into() }),
+        Err(ureq::Error::StatusCode(code)) => {
+            let reason = ureq::http::StatusCode::from_u16(code).ok().and_then(|c| c.canonical_reason()).unwrap_or("");
+            Err(HttpError::Failed { url: url.into(), message: format!("HTTP {code} {reason}") })
+        }
         Err(e) => Err(HttpError::Failed { url: url.into(), message: e.to_string() }),
     }
 }
@@ -64,9 +74,9 @@ pub fn with_retries<T>(mut f: impl FnMut() -> Result<T, HttpError>) -> Result<T,
 
 /// GETs a small file into memory (one attempt; callers decide on retries).
 pub fn get(url: &str) -> Result<Vec<u8>, HttpError> {
-    let (resp, _) = open(url, 0)?;
+    let (mut resp, _) = open(url, 0)?;
     let mut buf = Vec::new();
-    resp.into_reader().read_to_end(&mut buf).map_err(|e| HttpError::Failed { url: url.into(), message: e.to_string() })?;
+    resp.read_to_end(&mut buf).map_err(|e| HttpError::Failed { url: url.into(), message: e.to_string() })?;
     Ok(buf)
 }
 
@@ -85,7 +95,7 @@ pub fn download_resuming(url: &str, partial: &Path, progress: &dyn Fn(u64)) -> R
         }
         File::create(partial).map_err(io)?
     };
-    let mut reader = resp.into_reader();
+    let mut reader = resp;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = reader.read(&mut buf).map_err(|e| HttpError::Failed { url: url.into(), message: e.to_string() })?;

@@ -82,7 +82,7 @@ fn a_bundle_is_signed_again_served_and_measured() {
     let get = |path: &str| -> Option<Vec<u8>> {
         let r = ureq::get(&format!("http://127.0.0.1:{port}{path}")).call().ok()?;
         let mut body = Vec::new();
-        std::io::Read::read_to_end(&mut r.into_reader(), &mut body).ok()?;
+        std::io::Read::read_to_end(&mut r.into_body().into_reader(), &mut body).ok()?;
         Some(body)
     };
     let mut info = None;
