@@ -2,7 +2,7 @@
 //! bundles, checking signatures (`meshimg verify`), and the public keys an image trusts.
 //! The format is minisign's (meshos_common::minisign), so `minisign -V` checks our files.
 
-use meshos_common::minisign::{PublicKey, SecretKey, SignatureFile};
+use meshos_common::minisign::{new_key_pair, PublicKey, SecretKey, SignatureFile};
 use std::fs;
 use std::io::IsTerminal;
 use std::os::unix::fs::OpenOptionsExt;
@@ -99,8 +99,7 @@ pub fn keygen(output: &Path, unencrypted: bool, force: bool) -> Result<PublicKey
     } else {
         return Err(SigningError::NoPassphrase { path: output.into() });
     };
-    let key = SecretKey::generate().map_err(|reason| SigningError::Key { path: output.into(), reason })?;
-    let text = key.render(passphrase.as_deref()).map_err(|reason| SigningError::Key { path: output.into(), reason })?;
+    let (text, public) = new_key_pair(passphrase.as_deref()).map_err(|reason| SigningError::Key { path: output.into(), reason })?;
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io(dir))?;
     }
@@ -108,7 +107,6 @@ pub fn keygen(output: &Path, unencrypted: bool, force: bool) -> Result<PublicKey
     let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
     std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io(&tmp))?;
     fs::rename(&tmp, output).map_err(io(output))?;
-    let public = key.public();
     fs::write(&pub_path, public.render()).map_err(io(&pub_path))?;
     Ok(public)
 }
@@ -144,7 +142,7 @@ pub fn read_public(path: &Path) -> Result<PublicKey, SigningError> {
 }
 
 /// Signs `file` into `file.minisig`, minisign's trusted comment with a fixed timestamp (the
-/// build's SOURCE_DATE_EPOCH) so a rebuild signs to the same bytes.
+/// build's SOURCE_DATE_EPOCH) and a deterministic signature, so a rebuild signs to the same bytes.
 pub fn sign_file(file: &Path, key: &SecretKey, timestamp: i64) -> Result<PathBuf, SigningError> {
     let data = fs::read(file).map_err(io(file))?;
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

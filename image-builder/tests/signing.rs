@@ -57,7 +57,7 @@ fn sign_and_verify_with_failures_named() {
     std::fs::write(&file, &good[..50_000]).unwrap();
     let (code, text) = meshimg(&["verify", p(&file), "-p", p(&pubkey)], &[]);
     assert_eq!(code, 4, "{text}");
-    assert!(text.contains("does not match the data: the file was changed, cut short"), "{text}");
+    assert!(text.contains("does not match the data or its trusted comment: the file was changed, cut short"), "{text}");
     // One byte changed.
     let mut bad = good.clone();
     bad[1234] ^= 1;
