@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks a built image with tools that are not ours: sfdisk, mtools, fsck.vfat, unsquashfs,
-# e2fsck. Usage: ci/check-image.sh IMAGE
+# e2fsck. Usage: [PLAN=plan.json] ci/check-image.sh IMAGE
 set -euo pipefail
 img=$1
 export PATH="$PATH:/usr/sbin:/sbin" MTOOLS_SKIP_CHECK=1
@@ -30,6 +30,12 @@ for f in ::/boot.scr ::/mesh.yaml ::/a/vmlinuz ::/a/initrd.img ::/a/bundle.heade
   grep -qx "$f" <<<"$files" || fail "boot partition has no ${f#::}"
 done
 [ -n "${BOOT_FILES:-}" ] && for f in $BOOT_FILES; do grep -qx "::/$f" <<<"$files" || fail "boot partition has no $f"; done
+# The plan lists every file of the boot partition (meshimg plan BOARD --json): exactly those are on it.
+if [ -n "${PLAN:-}" ]; then
+  planned=$(python3 -c 'import json,sys; print("\n".join(sorted({"::/" + f["to"] for f in json.load(open(sys.argv[1]))["boot_files"]})))' "$PLAN")
+  on_card=$(mdir -i "$work/boot.vfat" -/ -b :: | grep -v '/$' | sort)
+  [ "$planned" = "$on_card" ] || fail "boot partition and plan $PLAN differ: $(diff <(echo "$planned") <(echo "$on_card") | grep '^[<>]' | tr '\n' ' ')"
+fi
 # Slot A's bundle header (what the node serves its neighbours) is the update bundle's own.
 bundle=${img%.img}.bundle
 if [ -f "$bundle" ]; then

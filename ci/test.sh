@@ -122,7 +122,8 @@ image() { echo "out/$1/meshos-$1-$version.img"; }
 build() { # BOARD [NICE]: build it, check the image with other tools and its signatures
   stage "build $1" nice -n "${2:-0}" "$MESHIMG" build "$1" --out out
   expect "$1"
-  stage "check $1 image" ci/check-image.sh "$(image "$1")"
+  "$MESHIMG" plan "$1" --out out --json > "out/$1/plan.json"
+  stage "check $1 image" env PLAN="out/$1/plan.json" ci/check-image.sh "$(image "$1")"
   stage "signatures of $1 image and bundle (minisign -V)" signature "$(image "$1").xz"
 }
 # The virtual board first: its single-core VM stages (a boot, a node running cjdns, then the power

@@ -3,11 +3,10 @@
 //! Versioned by `apiVersion`; unknown keys are errors that name the file and the key, so a
 //! typo never silently drops a driver or a firmware file.
 
+use crate::defs::{under, API_VERSION};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-pub const API_VERSION: &str = "meshos/v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BoardError {
@@ -366,15 +365,6 @@ fn strip_location(message: &str) -> String {
 /// `board-defs/<name>.yaml` under `root`.
 pub fn board_path(root: &Path, name: &str) -> PathBuf {
     under(root, &format!("board-defs/{name}.yaml"))
-}
-
-/// `root/rel`, printed without a leading "./" when root is the current directory.
-pub fn under(root: &Path, rel: &str) -> PathBuf {
-    if root == Path::new(".") {
-        PathBuf::from(rel)
-    } else {
-        root.join(rel)
-    }
 }
 
 /// Names of the boards in `board-defs/`.

@@ -1,10 +1,12 @@
 //! meshimg: turns a board definition and overlays into a reproducible, flashable meshos image.
 
 pub mod board;
+pub mod boot_script;
 pub mod build;
 pub mod cjdns;
 pub mod deb;
 pub mod debian;
+pub mod defs;
 pub mod disk;
 pub mod fsimage;
 pub mod http;

@@ -77,7 +77,7 @@ pub enum LockError {
 }
 
 pub fn lock_path(root: &Path, board: &str) -> PathBuf {
-    crate::board::under(root, &format!("board-defs/{board}.lock"))
+    crate::defs::under(root, &format!("board-defs/{board}.lock"))
 }
 
 pub fn inputs_hash(board: &Board) -> String {

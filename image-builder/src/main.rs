@@ -351,7 +351,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Build { board: name, out, cache, json, keys, sources } => {
-            let (b, l, p, lock_path) = load(&cli.root, &name, &out, &keys)?;
+            let (_, l, p, lock_path) = load(&cli.root, &name, &out, &keys)?;
             let sign_key = keys.sign_key.as_deref().map(signing::open_secret).transpose()?;
             if sign_key.is_none() {
                 eprintln!("build: WARNING: unsigned build (no --sign-key or MESHOS_SIGN_KEY): fine for development, not for publishing");
@@ -370,7 +370,7 @@ fn run(cli: Cli) -> Result<()> {
                 sign_key,
                 sources: sources.dir,
             };
-            let report = build::build(&b, &l, &p, &opts)?;
+            let report = build::build(&l, &p, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report.json)?);
             } else {

@@ -1,8 +1,10 @@
 //! The build plan: what goes where, with hashes, computed from the board, the lock and the
-//! checkout without changing anything. `meshimg plan <board> --json` prints it; the executor
-//! (`build`) carries it out; tests inspect it.
+//! checkout without changing anything. It is the executor's (`build`) only description of the
+//! board: every file the build writes onto the boot partition, into the root file system
+//! beside the packages and overlays, and outside the partitions is listed here with where it
+//! comes from. `meshimg plan <board> --json` prints it; tests inspect it.
 
-use crate::board::Board;
+use crate::board::{Board, Firmware, KernelFormat};
 use crate::disk::Layout;
 use crate::lock::{Lock, Role};
 use meshos_common::minisign::PublicKey;
@@ -21,13 +23,60 @@ pub struct PlannedPackage {
     pub roles: Vec<Role>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct PlannedBootFile {
-    /// Path on the boot partition.
-    pub to: String,
-    /// Where it comes from: "package:path", "kernel:dtb" or "inline".
-    pub from: String,
+/// Where a file the build writes comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum Source {
+    /// A file of a package with the boot role (Pi firmware, U-Boot).
+    Package { package: String, path: String },
+    /// Text given by the board file or by meshimg.
+    Inline { text: String },
+    /// A device tree from the kernel package's DTB directory.
+    KernelDtb { dtb: String },
+    /// The kernel from the kernel package, stored as the board starts it.
+    Kernel { format: KernelFormat },
+    /// The initramfs: static busybox, our init and `initramfs_modules`.
+    Initramfs,
+    /// `boot_script`, compiled by mkimage.
+    BootScript,
+    /// A file of the finished root file system (overlays included).
+    RootFile { path: String },
+    /// The update bundle's header (manifest and signatures), so a node can serve its slot.
+    BundleHeader,
+    /// meshd, cross-compiled for `rust_target`.
+    Meshd,
+    /// cjdroute, cross-compiled from `cjdns.sources`.
+    Cjdroute,
+    /// The boot state record's first copy: slot A, full attempts.
+    BootState,
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedFile {
+    /// Path on the partition (boot files) or in the root file system.
+    pub to: String,
+    #[serde(flatten)]
+    pub source: Source,
+}
+
+/// Bytes written into the disk image outside any partition.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedRaw {
+    pub offset: u64,
+    #[serde(flatten)]
+    pub source: Source,
+}
+
+/// cjdns, cross-compiled from pinned sources.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedCjdns {
+    pub rust_target: String,
+    pub sources: crate::source::SourceSet,
+}
+
+const CONF_D_README: &str = "Put mesh-orange style *.tar.gz archives here; they are applied over /etc in name order at boot.\r\n";
+const UPDATES_README: &str = "Put a signed meshos-<board>-<version>.bundle here: the node installs it into its other slot at the next boot,\r\n\
+then boots it and keeps it if it is healthy. A refused bundle is renamed .rejected, with the reason in a .rejected.txt file.\r\n";
 
 #[derive(Debug, Serialize)]
 pub struct Outputs {
@@ -47,6 +96,8 @@ pub struct Outputs {
 #[derive(Debug, Serialize)]
 pub struct Plan {
     pub board: String,
+    /// The board file, as messages name it.
+    pub board_file: String,
     pub version: String,
     /// sha256 of every build input except meshd's binary (version, lock, board file, overlays,
     /// initramfs init, boot script); the disk's ids and seeds derive from it.
@@ -59,18 +110,28 @@ pub struct Plan {
     pub fat_serial: u32,
     pub data_uuid: String,
     pub packages: Vec<PlannedPackage>,
-    pub boot_files: Vec<PlannedBootFile>,
+    /// Everything on the FAT boot partition, in the order it is laid.
+    pub boot_files: Vec<PlannedFile>,
+    /// The boot files that belong to a slot (`a/…`); the update bundle carries them.
     pub slot_files: Vec<String>,
+    /// The U-Boot script (`boot.scr` before mkimage).
+    pub boot_script: String,
+    /// Bytes outside the partitions (an SPL, the boot state record).
+    pub raw_writes: Vec<PlannedRaw>,
+    /// Drivers kept, with their dependencies (every other module is dropped).
     pub modules: Vec<String>,
+    /// Drivers the initramfs loads, in order.
     pub initramfs_modules: Vec<String>,
+    /// Which firmware files the kept drivers get.
+    pub firmware: Firmware,
+    /// Files put into the root file system after the packages and before the overlays.
+    pub root_files: Vec<PlannedFile>,
     pub overlays: Vec<PathBuf>,
+    pub cjdns: Option<PlannedCjdns>,
     /// Ids of the public keys baked into the image: its nodes accept bundles signed by these.
     pub trusted_keys: Vec<String>,
     /// How many of them must have signed a bundle.
     pub signatures_required: usize,
-    /// The keys and the threshold as files of the root file system.
-    #[serde(skip)]
-    pub trust_files: Vec<(String, String)>,
     pub outputs: Outputs,
 }
 
@@ -96,7 +157,7 @@ impl Plan {
         let trust_files = trust.files();
         let mut h = Sha256::new();
         let key_texts: Vec<&str> = trust_files.iter().map(|(_, t)| t.as_str()).collect();
-        for part in [version, &lock.render(), board_text, crate::initramfs::INIT, crate::build::BOOT_CMD].into_iter().chain(key_texts) {
+        for part in [version, &lock.render(), board_text, crate::initramfs::INIT, crate::boot_script::TEMPLATE].into_iter().chain(key_texts) {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
@@ -110,33 +171,47 @@ impl Plan {
         let data_uuid = crate::sbom::uuid_from(&hex::encode(&id[8..24]));
         let layout = Layout::new(&board.disk, signature);
 
-        let mut boot_files: Vec<PlannedBootFile> = board
+        let file = |to: &str, source: Source| PlannedFile { to: to.to_string(), source };
+        let mut boot_files: Vec<PlannedFile> = board
             .boot
             .files
             .iter()
-            .map(|f| PlannedBootFile {
-                to: f.to.clone(),
-                from: match (&f.package, &f.from) {
-                    (Some(p), Some(path)) => format!("{p}:{path}"),
-                    _ => "inline".into(),
-                },
+            .map(|f| match (&f.package, &f.from, &f.content) {
+                (Some(package), Some(path), _) => file(&f.to, Source::Package { package: package.clone(), path: path.clone() }),
+                (_, _, Some(text)) => file(&f.to, Source::Inline { text: text.clone() }),
+                _ => unreachable!("validated by Board::parse"),
             })
             .collect();
-        if board.boot.dtbs_at_root {
-            for d in &board.kernel.dtbs {
-                boot_files.push(PlannedBootFile { to: basename(d).into(), from: format!("kernel:{d}") });
+        for d in &board.kernel.dtbs {
+            if board.boot.dtbs_at_root {
+                boot_files.push(file(basename(d), Source::KernelDtb { dtb: d.clone() }));
             }
+            boot_files.push(file(&format!("a/dtbs/{d}"), Source::KernelDtb { dtb: d.clone() }));
         }
-        boot_files.push(PlannedBootFile { to: "boot.scr".into(), from: "generated: slot a boot script".into() });
-        boot_files.push(PlannedBootFile { to: "mesh.yaml".into(), from: "overlay:usr/share/meshos/mesh.yaml".into() });
-        boot_files.push(PlannedBootFile { to: "conf.d/README.txt".into(), from: "inline".into() });
-        boot_files.push(PlannedBootFile { to: "updates/README.txt".into(), from: "inline".into() });
-        boot_files.push(PlannedBootFile {
-            to: format!("a/{}", meshos_common::bundle::SLOT_HEADER_FILE),
-            from: "generated: the update bundle's header (manifest and signature), for serving slot a".into(),
-        });
+        boot_files.push(file("a/vmlinuz", Source::Kernel { format: board.boot.kernel_format }));
+        boot_files.push(file("a/initrd.img", Source::Initramfs));
+        boot_files.push(file(&format!("a/{}", meshos_common::bundle::SLOT_HEADER_FILE), Source::BundleHeader));
+        boot_files.push(file("boot.scr", Source::BootScript));
+        boot_files.push(file("mesh.yaml", Source::RootFile { path: "usr/share/meshos/mesh.yaml".into() }));
+        boot_files.push(file("conf.d/README.txt", Source::Inline { text: CONF_D_README.into() }));
+        boot_files.push(file("updates/README.txt", Source::Inline { text: UPDATES_README.into() }));
         let mut slot_files = vec!["a/vmlinuz".to_string(), "a/initrd.img".to_string()];
         slot_files.extend(board.kernel.dtbs.iter().map(|d| format!("a/dtbs/{d}")));
+
+        let mut raw_writes = vec![PlannedRaw { offset: meshos_common::boot_state::SECTORS[0] * 512, source: Source::BootState }];
+        raw_writes.extend(
+            board.boot.raw.iter().map(|r| PlannedRaw { offset: r.offset, source: Source::Package { package: r.package.clone(), path: r.from.clone() } }),
+        );
+
+        let cjdns = match (&board.cjdns, &board.cjdns_sources) {
+            (Some(c), Some(set)) => Some(PlannedCjdns { rust_target: c.rust_target.clone(), sources: set.clone() }),
+            _ => None,
+        };
+        let mut root_files = vec![file("usr/sbin/meshd", Source::Meshd)];
+        if cjdns.is_some() {
+            root_files.push(file("usr/bin/cjdroute", Source::Cjdroute));
+        }
+        root_files.extend(trust_files.into_iter().map(|(to, text)| file(&to, Source::Inline { text })));
 
         let dir = out_root.join(&board.name);
         let stem = format!("meshos-{}-{version}", board.name);
@@ -153,6 +228,8 @@ impl Plan {
         };
         Ok(Plan {
             board: board.name.clone(),
+            board_file: format!("board-defs/{}.yaml", board.name),
+            boot_script: crate::boot_script::render(board, &layout.signature_hex()),
             version: version.into(),
             lock_sha256: lock.hash(),
             source_date_epoch: lock.source_date_epoch,
@@ -168,12 +245,15 @@ impl Plan {
                 .collect(),
             boot_files,
             slot_files,
+            raw_writes,
             modules: board.kernel.modules.clone(),
             initramfs_modules: board.kernel.initramfs_modules.clone(),
+            firmware: board.firmware.clone(),
+            root_files,
             overlays,
+            cjdns,
             trusted_keys: trust.keys.iter().map(PublicKey::id).collect(),
             signatures_required: trust.required,
-            trust_files,
             outputs,
             input_id,
         })

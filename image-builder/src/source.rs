@@ -70,7 +70,7 @@ pub struct LockedSource {
 
 /// `board-defs/sources/<name>.yaml` under `root`.
 pub fn set_path(root: &Path, name: &str) -> PathBuf {
-    crate::board::under(root, &format!("board-defs/sources/{name}.yaml"))
+    crate::defs::under(root, &format!("board-defs/sources/{name}.yaml"))
 }
 
 impl SourceSet {
@@ -83,8 +83,8 @@ impl SourceSet {
 
     fn validate(&self, path: &Path) -> Result<(), SourceError> {
         let invalid = |message: String| Err(SourceError::Invalid { path: path.into(), message });
-        if self.api_version != crate::board::API_VERSION {
-            return invalid(format!("apiVersion is '{}' but this meshimg reads '{}'", self.api_version, crate::board::API_VERSION));
+        if self.api_version != crate::defs::API_VERSION {
+            return invalid(format!("apiVersion is '{}' but this meshimg reads '{}'", self.api_version, crate::defs::API_VERSION));
         }
         if self.sources.is_empty() {
             return invalid("sources is empty".into());
@@ -320,7 +320,7 @@ mod tests {
 
     fn set(archive: &str) -> SourceSet {
         SourceSet {
-            api_version: crate::board::API_VERSION.into(),
+            api_version: crate::defs::API_VERSION.into(),
             name: "demo".into(),
             version: "1".into(),
             sources: vec![Source {
