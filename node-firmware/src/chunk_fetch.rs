@@ -8,45 +8,14 @@
 //! marked bad and written, from the running slot and the cache, then checked whole.
 
 use crate::held::Held;
-use crate::upgrade::{self, InstallError, Record, SlotWriter, Step, Target};
+use crate::upgrade::{self, InstallError, Record, SlotWriter, Step, Target, Transfer};
 use meshos_common::bundle::{self, BundleError, ErrorKind, MAX_CHUNK};
 use meshos_common::chunks::{self, Chunk};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// What an install over the mesh moved, kept in the upgrade record (so it survives the reboot
-/// into the new slot and shows in `meshd upgrade status` and the metrics).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Transfer {
-    /// The whole bundle's size: what a node without any chunk would fetch.
-    pub bundle_bytes: u64,
-    pub header_bytes: u64,
-    /// Chunk bytes found in the running slot.
-    pub reused_bytes: u64,
-    /// Chunk bytes this install had to fetch.
-    pub needed_bytes: u64,
-    /// Bytes received from neighbours for this release, headers and bad chunks included,
-    /// over every attempt (an install resumed after a power cut adds to it).
-    pub fetched_bytes: u64,
-    pub attempts: u32,
-    /// Per neighbour (its base URL): what it served and what it got wrong.
-    pub peers: BTreeMap<String, PeerTally>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct PeerTally {
-    pub chunks: u64,
-    pub bytes: u64,
-    /// Chunks whose bytes did not match the signed manifest.
-    pub bad_chunks: u64,
-    /// Requests that failed (no answer, not held, an HTTP error).
-    pub failures: u64,
-}
 
 /// How a node fetches.
 #[derive(Debug, Clone)]

@@ -361,7 +361,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         return Err(at("metrics.port", "0 is not a port".into()));
     }
     for (i, entry) in config.gateway.allow.iter().enumerate() {
-        if crate::gateway::allowed_address(entry).is_none() {
+        if crate::identity::node_address(entry).is_none() {
             return Err(err(
                 line_of_item(text, "gateway.allow", i),
                 &format!("gateway.allow[{i}]"),

@@ -315,7 +315,7 @@ fn manage_radios(radios: &mut BTreeMap<String, Managed>, cfg: &Config, id: &Iden
             Role::Mesh => radio::bring_up_mesh(&r, &cfg.mesh),
             Role::AccessPoint => (|| {
                 if passphrase.is_none() {
-                    *passphrase = Some(crate::identity::ap_passphrase(cfg, &dirs.state, &dirs.boot)?);
+                    *passphrase = Some(crate::identity::ap_passphrase(cfg.access_point.passphrase.as_deref(), &dirs.state, &dirs.boot)?);
                 }
                 let ssid = cfg.access_point.ssid.clone().unwrap_or_else(|| id.hostname.clone());
                 // The node's one routed IPv6 prefix goes to its first access point.

@@ -144,16 +144,6 @@ pub struct Candidate {
     pub hops: Option<usize>,
 }
 
-/// The address a `gateway.allow` entry stands for: a Yggdrasil public key's, or an overlay
-/// address as written.
-pub fn allowed_address(entry: &str) -> Option<Ipv6Addr> {
-    if let Ok(a) = entry.parse::<Ipv6Addr>() {
-        return Some(a);
-    }
-    let bytes = crate::identity::unhex(entry).filter(|b| b.len() == 32)?;
-    Some(crate::identity::address_for_key(&bytes.try_into().ok()?))
-}
-
 /// The served side: leases by client, and the uplink as last checked.
 #[derive(Debug, Default)]
 pub struct Served {
@@ -392,7 +382,7 @@ impl Agent {
             Ok(mut s) => {
                 s.offering = self.settings.offer;
                 s.me = Some(self.me);
-                s.allow = self.settings.allow.iter().filter_map(|e| allowed_address(e)).collect();
+                s.allow = self.settings.allow.iter().filter_map(|e| crate::identity::node_address(e)).collect();
                 s.uplink = uplink.cloned();
                 if offering {
                     s.expire(now)
@@ -803,6 +793,7 @@ pub fn candidates(nodes: &[crate::meshview::Node]) -> Vec<Candidate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::node_address;
 
     fn a(s: &str) -> Ipv6Addr {
         s.parse().unwrap()
@@ -812,7 +803,7 @@ mod tests {
         Served {
             offering: true,
             me: Some(a("200::c")),
-            allow: allow.iter().map(|e| allowed_address(e).unwrap()).collect(),
+            allow: allow.iter().map(|e| node_address(e).unwrap()).collect(),
             uplink: Some(Uplink { interface: "eth3".into(), router: Ipv4Addr::new(198, 51, 100, 1), up: true }),
             leases: BTreeMap::new(),
         }
@@ -838,7 +829,7 @@ mod tests {
     fn refusals_say_why() {
         // Only B's key (its address 200:...), given as a key.
         let key = "9d01fe7e0ba2a9a1e5d2b7e8df83e6c3b2a86e8d1b4a6e5f2c3d4e5f6a7b8c9d";
-        let b = allowed_address(key).unwrap();
+        let b = node_address(key).unwrap();
         assert!(is_node_address(&b) && !is_node_address(&a("300:1::5")));
         let mut s = served(&[key]);
         let t = Instant::now();
@@ -853,7 +844,7 @@ mod tests {
         let mut down = served(&[]);
         down.uplink.as_mut().unwrap().up = false;
         assert!(matches!(down.lease(a("200::a"), t), Err(Refusal::Unavailable(_))));
-        assert!(allowed_address("beef").is_none() && allowed_address(&"g".repeat(64)).is_none());
+        assert!(node_address("beef").is_none() && node_address(&"g".repeat(64)).is_none());
     }
 
     #[test]

@@ -36,10 +36,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, Semaphore};
 
-/// Chunks and bytes sent to neighbours for their upgrades since meshd started.
-pub static SERVED_CHUNKS: AtomicU64 = AtomicU64::new(0);
-pub static SERVED_BYTES: AtomicU64 = AtomicU64::new(0);
-
 /// Connections served at once; more are closed as they come.
 pub const MAX_CONNECTIONS: usize = 32;
 /// A request's line and headers; a longer one is refused (431). The clients here send 100 bytes.
@@ -331,8 +327,8 @@ async fn send_held(face: &Arc<Face>, path: String) -> Reply {
     match read {
         Ok(Some(body)) => {
             if chunk {
-                SERVED_CHUNKS.fetch_add(1, Ordering::Relaxed);
-                SERVED_BYTES.fetch_add(body.len() as u64, Ordering::Relaxed);
+                metrics::SERVED_CHUNKS.fetch_add(1, Ordering::Relaxed);
+                metrics::SERVED_BYTES.fetch_add(body.len() as u64, Ordering::Relaxed);
             }
             reply(StatusCode::OK, "application/octet-stream", body.into())
         }

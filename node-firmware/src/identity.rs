@@ -2,7 +2,6 @@
 //! passphrase. Made on first boot and kept on the data partition, so a node keeps its address
 //! across reboots and upgrades; nothing here is ever a shared default.
 
-use crate::config::Config;
 use std::fs;
 use std::io::Read;
 use std::net::Ipv6Addr;
@@ -101,9 +100,9 @@ pub fn address_for_key(public_key: &[u8; 32]) -> Ipv6Addr {
 
 /// The access point passphrase: the configured one, else one made for this node and written
 /// next to mesh.yaml so the owner can read it from the SD card.
-pub fn ap_passphrase(config: &Config, state_dir: &Path, boot_dir: &Path) -> Result<String, String> {
-    if let Some(p) = config.access_point.passphrase.as_ref().filter(|p| !p.is_empty()) {
-        return Ok(p.clone());
+pub fn ap_passphrase(configured: Option<&str>, state_dir: &Path, boot_dir: &Path) -> Result<String, String> {
+    if let Some(p) = configured.filter(|p| !p.is_empty()) {
+        return Ok(p.to_string());
     }
     let path = state_dir.join(PASSPHRASE_FILE);
     let phrase = match fs::read_to_string(&path) {
@@ -144,6 +143,16 @@ pub fn unhex(text: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// The overlay address a node is named by in configuration (`gateway.allow`): its Yggdrasil
+/// public key's, or an overlay address as written.
+pub fn node_address(entry: &str) -> Option<std::net::Ipv6Addr> {
+    if let Ok(a) = entry.parse::<std::net::Ipv6Addr>() {
+        return Some(a);
+    }
+    let bytes = unhex(entry).filter(|b| b.len() == 32)?;
+    Some(address_for_key(&bytes.try_into().ok()?))
 }
 
 #[cfg(test)]

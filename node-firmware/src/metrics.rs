@@ -6,7 +6,13 @@ use crate::radio::Station;
 use crate::router::Peer;
 use crate::status::NodeState;
 use std::fmt::Write;
+use std::sync::atomic::AtomicU64;
 use sysinfo::{Components, Disks, Networks, System};
+
+/// Chunks and bytes sent to neighbours for their upgrades since meshd started (the HTTP face
+/// counts them as it serves).
+pub static SERVED_CHUNKS: AtomicU64 = AtomicU64::new(0);
+pub static SERVED_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// The host-side collectors, kept between scrapes (sysinfo works on differences).
 pub struct Collectors {
@@ -187,14 +193,14 @@ fn upgrade(e: &mut Exposition, state: &NodeState) {
         "counter",
         "Chunks served to neighbours' upgrades since meshd started.",
         &[],
-        crate::http::SERVED_CHUNKS.load(Ordering::Relaxed),
+        SERVED_CHUNKS.load(Ordering::Relaxed),
     );
     e.one(
         "meshd_upgrade_served_bytes_total",
         "counter",
         "Chunk bytes served to neighbours' upgrades since meshd started.",
         &[],
-        crate::http::SERVED_BYTES.load(Ordering::Relaxed),
+        SERVED_BYTES.load(Ordering::Relaxed),
     );
 }
 

@@ -59,6 +59,35 @@ impl std::fmt::Display for Step {
     }
 }
 
+/// What an install over the mesh moved, kept in the upgrade record (so it survives the reboot
+/// into the new slot and shows in `meshd upgrade status` and the metrics).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Transfer {
+    /// The whole bundle's size: what a node without any chunk would fetch.
+    pub bundle_bytes: u64,
+    pub header_bytes: u64,
+    /// Chunk bytes found in the running slot.
+    pub reused_bytes: u64,
+    /// Chunk bytes this install had to fetch.
+    pub needed_bytes: u64,
+    /// Bytes received from neighbours for this release, headers and bad chunks included,
+    /// over every attempt (an install resumed after a power cut adds to it).
+    pub fetched_bytes: u64,
+    pub attempts: u32,
+    /// Per neighbour (its base URL): what it served and what it got wrong.
+    pub peers: std::collections::BTreeMap<String, PeerTally>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerTally {
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Chunks whose bytes did not match the signed manifest.
+    pub bad_chunks: u64,
+    /// Requests that failed (no answer, not held, an HTTP error).
+    pub failures: u64,
+}
+
 /// What `meshd upgrade status` shows, kept on the data partition.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
@@ -74,7 +103,7 @@ pub struct Record {
     pub manifest_sha256: Option<String>,
     /// For an install over the mesh: what was fetched, from whom, and what was found bad.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transfer: Option<crate::chunk_fetch::Transfer>,
+    pub transfer: Option<Transfer>,
     /// Overlay addresses of the neighbours the node had when it rebooted into the new slot:
     /// the slot is healthy only once it has one of them back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
