@@ -6,26 +6,33 @@ mod boot_check;
 mod bundle_source;
 mod chunk_fetch;
 mod command;
+mod conf_d;
 mod config;
 mod daemon;
+mod dirs;
 mod durable;
 mod entropy;
 mod gateway;
+mod health;
 mod held;
 mod http;
 mod identity;
+mod local_install;
 mod meshview;
 mod metrics;
 mod node;
 mod radio;
 mod rollout;
 mod router;
+mod services;
 mod slot_bundle;
 mod slots;
 mod status;
 mod supervisor;
+mod trust;
 mod upgrade;
 mod watchdog;
+mod wired;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,8 +83,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn dirs(args: &[String]) -> Result<daemon::Dirs, String> {
-    let mut d = daemon::Dirs::default();
+fn dirs(args: &[String]) -> Result<dirs::Dirs, String> {
+    let mut d = dirs::Dirs::default();
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         let slot = match a.as_str() {
@@ -92,7 +99,7 @@ fn dirs(args: &[String]) -> Result<daemon::Dirs, String> {
     Ok(d)
 }
 
-fn show_status(d: &daemon::Dirs, json: bool) -> Result<(), String> {
+fn show_status(d: &dirs::Dirs, json: bool) -> Result<(), String> {
     let state = status::read(&d.run)?;
     let peers = router::peers(&d.run);
     if json {
@@ -117,7 +124,7 @@ fn check_config(file: &str) -> Result<(), String> {
 }
 
 fn upgrade_command(args: &[String]) -> Result<(), String> {
-    let dirs = daemon::Dirs::default();
+    let dirs = dirs::Dirs::default();
     match args.first().map(String::as_str) {
         Some("install") => {
             let (mut source, mut ca) = (None, None);
@@ -134,7 +141,7 @@ fn upgrade_command(args: &[String]) -> Result<(), String> {
             }
             let source = source.ok_or_else(|| format!("upgrade install needs a bundle file or URL\n{USAGE}"))?;
             let source = bundle_source::Source::parse(&source, ca)?;
-            let version = daemon::install_bundle(&source, &dirs, allow_downgrade).map_err(|e| e.to_string())?;
+            let version = local_install::install_bundle(&source, &dirs, allow_downgrade).map_err(|e| e.to_string())?;
             println!("installed {version}; it boots next");
             if reboot {
                 watchdog::reboot()?;

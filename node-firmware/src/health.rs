@@ -1,0 +1,141 @@
+//! Committing a boot: the health check that marks the running slot good once the node has
+//! been healthy for a while, and the reboot that hands a slot on trial back to U-Boot when it
+//! is not healthy in time (U-Boot then counts the attempt and, out of attempts, rolls back).
+
+use crate::node::Node;
+use crate::slots;
+use crate::supervisor::Service;
+use meshos_common::boot_state::Slot;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long the node must look healthy before its slot is marked good.
+pub const HEALTHY_FOR: Duration = Duration::from_secs(10);
+
+/// The health check that commits a boot: meshd up (it runs this), the data partition mounted,
+/// the router running without a restart for a while. Then the running slot is marked good in
+/// the boot state record, once per boot.
+pub struct Health {
+    disk: Option<PathBuf>,
+    running: Option<Slot>,
+    healthy_since: Option<Instant>,
+    pub report: crate::slots::SlotReport,
+    /// This boot tries a newly installed slot: if it is not healthy by `deadline`, reboot.
+    pub trial: Option<crate::upgrade::Record>,
+    deadline: Instant,
+    state_dir: PathBuf,
+    /// Set once, when this boot's slot was just marked good.
+    pub committed_now: bool,
+}
+
+impl Health {
+    pub fn new(slot: &str, state_dir: &Path, timeout: Duration) -> Health {
+        let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let running = Slot::parse(slot);
+        let found = slots::boot_disk(&cmdline).and_then(|d| slots::read_state(&d).map(|(s, _)| (d, s)));
+        let record = crate::upgrade::read_record(state_dir).filter(|r| r.step == crate::upgrade::Step::Installed);
+        let trial = record.filter(|r| r.target.as_deref().and_then(Slot::parse) == running);
+        if let Some(r) = &trial {
+            eprintln!("meshd: upgrade: trying {} in slot {slot}; it has {} s to become healthy", r.version.as_deref().unwrap_or("?"), timeout.as_secs());
+        }
+        let mut h = Health {
+            disk: None,
+            running,
+            healthy_since: None,
+            report: crate::slots::SlotReport::default(),
+            trial,
+            deadline: Instant::now() + timeout,
+            state_dir: state_dir.to_path_buf(),
+            committed_now: false,
+        };
+        match (found, running) {
+            (Ok((disk, boot_state)), Some(slot)) => {
+                h.report = slots::report(&boot_state, slot, None, false);
+                h.disk = Some(disk);
+            }
+            (Err(e), _) => h.report.error = Some(format!("boot state: {e}")),
+            (_, None) => h.report.error = Some(format!("unknown running slot '{slot}'")),
+        }
+        if let Some(e) = &h.report.error {
+            eprintln!("meshd: {e}; this boot cannot be marked good");
+        }
+        h
+    }
+
+    pub fn check(&mut self, services: &[Service], run_dir: &Path) {
+        let (Some(disk), Some(slot)) = (&self.disk, self.running) else { return };
+        if self.report.marked_good {
+            return;
+        }
+        let data = fs::read_to_string("/proc/mounts").unwrap_or_default().lines().any(|l| l.split_whitespace().nth(1) == Some("/data"));
+        let router = services.iter().find(|s| s.name == "yggdrasil" || s.name == "cjdns").map(|s| s.status());
+        let router_ok = router.is_some_and(|r| r.running);
+        // A new slot must find again one of the neighbours the node had before it rebooted
+        // (when it had any): a release that boots but cannot mesh would cut the node off.
+        let before = self.trial.as_ref().map(|r| r.neighbours.clone()).unwrap_or_default();
+        let regained = before.is_empty() || crate::router::peers(run_dir).is_ok_and(|p| p.iter().any(|p| p.up && before.contains(&p.address)));
+        if !(data && router_ok && regained) {
+            self.healthy_since = None;
+            if self.trial.is_some() && Instant::now() > self.deadline {
+                let why = if !data {
+                    "the data partition is not mounted"
+                } else if !router_ok {
+                    "the router is not running"
+                } else {
+                    "it found none of the overlay neighbours it had before the reboot"
+                };
+                eprintln!("meshd: upgrade: slot {slot} is not healthy ({why}); rebooting so U-Boot counts the failed attempt");
+                if let Err(e) = crate::watchdog::reboot() {
+                    eprintln!("meshd: {e}");
+                }
+                self.trial = None;
+            }
+            return;
+        }
+        let since = *self.healthy_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < HEALTHY_FOR {
+            return;
+        }
+        match crate::upgrade::commit_boot(disk, slot, &self.state_dir) {
+            Ok(report) => {
+                // (after the record: whoever reads this line finds both on the card)
+                match &report.rolled_back_from {
+                    Some(from) => eprintln!("meshd: ROLLBACK: slot {from} ran out of boot attempts; slot {slot} is running and marked good"),
+                    None => eprintln!(
+                        "meshd: slot {slot} healthy, marked good (order {}, attempts left A {} B {})",
+                        report.order.join(" "),
+                        report.a_left,
+                        report.b_left
+                    ),
+                }
+                self.trial = None;
+                self.report = report;
+                self.committed_now = true;
+            }
+            Err(e) => {
+                eprintln!("meshd: marking slot {slot} good: {e}");
+                self.report.error = Some(e);
+                self.disk = None;
+            }
+        }
+    }
+}
+
+/// A meshd that cannot start cannot mark its slot good. On a slot on trial it still reboots once
+/// the health timeout has passed, as for a slot that starts but is unhealthy, so U-Boot counts the
+/// attempt (else the node would stay on the broken slot); elsewhere the error ends meshd.
+pub fn cannot_start(e: String, node: &Node, state_dir: &Path, timeout: Duration) -> String {
+    if Health::new(&node.slot, state_dir, timeout).trial.is_none() {
+        return e;
+    }
+    eprintln!("meshd: cannot start: {e}");
+    eprintln!("meshd: upgrade: slot {} is not healthy; rebooting in {} s so U-Boot counts the failed attempt", node.slot, timeout.as_secs());
+    std::thread::sleep(timeout);
+    if let Err(e) = crate::watchdog::reboot() {
+        eprintln!("meshd: {e}");
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
