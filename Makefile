@@ -5,20 +5,24 @@ BOARD ?= rpi3
 OUT ?= out
 MESHIMG := target/debug/meshimg
 
-.PHONY: all setup meshimg image qemu lock plan test bench clean
+.PHONY: all setup setup-build meshimg image qemu lock plan test bench clean
 
 all: image
 
-setup:
+# What building needs (also what the Dockerfile installs), and what testing needs besides.
+setup-build:
+	@ci/setup-host.sh build
+
+setup: setup-build
 	@ci/setup-host.sh
 
-meshimg: setup
+meshimg: setup-build
 	cargo build --locked -p meshimg
 
 image: meshimg
 	$(MESHIMG) build $(BOARD) --out $(OUT)
 
-qemu: meshimg
+qemu: setup meshimg
 	$(MESHIMG) qemu $(BOARD) --out $(OUT)
 
 plan: meshimg
@@ -27,10 +31,10 @@ plan: meshimg
 lock: meshimg
 	$(MESHIMG) lock $(BOARD)
 
-test: meshimg
+test: setup meshimg
 	ci/test.sh
 
-bench: meshimg
+bench: setup meshimg
 	ci/bench.sh $(BOARD)
 
 clean:

@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
 # Installs what building and testing meshos needs on a Debian 12/13 host, only when missing.
-# Called by `make image`, `make test` and `make qemu`; safe to run again (does nothing then).
+# Called by `make image`, `make test` and `make qemu`, and by the Dockerfile; safe to run again
+# (does nothing then).
 set -euo pipefail
 
-# Host tools: command -> Debian package.
+# Usage: ci/setup-host.sh [build]. `build` installs only what `make image` needs (the
+# Dockerfile runs it so); without it, also what `make test` needs.
+mode=${1:-test}
+case $mode in build | test) ;; *) echo "usage: $0 [build|test]" >&2; exit 2 ;; esac
+
+# Host tools: command -> Debian package. What building an image needs:
 declare -A need=(
+  [make]=make
+  [cc]=gcc                      # build scripts of crates with C in them (ring, liblzma)
   [mksquashfs]=squashfs-tools
   [mformat]=mtools
   [mcopy]=mtools
-  [fsck.vfat]=dosfstools
   [mke2fs]=e2fsprogs
-  [sfdisk]=fdisk
   [depmod]=kmod
   [mkimage]=u-boot-tools
-  [xz]=xz-utils
   [aarch64-linux-gnu-gcc]=gcc-aarch64-linux-gnu
   [arm-linux-gnueabihf-gcc]=gcc-arm-linux-gnueabihf
+  [node]=nodejs                 # cjdns builds its C parts with node_build/make.js
+)
+# What testing needs besides:
+[ "$mode" = build ] || need+=(
+  [fsck.vfat]=dosfstools
+  [sfdisk]=fdisk
+  [xz]=xz-utils
   [qemu-system-aarch64]=qemu-system-arm
   [qemu-system-arm]=qemu-system-arm
   [unsquashfs]=squashfs-tools
@@ -30,7 +42,9 @@ declare -A need=(
   [socat]=socat                 # joins the monitoring machine's tap device to a node's link
   [chromium]=chromium           # the mesh test loads a node's /map in headless Chromium
   [dnsmasq]=dnsmasq-base        # the mesh test's simulated internet: DHCP and DNS for the gateways' uplinks
-  [node]=nodejs                 # cjdns builds its C parts with node_build/make.js
+  [podman]=podman               # the container test builds the Dockerfile and an image in it
+  [runc]=runc                   # podman's runtime here (crun refuses hybrid cgroup layouts)
+  [mmdebstrap]=mmdebstrap       # the container test's Debian base image, made locally
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -40,6 +54,8 @@ done
 # meshd for armv7 links against glibc (a Recommends of the cross gcc, so name it); its TLS
 # crypto (ring) compiles C for both targets against the cross C headers.
 [ -f /usr/arm-linux-gnueabihf/lib/crt1.o ] || missing+=(libc6-dev-armhf-cross)
+[ -f /usr/include/stdio.h ] || missing+=(libc6-dev)
+[ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 [ -f /usr/aarch64-linux-gnu/include/stdint.h ] || missing+=(libc6-dev-arm64-cross)
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -84,7 +100,7 @@ add_target() {
   rustup target add "$1"
 }
 if command -v rustup >/dev/null 2>&1; then
-  for c in clippy rustfmt; do
+  [ "$mode" = build ] || for c in clippy rustfmt; do
     rustup component list --installed | grep -q "^$c" || { echo "setup: adding Rust component $c (make test runs it)"; rustup component add "$c"; }
   done
   for t in aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu; do

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The Dockerfile, built and run with Podman as README.md tells users, from a Debian base made
+# here with mmdebstrap (no container registry is reachable): the container's image of BOARD
+# must be the host's out/BOARD image, byte for byte. The host's package cache, cargo registry,
+# source mirror and signing key are lent to the container as volumes, so nothing is fetched
+# twice; the host's CA bundle goes in as a build secret and a read-only file, as a proxy's CA
+# would. Usage: ci/container-test.sh BOARD (after `meshimg build BOARD --out out`).
+set -euo pipefail
+board=$1
+cd "$(dirname "$0")/.."
+export CONTAINERS_CONF=$PWD/ci/containers.conf
+work=$(mktemp -d /tmp/meshos-container.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+base=localhost/meshos-base:bookworm tag=localhost/meshos:test
+ca=/etc/ssl/certs/ca-certificates.crt
+registry=${CARGO_HOME:-$HOME/.cargo}/registry
+cache=${MESHOS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshos}
+rust=$(rustc --version | cut -d' ' -f2)
+
+t=$SECONDS
+mmdebstrap --quiet --variant=minbase bookworm "$work/base.tar" http://deb.debian.org/debian
+podman import --quiet "$work/base.tar" "$base" >/dev/null
+echo "container: Debian base made in $((SECONDS - t)) s"
+
+# The same Rust release as the host's: another one compiles meshd to other bytes.
+t=$SECONDS
+podman build --network host --secret id=ca,src="$ca" -v "$registry:/usr/local/cargo/registry" \
+  --build-arg BASE="$base" --build-arg RUST_VERSION="$rust" -t "$tag" . > "$work/build.log" 2>&1 ||
+  { tail -30 "$work/build.log"; echo "container: FAIL: podman build (above)" >&2; exit 1; }
+echo "container: podman build in $((SECONDS - t)) s; $(podman image inspect "$tag" --format '{{.Size}}' | awk '{printf "%.2f GB", $1 / 1e9}')"
+
+args=(--rm --network host -v "$work/out:/src/out" -v "$cache:/cache" -v "$registry:/usr/local/cargo/registry" -v "$ca:/run/secrets/ca:ro")
+if [ -n "${MESHOS_SOURCES:-}" ]; then args+=(-v "$MESHOS_SOURCES:/sources:ro" -e MESHOS_SOURCES=/sources); fi
+if [ -n "${MESHOS_SIGN_KEY:-}" ]; then
+  args+=(-v "$(dirname "$MESHOS_SIGN_KEY"):/keys:ro" -e MESHOS_SIGN_KEY="/keys/$(basename "$MESHOS_SIGN_KEY")")
+fi
+mkdir -p "$work/out"
+t=$SECONDS
+podman run "${args[@]}" "$tag" make image BOARD="$board" > "$work/run.log" 2>&1 ||
+  { tail -30 "$work/run.log"; echo "container: FAIL: make image in the container (above)" >&2; exit 1; }
+grep -E '^(build: done|cjdns: )' "$work/run.log" || true
+echo "container: make image BOARD=$board in $((SECONDS - t)) s"
+
+here=$(sha256sum out/"$board"/meshos-"$board"-*.img.xz | cut -d' ' -f1)
+there=$(sha256sum "$work"/out/"$board"/meshos-"$board"-*.img.xz | cut -d' ' -f1)
+if [ "$here" = "$there" ]; then
+  echo "container: $board .img.xz $here on the host and in the container"
+else
+  echo "container: FAIL: $board .img.xz is $here on the host, $there in the container" >&2
+  exit 1
+fi
