@@ -118,11 +118,29 @@ if want 1; then
     || fail "upgrade record: $(record "$WORK/card1.img")"
   ! updates "$WORK/card1.img" | grep -q '\.bundle$' || fail "the installed bundle is still in updates/"
   mark
-  power_on "$WORK/card1.img"
+  # On the Orange Pi the power cycle also switches the committed node to cjdns (router: cjdns in
+  # mesh.yaml, no other step): its armv7 cjdroute, built for no other board, makes the node's
+  # keys, and its address is cjdns's. (The Pi's cjdroute is the arm64 one the virtual board's
+  # cjdns stage runs.)
+  cjdns=
+  if [ "$BOARD" = orangepi-zero ]; then
+    cjdns=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["outputs"].get("cjdroute") or "")' "$N.build-report.json")
+    [ -n "$cjdns" ] || fail "the $BOARD image carries no cjdroute (its build report names none)"
+  fi
+  again=()
+  if [ -n "$cjdns" ]; then
+    printf 'apiVersion: meshos/v1\nrouter: cjdns\n' > "$WORK/mesh-cjdns.yaml"
+    again=(--boot-file "mesh.yaml=$WORK/mesh-cjdns.yaml")
+  fi
+  power_on "$WORK/card1.img" "${again[@]}"
   wait_for 600 seen "^meshos ready version=$V.1 board=$BOARD slot=b" || fail "after a power cycle the node did not come back on slot B"
   seen '^meshos: boot state: order B A' || fail "the boot state does not put B first"
-  power_off
   ok "the record says committed, updates/ is empty, and after a power cycle the node boots slot B again"
+  if [ -n "$cjdns" ]; then
+    wait_for 120 seen 'overlay address fc' || fail "with router: cjdns the node has no cjdns (fc00::/8) address: $(tail -n +"$((since + 1))" "$WORK/console.log" | grep -a 'meshd: .*\(router\|cjdns\|overlay\)' | head -5)"
+    ok "with router: cjdns its own cjdroute made its keys: $(tail -n +"$((since + 1))" "$WORK/console.log" | grep -a 'overlay address' | head -1 | tr -d '\r')"
+  fi
+  power_off
 fi
 
 # --- 3: refusals, each with its reason on the card, and the node boots on as before.

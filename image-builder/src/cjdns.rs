@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Changes when the way cjdns is built here changes (a new key for every cached binary).
-const RECIPE: &str = "cjdns-build-2";
+const RECIPE: &str = "cjdns-build-3";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CjdnsError {
@@ -119,6 +119,9 @@ pub fn build(
         }
     }
     std::fs::write(&manifest, text).map_err(io(&manifest))?;
+    if target.starts_with("arm") {
+        fit_identity_to_32_bits(&project)?;
+    }
     let lock_path = project.join("Cargo.lock");
     let locked_before = registry_crates(&std::fs::read_to_string(&lock_path).map_err(io(&lock_path))?);
 
@@ -179,6 +182,23 @@ pub fn build(
     // The build tree is large (about 1 GiB of objects); the binary is what is kept.
     let _ = std::fs::remove_dir_all(&dir);
     Ok(kept)
+}
+
+/// cjdns marks each checked structure with a per-file constant (`Identity_MAGIC`, a 64-bit
+/// literal that node_build gives each C file) in a `uintptr_t` field. On a 32-bit target the
+/// field keeps the constant's low half, the check compares it with all 64 bits, and the first
+/// check aborts (`cjdroute --genconf` stops in crypto/random/RandomSeed.c). Cast to the field's
+/// type, the constant is what is stored: the checks stay on and the structures keep the layout
+/// cjdns's Rust bindings expect.
+fn fit_identity_to_32_bits(project: &Path) -> Result<(), CjdnsError> {
+    const MAGIC: &str = "#define Identity_MAGIC CJDNS_RAND_U64_PER_FILE\n";
+    let header = project.join("util/Identity.h");
+    let text = std::fs::read_to_string(&header).map_err(io(&header))?;
+    if !text.contains(MAGIC) {
+        return Err(CjdnsError::Io { path: header, source: std::io::Error::other("has no Identity_MAGIC definition to fit to 32 bits") });
+    }
+    let text = text.replacen(MAGIC, "#define Identity_MAGIC ((uintptr_t) CJDNS_RAND_U64_PER_FILE)\n", 1);
+    std::fs::write(&header, text).map_err(io(&header))
 }
 
 /// `cp -a`: modes and symbolic links as they are.
