@@ -154,23 +154,24 @@ if has qemu-arm64; then
   stage "tampered source tarballs refused before compiling" ci/sources-test.sh qemu-arm64
   stage "mesh of four qemu-arm64 nodes" ci/mesh-test.sh "$(image qemu-arm64)"
 fi
+# The Dockerfile, built and run with Podman: its rpi3 image must be the host's. Much of it is
+# downloading (Debian packages and Rust into the image), so it runs in the background, niced,
+# while the VMs below take their turns in front.
+if has rpi3; then
+  stage_bg "rpi3 image built in a container (podman)" nice -n 10 ci/container-test.sh rpi3
+fi
 # Rollback and refusals are the same meshd and boot script logic on every board: they run on
 # the fast virtual board (the refusals include the Orange Pi's bundle).
 if has qemu-arm64 && has orangepi-zero; then
   stage "rollback and refusals on qemu-arm64" ci/upgrade-test.sh qemu-arm64 2 3
 fi
 # Each real board's own U-Boot and boot script: a fresh card boots and installs N+1, which is
-# tried, committed and boots again after a power cycle (scenario 1). Each VM here runs alone:
+# tried, committed and boots again after a power cycle (scenario 1). No two VMs here run at once:
 # raspi3b and orangepi-pc keep both cores busy (four emulated cores each), so beside the
 # rollback the Pi's took 343 s and the rollback 419 s, more than one after the other (164 s and
 # 204 s); the Orange Pi's QEMU keeps to one host core (see ci/upgrade-test.sh).
 if has rpi3; then
   stage "A/B upgrade on rpi3 in raspi3b" ci/upgrade-test.sh rpi3 1
-fi
-# The Dockerfile, built and run with Podman: its rpi3 image must be the host's. Niced beside the
-# Orange Pi's QEMU, which keeps to one host core at a higher priority.
-if has rpi3; then
-  stage_bg "rpi3 image built in a container (podman)" nice -n 10 ci/container-test.sh rpi3
 fi
 if has orangepi-zero; then
   stage "A/B upgrade on orangepi-zero in orangepi-pc" ci/upgrade-test.sh orangepi-zero 1
