@@ -195,7 +195,12 @@ fn fit_identity_to_32_bits(project: &Path) -> Result<(), CjdnsError> {
     let header = project.join("util/Identity.h");
     let text = std::fs::read_to_string(&header).map_err(io(&header))?;
     if !text.contains(MAGIC) {
-        return Err(CjdnsError::Io { path: header, source: std::io::Error::other("has no Identity_MAGIC definition to fit to 32 bits") });
+        return Err(CjdnsError::Io {
+            path: header,
+            source: std::io::Error::other(
+                "has no Identity_MAGIC definition to fit to 32 bits; this cjdns version needs the 32-bit step of image-builder/src/cjdns.rs looked at again",
+            ),
+        });
     }
     let text = text.replacen(MAGIC, "#define Identity_MAGIC ((uintptr_t) CJDNS_RAND_U64_PER_FILE)\n", 1);
     std::fs::write(&header, text).map_err(io(&header))
