@@ -122,13 +122,10 @@ if want 1; then
   # mesh.yaml, no other step): its armv7 cjdroute, built for no other board, makes the node's
   # keys, and its address is cjdns's. (The Pi's cjdroute is the arm64 one the virtual board's
   # cjdns stage runs.)
-  cjdns=
+  cjdns= again=()
   if [ "$BOARD" = orangepi-zero ]; then
-    cjdns=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["outputs"].get("cjdroute") or "")' "$N.build-report.json")
+    cjdns=$(ci/report-output.py "$N.build-report.json" cjdroute)
     [ -n "$cjdns" ] || fail "the $BOARD image carries no cjdroute (its build report names none)"
-  fi
-  again=()
-  if [ -n "$cjdns" ]; then
     printf 'apiVersion: meshos/v1\nrouter: cjdns\n' > "$WORK/mesh-cjdns.yaml"
     again=(--boot-file "mesh.yaml=$WORK/mesh-cjdns.yaml")
   fi
