@@ -11,21 +11,21 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 MESHIMG=${MESHIMG:-target/debug/meshimg}
 BOARDS=${BOARDS:-rpi3 orangepi-zero qemu-arm64}
-passed=0 failed=0 failures=() started_bg=() bg_pids=()
+passed=0 failed=0 failures=() started_bg=() bg_pids=() started_idle=() idle_pids=()
+has() { [[ " $BOARDS " == *" $1 "* ]]; }
 
 mkdir -p out/test-logs && rm -f out/test-logs/*.log
 # Where the reproducibility checks compile meshd from their copies of the checkout (see
 # ci/reproducible.sh): once per architecture in a run.
 MESHOS_REPRO_TARGET=$(mktemp -d /tmp/meshos-repro-target.XXXXXX)
 export MESHOS_REPRO_TARGET
-# cjdns is compiled a second time once (rpi3's second build; qemu-arm64's reuses it): two builds
-# in two directories must give the same cjdroute.
-MESHOS_REPRO_CJDNS=$(mktemp -d /tmp/meshos-repro-cjdns.XXXXXX)
-export MESHOS_REPRO_CJDNS
-trap 'rm -rf "$MESHOS_REPRO_TARGET" "$MESHOS_REPRO_CJDNS"' EXIT
+trap 'rm -rf "$MESHOS_REPRO_TARGET"' EXIT
+stage_log() { # NAME: where the next stage's output is kept
+  echo "out/test-logs/$(printf '%02d' $((passed + failed + ${#started_bg[@]} + ${#started_idle[@]} + 1)))-$(tr -c 'a-z0-9\n' - <<<"${1,,}" | tr -s -).log"
+}
 stage() { # NAME COMMAND...: run one stage, its output also kept in out/test-logs/
   local name=$1 start=$SECONDS log rc; shift
-  log=out/test-logs/$(printf '%02d' $((passed + failed + ${#started_bg[@]} + 1)))-$(tr -c 'a-z0-9\n' - <<<"${name,,}" | tr -s -).log
+  log=$(stage_log "$name")
   echo "== $name"
   "$@" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
@@ -70,25 +70,40 @@ boot() { # BOARD: boot the image, console to out/BOARD/console.log
 
 # Two stages at a time where one leaves a core idle (a QEMU under TCG keeps about one of the
 # two busy): the virtual board's single-VM stages beside the builds; a stage in the background
-# keeps its output in its log, shown when it ends.
-stage_bg() { # [--after] NAME COMMAND...: --after: once the last stage started in the background ends
-  local after= name log
-  if [ "$1" = --after ]; then
-    [ ${#bg_pids[@]} -eq 0 ] || after=${bg_pids[-1]}
-    shift
+# keeps its output in its log, shown when it ends. A stage started with --idle runs only on
+# what the others leave of the CPU and the disk (the container test: much of it is downloading),
+# and only `stage_wait --idle` waits for it.
+stage_bg() { # [--after] [--idle] NAME COMMAND...: --after: once the last stage started in the background (with --idle: in the idle one) ends
+  local after= idle= name log
+  while :; do
+    case $1 in
+    --after) after=1; shift ;;
+    --idle) idle=1; shift ;;
+    *) break ;;
+    esac
+  done
+  if [ -n "$after" ]; then
+    if [ -n "$idle" ]; then after=${idle_pids[-1]:-}; else after=${bg_pids[-1]:-}; fi
   fi
   name=$1; shift
-  log=out/test-logs/$(printf '%02d' $((passed + failed + ${#started_bg[@]} + 1)))-$(tr -c 'a-z0-9\n' - <<<"${name,,}" | tr -s -).log
+  log=$(stage_log "$name")
   echo "== $name (in the background; output in $log)"
   (
     if [ -n "$after" ]; then while kill -0 "$after" 2>/dev/null; do sleep 2; done; fi
-    start=$SECONDS; "$@" > "$log" 2>&1; rc=$?; echo "$rc $((SECONDS - start))" > "$log.rc"
+    start=$SECONDS
+    if [ -n "$idle" ]; then chrt --idle 0 ionice -c 3 nice -n 19 "$@"; else "$@"; fi > "$log" 2>&1
+    echo "$? $((SECONDS - start))" > "$log.rc"
   ) &
-  started_bg+=("$name|$log") bg_pids+=($!)
+  if [ -n "$idle" ]; then started_idle+=("$name|$log") idle_pids+=($!); else started_bg+=("$name|$log") bg_pids+=($!); fi
 }
-stage_wait() { # waits for the stages started with stage_bg and counts them
-  wait "${bg_pids[@]}"
-  for s in "${started_bg[@]}"; do
+stage_wait() { # [--idle]: waits for the stages started with stage_bg (--idle: and stage_bg --idle) and counts them
+  local stages=("${started_bg[@]}") pids=("${bg_pids[@]}")
+  if [ "${1:-}" = --idle ]; then
+    stages+=("${started_idle[@]}") pids+=("${idle_pids[@]}")
+    started_idle=() idle_pids=()
+  fi
+  [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
+  for s in "${stages[@]}"; do
     local name=${s%%|*} log=${s#*|} rc secs
     read -r rc secs < "$log.rc" && rm -f "$log.rc"
     echo "== $name"; cat "$log"
@@ -101,6 +116,12 @@ stage_wait() { # waits for the stages started with stage_bg and counts them
   started_bg=() bg_pids=()
 }
 
+# The Dockerfile, built with Podman (ci/container-test.sh): much of it is downloading Debian
+# packages and Rust into the image, so it starts first and takes only what the stages leave
+# of the CPU; `make image` in it comes once the host's images are built.
+if has rpi3; then
+  stage_bg --idle "container image (podman build)" ci/container-test.sh image
+fi
 # (PROPTEST_CASES: inputs each property test of a parser tries; see */tests/properties.rs)
 stage "cargo tests" env PROPTEST_CASES=4096 cargo test --workspace --locked
 stage "cargo fmt --check" cargo fmt --all --check
@@ -116,7 +137,6 @@ signature() { # IMAGE.xz: the image and the update bundle, with minisign and wit
   minisign -V -m "$1" -p out/ci-key/ci.key.pub && "$MESHIMG" verify "$1" -p out/ci-key/ci.key.pub &&
     minisign -V -m "$bundle" -p out/ci-key/ci.key.pub && "$MESHIMG" verify "$bundle" -p out/ci-key/ci.key.pub
 }
-has() { [[ " $BOARDS " == *" $1 "* ]]; }
 version=$(cargo pkgid -p meshimg | sed 's/.*[#@]//')
 image() { echo "out/$1/meshos-$1-$version.img"; }
 build() { # BOARD [NICE]: build it, check the image with other tools and its signatures
@@ -140,43 +160,39 @@ fi
 for board in $BOARDS; do
   [ "$board" = qemu-arm64 ] || build "$board" 10
 done
-# cjdns is compiled a second time for arm64 (the virtual board and the Pi share it); the Orange
-# Pi's armv7 build is the same recipe, so its image is rebuilt with the first build's cjdroute.
+# Every board is built again in another directory: the same image. cjdroute is taken from the
+# first build there; its second build is the container's (below).
 for board in $BOARDS; do
-  if [ "$board" = orangepi-zero ]; then
-    stage "reproducible $board" env MESHOS_REPRO_CJDNS=first nice -n 10 ci/reproducible.sh "$board"
-  else
-    stage "reproducible $board" nice -n 10 ci/reproducible.sh "$board"
-  fi
+  # The container test's rpi3 image is rpi3's second build.
+  [ "$board" = rpi3 ] || stage "reproducible $board" env MESHOS_REPRO_CJDNS=first nice -n 10 ci/reproducible.sh "$board"
 done
 stage_wait
+# Every package rpi3 needs is now in the cache: the container may build.
+if has rpi3; then
+  stage_bg --after --idle "rpi3 image built in a container (podman)" ci/container-test.sh run rpi3
+fi
 if has qemu-arm64; then
   stage "tampered source tarballs refused before compiling" ci/sources-test.sh qemu-arm64
   stage "mesh of four qemu-arm64 nodes" ci/mesh-test.sh "$(image qemu-arm64)"
 fi
-# The Dockerfile, built and run with Podman: its rpi3 image must be the host's. Much of it is
-# downloading (Debian packages and Rust into the image), so it runs in the background, niced,
-# while the VMs below take their turns in front.
-if has rpi3; then
-  stage_bg "rpi3 image built in a container (podman)" nice -n 10 ci/container-test.sh rpi3
-fi
 # Rollback and refusals are the same meshd and boot script logic on every board: they run on
-# the fast virtual board (the refusals include the Orange Pi's bundle).
+# the fast virtual board (the refusals include the Orange Pi's bundle). Its single-core VM runs
+# beside the Orange Pi's, which keeps to the other host core (see ci/upgrade-test.sh).
 if has qemu-arm64 && has orangepi-zero; then
-  stage "rollback and refusals on qemu-arm64" ci/upgrade-test.sh qemu-arm64 2 3
+  stage_bg "rollback and refusals on qemu-arm64" ci/upgrade-test.sh qemu-arm64 2 3
 fi
 # Each real board's own U-Boot and boot script: a fresh card boots and installs N+1, which is
-# tried, committed and boots again after a power cycle (scenario 1). No two VMs here run at once:
-# raspi3b and orangepi-pc keep both cores busy (four emulated cores each), so beside the
-# rollback the Pi's took 343 s and the rollback 419 s, more than one after the other (164 s and
-# 204 s); the Orange Pi's QEMU keeps to one host core (see ci/upgrade-test.sh).
-if has rpi3; then
-  stage "A/B upgrade on rpi3 in raspi3b" ci/upgrade-test.sh rpi3 1
-fi
+# tried, committed and boots again after a power cycle (scenario 1).
 if has orangepi-zero; then
   stage "A/B upgrade on orangepi-zero in orangepi-pc" ci/upgrade-test.sh orangepi-zero 1
 fi
 stage_wait
+# raspi3b keeps both cores busy (four emulated cores): beside the rollback the Pi's took 343 s
+# and the rollback 419 s, more than one after the other (164 s and 204 s). So it runs alone.
+if has rpi3; then
+  stage "A/B upgrade on rpi3 in raspi3b" ci/upgrade-test.sh rpi3 1
+fi
+stage_wait --idle
 # The last lines name what failed, so the tail of a long log is enough to know where to look.
 for f in "${failures[@]}"; do
   echo "FAILED: ${f%|*} (whole output in ${f#*|}); its last lines:"
