@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: unit and integration tests, then end to end with the real locked packages for
 # each board: build, check the image with independent tools, boot it in QEMU to the
-# 'meshos ready' line, and build it again in another directory to prove it reproducible.
+# 'meshos ready' line, and build it again in another directory (rpi3: in the Dockerfile's
+# container) to prove it reproducible.
 # The virtual board also runs the mesh test (ci/mesh-test.sh): a line of nodes, routing, a bad
 # mesh.yaml, an 802.11s link between simulated radios, and an upgrade that spreads by itself;
 # and the A/B rollback and refusals (ci/upgrade-test.sh), power cuts and a hang
