@@ -30,10 +30,13 @@ stage() { # NAME COMMAND...: run one stage, its output also kept in out/test-log
   echo "== $name"
   "$@" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
-  if [ "$rc" -eq 0 ]; then
-    passed=$((passed + 1)); echo "== $name: ok ($((SECONDS - start)) s)"
+  tally "$name" "$log" "$rc" $((SECONDS - start))
+}
+tally() { # NAME LOG RC SECONDS: count a stage's result and say it
+  if [ "$3" -eq 0 ]; then
+    passed=$((passed + 1)); echo "== $1: ok ($4 s)"
   else
-    failed=$((failed + 1)) failures+=("$name|$log"); echo "== $name: FAILED ($((SECONDS - start)) s)"
+    failed=$((failed + 1)) failures+=("$1|$2"); echo "== $1: FAILED ($4 s)"
   fi
 }
 
@@ -108,11 +111,7 @@ stage_wait() { # [--idle]: waits for the stages started with stage_bg (--idle: a
     local name=${s%%|*} log=${s#*|} rc secs
     read -r rc secs < "$log.rc" && rm -f "$log.rc"
     echo "== $name"; cat "$log"
-    if [ "$rc" -eq 0 ]; then
-      passed=$((passed + 1)); echo "== $name: ok ($secs s)"
-    else
-      failed=$((failed + 1)) failures+=("$name|$log"); echo "== $name: FAILED ($secs s)"
-    fi
+    tally "$name" "$log" "$rc" "$secs"
   done
   started_bg=() bg_pids=()
 }
