@@ -41,6 +41,7 @@ image() {
 }
 
 run() {
+  podman image exists "$tag" || { echo "container: FAIL: there is no $tag image to run; build it first: ci/container-test.sh image" >&2; exit 1; }
   # The host's downloaded packages, but nothing derived from them: the container indexes the
   # modules and compiles cjdns itself.
   mkdir -p "$work/out" "$work/cache"
@@ -56,24 +57,22 @@ run() {
   grep -E '^(build: done|cjdns: )' "$work/run.log" || true
   echo "container: make image BOARD=$board in $((SECONDS - t)) s"
 
-  local status=0 what here there
-  for what in img.xz cjdroute; do
-    if [ "$what" = cjdroute ]; then
-      here=$(ci/report-output.py out/"$board"/meshos-"$board"-*.build-report.json cjdroute)
-      there=$(ci/report-output.py "$work"/out/"$board"/meshos-"$board"-*.build-report.json cjdroute)
-      [ -n "$here" ] || continue
-    else
-      here=$(sha256sum out/"$board"/meshos-"$board"-*.img.xz | cut -d' ' -f1)
-      there=$(sha256sum "$work"/out/"$board"/meshos-"$board"-*.img.xz | cut -d' ' -f1)
-    fi
-    if [ "$here" = "$there" ]; then
-      echo "container: $board $what $here on the host and in the container"
-    else
-      echo "container: FAIL: $board $what is $here on the host, $there in the container" >&2
-      status=1
-    fi
-  done
+  local status=0 cjdroute
+  same img.xz "$(sha256sum out/"$board"/meshos-"$board"-*.img.xz | cut -d' ' -f1)" \
+    "$(sha256sum "$work"/out/"$board"/meshos-"$board"-*.img.xz | cut -d' ' -f1)" || status=1
+  cjdroute=$(ci/report-output.py out/"$board"/meshos-"$board"-*.build-report.json cjdroute)
+  if [ -n "$cjdroute" ]; then
+    same cjdroute "$cjdroute" "$(ci/report-output.py "$work"/out/"$board"/meshos-"$board"-*.build-report.json cjdroute)" || status=1
+  fi
   return $status
+}
+same() { # WHAT HOST CONTAINER: the two sha256 of WHAT are equal
+  if [ "$2" = "$3" ]; then
+    echo "container: $board $1 $2 on the host and in the container"
+  else
+    echo "container: FAIL: $board $1 is $2 on the host, $3 in the container" >&2
+    return 1
+  fi
 }
 
 for step in "${steps[@]}"; do "$step"; done
