@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Changes when the way cjdns is built here changes (a new key for every cached binary).
-const RECIPE: &str = "cjdns-build-3";
+const RECIPE: &str = "cjdns-build-4";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CjdnsError {
@@ -122,6 +122,7 @@ pub fn build(
     if target.starts_with("arm") {
         fit_identity_to_32_bits(&project)?;
     }
+    read_until_drained(&project)?;
     let lock_path = project.join("Cargo.lock");
     let locked_before = registry_crates(&std::fs::read_to_string(&lock_path).map_err(io(&lock_path))?);
 
@@ -204,6 +205,39 @@ fn fit_identity_to_32_bits(project: &Path) -> Result<(), CjdnsError> {
     }
     let text = text.replacen(MAGIC, "#define Identity_MAGIC ((uintptr_t) CJDNS_RAND_U64_PER_FILE)\n", 1);
     std::fs::write(&header, text).map_err(io(&header))
+}
+
+/// v22.1's event loop calls cjdns's read callback once per readiness event (one packet) and
+/// then clears tokio's edge-triggered readiness: whatever else is queued on the socket or TUN
+/// waits for the next packet to arrive, seconds in a quiet mesh (round trips of 3-6 s between
+/// two peers). Called back while `poll` says there is more to read, the queue drains at once.
+fn read_until_drained(project: &Path) -> Result<(), CjdnsError> {
+    const ONCE: &str = "                            let l = frc.lock();
+                            unsafe { (l.0)(l.1); }
+                            drop(l);
+                            x.clear_ready();
+";
+    const DRAINED: &str = "                            loop {
+                                if !active.load(Ordering::Relaxed) { break; }
+                                let l = frc.lock();
+                                unsafe { (l.0)(l.1); }
+                                drop(l);
+                                let mut p = libc::pollfd { fd: *x.get_inner(), events: libc::POLLIN, revents: 0 };
+                                if unsafe { libc::poll(&mut p, 1, 0) } <= 0 { break; }
+                            }
+                            x.clear_ready();
+";
+    let file = project.join("rust/cjdns_sys/src/rffi/event_loop/fd_readable.rs");
+    let text = std::fs::read_to_string(&file).map_err(io(&file))?;
+    if text.matches(ONCE).count() != 1 {
+        return Err(CjdnsError::Io {
+            path: file,
+            source: std::io::Error::other(
+                "does not read once per readiness event as v22.1 does; this cjdns version needs the event-loop step of image-builder/src/cjdns.rs looked at again",
+            ),
+        });
+    }
+    std::fs::write(&file, text.replacen(ONCE, DRAINED, 1)).map_err(io(&file))
 }
 
 /// `cp -a`: modes and symbolic links as they are.
