@@ -410,7 +410,8 @@ ok "the client fetched http://www.internet.test/ by name through A's tunnel to g
 before=$(date +%s.%N)
 in_ns client true
 empty=$(date +%s.%N)
-in_ns client "wget -q -T 300 -O /dev/null http://www.internet.test/4m.bin" || fail "the client's download of 4 MiB through C"
+in_ns client "wget -q -T 300 -O /dev/null http://www.internet.test/4m.bin" > "$WORK/download.log" 2>&1 \
+  || fail "the client's download of 4 MiB through C: $(cat "$WORK/download.log"); A's $(on_a meshd status | grep '^gateway'); A's console: $(grep -a 'meshd: gateway' "$WORK/a.log" | tail -4)"
 after=$(date +%s.%N)
 echo "mesh-test: figure: client on A downloaded 4 MiB from the internet through gateway C (two overlay hops) at $(python3 -c "print(f'{4 * 8 / (($after - $empty) - ($empty - $before)):.1f}')") Mbit/s under TCG"
 

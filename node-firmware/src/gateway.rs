@@ -11,9 +11,12 @@
 //! Every other node (`gateway.use: auto`) takes a lease from the live gateway the fewest
 //! overlay hops away (counted in the mesh view's links) and sends IPv4 from its access point
 //! clients and itself into its tunnel, `gw0`, by policy routing, masqueraded onto its lease.
-//! It pings the gateway's uplink router through the tunnel every [`EVERY`] and renews its
-//! lease every [`RENEW`]; [`FAILURES`] failed checks in a row, or a gateway that stops
-//! offering, and it takes the next gateway.
+//! Every [`EVERY`] it checks that the tunnel passes traffic: bytes came out of it since the
+//! last check, or else a ping of the gateway's uplink router through it is answered. It renews
+//! its lease every [`RENEW`]. [`FAILURES`] failed checks in a row, a gateway that refuses or
+//! stops offering, or no answer to renewals until the lease nears its end, and it takes the
+//! next gateway. A busy tunnel is not given up because a ping waited behind its traffic, nor
+//! for one renewal lost on a loaded path.
 //!
 //! Only IPv4 enters a tunnel: the overlay (IPv6), the radio links and the wired peering
 //! (link-local IPv6) cannot. Traffic that has a route of its own (the access point's and
@@ -307,6 +310,8 @@ struct Using {
     since: Instant,
     renewed: Instant,
     failures: u32,
+    /// The tunnel's received bytes at the last check.
+    rx: u64,
 }
 
 pub fn spawn(agent: Agent) -> Result<(), String> {
@@ -496,7 +501,9 @@ impl Client {
     /// Why to leave the gateway in use, if at all.
     fn check(&mut self, agent: &Agent, now: Instant) -> Option<Leave> {
         let u = self.using.as_mut()?;
-        if ping(TUNNEL, u.lease.check) {
+        let passed = counters(TUNNEL).0 > u.rx || ping(TUNNEL, u.lease.check);
+        u.rx = counters(TUNNEL).0;
+        if passed {
             u.failures = 0;
         } else {
             u.failures += 1;
@@ -513,9 +520,15 @@ impl Client {
                 let _ = self.http.get(&url).config().timeout_global(Some(Duration::from_secs(3))).build().call();
             }
             match request_lease(&self.http, &u.candidate.address, agent.port) {
-                Ok(l) if l == u.lease => u.renewed = now,
-                Ok(_) => return Some(Leave::Failed("it changed the lease".into())),
-                Err(r) => {
+                Ok(Ok(l)) if l == u.lease => u.renewed = now,
+                Ok(Ok(_)) => return Some(Leave::Failed("it changed the lease".into())),
+                // Unanswered: tried again at the next check, while the gateway still holds the
+                // lease for a while after the last renewal.
+                Err(e) if now.duration_since(u.renewed) + RENEW < LEASE => {
+                    eprintln!("meshd: gateway: renewing with {} unanswered, trying again: {e}", u.candidate.name);
+                }
+                Err(e) => return Some(Leave::Failed(format!("renewing: {e}"))),
+                Ok(Err(r)) => {
                     if let Refusal::NotAllowed(reason) = &r {
                         self.refused.insert(u.candidate.address, refused_report(&u.candidate, reason));
                     }
@@ -551,7 +564,7 @@ impl Client {
             candidates.retain(|c| c.hops.is_some());
         }
         for c in candidates {
-            let leased = request_lease(&self.http, &c.address, agent.port).and_then(|lease| {
+            let leased = request_lease(&self.http, &c.address, agent.port).unwrap_or_else(|e| Err(Refusal::Unavailable(e))).and_then(|lease| {
                 open_tunnel(agent.me, &c, &lease, &agent.peers).map_err(Refusal::Unavailable)?;
                 first_traffic(&lease)?;
                 Ok(lease)
@@ -562,7 +575,7 @@ impl Client {
                     eprintln!("meshd: gateway: using {} ({}), {hops} overlay hops away, lease {}", c.name, c.address, lease.address);
                     self.refused.remove(&c.address);
                     self.switches += 1;
-                    self.using = Some(Using { candidate: c, lease, since: now, renewed: now, failures: 0 });
+                    self.using = Some(Using { candidate: c, lease, since: now, renewed: now, failures: 0, rx: counters(TUNNEL).0 });
                     return;
                 }
                 Err(r) => {
@@ -637,17 +650,17 @@ fn refusal_text(r: &Refusal) -> &str {
     }
 }
 
-/// Asks `gateway` for a lease over the overlay.
-fn request_lease(http: &ureq::Agent, gateway: &Ipv6Addr, port: u16) -> Result<Lease, Refusal> {
+/// Asks `gateway` for a lease over the overlay: its answer, or (Err) why there was none.
+fn request_lease(http: &ureq::Agent, gateway: &Ipv6Addr, port: u16) -> Result<Result<Lease, Refusal>, String> {
     let url = format!("http://[{gateway}]:{port}/gateway/lease");
-    let mut resp = http.post(&url).send_empty().map_err(|e| Refusal::Unavailable(format!("{url}: {e}")))?;
+    let mut resp = http.post(&url).send_empty().map_err(|e| format!("{url}: {e}"))?;
     let status = resp.status().as_u16();
-    let body = resp.body_mut().with_config().limit(4096).read_to_string().map_err(|e| Refusal::Unavailable(format!("{url}: {e}")))?;
-    match status {
+    let body = resp.body_mut().with_config().limit(4096).read_to_string().map_err(|e| format!("{url}: {e}"))?;
+    Ok(match status {
         200 => serde_json::from_str(&body).map_err(|e| Refusal::Unavailable(format!("{url}: not a lease: {e}"))),
         403 => Err(Refusal::NotAllowed(body.trim().to_string())),
         _ => Err(Refusal::Unavailable(format!("{url}: HTTP {status}: {}", body.trim()))),
-    }
+    })
 }
 
 /// The client's tunnel and the policy routing that sends IPv4 into it.
