@@ -151,9 +151,9 @@ impl Sources {
         for s in &set.sources {
             let (file, origin) = self.obtain(s)?;
             let tmp = self.unpack(&file, s)?;
-            let tree_sha256 = tree_sha256(&tmp).map_err(|source| SourceError::Io { path: tmp.clone(), source })?;
+            let tree_sha256 = tree_sha256(&tmp.top).map_err(|source| SourceError::Io { path: tmp.top.clone(), source })?;
             log(&format!("{} {} from {origin}: tree sha256 {tree_sha256}", s.name, &s.commit[..12]));
-            self.keep(&tmp, &tree_sha256)?;
+            self.keep(tmp, &tree_sha256)?;
             out.push(LockedSource { name: s.name.clone(), repository: s.repository.clone(), commit: s.commit.clone(), tree_sha256 });
         }
         Ok(out)
@@ -182,9 +182,8 @@ impl Sources {
             }
             let (file, origin) = self.obtain(s)?;
             let tmp = self.unpack(&file, s)?;
-            let got = tree_sha256(&tmp).map_err(|source| SourceError::Io { path: tmp.clone(), source })?;
+            let got = tree_sha256(&tmp.top).map_err(|source| SourceError::Io { path: tmp.top.clone(), source })?;
             if got != pin.tree_sha256 {
-                let _ = std::fs::remove_dir_all(tmp.parent().unwrap_or(&tmp));
                 return Err(SourceError::TreeMismatch {
                     file: origin,
                     lock_path: lock_path.display().to_string(),
@@ -196,7 +195,7 @@ impl Sources {
                 });
             }
             eprintln!("sources: {} {} from {origin}: tree verified", s.name, &s.commit[..12]);
-            trees.insert(s.name.clone(), self.keep(&tmp, &got)?);
+            trees.insert(s.name.clone(), self.keep(tmp, &got)?);
         }
         Ok(trees)
     }
@@ -223,13 +222,18 @@ impl Sources {
         Ok((partial, url))
     }
 
-    /// Unpacks `file` into a fresh directory in the cache and returns the tree inside it (the
-    /// archive's one top-level directory).
-    fn unpack(&self, file: &Path, s: &Source) -> Result<PathBuf, SourceError> {
+    /// Unpacks `file` into a fresh directory of its own in the cache (builds sharing the cache
+    /// may unpack the same source at once) and returns the tree inside it (the archive's one
+    /// top-level directory).
+    fn unpack(&self, file: &Path, s: &Source) -> Result<Unpacked, SourceError> {
         let unpack_err = |message: String| SourceError::Unpack { file: file.display().to_string(), message };
-        let tmp = self.root.join("tmp").join(&s.name);
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|source| SourceError::Io { path: tmp.clone(), source })?;
+        // (a name of this process's own: one left over is from a process that died)
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = Scratch(self.root.join("tmp").join(format!("{}.{}.{n}", s.name, std::process::id())));
+        let tmp = dir.0.as_path();
+        let _ = std::fs::remove_dir_all(tmp);
+        std::fs::create_dir_all(tmp).map_err(|source| SourceError::Io { path: tmp.into(), source })?;
         let f = std::fs::File::open(file).map_err(|source| SourceError::Io { path: file.into(), source })?;
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(f));
         archive.set_preserve_mtime(false);
@@ -241,28 +245,44 @@ impl Sources {
             if !matches!(entry.header().entry_type(), Regular | Directory | Symlink) {
                 continue;
             }
-            if !entry.unpack_in(&tmp).map_err(|e| unpack_err(e.to_string()))? {
+            if !entry.unpack_in(tmp).map_err(|e| unpack_err(e.to_string()))? {
                 return Err(unpack_err(format!("entry {} leaves the archive's directory", entry.path().map(|p| p.display().to_string()).unwrap_or_default())));
             }
         }
-        let tops: Vec<PathBuf> = std::fs::read_dir(&tmp).map_err(|source| SourceError::Io { path: tmp.clone(), source })?.flatten().map(|e| e.path()).collect();
+        let tops: Vec<PathBuf> = std::fs::read_dir(tmp).map_err(|source| SourceError::Io { path: tmp.into(), source })?.flatten().map(|e| e.path()).collect();
         match tops.as_slice() {
-            [top] if top.is_dir() => Ok(top.clone()),
+            [top] if top.is_dir() => Ok(Unpacked { top: top.clone(), _dir: dir }),
             _ => Err(unpack_err(format!("holds {} top-level entries, not one directory", tops.len()))),
         }
     }
 
-    /// Moves a verified tree to its place under its hash.
-    fn keep(&self, tree: &Path, tree_sha256: &str) -> Result<PathBuf, SourceError> {
+    /// Moves a verified tree to its place under its hash. One already there (another build's,
+    /// verified by it against the same hash) is used as it is: it may be in use.
+    fn keep(&self, tree: Unpacked, tree_sha256: &str) -> Result<PathBuf, SourceError> {
         let dir = self.root.join("tree").join(tree_sha256);
         let io = |source| SourceError::Io { path: dir.clone(), source };
         std::fs::create_dir_all(self.root.join("tree")).map_err(io)?;
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io)?;
+        match std::fs::rename(&tree.top, &dir) {
+            Err(_) if dir.is_dir() => Ok(dir),
+            Err(e) => Err(io(e)),
+            Ok(()) => Ok(dir),
         }
-        std::fs::rename(tree, &dir).map_err(io)?;
-        let _ = std::fs::remove_dir_all(tree.parent().unwrap_or(tree));
-        Ok(dir)
+    }
+}
+
+/// An unpacked archive's tree, in a directory removed when this is dropped.
+#[derive(Debug)]
+struct Unpacked {
+    top: PathBuf,
+    _dir: Scratch,
+}
+
+#[derive(Debug)]
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -340,7 +360,7 @@ mod tests {
         let b = tarball(d.path(), "b.tar.gz", &[("other/bin/run", b"#!/bin/sh\n", 0o775), ("other/x", b"1", 0o600)]);
         let c = tarball(d.path(), "c.tar.gz", &[("top/x", b"1", 0o755), ("top/bin/run", b"#!/bin/sh\n", 0o755)]);
         let s = Sources::new(d.path(), None);
-        let hash = |f: &Path| tree_sha256(&s.unpack(f, &set("x.tar.gz").sources[0]).unwrap()).unwrap();
+        let hash = |f: &Path| tree_sha256(&s.unpack(f, &set("x.tar.gz").sources[0]).unwrap().top).unwrap();
         assert_eq!(hash(&a), hash(&b), "the top directory's name, file order and other mode bits do not count");
         assert_ne!(hash(&a), hash(&c), "the executable bit counts");
     }
@@ -369,6 +389,29 @@ mod tests {
         assert!(e.contains(&format!("{}: its tree has sha256", mirror.join("demo/demo-1.tar.gz").display())), "{e}");
         assert!(e.contains("board-defs/x.lock pins"), "{e}");
         assert!(!d.path().join("cache/sources/tree").join(&locked[0].tree_sha256).exists());
+    }
+
+    #[test]
+    fn builds_sharing_a_cache_unpack_the_same_source_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let mirror = d.path().join("mirror");
+        std::fs::create_dir_all(&mirror).unwrap();
+        let files: Vec<(String, Vec<u8>)> = (0..200).map(|i| (format!("demo/f{i}.c"), vec![b'x'; 4096])).collect();
+        let files: Vec<(&str, &[u8], u32)> = files.iter().map(|(p, c)| (p.as_str(), c.as_slice(), 0o644)).collect();
+        tarball(&mirror, "demo-1.tar.gz", &files);
+        let set = set("demo-1.tar.gz");
+        let locked = Sources::new(&d.path().join("lock-cache"), Some(mirror.clone())).lock(&set, &|_| {}).unwrap();
+        let cache = d.path().join("cache");
+        let trees: Vec<PathBuf> = std::thread::scope(|scope| {
+            let builds: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| Sources::new(&cache, Some(mirror.clone())).ensure(&set, &locked, Path::new("x.lock"), "x").unwrap()["demo"].clone()))
+                .collect();
+            builds.into_iter().map(|b| b.join().unwrap()).collect()
+        });
+        for t in &trees {
+            assert_eq!(tree_sha256(t).unwrap(), locked[0].tree_sha256);
+        }
+        assert_eq!(std::fs::read_dir(cache.join("sources/tmp")).unwrap().count(), 0, "nothing left unpacked");
     }
 
     #[test]
