@@ -146,9 +146,9 @@ build() { # BOARD [NICE]: build it, check the image with other tools and its sig
   stage "check $1 image" env PLAN="out/$1/plan.json" ci/check-image.sh "$(image "$1")"
   stage "signatures of $1 image and bundle (minisign -V)" signature "$(image "$1").xz"
 }
-# The virtual board first: its single-core VM stages (a boot, a node running cjdns, then the power
-# cuts and the hang) run one after another in the background while the other boards build and
-# every board builds again elsewhere. The builds run niced: the VM gets its core when it needs
+# The virtual board first: its VM stages (a boot, three nodes running cjdns, then the power cuts
+# and the hang) run one after another in the background while the other boards build and the
+# Orange Pi builds again elsewhere. The builds run niced: the VM gets its core when it needs
 # it (its watchdog and the moments of the cuts depend on it), and the builds take the rest.
 if has qemu-arm64; then
   build qemu-arm64
