@@ -153,8 +153,8 @@ build() { # BOARD [NICE]: build it, check the image with other tools and its sig
 if has qemu-arm64; then
   build qemu-arm64
   stage_bg "boot qemu-arm64 in QEMU" boot qemu-arm64
-  # cjdns, cross-compiled into the image, on a node started with router: cjdns.
-  stage_bg --after "cjdns on a qemu-arm64 node" ci/cjdns-test.sh "$(image qemu-arm64)" 3
+  # cjdns, cross-compiled into the image: three nodes in a line started with router: cjdns.
+  stage_bg --after "cjdns on three qemu-arm64 nodes" ci/cjdns-test.sh "$(image qemu-arm64)" 3
   stage_bg --after "power cuts and a hang on qemu-arm64" ci/powercut-test.py
 fi
 for board in $BOARDS; do
