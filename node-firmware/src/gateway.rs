@@ -502,6 +502,7 @@ impl Client {
     fn check(&mut self, agent: &Agent, now: Instant) -> Option<Leave> {
         let u = self.using.as_mut()?;
         let passed = counters(TUNNEL).0 > u.rx || ping(TUNNEL, u.lease.check);
+        // (read after the ping, so that its own answer is not taken for traffic next time)
         u.rx = counters(TUNNEL).0;
         if passed {
             u.failures = 0;
