@@ -192,19 +192,12 @@ pub fn build(
 /// type, the constant is what is stored: the checks stay on and the structures keep the layout
 /// cjdns's Rust bindings expect.
 fn fit_identity_to_32_bits(project: &Path) -> Result<(), CjdnsError> {
-    const MAGIC: &str = "#define Identity_MAGIC CJDNS_RAND_U64_PER_FILE\n";
-    let header = project.join("util/Identity.h");
-    let text = std::fs::read_to_string(&header).map_err(io(&header))?;
-    if !text.contains(MAGIC) {
-        return Err(CjdnsError::Io {
-            path: header,
-            source: std::io::Error::other(
-                "has no Identity_MAGIC definition to fit to 32 bits; this cjdns version needs the 32-bit step of image-builder/src/cjdns.rs looked at again",
-            ),
-        });
-    }
-    let text = text.replacen(MAGIC, "#define Identity_MAGIC ((uintptr_t) CJDNS_RAND_U64_PER_FILE)\n", 1);
-    std::fs::write(&header, text).map_err(io(&header))
+    mend(
+        &project.join("util/Identity.h"),
+        "#define Identity_MAGIC CJDNS_RAND_U64_PER_FILE\n",
+        "#define Identity_MAGIC ((uintptr_t) CJDNS_RAND_U64_PER_FILE)\n",
+        "has no Identity_MAGIC definition to fit to 32 bits; this cjdns version needs the 32-bit step",
+    )
 }
 
 /// v22.1's event loop calls cjdns's read callback once per readiness event (one packet) and
@@ -227,17 +220,22 @@ fn read_until_drained(project: &Path) -> Result<(), CjdnsError> {
                             }
                             x.clear_ready();
 ";
-    let file = project.join("rust/cjdns_sys/src/rffi/event_loop/fd_readable.rs");
-    let text = std::fs::read_to_string(&file).map_err(io(&file))?;
-    if text.matches(ONCE).count() != 1 {
-        return Err(CjdnsError::Io {
-            path: file,
-            source: std::io::Error::other(
-                "does not read once per readiness event as v22.1 does; this cjdns version needs the event-loop step of image-builder/src/cjdns.rs looked at again",
-            ),
-        });
+    mend(
+        &project.join("rust/cjdns_sys/src/rffi/event_loop/fd_readable.rs"),
+        ONCE,
+        DRAINED,
+        "does not read once per readiness event as v22.1 does; this cjdns version needs the event-loop step",
+    )
+}
+
+/// Replaces `from`, which `file` must hold exactly once, with `to`; else stops the build,
+/// saying what is `missing` and where meshimg's step is.
+fn mend(file: &Path, from: &str, to: &str, missing: &str) -> Result<(), CjdnsError> {
+    let text = std::fs::read_to_string(file).map_err(io(file))?;
+    if text.matches(from).count() != 1 {
+        return Err(CjdnsError::Io { path: file.into(), source: std::io::Error::other(format!("{missing} of image-builder/src/cjdns.rs looked at again")) });
     }
-    std::fs::write(&file, text.replacen(ONCE, DRAINED, 1)).map_err(io(&file))
+    std::fs::write(file, text.replacen(from, to, 1)).map_err(io(file))
 }
 
 /// `cp -a`: modes and symbolic links as they are.
@@ -288,6 +286,21 @@ fn registry_crates(lock: &str) -> BTreeMap<String, Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_is_mended_only_where_it_holds_the_code_once() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("x.rs");
+        std::fs::write(&f, "a\nold\nb\n").unwrap();
+        mend(&f, "old\n", "new\n", "no old; step").unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "a\nnew\nb\n");
+        for text in ["a\n", "old\nold\n"] {
+            std::fs::write(&f, text).unwrap();
+            let e = mend(&f, "old\n", "new\n", "no old; step").unwrap_err().to_string();
+            assert!(e.contains(&f.display().to_string()) && e.contains("step of image-builder/src/cjdns.rs"), "{e}");
+            assert_eq!(std::fs::read_to_string(&f).unwrap(), text, "left as it was");
+        }
+    }
 
     #[test]
     fn registry_crates_are_read_by_name_with_every_version() {
