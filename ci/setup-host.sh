@@ -22,6 +22,7 @@ declare -A need=(
   [aarch64-linux-gnu-gcc]=gcc-aarch64-linux-gnu
   [arm-linux-gnueabihf-gcc]=gcc-arm-linux-gnueabihf
   [node]=nodejs                 # cjdns builds its C parts with node_build/make.js
+  [gpgv]=gpgv                   # `meshimg lock` checks the archive's InRelease with it, as apt does
 )
 # What testing needs besides:
 [ "$mode" = build ] || need+=(
@@ -35,6 +36,8 @@ declare -A need=(
   [ssh-keygen]=openssh-client
   [curl]=curl                   # the mesh test reads metrics through a forwarded port
   [minisign]=minisign           # the stock tool must accept our signatures (tests)
+  [gpg]=gpg                     # signs the test archive's InRelease (tests)
+  [gpg-agent]=gpg-agent
   [openssl]=openssl             # a test CA and server certificate for installs over https (tests)
   [promtool]=prometheus         # checks and unit-tests monitoring/'s alerting rules (tests)
   [prometheus]=prometheus       # the mesh test's monitoring machine

@@ -2,9 +2,6 @@
 //! InRelease (test key made here), a Packages index and small .debs, served on 127.0.0.1.
 //! They drive the real `meshimg` binary and check its error texts.
 
-use pgp::composed::{ArmorOptions, CleartextSignedMessage, KeyType, SecretKeyParamsBuilder, SignedSecretKey};
-use pgp::ser::Serialize;
-use pgp::types::{KeyDetails, Password};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,16 +10,55 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-fn key(seed: u64) -> SignedSecretKey {
-    use rand::SeedableRng;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let params = SecretKeyParamsBuilder::default()
-        .key_type(KeyType::Ed25519Legacy)
-        .can_sign(true)
-        .primary_user_id("meshos test archive <test@meshos.invalid>".into())
-        .build()
-        .unwrap();
-    params.generate(&mut rng).unwrap().sign(&mut rng, &Password::empty()).unwrap()
+/// An OpenPGP signing key made by the stock `gpg` in a home directory of its own, as an archive
+/// signs its releases; its agent is stopped when the key is dropped.
+struct Key {
+    home: tempfile::TempDir,
+    fingerprint: String,
+}
+
+impl Key {
+    fn new(name: &str) -> Key {
+        // A short path: gpg-agent's socket lives in the home directory.
+        let home = tempfile::Builder::new().prefix("gpg.").tempdir_in("/tmp").unwrap();
+        let mut key = Key { home, fingerprint: String::new() };
+        key.gpg(&["--quick-gen-key", &format!("{name} <test@meshos.invalid>"), "ed25519", "sign", "never"], b"");
+        let listing = String::from_utf8(key.gpg(&["--with-colons", "--list-keys"], b"")).unwrap();
+        key.fingerprint = listing.lines().find_map(|l| l.strip_prefix("fpr:")).unwrap().trim_matches(':').to_string();
+        key
+    }
+
+    fn gpg(&self, args: &[&str], input: &[u8]) -> Vec<u8> {
+        let mut child = Command::new("gpg")
+            .arg("--homedir")
+            .arg(self.home.path())
+            .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("gpg (Debian: gpg and gpg-agent) signs the test archive");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
+    /// The public key, as a binary keyring (the form debian-archive-keyring ships).
+    fn keyring(&self) -> Vec<u8> {
+        self.gpg(&["--export", &self.fingerprint], b"")
+    }
+
+    fn clearsign(&self, text: &str) -> Vec<u8> {
+        self.gpg(&["--clearsign", "--local-user", &self.fingerprint, "--digest-algo", "SHA256"], text.as_bytes())
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf").arg("--homedir").arg(self.home.path()).args(["--kill", "gpg-agent"]).status();
+    }
 }
 
 fn sha256(d: &[u8]) -> String {
@@ -65,7 +101,7 @@ struct Archive {
     root: tempfile::TempDir,
     url: String,
     overrides: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
-    key: SignedSecretKey,
+    key: Key,
 }
 
 struct Pkg {
@@ -118,7 +154,7 @@ impl Archive {
                 };
             }
         });
-        let a = Archive { root, url, overrides, key: key(1) };
+        let a = Archive { root, url, overrides, key: Key::new("meshos test archive") };
         let mut index = String::new();
         for p in pkgs {
             let data = deb(&p.files);
@@ -156,15 +192,8 @@ impl Archive {
         std::fs::write(p, data).unwrap();
     }
 
-    fn sign_release(&self, text: &str, key: &SignedSecretKey) {
-        use rand::SeedableRng;
-        let rng = rand::rngs::StdRng::seed_from_u64(7);
-        let msg = CleartextSignedMessage::sign(rng, text, &**key, &Password::empty()).unwrap();
-        self.write("dists/test/InRelease", msg.to_armored_string(ArmorOptions::default()).unwrap().as_bytes());
-    }
-
-    fn fingerprint(&self) -> String {
-        hex::encode_upper(self.key.signed_public_key().fingerprint().as_bytes())
+    fn sign_release(&self, text: &str, key: &Key) {
+        self.write("dists/test/InRelease", &key.clearsign(text));
     }
 }
 
@@ -179,7 +208,7 @@ impl Project {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("board-defs")).unwrap();
         let keyring = dir.path().join("test-archive.gpg");
-        std::fs::write(&keyring, archive.key.signed_public_key().to_bytes().unwrap()).unwrap();
+        std::fs::write(&keyring, archive.key.keyring()).unwrap();
         let yaml = format!(
             "apiVersion: meshos/v1
 name: test
@@ -205,7 +234,7 @@ qemu: {{ binary: qemu-system-aarch64, machine: virt, memory: 512M, serials: 1 }}
 {extra_yaml}",
             url = archive.url,
             keyring = keyring.display(),
-            fpr = archive.fingerprint(),
+            fpr = archive.key.fingerprint,
             packages = packages.join(", "),
         );
         std::fs::write(dir.path().join("board-defs/test.yaml"), yaml).unwrap();
@@ -303,14 +332,29 @@ fn a_bad_signature_is_refused_and_the_old_lock_kept() {
     let p = Project::new(&a, &["app"], "");
     assert_eq!(p.meshimg(&["lock", "test"]).0, 0);
     let before = p.lock_text().unwrap();
-    let release = std::fs::read_to_string(a.root.path().join("dists/test/InRelease")).unwrap();
-    let text = release.split("-----BEGIN PGP SIGNATURE-----").next().unwrap();
+    let signed = std::fs::read_to_string(a.root.path().join("dists/test/InRelease")).unwrap();
+    let text = signed.split("-----BEGIN PGP SIGNATURE-----").next().unwrap();
     let body: String = text.lines().skip(3).collect::<Vec<_>>().join("\n");
-    a.sign_release(&format!("{body}\n"), &key(99));
-    let (code, out) = p.meshimg(&["lock", "test"]);
-    assert_eq!(code, 4, "{out}");
-    assert!(out.contains("dists/test/InRelease: BAD SIGNATURE: no signature verifies against a trusted key"), "{out}");
-    assert_eq!(p.lock_text().unwrap(), before, "nothing was changed");
+    let refused = |what: &str, expect: &str| {
+        let (code, out) = p.meshimg(&["lock", "test"]);
+        assert_eq!(code, 4, "{what}: {out}");
+        assert!(out.contains("dists/test/InRelease: BAD SIGNATURE: no signature verifies against a trusted key"), "{what}: {out}");
+        assert!(out.contains(expect), "{what}: {out}");
+        assert_eq!(p.lock_text().unwrap(), before, "{what}: nothing was changed");
+    };
+    // Signed by a key the keyring does not hold.
+    let stranger = Key::new("a stranger");
+    a.sign_release(&format!("{body}\n"), &stranger);
+    refused("another key", &format!("signed by key {}, which is not in ", &stranger.fingerprint[24..]));
+    // The archive's own key, but the text changed after it was signed.
+    std::fs::write(a.root.path().join("dists/test/InRelease"), signed.replacen("Date: Sat, 21 Nov", "Date: Sun, 22 Nov", 1)).unwrap();
+    refused("a changed text", &format!("the signature by key {} does not match the text", &a.key.fingerprint[24..]));
+    // A key in the keyring that the board file does not pin.
+    let mut keyring = a.key.keyring();
+    keyring.extend(stranger.keyring());
+    std::fs::write(p.dir.path().join("test-archive.gpg"), keyring).unwrap();
+    a.sign_release(&format!("{body}\n"), &stranger);
+    refused("an unpinned key", &format!("signed by key {}, which the board file does not trust", stranger.fingerprint));
 }
 
 #[test]

@@ -2,26 +2,28 @@
 //!
 //! Trust flows one way: pinned key fingerprints → `InRelease` signature → index hashes →
 //! package hashes (recorded in the lock). Nothing unverified is ever parsed for packages.
+//! Signatures are checked by `gpgv`, the tool apt checks them with; this module reads its
+//! machine-readable status and trusts a signature only from a pinned primary key (gpgv has
+//! checked the binding of a subkey that made it).
 
 use super::control;
 use crate::http::{self, HttpError};
-use pgp::composed::{CleartextSignedMessage, Deserializable, SignedPublicKey};
-use pgp::types::KeyDetails;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
     #[error("{path}: cannot read the archive keyring: {message}\nhint: install debian-archive-keyring, or set debian.keyring in the board file")]
     Keyring { path: String, message: String },
-    #[error("{path}: none of the trusted keys ({fingerprints}) is in this keyring\nhint: install a current debian-archive-keyring")]
-    NoTrustedKey { path: String, fingerprints: String },
+    #[error("cannot run gpgv to check {url}: {message}\nhint: install gpgv (on Debian: apt install gpgv), the tool apt checks these signatures with")]
+    Gpgv { url: String, message: String },
     #[error("{url}: is not a signed release: {message}")]
     NotSigned { url: String, message: String },
-    #[error("{url}: BAD SIGNATURE: no signature verifies against a trusted key ({fingerprints}); nothing was changed\nhint: the mirror or the network path may be tampering; try another mirror")]
-    BadSignature { url: String, fingerprints: String },
+    #[error("{url}: BAD SIGNATURE: no signature verifies against a trusted key ({fingerprints}): {detail}; nothing was changed\nhint: {hint}")]
+    BadSignature { url: String, fingerprints: String, detail: String, hint: &'static str },
     #[error("{url}: release field {field} is missing or malformed")]
     Field { url: String, field: &'static str },
     #[error("{url}: a validly signed release, but of {found}, not of the board's suite {asked}; nothing was changed\nhint: the mirror may be serving an old or another release's InRelease (a replay): try another mirror, or check debian.suite in the board file")]
@@ -38,38 +40,137 @@ pub enum ReleaseError {
 
 /// Checks release signatures against a keyring, trusting only pinned primary keys and their subkeys.
 pub struct Verifier {
-    keys: Vec<SignedPublicKey>,
-    fingerprints: String,
+    keyring: PathBuf,
+    trusted: Vec<String>,
 }
 
 impl Verifier {
     pub fn load(keyring: &Path, trusted: &[String]) -> Result<Verifier, ReleaseError> {
-        let path = keyring.display().to_string();
-        let data = std::fs::read(keyring).map_err(|e| ReleaseError::Keyring { path: path.clone(), message: e.to_string() })?;
-        let parsed =
-            SignedPublicKey::from_bytes_many(std::io::Cursor::new(data)).map_err(|e| ReleaseError::Keyring { path: path.clone(), message: e.to_string() })?;
-        let want: Vec<String> = trusted.iter().map(|f| f.to_ascii_uppercase()).collect();
-        let keys: Vec<SignedPublicKey> = parsed.flatten().filter(|k| want.contains(&hex::encode_upper(k.fingerprint().as_bytes()))).collect();
-        let fingerprints = want.join(", ");
-        if keys.is_empty() {
-            return Err(ReleaseError::NoTrustedKey { path, fingerprints });
+        let keyring_err = |message: String| ReleaseError::Keyring { path: keyring.display().to_string(), message };
+        let meta = std::fs::metadata(keyring).map_err(|e| keyring_err(e.to_string()))?;
+        if meta.len() == 0 {
+            return Err(keyring_err("the file is empty".into()));
         }
-        Ok(Verifier { keys, fingerprints })
+        // gpgv takes a keyring named without a directory from its own home directory.
+        let keyring = std::path::absolute(keyring).map_err(|e| keyring_err(e.to_string()))?;
+        Ok(Verifier { keyring, trusted: trusted.iter().map(|f| f.to_ascii_uppercase()).collect() })
     }
 
-    /// Verifies a clearsigned `InRelease` and returns its signed text.
+    /// Verifies a clearsigned `InRelease` and returns the text its signatures cover (gpgv's
+    /// output: nothing outside the signed part can reach the parser).
     pub fn verify(&self, url: &str, inrelease: &[u8]) -> Result<String, ReleaseError> {
-        let text = std::str::from_utf8(inrelease).map_err(|e| ReleaseError::NotSigned { url: url.into(), message: e.to_string() })?;
-        let (msg, _) = CleartextSignedMessage::from_string(text).map_err(|e| ReleaseError::NotSigned { url: url.into(), message: e.to_string() })?;
-        // The primary key is trusted by its pinned fingerprint; a subkey only through a valid
-        // binding signature (and back-signature) from that primary key. Third-party
-        // certifications on Debian's keys are neither needed nor checked.
-        let ok = self.keys.iter().any(|k| msg.verify(k).is_ok() || k.public_subkeys.iter().any(|s| s.verify(&k.primary_key).is_ok() && msg.verify(s).is_ok()));
-        if !ok {
-            return Err(ReleaseError::BadSignature { url: url.into(), fingerprints: self.fingerprints.clone() });
+        let gpgv_err = |message: String| ReleaseError::Gpgv { url: url.into(), message };
+        // Its own empty home directory: no user's keyrings or options take part.
+        let dir = tempfile::Builder::new().prefix("meshimg-gpgv.").tempdir().map_err(|e| gpgv_err(e.to_string()))?;
+        let (signed, data) = (dir.path().join("InRelease"), dir.path().join("signed"));
+        std::fs::write(&signed, inrelease).map_err(|e| gpgv_err(e.to_string()))?;
+        let out = Command::new("gpgv")
+            .arg("--homedir")
+            .arg(dir.path())
+            .arg("--keyring")
+            .arg(&self.keyring)
+            .args(["--status-fd", "1", "--output"])
+            .arg(&data)
+            .arg(&signed)
+            .output()
+            .map_err(|e| gpgv_err(e.to_string()))?;
+        let status = String::from_utf8_lossy(&out.stdout);
+        let signatures = Signature::parse(&status);
+        if signatures.is_empty() {
+            let said = String::from_utf8_lossy(&out.stderr);
+            return Err(ReleaseError::NotSigned { url: url.into(), message: said.lines().last().unwrap_or("gpgv found no signature").trim().to_string() });
         }
-        Ok(msg.signed_text())
+        judge(&signatures, &self.trusted).map_err(|(detail, hint)| ReleaseError::BadSignature {
+            url: url.into(),
+            fingerprints: self.trusted.join(", "),
+            detail: detail.replace("{keyring}", &self.keyring.display().to_string()),
+            hint,
+        })?;
+        let text = std::fs::read(&data).map_err(|e| gpgv_err(format!("{}: {e}", data.display())))?;
+        String::from_utf8(text).map_err(|e| ReleaseError::NotSigned { url: url.into(), message: e.to_string() })
     }
+}
+
+/// What gpgv's status lines say of one signature (from one `NEWSIG` to the next).
+#[derive(Debug, Default, PartialEq)]
+struct Signature {
+    /// GOODSIG: the signature verifies, by a key that has not expired or been revoked.
+    good: bool,
+    /// VALIDSIG: the primary key's fingerprint and the digest algorithm (RFC 4880 ids).
+    valid: Option<(String, u32)>,
+    /// BADSIG: the key id; the data is not what was signed.
+    bad: Option<String>,
+    /// NO_PUBKEY: the key id the keyring lacks.
+    missing: Option<String>,
+    /// EXPKEYSIG, REVKEYSIG, EXPSIG: the key id and what is wrong.
+    unusable: Option<(String, &'static str)>,
+}
+
+impl Signature {
+    fn parse(status: &str) -> Vec<Signature> {
+        let mut sigs: Vec<Signature> = Vec::new();
+        for line in status.lines() {
+            let mut f = line.split_whitespace();
+            if f.next() != Some("[GNUPG:]") {
+                continue;
+            }
+            let Some(keyword) = f.next() else { continue };
+            let fields: Vec<&str> = f.collect();
+            if keyword == "NEWSIG" || sigs.is_empty() {
+                sigs.push(Signature::default());
+            }
+            let sig = sigs.last_mut().expect("pushed above");
+            let first = || fields.first().unwrap_or(&"?").to_string();
+            match keyword {
+                "GOODSIG" => sig.good = true,
+                "BADSIG" => sig.bad = Some(first()),
+                "NO_PUBKEY" => sig.missing = Some(first()),
+                "EXPKEYSIG" => sig.unusable = Some((first(), "whose key has expired")),
+                "REVKEYSIG" => sig.unusable = Some((first(), "whose key has been revoked")),
+                "EXPSIG" => sig.unusable = Some((first(), "which has expired")),
+                // VALIDSIG fpr date timestamp expires version reserved pkalgo hashalgo class [primary-fpr]
+                "VALIDSIG" if fields.len() >= 9 => {
+                    let primary = fields.get(9).unwrap_or(&fields[0]).to_ascii_uppercase();
+                    sig.valid = Some((primary, fields[7].parse().unwrap_or(0)));
+                }
+                _ => {}
+            }
+        }
+        sigs.retain(|s| *s != Signature::default());
+        sigs
+    }
+}
+
+/// MD5, SHA-1 and RIPEMD-160: digests apt no longer accepts for a release's signature.
+const WEAK_DIGESTS: [(u32, &str); 3] = [(1, "MD5"), (2, "SHA-1"), (3, "RIPEMD-160")];
+
+/// A release is trusted when a good signature comes from a pinned key with a strong digest and
+/// no signature on it is bad. Otherwise: what is wrong, and the hint for it.
+fn judge(sigs: &[Signature], trusted: &[String]) -> Result<(), (String, &'static str)> {
+    const TAMPERED: &str = "the mirror or the network path may be tampering; try another mirror";
+    if let Some(key) = sigs.iter().find_map(|s| s.bad.as_ref()) {
+        return Err((format!("gpgv: the signature by key {key} does not match the text"), TAMPERED));
+    }
+    let mut why = Vec::new();
+    for s in sigs {
+        match (&s.valid, s.good) {
+            (Some((primary, digest)), true) if trusted.contains(primary) => match WEAK_DIGESTS.iter().find(|(id, _)| id == digest) {
+                None => return Ok(()),
+                Some((_, name)) => why.push(format!("key {primary} signed with the weak digest {name}")),
+            },
+            (Some((primary, _)), true) => why.push(format!("signed by key {primary}, which the board file does not trust (debian.trustedKeys)")),
+            _ => {
+                if let Some(key) = &s.missing {
+                    why.push(format!("signed by key {key}, which is not in {{keyring}}"));
+                } else if let Some((key, what)) = &s.unusable {
+                    why.push(format!("signed by key {key}, {what}"));
+                }
+            }
+        }
+    }
+    let hint =
+        if sigs.iter().all(|s| s.missing.is_some()) { "install a current debian-archive-keyring, or check debian.keyring in the board file" } else { TAMPERED };
+    Err((if why.is_empty() { "gpgv accepted no signature".into() } else { why.join("; ") }, hint))
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +317,56 @@ mod tests {
         assert!(e.contains("of bookworm (oldstable), not of the board's suite trixie"), "{e}");
         let e = Release::parse("u", &text.replace("Codename: bookworm\n", "")).unwrap_err().to_string();
         assert!(e.contains("Codename"), "{e}");
+    }
+
+    // gpgv 2.2.40's status for bookworm's InRelease (2026-07-11) with debian-archive-keyring.
+    const DEBIAN: &str = "[GNUPG:] PLAINTEXT 74 0 
+[GNUPG:] NEWSIG
+[GNUPG:] KEY_CONSIDERED B8B80B5B623EAB6AD8775C45B7C5D7D6350947F8 0
+[GNUPG:] SIG_ID AgpdPZ7z8h3tPdbJ5G8ASdhxELQ 2026-07-11 1783765031
+[GNUPG:] GOODSIG 6ED0E7B82643E131 Debian Archive Automatic Signing Key (12/bookworm) <ftpmaster@debian.org>
+[GNUPG:] VALIDSIG 4CB50190207B4758A3F73A796ED0E7B82643E131 2026-07-11 1783765031 0 4 0 1 8 01 B8B80B5B623EAB6AD8775C45B7C5D7D6350947F8
+[GNUPG:] NEWSIG
+[GNUPG:] KEY_CONSIDERED 4D64FEC119C2029067D6E791F8D2585B8783D481 0
+[GNUPG:] GOODSIG F8D2585B8783D481 Debian Stable Release Key (12/bookworm) <debian-release@lists.debian.org>
+[GNUPG:] VALIDSIG 4D64FEC119C2029067D6E791F8D2585B8783D481 2026-07-11 1783765141 0 4 0 22 8 01 4D64FEC119C2029067D6E791F8D2585B8783D481
+";
+    const BOOKWORM: &str = "B8B80B5B623EAB6AD8775C45B7C5D7D6350947F8";
+    const RELEASE: &str = "4D64FEC119C2029067D6E791F8D2585B8783D481";
+
+    #[test]
+    fn a_good_signature_by_a_pinned_primary_key_or_its_subkey_is_trusted() {
+        let sigs = Signature::parse(DEBIAN);
+        assert_eq!(sigs.len(), 2, "{sigs:?}");
+        assert_eq!(sigs[0].valid, Some((BOOKWORM.to_string(), 8)), "a subkey's signature names its primary key");
+        assert_eq!(judge(&sigs, &[BOOKWORM.into()]), Ok(()));
+        assert_eq!(judge(&sigs, &[RELEASE.into()]), Ok(()));
+        let e = judge(&sigs, &["0".repeat(40)]).unwrap_err().0;
+        assert!(e.contains(&format!("signed by key {BOOKWORM}, which the board file does not trust")) && e.contains(RELEASE), "{e}");
+    }
+
+    #[test]
+    fn a_bad_signature_refuses_the_release_even_beside_a_good_one() {
+        let bad = DEBIAN.replace("[GNUPG:] GOODSIG F8D2585B8783D481", "[GNUPG:] BADSIG F8D2585B8783D481");
+        let bad = bad.lines().filter(|l| !l.contains("VALIDSIG 4D64")).collect::<Vec<_>>().join("\n");
+        let (e, hint) = judge(&Signature::parse(&bad), &[BOOKWORM.into(), RELEASE.into()]).unwrap_err();
+        assert_eq!(e, "gpgv: the signature by key F8D2585B8783D481 does not match the text");
+        assert!(hint.contains("tampering"), "{hint}");
+    }
+
+    #[test]
+    fn keys_missing_from_the_keyring_expired_or_weak_are_named() {
+        let missing = "[GNUPG:] NEWSIG\n[GNUPG:] ERRSIG 6ED0E7B82643E131 1 8 01 1783765031 9 -\n[GNUPG:] NO_PUBKEY 6ED0E7B82643E131\n";
+        let (e, hint) = judge(&Signature::parse(missing), &[BOOKWORM.into()]).unwrap_err();
+        assert_eq!(e, "signed by key 6ED0E7B82643E131, which is not in {keyring}");
+        assert!(hint.contains("debian-archive-keyring"), "{hint}");
+        let expired = DEBIAN.replace("GOODSIG", "EXPKEYSIG");
+        let e = judge(&Signature::parse(&expired), &[BOOKWORM.into()]).unwrap_err().0;
+        assert!(e.contains("signed by key 6ED0E7B82643E131, whose key has expired"), "{e}");
+        let sha1 = DEBIAN.replace(" 1 8 01 ", " 1 2 01 ").replace(" 22 8 01 ", " 22 2 01 ");
+        let e = judge(&Signature::parse(&sha1), &[BOOKWORM.into()]).unwrap_err().0;
+        assert!(e.contains(&format!("key {BOOKWORM} signed with the weak digest SHA-1")), "{e}");
+        assert!(Signature::parse("gpgv: no signature found\n").is_empty());
     }
 
     #[test]
