@@ -116,12 +116,6 @@ stage_wait() { # [--idle]: waits for the stages started with stage_bg (--idle: a
   started_bg=() bg_pids=()
 }
 
-# The Dockerfile, built with Podman (ci/container-test.sh): much of it is downloading Debian
-# packages and Rust into the image, so it starts first and takes only what the stages leave
-# of the CPU; `make image` in it comes once the host's images are built.
-if has rpi3; then
-  stage_bg --idle "container image (podman build)" ci/container-test.sh image
-fi
 # (PROPTEST_CASES: inputs each property test of a parser tries; see */tests/properties.rs)
 stage "cargo tests" env PROPTEST_CASES=4096 cargo test --workspace --locked
 stage "cargo fmt --check" cargo fmt --all --check
@@ -168,13 +162,19 @@ if has orangepi-zero; then
   stage "reproducible orangepi-zero" env MESHOS_REPRO_CJDNS=first nice -n 10 ci/reproducible.sh orangepi-zero
 fi
 stage_wait
-# Every package rpi3 needs is now in the cache: the container may build.
-if has rpi3; then
-  stage_bg --after --idle "rpi3 image built in a container (podman)" ci/container-test.sh run rpi3
-fi
+# The mesh alone: its nodes share both cores, and its downloads and failover are what a busy
+# machine slows most.
 if has qemu-arm64; then
   stage "tampered source tarballs refused before compiling" ci/sources-test.sh qemu-arm64
   stage "mesh of four qemu-arm64 nodes" ci/mesh-test.sh "$(image qemu-arm64)"
+fi
+# The Dockerfile, built and run with Podman (ci/container-test.sh), idle-scheduled beside the
+# upgrade stages, whose VMs leave the CPU idle while they wait on their emulated cards and
+# reboots: much of the container's build is downloading, and every package rpi3 needs is in
+# the cache by now.
+if has rpi3; then
+  stage_bg --idle "container image (podman build)" ci/container-test.sh image
+  stage_bg --after --idle "rpi3 image built in a container (podman)" ci/container-test.sh run rpi3
 fi
 # Rollback and refusals are the same meshd and boot script logic on every board: they run on
 # the fast virtual board (the refusals include the Orange Pi's bundle). Its single-core VM runs
