@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SCAN_EVERY: Duration = Duration::from_secs(2);
-const WATCHDOG: &str = "/dev/watchdog";
 const RETRY_RADIO_AFTER: Duration = Duration::from_secs(20);
 
 /// A radio meshd has dealt with, and when to try again if that failed.
@@ -70,7 +69,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     eprintln!("meshd: {} overlay address {address}", id.hostname);
 
     // Read once: the ids go to status and metrics, the keys to the upgrade agent.
-    let trusted = trust::public_keys(Path::new(trust::KEYS_DIR));
+    let trusted = trust::public_keys(&crate::machine::in_root(trust::KEYS_DIR));
     let mut state = NodeState {
         name: id.hostname.clone(),
         address: address.to_string(),
@@ -178,7 +177,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
                 board: node.release.board.clone(),
                 version: node.release.version.clone(),
                 address: address.to_string(),
-                required: trust::signatures_required(Path::new(trust::SIGNATURES_REQUIRED), trusted.len()),
+                required: trust::signatures_required(&crate::machine::in_root(trust::SIGNATURES_REQUIRED), trusted.len()),
                 trusted: trusted.clone(),
                 port: cfg.metrics.port,
                 auto: cfg.upgrade.auto,
@@ -203,13 +202,14 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     let mut health = health::Health::new(&node.slot, &dirs.state, timeout);
     state.slots = health.report.clone();
 
-    let mut watchdog = match Watchdog::arm(Path::new(WATCHDOG), watchdog::WANTED) {
-        Ok(Some(w)) => {
-            eprintln!("meshd: watchdog {WATCHDOG} armed ({} s)", w.timeout.as_secs());
+    let device = crate::machine::current().watchdog();
+    let mut watchdog = match device.map(|d| Watchdog::arm(d, watchdog::WANTED)) {
+        Some(Ok(Some(w))) => {
+            eprintln!("meshd: watchdog {} armed ({} s)", device.unwrap_or(Path::new("?")).display(), w.timeout.as_secs());
             Some(w)
         }
-        Ok(None) => None,
-        Err(e) => {
+        None | Some(Ok(None)) => None,
+        Some(Err(e)) => {
             eprintln!("meshd: watchdog: {e}");
             None
         }
@@ -254,7 +254,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
 
 /// Sets up radios that appeared, forgets radios that left, retries failed ones now and then.
 fn manage_radios(radios: &mut BTreeMap<String, Managed>, cfg: &Config, id: &Identity, dirs: &Dirs, passphrase: &mut Option<String>) {
-    let present = radio::scan();
+    let present = crate::machine::current().radios();
     radios.retain(|phy, m| {
         let still = present.iter().any(|r| r.phy == *phy && r.mac == m.radio.mac);
         if !still {

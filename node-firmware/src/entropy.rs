@@ -32,7 +32,7 @@ pub struct Report {
 pub fn start(state_dir: &Path) -> Report {
     let seed_path = state_dir.join(SEED_FILE);
     let mut report = Report::default();
-    if !ready() {
+    if !ready() && crate::machine::current().may_credit_entropy() {
         match credit_saved(&seed_path) {
             Ok(seeded) => report.seeded = seeded,
             Err(e) => report.error = Some(e),

@@ -667,7 +667,7 @@ fn request_lease(http: &ureq::Agent, gateway: &Ipv6Addr, port: u16) -> Result<Re
 /// The client's tunnel and the policy routing that sends IPv4 into it.
 fn open_tunnel(me: Ipv6Addr, gateway: &Candidate, lease: &Lease, peers: &[String]) -> Result<(), String> {
     close_tunnel();
-    let _ = command::run("modprobe", &["ip6_tunnel"]);
+    let _ = crate::machine::current().load_module("ip6_tunnel");
     let (me, gw) = (me.to_string(), gateway.address.to_string());
     command::run("ip", &["-6", "tunnel", "add", TUNNEL, "mode", "ipip6", "local", &me, "remote", &gw, "encaplimit", "none"])?;
     command::run("ip", &["link", "set", TUNNEL, "mtu", TUNNEL_MTU, "up"])?;

@@ -6,7 +6,6 @@ use crate::node::Node;
 use crate::slots;
 use crate::supervisor::Service;
 use meshos_common::boot_state::Slot;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -31,9 +30,9 @@ pub struct Health {
 
 impl Health {
     pub fn new(slot: &str, state_dir: &Path, timeout: Duration) -> Health {
-        let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let machine = crate::machine::current();
         let running = Slot::parse(slot);
-        let found = slots::boot_disk(&cmdline).and_then(|d| slots::read_state(&d).map(|(s, _)| (d, s)));
+        let found = machine.cmdline().and_then(|c| machine.boot_disk(&c)).and_then(|d| slots::read_state(&d).map(|(s, _)| (d, s)));
         let record = crate::upgrade::read_record(state_dir).filter(|r| r.step == crate::upgrade::Step::Installed);
         let trial = record.filter(|r| r.target.as_deref().and_then(Slot::parse) == running);
         if let Some(r) = &trial {
@@ -68,7 +67,7 @@ impl Health {
         if self.report.marked_good {
             return;
         }
-        let data = fs::read_to_string("/proc/mounts").unwrap_or_default().lines().any(|l| l.split_whitespace().nth(1) == Some("/data"));
+        let data = crate::machine::current().data_mounted();
         let router = services.iter().find(|s| s.name == "yggdrasil" || s.name == "cjdns").map(|s| s.status());
         let router_ok = router.is_some_and(|r| r.running);
         // A new slot must find again one of the neighbours the node had before it rebooted
@@ -86,7 +85,7 @@ impl Health {
                     "it found none of the overlay neighbours it had before the reboot"
                 };
                 eprintln!("meshd: upgrade: slot {slot} is not healthy ({why}); rebooting so U-Boot counts the failed attempt");
-                if let Err(e) = crate::watchdog::reboot() {
+                if let Err(e) = crate::machine::current().reboot() {
                     eprintln!("meshd: {e}");
                 }
                 self.trial = None;
@@ -132,7 +131,7 @@ pub fn cannot_start(e: String, node: &Node, state_dir: &Path, timeout: Duration)
     eprintln!("meshd: cannot start: {e}");
     eprintln!("meshd: upgrade: slot {} is not healthy; rebooting in {} s so U-Boot counts the failed attempt", node.slot, timeout.as_secs());
     std::thread::sleep(timeout);
-    if let Err(e) = crate::watchdog::reboot() {
+    if let Err(e) = crate::machine::current().reboot() {
         eprintln!("meshd: {e}");
     }
     loop {

@@ -50,8 +50,7 @@ impl Identity {
     }
 
     pub fn apply_hostname(&self) {
-        let _ = fs::write("/proc/sys/kernel/hostname", &self.hostname);
-        let _ = fs::write("/etc/hostname", format!("{}\n", self.hostname));
+        crate::machine::current().set_hostname(&self.hostname);
     }
 }
 

@@ -8,7 +8,6 @@ use crate::slots;
 use crate::trust;
 use meshos_common::boot_state::Slot;
 use meshos_common::bundle::ErrorKind;
-use std::path::Path;
 use std::time::Duration;
 
 /// Installs bundles waiting in `updates/` on the boot partition (the offline path: a card
@@ -38,7 +37,7 @@ pub fn install_pending_updates(dirs: &Dirs) {
         match result {
             Ok(version) => {
                 eprintln!("meshd: upgrade: {version} installed; rebooting into it");
-                if let Err(e) = crate::watchdog::reboot() {
+                if let Err(e) = crate::machine::current().reboot() {
                     eprintln!("meshd: {e}");
                 }
                 // init is taking the system down; do not start services meanwhile.
@@ -63,7 +62,7 @@ pub fn install_bundle(bundle: &crate::bundle_source::Source, dirs: &Dirs, allow_
     let setup = |message: String| crate::upgrade::InstallError { step: crate::upgrade::Step::Verify, kind: ErrorKind::Node, message };
     let node = Node::detect().map_err(setup)?;
     let (disk, running) = slots::running(&node.slot).map_err(setup)?;
-    let trusted = trust::public_keys(Path::new(trust::KEYS_DIR));
+    let trusted = trust::public_keys(&crate::machine::in_root(trust::KEYS_DIR));
     if trusted.is_empty() {
         return Err(crate::upgrade::InstallError {
             step: crate::upgrade::Step::Verify,
@@ -77,7 +76,7 @@ pub fn install_bundle(bundle: &crate::bundle_source::Source, dirs: &Dirs, allow_
         compatible: format!("meshos-{}", node.release.board),
         version: node.release.version.clone(),
         trusted: &trusted,
-        required: trust::signatures_required(Path::new(trust::SIGNATURES_REQUIRED), trusted.len()),
+        required: trust::signatures_required(&crate::machine::in_root(trust::SIGNATURES_REQUIRED), trusted.len()),
         boot_dir: &dirs.boot,
         state_dir: &dirs.state,
     };

@@ -18,6 +18,7 @@ mod held;
 mod http;
 mod identity;
 mod local_install;
+mod machine;
 mod meshview;
 mod metrics;
 mod node;
@@ -55,14 +56,47 @@ commands:
   check-config [FILE]
              check a mesh.yaml (default /boot/mesh.yaml) and say what is wrong
   --version  print meshd's version
+
+options for every command:
+  --lab DIR  run as a node of the mesh lab whose files are in DIR (see
+             docs/lab.md); the directories then default to DIR/boot,
+             DIR/data and DIR/run
 ";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        None | Some("run") => dirs(&args).and_then(|d| daemon::run(&d)),
-        Some("status") => dirs(&args).and_then(|d| show_status(&d, args.iter().any(|a| a == "--json"))),
-        Some("upgrade") => upgrade_command(&args[1..]),
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let result = lab_option(&mut args).and_then(|lab| command(&args, lab.as_deref()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshd: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Takes `--lab DIR` out of the arguments and makes this process that lab node.
+fn lab_option(args: &mut Vec<String>) -> Result<Option<PathBuf>, String> {
+    let Some(at) = args.iter().position(|a| a == "--lab") else { return Ok(None) };
+    let dir = args.get(at + 1).map(PathBuf::from).ok_or_else(|| format!("--lab needs the lab node's directory\n{USAGE}"))?;
+    args.drain(at..at + 2);
+    machine::use_lab(&dir)?;
+    Ok(Some(dir))
+}
+
+/// meshd's directories: the image's, or a lab node's.
+fn default_dirs(lab: Option<&std::path::Path>) -> dirs::Dirs {
+    match lab {
+        None => dirs::Dirs::default(),
+        Some(d) => dirs::Dirs { boot: d.join("boot"), state: d.join("data"), run: d.join("run") },
+    }
+}
+
+fn command(args: &[String], lab: Option<&std::path::Path>) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        None | Some("run") => dirs(args, lab).and_then(|d| daemon::run(&d)),
+        Some("status") => dirs(args, lab).and_then(|d| show_status(&d, args.iter().any(|a| a == "--json"))),
+        Some("upgrade") => upgrade_command(&args[1..], default_dirs(lab)),
         Some("check-config") => check_config(args.get(1).map_or("/boot/mesh.yaml", String::as_str)),
         Some("--version" | "-V") => {
             println!("meshd {}", env!("CARGO_PKG_VERSION"));
@@ -73,18 +107,11 @@ fn main() -> ExitCode {
             Ok(())
         }
         Some(other) => Err(format!("unknown command '{other}'\n{USAGE}")),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("meshd: error: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
 
-fn dirs(args: &[String]) -> Result<dirs::Dirs, String> {
-    let mut d = dirs::Dirs::default();
+fn dirs(args: &[String], lab: Option<&std::path::Path>) -> Result<dirs::Dirs, String> {
+    let mut d = default_dirs(lab);
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         let slot = match a.as_str() {
@@ -123,8 +150,7 @@ fn check_config(file: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn upgrade_command(args: &[String]) -> Result<(), String> {
-    let dirs = dirs::Dirs::default();
+fn upgrade_command(args: &[String], dirs: dirs::Dirs) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("install") => {
             let (mut source, mut ca) = (None, None);
@@ -144,15 +170,15 @@ fn upgrade_command(args: &[String]) -> Result<(), String> {
             let version = local_install::install_bundle(&source, &dirs, allow_downgrade).map_err(|e| e.to_string())?;
             println!("installed {version}; it boots next");
             if reboot {
-                watchdog::reboot()?;
+                machine::current().reboot()?;
             }
             Ok(())
         }
         Some("status") => {
             let json = args.iter().any(|a| a == "--json");
             let node = node::Node::detect()?;
-            let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
-            let disk = slots::boot_disk(&cmdline)?;
+            let machine = machine::current();
+            let disk = machine.boot_disk(&machine.cmdline()?)?;
             let (state, _) = slots::read_state(&disk)?;
             let record = upgrade::read_record(&dirs.state);
             // The agent's phase and note, as the daemon last published them.

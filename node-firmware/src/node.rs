@@ -16,11 +16,12 @@ pub struct Node {
 
 impl Node {
     pub fn detect() -> Result<Node, String> {
-        let text = fs::read_to_string(os_release::PATH).map_err(|e| format!("{}: {e}", os_release::PATH))?;
+        let path = crate::machine::in_root(os_release::PATH);
+        let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let release = os_release::OsRelease::parse(&text)?;
-        let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+        let cmdline = crate::machine::current().cmdline()?;
         let slot = cmdline::value(&cmdline, cmdline::SLOT_KEY)
-            .ok_or_else(|| format!("/proc/cmdline has no {}= (was the node started by the meshos boot script?)", cmdline::SLOT_KEY))?
+            .ok_or_else(|| format!("the kernel command line has no {}= (was the node started by the meshos boot script?)", cmdline::SLOT_KEY))?
             .to_string();
         Ok(Node { release, slot })
     }

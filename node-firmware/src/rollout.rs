@@ -327,7 +327,7 @@ impl Agent {
             upgrade::save(&self.state_dir, &r);
         }
         eprintln!("meshd: upgrade: REBOOTING into slot {} (no neighbour is down; {} overlay peer(s) to find again)", self.running.other(), peers.len());
-        if let Err(e) = crate::watchdog::reboot() {
+        if let Err(e) = crate::machine::current().reboot() {
             eprintln!("meshd: {e}");
         }
         loop {

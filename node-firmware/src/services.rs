@@ -13,7 +13,7 @@ use std::path::Path;
 pub fn start_router(cfg: &Config, id: &Identity, dirs: &Dirs) -> Result<Service, String> {
     let launch = router::launch(cfg, id, &dirs.state, &dirs.run)?;
     if !Path::new("/dev/net/tun").exists() {
-        command::run("modprobe", &["tun"])?;
+        crate::machine::current().load_module("tun")?;
     }
     // It holds the router's private key.
     crate::durable::write_private(&launch.config_path, launch.config_text.as_bytes())?;

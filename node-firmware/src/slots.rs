@@ -34,8 +34,8 @@ pub fn boot_disk(cmdline_text: &str) -> Result<PathBuf, String> {
 
 /// The card this node booted from and the slot it runs (`node_slot`, from the command line).
 pub fn running(node_slot: &str) -> Result<(PathBuf, Slot), String> {
-    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
-    let disk = boot_disk(&cmdline)?;
+    let machine = crate::machine::current();
+    let disk = machine.boot_disk(&machine.cmdline()?)?;
     let slot = Slot::parse(node_slot).ok_or_else(|| format!("unknown running slot '{node_slot}'"))?;
     Ok((disk, slot))
 }
