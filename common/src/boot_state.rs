@@ -171,6 +171,28 @@ impl BootState {
     }
 }
 
+/// What the boot script (image-builder/assets/boot.cmd) does at every boot, for a boot loader
+/// that is not U-Boot (the mesh lab's): from the newest valid copy (or, with none, slot A with
+/// full attempts), the first slot in `BOOT_ORDER` with attempts left loses one and boots; when
+/// none has any, every slot gets [`DEFAULT_ATTEMPTS`] again. Returns the slot to boot, the
+/// record to write, and the copy to write it over (the older one, as the script does).
+pub fn boot(copies: [&[u8]; 2]) -> (Slot, BootState, usize) {
+    let (found, older) = BootState::newest(copies).unwrap_or((BootState { seq: 0, ..BootState::default() }, 1));
+    let mut next = found;
+    let pick = |s: &mut BootState| {
+        let slot = s.next_boot()?;
+        s.set_left(slot, s.left(slot) - 1);
+        Some(slot)
+    };
+    let slot = pick(&mut next).or_else(|| {
+        next.a_left = DEFAULT_ATTEMPTS;
+        next.b_left = DEFAULT_ATTEMPTS;
+        pick(&mut next)
+    });
+    next.seq += 1;
+    (slot.unwrap_or(Slot::A), next, older)
+}
+
 /// CRC-32 (IEEE 802.3, as zlib and U-Boot compute it).
 pub fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
@@ -213,6 +235,24 @@ mod tests {
         let crc = crc32(&s[4..]);
         s[..4].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(BootState::decode(&s, 1).unwrap(), BootState { order: vec![Slot::A], a_left: 2, b_left: 0, seq: 0x1b });
+    }
+
+    #[test]
+    fn each_boot_counts_an_attempt_as_the_boot_script_does() {
+        // A card never written: slot A, one attempt used, written over copy 1.
+        let blank = [0u8; SIZE];
+        let (slot, first, older) = boot([&blank, &blank]);
+        assert_eq!((slot, first.clone(), older), (Slot::A, BootState { order: vec![Slot::A], a_left: 2, b_left: 0, seq: 1 }, 1));
+        // A trial of B: its attempts run down, then A boots (a rollback).
+        let trial = BootState { order: vec![Slot::B, Slot::A], a_left: 3, b_left: 1, seq: 5 }.encode();
+        let (slot, after, older) = boot([&first.encode(), &trial]);
+        assert_eq!((slot, after.b_left, after.seq, older), (Slot::B, 0, 6, 0));
+        let (slot, after, _) = boot([&after.encode(), &trial]);
+        assert_eq!((slot, after.a_left, after.b_left), (Slot::A, 2, 0));
+        // No slot has attempts left: every slot gets them again.
+        let spent = BootState { order: vec![Slot::B], a_left: 0, b_left: 0, seq: 9 }.encode();
+        let (slot, after, _) = boot([&spent, &blank]);
+        assert_eq!((slot, after.a_left, after.b_left, after.seq), (Slot::B, 3, 2, 10));
     }
 
     #[test]
