@@ -1,0 +1,155 @@
+//! The lab's network, made with iproute2 and nftables as meshnet-lab does: a network namespace
+//! per node (`meshlab-<id>`), a veth pair per link, a token bucket (`tbf`) for each direction's
+//! rate and an nftables rule dropping each direction's share of lost packets (the kernels here
+//! have no `netem`). Everything it makes is named `meshlab-…` or lives inside such a namespace,
+//! so [`clean`] finds what a killed run left.
+
+use crate::topology::{Link, Topology};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+pub const PREFIX: &str = "meshlab-";
+
+pub fn namespace(id: &str) -> String {
+    format!("{PREFIX}{id}")
+}
+
+/// The interface in a node's namespace that leads to node `other` (by index).
+pub fn interface(other: usize) -> String {
+    format!("lab{other}")
+}
+
+/// Runs a tool; the error names the command and what it printed.
+pub fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e} (is it installed? ci/setup-host.sh installs it)"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("'{program} {}' failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Runs `ip [-n NS] -batch -` with one command a line: one process for many changes.
+fn ip_batch(ns: Option<&str>, lines: &[String]) -> Result<(), String> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut args = ns.map_or(Vec::new(), |ns| vec!["-n", ns]);
+    args.extend(["-batch", "-"]);
+    let mut child =
+        Command::new("ip").args(&args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|e| format!("ip: {e}"))?;
+    child.stdin.take().expect("piped").write_all(lines.join("\n").as_bytes()).map_err(|e| format!("ip -batch: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("ip -batch: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip -batch: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// The namespaces of every node, with loopback up.
+pub fn create_namespaces(topology: &Topology) -> Result<(), String> {
+    let lines: Vec<String> = topology.nodes.iter().map(|n| format!("netns add {}", namespace(&n.id))).collect();
+    ip_batch(None, &lines)?;
+    for n in &topology.nodes {
+        run("ip", &["-n", &namespace(&n.id), "link", "set", "lo", "up"])?;
+    }
+    Ok(())
+}
+
+/// Every link: its veth pair, up, with each direction's rate and loss.
+pub fn create_links(topology: &Topology, mut progress: impl FnMut(usize)) -> Result<(), String> {
+    let ns = |i: usize| namespace(&topology.nodes[i].id);
+    let lines: Vec<String> = topology
+        .links
+        .iter()
+        .map(|l| format!("link add {} netns {} type veth peer name {} netns {}", interface(l.b), ns(l.a), interface(l.a), ns(l.b)))
+        .collect();
+    ip_batch(None, &lines)?;
+    for (i, nb) in topology.neighbours().iter().enumerate() {
+        let lines: Vec<String> = nb.iter().map(|&j| format!("link set {} up", interface(j))).collect();
+        ip_batch(Some(&ns(i)), &lines)?;
+    }
+    for (done, l) in topology.links.iter().enumerate() {
+        shape(&ns(l.a), &interface(l.b), l.rate_kbit)?;
+        shape(&ns(l.b), &interface(l.a), l.rate_kbit)?;
+        progress(done + 1);
+    }
+    losses(topology)
+}
+
+/// What leaves through `dev` in `ns`: at most `kbit` a second, queued for at most 200 ms.
+fn shape(ns: &str, dev: &str, kbit: u64) -> Result<(), String> {
+    // A burst of at least one full frame at every rate, and about 4 ms of traffic at high ones.
+    let burst = (kbit / 2).max(4).to_string() + "kbit";
+    run("tc", &["-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", &format!("{kbit}kbit"), "burst", &burst, "latency", "200ms"]).map(drop)
+}
+
+/// One nftables table per namespace whose links lose packets: a random share of what leaves
+/// through each such link is dropped.
+fn losses(topology: &Topology) -> Result<(), String> {
+    let mut rules: Vec<Vec<String>> = vec![Vec::new(); topology.nodes.len()];
+    let mut add = |from: usize, to: usize, loss: f64| {
+        let per_mille = (loss * 1000.0).round() as u32;
+        if per_mille > 0 {
+            rules[from].push(format!("oifname \"{}\" numgen random mod 1000 < {per_mille} drop", interface(to)));
+        }
+    };
+    for Link { a, b, loss_ab, loss_ba, .. } in &topology.links {
+        add(*a, *b, *loss_ab);
+        add(*b, *a, *loss_ba);
+    }
+    for (i, r) in rules.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+        set_rules(&namespace(&topology.nodes[i].id), r)?;
+    }
+    Ok(())
+}
+
+/// Replaces the lab's nftables table in `ns` with `rules` (on the output hook).
+pub fn set_rules(ns: &str, rules: &[String]) -> Result<(), String> {
+    let text = format!(
+        "table inet meshlab\ndelete table inet meshlab\ntable inet meshlab {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n{}\n  }}\n}}\n",
+        rules.iter().map(|r| format!("    {r}")).collect::<Vec<_>>().join("\n")
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft in {ns}: {e}"))?;
+    child.stdin.take().expect("piped").write_all(text.as_bytes()).map_err(|e| format!("nft in {ns}: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("nft in {ns}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("nft in {ns}: {} (is nftables installed? ci/setup-host.sh installs it)", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// The lab's namespaces on this machine (of this run or one that was killed).
+pub fn lab_namespaces() -> Vec<String> {
+    let list = run("ip", &["netns", "list"]).unwrap_or_default();
+    list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with(PREFIX)).map(String::from).collect()
+}
+
+/// Ends every process in the lab's namespaces and removes the namespaces (with them go their
+/// veths, qdiscs and nftables tables). Returns how many namespaces and processes it removed.
+pub fn clean() -> (usize, usize) {
+    let spaces = lab_namespaces();
+    let mut killed = 0;
+    for ns in &spaces {
+        for pid in run("ip", &["netns", "pids", ns]).unwrap_or_default().split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            // SAFETY: kill only sends a signal.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+    }
+    // A namespace whose last process is still dying stays until the kernel is done with it;
+    // `ip netns del` removes the name either way.
+    let lines: Vec<String> = spaces.iter().map(|ns| format!("netns del {ns}")).collect();
+    if let Err(e) = ip_batch(None, &lines) {
+        eprintln!("meshlab: {e}");
+    }
+    (spaces.len(), killed)
+}

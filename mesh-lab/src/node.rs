@@ -1,0 +1,300 @@
+//! A lab node: the files a board keeps on its card (meshd's `LabNode` reads them), the boot
+//! loader that picks its slot from the boot state record with the boot script's own rule
+//! (`meshos_common::boot_state::boot`), and its meshd: started in the node's network namespace
+//! and in PID, mount and UTS namespaces of its own, so that its end takes its router with it
+//! and nothing it does reaches the host.
+
+use crate::release::Roots;
+use meshos_common::boot_state::{self, Slot};
+use meshos_common::bundle::{self, SLOT_HEADER_FILE};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// meshd's exit status for "reboot me" (node-firmware/src/machine.rs).
+pub const REBOOT_STATUS: i32 = 100;
+/// How long busybox init waits before it starts a crashed meshd again.
+const RESPAWN_AFTER: Duration = Duration::from_secs(1);
+
+pub enum Power {
+    Off,
+    /// The boot loader ran; meshd starts at `until` (the kernel's boot, in the lab a wait).
+    Booting {
+        until: Instant,
+    },
+    Running {
+        child: Child,
+        since: Instant,
+    },
+}
+
+pub struct LabNode {
+    pub id: String,
+    pub namespace: String,
+    pub dir: PathBuf,
+    pub power: Power,
+    pub boots: u32,
+    /// meshd ends that were not a reboot (init starts it again).
+    pub crashes: u32,
+    /// The largest resident set meshd reached (VmHWM), over every start.
+    pub peak_rss_kib: u64,
+    /// The slot the boot loader chose last.
+    pub slot: Option<Slot>,
+    /// Whether that slot holds a release that starts (else the node resets after its boot
+    /// time, and the next boot counts another attempt, as `panic=10` makes a board do).
+    bootable: bool,
+    /// Of the process in the node's namespace that stands for a board's init.
+    meshd_pid: Option<i32>,
+}
+
+/// What the lab gives every node's meshd: the program, the directory with the routers, and
+/// how long a boot takes.
+pub struct Launch {
+    pub meshd: PathBuf,
+    pub path: String,
+    pub boot_time: Duration,
+}
+
+impl LabNode {
+    pub fn new(id: &str, namespace: String, dir: PathBuf) -> LabNode {
+        LabNode { id: id.into(), namespace, dir, power: Power::Off, boots: 0, crashes: 0, peak_rss_kib: 0, slot: None, bootable: false, meshd_pid: None }
+    }
+
+    pub fn card(&self) -> PathBuf {
+        self.dir.join("card")
+    }
+
+    /// The file of slot `slot`'s root partition (as meshd names partitions of a disk `card`).
+    pub fn partition(&self, slot: Slot) -> PathBuf {
+        self.dir.join(match slot {
+            Slot::A => "card2",
+            Slot::B => "card3",
+        })
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(self.power, Power::Running { .. })
+    }
+
+    /// Up: meshd runs and has published its status this boot.
+    pub fn is_up(&self) -> bool {
+        self.is_running() && self.dir.join("run/status.json").exists()
+    }
+
+    /// Powers the node on: the boot loader runs now, meshd after `boot_time`.
+    pub fn power_on(&mut self, roots: &mut Roots, boot_time: Duration) {
+        self.boot(roots);
+        self.power = Power::Booting { until: Instant::now() + boot_time };
+    }
+
+    /// Cuts the power: meshd and everything in its namespace end at once.
+    pub fn power_off(&mut self) {
+        if let Power::Running { child, .. } = &mut self.power {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.power = Power::Off;
+        self.meshd_pid = None;
+    }
+
+    /// What U-Boot and our boot script do: count the attempt in the record on the card, pick
+    /// the slot, "mount" its root (the files meshd reads from it) and pass the command line.
+    /// The tmpfs of the last boot is gone.
+    fn boot(&mut self, roots: &mut Roots) {
+        self.boots += 1;
+        let _ = fs::remove_dir_all(self.dir.join("run"));
+        let _ = fs::remove_file(self.dir.join("root"));
+        let slot = match self.count_attempt() {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.console(&format!("lab boot loader: {e}"));
+                return;
+            }
+        };
+        self.slot = Some(slot);
+        let mounted = self.mount_root(slot, roots);
+        self.bootable = mounted.is_ok();
+        match mounted {
+            Ok(version) => self.console(&format!("lab boot loader: booting slot {} ({version})", slot.lower())),
+            // Like a slot whose kernel does not start: meshd will not come up, and the lab
+            // resets the node after its health timeout so that the attempt counts.
+            Err(e) => self.console(&format!("lab boot loader: slot {} does not boot: {e}", slot.lower())),
+        }
+        let cmdline = format!("meshos.slot={} meshos.disk={}\n", slot.lower(), self.disk_signature());
+        if let Err(e) = fs::write(self.dir.join("cmdline"), cmdline) {
+            self.console(&format!("lab boot loader: {e}"));
+        }
+    }
+
+    fn disk_signature(&self) -> String {
+        let h = meshos_common::chunks::sha256_hex(self.id.as_bytes());
+        h[..8].to_string()
+    }
+
+    fn count_attempt(&self) -> Result<Slot, String> {
+        let card = self.card();
+        let f = OpenOptions::new().read(true).write(true).open(&card).map_err(|e| format!("{}: {e}", card.display()))?;
+        let mut copies = [[0u8; boot_state::SIZE]; 2];
+        for (i, sector) in boot_state::SECTORS.iter().enumerate() {
+            f.read_exact_at(&mut copies[i], sector * 512).map_err(|e| format!("{}: {e}", card.display()))?;
+        }
+        let (slot, next, older) = boot_state::boot([&copies[0], &copies[1]]);
+        f.write_all_at(&next.encode(), boot_state::SECTORS[older] * 512).and_then(|()| f.sync_data()).map_err(|e| format!("{}: {e}", card.display()))?;
+        Ok(slot)
+    }
+
+    /// Links `root` to the files of the slot's root image; returns the release's version.
+    fn mount_root(&self, slot: Slot, roots: &mut Roots) -> Result<String, String> {
+        let header_path = self.dir.join("boot").join(slot.lower()).join(SLOT_HEADER_FILE);
+        let header = fs::read(&header_path).map_err(|e| format!("{}: {e}", header_path.display()))?;
+        let opened = bundle::open(&header[..]).map_err(|e| format!("{}: {e}", header_path.display()))?;
+        let root = opened.manifest.images.iter().find(|i| i.name == "root").ok_or("its release has no root image")?;
+        let tree = roots.extract(&root.sha256, &self.partition(slot))?;
+        std::os::unix::fs::symlink(&tree, self.dir.join("root")).map_err(|e| format!("{}: {e}", self.dir.join("root").display()))?;
+        Ok(opened.manifest.version)
+    }
+
+    /// Appends a line to the node's console log.
+    pub fn console(&self, line: &str) {
+        use std::io::Write;
+        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(self.dir.join("console.log")) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    /// Moves the node along: starts meshd when its boot is done, boots it again when meshd
+    /// asked for a reboot, starts a crashed meshd again (as init does).
+    pub fn tick(&mut self, launch: &Launch, roots: &mut Roots) {
+        match &mut self.power {
+            Power::Off => {}
+            Power::Booting { until } if Instant::now() < *until => {}
+            Power::Booting { .. } if !self.bootable => {
+                self.boot(roots);
+                self.power = Power::Booting { until: Instant::now() + launch.boot_time };
+            }
+            Power::Booting { .. } => match self.start(launch) {
+                Ok(child) => {
+                    self.meshd_pid = None;
+                    self.power = Power::Running { child, since: Instant::now() };
+                }
+                Err(e) => {
+                    self.console(&format!("lab: starting meshd: {e}"));
+                    self.power = Power::Booting { until: Instant::now() + launch.boot_time };
+                }
+            },
+            Power::Running { child, since } => {
+                let Ok(Some(status)) = child.try_wait() else { return };
+                let ran = since.elapsed();
+                self.meshd_pid = None;
+                if status.code() == Some(REBOOT_STATUS) {
+                    self.boot(roots);
+                    self.power = Power::Booting { until: Instant::now() + launch.boot_time };
+                } else {
+                    self.crashes += 1;
+                    self.console(&format!("lab: meshd ended ({status}) after {} s; init starts it again", ran.as_secs()));
+                    self.power = Power::Booting { until: Instant::now() + RESPAWN_AFTER };
+                }
+            }
+        }
+    }
+
+    fn start(&self, launch: &Launch) -> Result<Child, String> {
+        let console = OpenOptions::new().create(true).append(true).open(self.dir.join("console.log")).map_err(|e| format!("console.log: {e}"))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.namespace, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--uts", "--"]);
+        cmd.arg(&launch.meshd).args(["run", "--lab"]).arg(&self.dir);
+        cmd.env_clear().env("PATH", &launch.path).env("LANG", "C.UTF-8");
+        cmd.stdin(Stdio::null()).stdout(console.try_clone().map_err(|e| e.to_string())?).stderr(console);
+        // SAFETY: prctl only sets this child's parent-death signal: if the lab dies (even by
+        // SIGKILL), unshare gets SIGKILL, and --kill-child passes it to meshd, whose end takes
+        // every process of its PID namespace with it.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().map_err(|e| format!("ip netns exec: {e}"))
+    }
+
+    /// Samples meshd's peak resident memory (VmHWM of the process unshare started).
+    pub fn sample_memory(&mut self) {
+        let Power::Running { child, .. } = &self.power else { return };
+        if self.meshd_pid.is_none() {
+            let unshare = child.id();
+            let children = fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap_or_default();
+            self.meshd_pid = children.split_whitespace().next().and_then(|p| p.parse().ok());
+        }
+        let Some(pid) = self.meshd_pid else { return };
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if let Some(kib) = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()) {
+            self.peak_rss_kib = self.peak_rss_kib.max(kib);
+        }
+    }
+
+    /// The status meshd published last this boot.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let text = fs::read_to_string(self.dir.join("run/status.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// meshd's record of its last install (on the data partition).
+    pub fn install_record(&self) -> Option<serde_json::Value> {
+        let text = fs::read_to_string(self.dir.join("data/upgrade.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The overlay router's peers that are up, by overlay address (from Yggdrasil's admin
+    /// socket in the node's run directory, which the host reaches as a file).
+    pub fn router_peers(&self) -> Vec<String> {
+        use std::io::{Read, Write};
+        let socket = self.dir.join("run/yggdrasil.sock");
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&socket) else { return Vec::new() };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(br#"{"request":"getpeers"}"#).is_err() {
+            return Vec::new();
+        }
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
+        v["response"]["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["up"].as_bool().unwrap_or(false))
+            .filter_map(|p| p["address"].as_str().map(String::from))
+            .collect()
+    }
+}
+
+/// Makes a node's card and boot partition: an empty boot state record (the first boot starts
+/// slot A, as a fresh image does), slot A as laid out from the release, slot B empty.
+pub fn make_card(node: &LabNode, template: &Path, partition_size: u64) -> Result<(), String> {
+    let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    fs::create_dir_all(node.dir.join("data")).map_err(|e| err(&node.dir, e))?;
+    let card = node.card();
+    File::create(&card).and_then(|f| f.set_len(1 << 20)).map_err(|e| err(&card, e))?;
+    let a = node.partition(Slot::A);
+    fs::copy(template.join("card2"), &a).and_then(|_| OpenOptions::new().write(true).open(&a)?.set_len(partition_size)).map_err(|e| err(&a, e))?;
+    let b = node.partition(Slot::B);
+    File::create(&b).and_then(|f| f.set_len(partition_size)).map_err(|e| err(&b, e))?;
+    copy_tree(&template.join("boot"), &node.dir.join("boot"))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    for entry in fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))?.flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target).map_err(|e| format!("{}: {e}", target.display()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! Scenarios: what happens to the lab's mesh, and what is measured while it does.
+//!
+//! `rollout`: every card starts with release N; the nodes the topology marks `updates` (or
+//! the first node) find N+1 in their boot partition's `updates/`; meshd does the rest. The
+//! lab watches until every node runs N+1 committed (or the time is up) and measures how long
+//! that took, who was down together, what each node fetched, and meshd's memory.
+
+use crate::lab::{self, Lab};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub struct Rollout {
+    pub update: PathBuf,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Stranded {
+    pub node: String,
+    pub version: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub nodes: usize,
+    pub links: usize,
+    pub boot_time_s: u64,
+    pub release: String,
+    pub update: String,
+    pub seconds_to_all_up: Option<f64>,
+    pub seconds_to_all_routed: Option<f64>,
+    pub committed: usize,
+    pub seconds_to_all_committed: Option<f64>,
+    pub seconds_to_50_percent: Option<f64>,
+    pub seconds_to_90_percent: Option<f64>,
+    /// The most nodes down (rebooting, or not yet up again) at one moment after all were up.
+    pub max_down_at_once: usize,
+    /// Moments when two linked nodes were down together (each pair counted once per moment).
+    pub neighbours_down_together: usize,
+    pub neighbours_down_together_pairs: Vec<(String, String, f64)>,
+    pub stranded: Vec<Stranded>,
+    pub bundle_bytes: u64,
+    pub bytes_fetched: BTreeMap<String, u64>,
+    pub max_fetched_share: f64,
+    pub meshd_peak_rss_kib: BTreeMap<String, u64>,
+    pub meshd_peak_rss_kib_max: u64,
+    pub reboots: u32,
+    pub meshd_crashes: u32,
+    pub lab_cpu_s: f64,
+    pub lab_peak_rss_kib: u64,
+    /// The host's memory in use (MemTotal - MemAvailable) at its peak, less what was in use
+    /// before the lab started: what the whole lab (nodes, routers, kernel) took.
+    pub host_memory_peak_kib: u64,
+}
+
+fn mem_used_kib() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let get = |k: &str| text.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get("MemTotal:").saturating_sub(get("MemAvailable:"))
+}
+
+fn own_usage() -> (f64, u64) {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(u.ru_utime) + secs(u.ru_stime), u.ru_maxrss as u64)
+}
+
+/// What one node says of itself, as far as the rollout goes.
+struct Seen {
+    version: Option<String>,
+    committed: bool,
+    note: Option<String>,
+}
+
+fn seen(status: Option<&Value>, update_version: &str) -> Seen {
+    let Some(s) = status else { return Seen { version: None, committed: false, note: None } };
+    let version = s["version"].as_str().map(String::from);
+    let committed = version.as_deref() == Some(update_version) && s["slots"]["marked_good"].as_bool() == Some(true);
+    let note = s["upgrade"]["note"].as_str().map(String::from);
+    Seen { version, committed, note }
+}
+
+pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
+    let opened = meshos_common::bundle::open(std::fs::File::open(&plan.update).map_err(|e| format!("{}: {e}", plan.update.display()))?)
+        .map_err(|e| format!("{}: {e}", plan.update.display()))?;
+    let update_version = opened.manifest.version.clone();
+    let bundle_bytes = opened.total_size();
+    let givers: Vec<usize> = match lab.topology.nodes.iter().enumerate().filter(|(_, n)| n.updates).map(|(i, _)| i).collect::<Vec<_>>() {
+        v if v.is_empty() => vec![0],
+        v => v,
+    };
+    for &i in &givers {
+        lab.give_update(i, &plan.update)?;
+    }
+    eprintln!(
+        "meshlab: rollout of {update_version} over {} nodes, starting from {}",
+        lab.nodes.len(),
+        givers.iter().map(|&i| lab.topology.nodes[i].id.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    let baseline = mem_used_kib();
+    let mut host_peak = 0;
+    lab.power_on_all();
+    let n = lab.nodes.len();
+    let (mut all_up, mut all_routed, mut all_committed) = (None, None, None);
+    let mut committed_at: Vec<Option<f64>> = vec![None; n];
+    let mut notes: Vec<Seen> = (0..n).map(|_| Seen { version: None, committed: false, note: None }).collect();
+    let mut routed = vec![false; n];
+    let mut max_down = 0;
+    let mut together: Vec<(String, String, f64)> = Vec::new();
+    let mut both_down_before: BTreeSet<(usize, usize)> = BTreeSet::new();
+    let (mut last_look, mut last_print) = (Instant::now() - Duration::from_secs(60), Instant::now());
+    let deadline = Instant::now() + plan.timeout;
+    loop {
+        if lab::stopped() {
+            return Err("interrupted".into());
+        }
+        lab.tick();
+        let t = lab.seconds();
+        let down: Vec<bool> = lab.nodes.iter().map(|n| !n.is_up()).collect();
+        if all_up.is_none() && !down.contains(&true) {
+            all_up = Some(t);
+        }
+        if all_up.is_some() {
+            max_down = max_down.max(down.iter().filter(|d| **d).count());
+            let mut now_both = BTreeSet::new();
+            for l in &lab.topology.links {
+                if down[l.a] && down[l.b] {
+                    now_both.insert((l.a, l.b));
+                    if !both_down_before.contains(&(l.a, l.b)) {
+                        together.push((lab.topology.nodes[l.a].id.clone(), lab.topology.nodes[l.b].id.clone(), t));
+                    }
+                }
+            }
+            both_down_before = now_both;
+        }
+        if last_look.elapsed() >= Duration::from_secs(5) {
+            last_look = Instant::now();
+            host_peak = host_peak.max(mem_used_kib().saturating_sub(baseline));
+            for (i, node) in lab.nodes.iter_mut().enumerate() {
+                node.sample_memory();
+                notes[i] = seen(node.status().as_ref(), &update_version);
+                if notes[i].committed && committed_at[i].is_none() {
+                    committed_at[i] = Some(t);
+                }
+                if !routed[i] && (lab.neighbours[i].is_empty() || !node.router_peers().is_empty()) {
+                    routed[i] = true;
+                }
+            }
+            if all_routed.is_none() && routed.iter().all(|r| *r) {
+                all_routed = Some(t);
+            }
+        }
+        let committed = committed_at.iter().filter(|c| c.is_some()).count();
+        if last_print.elapsed() >= Duration::from_secs(10) {
+            last_print = Instant::now();
+            let up = down.iter().filter(|d| !**d).count();
+            eprintln!(
+                "meshlab: {:>5.0} s: {up}/{n} up, {}/{n} routed, {committed}/{n} committed {update_version}, {} down",
+                t,
+                routed.iter().filter(|r| **r).count(),
+                n - up
+            );
+        }
+        if committed == n {
+            all_committed = Some(t);
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("meshlab: the rollout's {} s are up", plan.timeout.as_secs());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let mut times: Vec<f64> = committed_at.iter().flatten().copied().collect();
+    times.sort_by(f64::total_cmp);
+    let share = |p: f64| {
+        let k = (p * n as f64).ceil() as usize;
+        (k >= 1 && times.len() >= k).then(|| times[k - 1])
+    };
+    let mut bytes_fetched = BTreeMap::new();
+    for node in &lab.nodes {
+        let fetched = node.install_record().and_then(|r| r["transfer"]["fetched_bytes"].as_u64()).unwrap_or(0);
+        bytes_fetched.insert(node.id.clone(), fetched);
+    }
+    let stranded = lab
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| committed_at[*i].is_none())
+        .map(|(i, node)| {
+            let record = node.install_record();
+            let reason = notes[i].note.clone().or_else(|| record.as_ref().and_then(|r| r["error"].as_str().map(String::from))).unwrap_or_else(|| {
+                if node.is_up() {
+                    "meshd says nothing of an upgrade".into()
+                } else {
+                    "down".into()
+                }
+            });
+            Stranded { node: node.id.clone(), version: notes[i].version.clone(), reason }
+        })
+        .collect();
+    let (cpu, rss) = own_usage();
+    let rss_by_node: BTreeMap<String, u64> = lab.nodes.iter().map(|n| (n.id.clone(), n.peak_rss_kib)).collect();
+    Ok(Report {
+        scenario: "rollout",
+        nodes: n,
+        links: lab.topology.links.len(),
+        boot_time_s: lab.launch.boot_time.as_secs(),
+        release: lab.release.manifest.version.clone(),
+        update: update_version,
+        seconds_to_all_up: all_up,
+        seconds_to_all_routed: all_routed,
+        committed: times.len(),
+        seconds_to_all_committed: all_committed,
+        seconds_to_50_percent: share(0.5),
+        seconds_to_90_percent: share(0.9),
+        max_down_at_once: max_down,
+        neighbours_down_together: together.len(),
+        neighbours_down_together_pairs: together,
+        stranded,
+        bundle_bytes,
+        max_fetched_share: bytes_fetched.values().map(|b| *b as f64 / bundle_bytes.max(1) as f64).fold(0.0, f64::max),
+        bytes_fetched,
+        meshd_peak_rss_kib_max: rss_by_node.values().copied().max().unwrap_or(0),
+        meshd_peak_rss_kib: rss_by_node,
+        reboots: lab.nodes.iter().map(|n| n.boots.saturating_sub(1)).sum(),
+        meshd_crashes: lab.nodes.iter().map(|n| n.crashes).sum(),
+        lab_cpu_s: cpu,
+        lab_peak_rss_kib: rss,
+        host_memory_peak_kib: host_peak,
+    })
+}
+
+impl Report {
+    /// A few lines for a person.
+    pub fn summary(&self) -> String {
+        let secs = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("{s:.0} s"));
+        let mut out = format!(
+            "rollout of {} over {} nodes ({} links, {} s boots)\n  up       all {}, routed {}\n  committed {}/{}: half at {}, 90 % at {}, all at {}\n  down     at most {} at once; linked nodes down together {} time(s)\n  fetched  at most {:.1} % of the {}-byte bundle per node\n  meshd    at most {} KiB resident; {} reboots, {} crashes\n  lab      {:.0} s of CPU, {} KiB itself; host memory in use grew by at most {} MiB\n",
+            self.update,
+            self.nodes,
+            self.links,
+            self.boot_time_s,
+            secs(self.seconds_to_all_up),
+            secs(self.seconds_to_all_routed),
+            self.committed,
+            self.nodes,
+            secs(self.seconds_to_50_percent),
+            secs(self.seconds_to_90_percent),
+            secs(self.seconds_to_all_committed),
+            self.max_down_at_once,
+            self.neighbours_down_together,
+            100.0 * self.max_fetched_share,
+            self.bundle_bytes,
+            self.meshd_peak_rss_kib_max,
+            self.reboots,
+            self.meshd_crashes,
+            self.lab_cpu_s,
+            self.lab_peak_rss_kib,
+            self.host_memory_peak_kib / 1024,
+        );
+        for s in self.stranded.iter().take(10) {
+            out += &format!("  stranded {} ({}): {}\n", s.node, s.version.as_deref().unwrap_or("down"), s.reason);
+        }
+        if self.stranded.len() > 10 {
+            out += &format!("  stranded … and {} more (see report.json)\n", self.stranded.len() - 10);
+        }
+        out
+    }
+}
