@@ -5,7 +5,7 @@ BOARD ?= rpi3
 OUT ?= out
 MESHIMG := target/debug/meshimg
 
-.PHONY: all setup setup-build meshimg image qemu lock plan test bench clean
+.PHONY: all setup setup-build meshimg image qemu lock plan test bench lab lab-clean clean
 
 all: image
 
@@ -36,6 +36,15 @@ test: setup meshimg
 
 bench: setup meshimg
 	ci/bench.sh $(BOARD)
+
+# The mesh lab (docs/lab.md): TOPOLOGY=FILE or FROM=URL, SCENARIO=rollout, BOOT_TIME=S.
+lab: setup meshimg
+	ci/lab.sh
+
+# Removes what a killed lab left behind (its namespaces and their processes).
+lab-clean:
+	cargo build --locked -p meshlab
+	$(if $(filter 0,$(shell id -u)),,sudo) target/debug/meshlab clean
 
 clean:
 	rm -rf $(OUT) target/node-firmware

@@ -41,6 +41,7 @@ declare -A need=(
   [openssl]=openssl             # a test CA and server certificate for installs over https (tests)
   [promtool]=prometheus         # checks and unit-tests monitoring/'s alerting rules (tests)
   [prometheus]=prometheus       # the mesh test's monitoring machine
+  [nft]=nftables                # the mesh lab: the share of packets each link loses
   [yggdrasil]=yggdrasil         # the monitoring machine's router (0.5: from backports on bookworm)
   [socat]=socat                 # joins the monitoring machine's tap device to a node's link
   [chromium]=chromium           # the mesh test loads a node's /map in headless Chromium
