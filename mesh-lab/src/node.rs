@@ -298,3 +298,38 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshos_common::boot_state::BootState;
+
+    fn record(card: &Path) -> BootState {
+        let f = File::open(card).unwrap();
+        let mut copies = [[0u8; boot_state::SIZE]; 2];
+        for (i, s) in boot_state::SECTORS.iter().enumerate() {
+            f.read_exact_at(&mut copies[i], s * 512).unwrap();
+        }
+        BootState::newest([&copies[0], &copies[1]]).unwrap().0
+    }
+
+    #[test]
+    fn each_boot_counts_an_attempt_and_a_slot_without_a_release_does_not_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = LabNode::new("7", "meshlab-7".into(), dir.path().to_path_buf());
+        File::create(node.card()).unwrap().set_len(1 << 20).unwrap();
+        let mut roots = Roots::new(dir.path().join("roots"));
+        node.power_on(&mut roots, Duration::from_secs(20));
+        assert_eq!((node.slot, node.bootable, node.boots), (Some(Slot::A), false, 1));
+        assert_eq!(record(&node.card()), BootState { order: vec![Slot::A], a_left: 2, b_left: 0, seq: 1 });
+        let cmdline = fs::read_to_string(dir.path().join("cmdline")).unwrap();
+        assert!(cmdline.starts_with("meshos.slot=a meshos.disk="), "{cmdline}");
+        let console = fs::read_to_string(dir.path().join("console.log")).unwrap();
+        assert!(console.contains("slot a does not boot") && console.contains(SLOT_HEADER_FILE), "{console}");
+        // The boot time passes: the node resets and the next boot counts another attempt.
+        let launch = Launch { meshd: "/nonexistent".into(), path: String::new(), boot_time: Duration::ZERO };
+        node.power = Power::Booting { until: Instant::now() };
+        node.tick(&launch, &mut roots);
+        assert_eq!((node.boots, record(&node.card()).a_left), (2, 1));
+    }
+}
