@@ -77,6 +77,8 @@ impl Lab {
         let work = opts.out.join("work");
         let _ = fs::remove_dir_all(&work);
         fs::create_dir_all(work.join("nodes")).map_err(|e| format!("{}: {e}", work.display()))?;
+        // Absolute: a node's root is a symbolic link into it.
+        let work = work.canonicalize().map_err(|e| format!("{}: {e}", work.display()))?;
         let template = work.join("template");
         let release = release::lay_out(&opts.release, &template)?;
         // Room for a release twice this size, as a card's partitions leave room to grow.

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// What a lab node's meshd reads from its slot's root (see node-firmware's machine.rs).
-const ROOT_FILES: [&str; 2] = ["etc/os-release", "usr/share/meshos"];
+/// (Debian's /etc/os-release is a link to ../usr/lib/os-release.)
+const ROOT_FILES: [&str; 3] = ["etc/os-release", "usr/lib/os-release", "usr/share/meshos"];
 
 pub struct Laid {
     pub manifest: Manifest,
@@ -76,6 +77,7 @@ impl Roots {
         }
         let tree = self.dir.join(sha256);
         let _ = fs::remove_dir_all(&tree);
+        fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         let out = Command::new("unsquashfs")
             .arg("-n")
             .arg("-d")
