@@ -5,6 +5,10 @@
 #   SCENARIO=NAME   rollout (the default)
 #   BOOT_TIME=S     how long a node's reboot takes (default 20)
 #   TIMEOUT=S       when a scenario gives up (default 3600)
+#   LAB_RELEASE=BUNDLE  release N as built already (make test: the virtual board's), signed
+#                   with MESHOS_SIGN_KEY; N+1 is then built with the same key
+#   LAB_PROFILE=dev builds meshd and meshlab unoptimised (make test: quicker to build after the
+#                   unit tests; its memory figures are not the product's)
 # The releases: N is the virtual board's image as `make image` builds it, N+1 the same with the
 # next-release overlay (ci/fixtures/make-next-overlay.py: one site file and one library, about
 # the size of a one-package change), both signed with MESHOS_SIGN_KEY or a key made for the lab.
@@ -28,15 +32,25 @@ release() { # DIR [BUILD-ARGS...]: builds the virtual board's release into DIR (
   echo "lab: building release ${*:-$V} into $dir"
   "$MESHIMG" build qemu-arm64 --out "$dir" "$@" > "$dir.log" 2>&1 || { tail -20 "$dir.log"; echo "lab: building the release failed (whole log: $dir.log)" >&2; exit 2; }
 }
-release "$REL/n"
+if [ -n "${LAB_RELEASE:-}" ]; then
+  [ -n "${MESHOS_SIGN_KEY:-}" ] || { echo "lab: LAB_RELEASE needs the MESHOS_SIGN_KEY it was signed with, to sign N+1" >&2; exit 2; }
+  N=$LAB_RELEASE
+else
+  release "$REL/n"
+  N=$REL/n/qemu-arm64/meshos-qemu-arm64-$V.bundle
+fi
 ci/fixtures/make-next-overlay.py "$REL/next-overlay"
 release "$REL/n1" --image-version "$V.1" --overlay "$REL/next-overlay"
-cargo build --locked --release -p meshd -p meshlab
+profile=${LAB_PROFILE:-release}
+case $profile in
+release) cargo build --locked --release -p meshd -p meshlab; BIN=target/release ;;
+dev) cargo build --locked -p meshd -p meshlab; BIN=target/debug ;;
+*) echo "lab: LAB_PROFILE is release or dev" >&2; exit 2 ;;
+esac
 
 source=(--topology "${TOPOLOGY:-mesh-lab/topologies/freifunk-ulm.json}")
 [ -z "${FROM:-}" ] || source=(--from "$FROM")
-as_root target/release/meshlab run --scenario "${SCENARIO:-rollout}" "${source[@]}" \
-  --release "$REL/n/qemu-arm64/meshos-qemu-arm64-$V.bundle" \
-  --update "$REL/n1/qemu-arm64/meshos-qemu-arm64-$V.1.bundle" \
-  --meshd target/release/meshd --out "$OUT" \
+as_root "$BIN/meshlab" run --scenario "${SCENARIO:-rollout}" "${source[@]}" \
+  --release "$N" --update "$REL/n1/qemu-arm64/meshos-qemu-arm64-$V.1.bundle" \
+  --meshd "$BIN/meshd" --out "$OUT" \
   ${BOOT_TIME:+--boot-time "$BOOT_TIME"} ${TIMEOUT:+--timeout "$TIMEOUT"}

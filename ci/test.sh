@@ -150,6 +150,11 @@ if has qemu-arm64; then
   # cjdns, cross-compiled into the image: three nodes in a line started with router: cjdns.
   stage_bg --after "cjdns on three qemu-arm64 nodes" ci/cjdns-test.sh "$(image qemu-arm64)" 3
   stage_bg --after "power cuts and a hang on qemu-arm64" ci/powercut-test.py
+  # The mesh lab (docs/lab.md): 16 real meshd nodes in network namespaces (a line, a ring with
+  # a hub, a second island behind one link) roll out N+1 from the image just built by
+  # themselves; no VM, so it runs beside the VMs and the builds, its own builds niced.
+  stage_bg "mesh lab: rollout over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json BOOT_TIME=5 TIMEOUT=900 \
+    LAB_PROFILE=dev LAB_RELEASE="$(image qemu-arm64 | sed 's/\.img$/.bundle/')" LAB_OUT=out/lab-test nice -n 5 ci/lab.sh
 fi
 for board in $BOARDS; do
   [ "$board" = qemu-arm64 ] || build "$board" 10

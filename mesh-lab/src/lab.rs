@@ -30,6 +30,8 @@ pub struct Lab {
     pub started: Instant,
     out: PathBuf,
     work: PathBuf,
+    /// Dropped last: the namespaces are gone before another lab may start.
+    _machine: net::MachineLock,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -69,6 +71,7 @@ impl Lab {
         if !opts.meshd.is_file() {
             return Err(format!("{}: no meshd built for this machine; run 'cargo build --release -p meshd'", opts.meshd.display()));
         }
+        let machine = net::lock_machine()?;
         catch_signals();
         let (spaces, killed) = net::clean();
         if spaces > 0 {
@@ -98,7 +101,18 @@ impl Lab {
         eprintln!("meshlab: {} cards laid out with {} ({} s)", nodes.len(), release.manifest.version, started.elapsed().as_secs());
         let meshd = opts.meshd.canonicalize().map_err(|e| format!("{}: {e}", opts.meshd.display()))?;
         let launch = Launch { meshd, path: "/usr/sbin:/usr/bin:/sbin:/bin".into(), boot_time: opts.boot_time };
-        let mut lab = Lab { topology, nodes, neighbours, launch, roots: Roots::new(work.join("roots")), release, started, out: opts.out.clone(), work };
+        let mut lab = Lab {
+            topology,
+            nodes,
+            neighbours,
+            launch,
+            roots: Roots::new(work.join("roots")),
+            release,
+            started,
+            out: opts.out.clone(),
+            work,
+            _machine: machine,
+        };
         // From here on, Drop removes what is made.
         net::create_namespaces(&lab.topology)?;
         let total = lab.topology.links.len();

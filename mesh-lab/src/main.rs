@@ -35,11 +35,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("generate") => generate(&args[1..]).map(|()| true),
-        Some("clean") => {
+        Some("clean") => net::lock_machine().map(|_held| {
             let (spaces, killed) = net::clean();
             println!("meshlab: removed {spaces} namespace(s) and {killed} process(es)");
-            Ok(true)
-        }
+            true
+        }),
         Some("--help" | "-h" | "help") => {
             print!("{USAGE}");
             Ok(true)
@@ -98,15 +98,11 @@ fn run(args: &[String]) -> Result<bool, String> {
     std::fs::write(&path, serde_json::to_string_pretty(&report).expect("the report serialises") + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
     print!("{}", report.summary());
     println!("report: {}", path.display());
-    let met = report.stranded.is_empty() && report.neighbours_down_together == 0;
-    if !met {
-        println!(
-            "meshlab: the rollout did not meet its checks: {} stranded, linked nodes down together {} time(s)",
-            report.stranded.len(),
-            report.neighbours_down_together
-        );
+    let failed = report.failed_checks();
+    for f in &failed {
+        println!("meshlab: check failed: {f}");
     }
-    Ok(met)
+    Ok(failed.is_empty())
 }
 
 /// The topology of the mesh a live node sees, from its `/mesh.json`.

@@ -126,6 +126,22 @@ pub fn set_rules(ns: &str, rules: &[String]) -> Result<(), String> {
     }
 }
 
+/// Held while a lab runs: one lab at a time on a machine (their namespaces share a prefix, and
+/// a new lab removes what an earlier one left). Released when the process ends, however.
+pub struct MachineLock(#[allow(dead_code)] std::fs::File);
+
+pub const LOCK_FILE: &str = "/run/meshlab.lock";
+
+pub fn lock_machine() -> Result<MachineLock, String> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(LOCK_FILE).map_err(|e| format!("{LOCK_FILE}: {e}"))?;
+    // SAFETY: flock only takes an advisory lock on the descriptor, which `f` keeps open.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!("another lab is running on this machine (it holds {LOCK_FILE}); wait for it, or stop it with Ctrl-C"));
+    }
+    Ok(MachineLock(f))
+}
+
 /// The lab's namespaces on this machine (of this run or one that was killed).
 pub fn lab_namespaces() -> Vec<String> {
     let list = run("ip", &["netns", "list"]).unwrap_or_default();

@@ -238,7 +238,28 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
     })
 }
 
+/// What a node may fetch of a release over the mesh: the chunks it lacks, a small share
+/// when the release is a small change (docs/upgrades.md).
+pub const MAX_FETCHED_SHARE: f64 = 0.05;
+
 impl Report {
+    /// The rollout's checks (none on time): every node committed, no two linked nodes down
+    /// at once, no node fetched more than [`MAX_FETCHED_SHARE`] of the bundle.
+    pub fn failed_checks(&self) -> Vec<String> {
+        let mut failed = Vec::new();
+        if !self.stranded.is_empty() {
+            failed.push(format!("{} of {} nodes did not commit {}", self.stranded.len(), self.nodes, self.update));
+        }
+        if let Some((a, b, t)) = self.neighbours_down_together_pairs.first() {
+            failed.push(format!("linked nodes were down together {} time(s), first {a} and {b} at {t:.0} s", self.neighbours_down_together));
+        }
+        if let Some((node, bytes)) = self.bytes_fetched.iter().max_by_key(|(_, b)| **b).filter(|_| self.max_fetched_share > MAX_FETCHED_SHARE) {
+            let pct = 100.0 * *bytes as f64 / self.bundle_bytes.max(1) as f64;
+            failed.push(format!("node {node} fetched {bytes} bytes, {pct:.1} % of the bundle (at most {:.0} %)", 100.0 * MAX_FETCHED_SHARE));
+        }
+        failed
+    }
+
     /// A few lines for a person.
     pub fn summary(&self) -> String {
         let secs = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("{s:.0} s"));
@@ -273,5 +294,61 @@ impl Report {
             out += &format!("  stranded … and {} more (see report.json)\n", self.stranded.len() - 10);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            scenario: "rollout",
+            nodes: 3,
+            links: 2,
+            boot_time_s: 5,
+            release: "1.0".into(),
+            update: "1.1".into(),
+            seconds_to_all_up: Some(5.0),
+            seconds_to_all_routed: Some(6.0),
+            committed: 3,
+            seconds_to_all_committed: Some(90.0),
+            seconds_to_50_percent: Some(40.0),
+            seconds_to_90_percent: Some(80.0),
+            max_down_at_once: 1,
+            neighbours_down_together: 0,
+            neighbours_down_together_pairs: Vec::new(),
+            stranded: Vec::new(),
+            bundle_bytes: 1000,
+            bytes_fetched: [("0".to_string(), 0), ("1".to_string(), 20), ("2".to_string(), 30)].into(),
+            max_fetched_share: 0.03,
+            meshd_peak_rss_kib: BTreeMap::new(),
+            meshd_peak_rss_kib_max: 0,
+            reboots: 3,
+            meshd_crashes: 0,
+            lab_cpu_s: 1.0,
+            lab_peak_rss_kib: 1,
+            host_memory_peak_kib: 1,
+        }
+    }
+
+    #[test]
+    fn a_rollout_passes_only_when_all_commit_none_down_together_and_fetches_stay_small() {
+        assert!(report().failed_checks().is_empty());
+        let mut r = report();
+        r.stranded.push(Stranded { node: "2".into(), version: Some("1.0".into()), reason: "waiting to reboot".into() });
+        r.neighbours_down_together_pairs.push(("0".into(), "1".into(), 12.0));
+        r.neighbours_down_together = 1;
+        r.bytes_fetched.insert("2".into(), 60);
+        r.max_fetched_share = 0.06;
+        assert_eq!(
+            r.failed_checks(),
+            [
+                "1 of 3 nodes did not commit 1.1",
+                "linked nodes were down together 1 time(s), first 0 and 1 at 12 s",
+                "node 2 fetched 60 bytes, 6.0 % of the bundle (at most 5 %)"
+            ]
+        );
+        assert!(r.summary().contains("stranded 2 (1.0): waiting to reboot"));
     }
 }
