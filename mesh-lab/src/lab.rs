@@ -28,6 +28,8 @@ pub struct Lab {
     pub roots: Roots,
     pub release: release::Laid,
     pub started: Instant,
+    /// Seconds from the lab's start until its nodes could be powered on (cards, network).
+    pub setup_s: f64,
     out: PathBuf,
     work: PathBuf,
     /// Dropped last: the namespaces are gone before another lab may start.
@@ -71,6 +73,7 @@ impl Lab {
         if !opts.meshd.is_file() {
             return Err(format!("{}: no meshd built for this machine; run 'cargo build --release -p meshd'", opts.meshd.display()));
         }
+        let begun = Instant::now();
         let machine = net::lock_machine()?;
         catch_signals();
         let (spaces, killed) = net::clean();
@@ -109,6 +112,7 @@ impl Lab {
             roots: Roots::new(work.join("roots")),
             release,
             started,
+            setup_s: 0.0,
             out: opts.out.clone(),
             work,
             _machine: machine,
@@ -122,6 +126,7 @@ impl Lab {
             }
         })?;
         lab.started = Instant::now();
+        lab.setup_s = begun.elapsed().as_secs_f64();
         Ok(lab)
     }
 

@@ -32,6 +32,9 @@ pub struct Report {
     pub boot_time_s: u64,
     pub release: String,
     pub update: String,
+    /// Making the cards and the network, before the nodes are powered on.
+    pub seconds_to_set_up: f64,
+    /// From power-on.
     pub seconds_to_all_up: Option<f64>,
     pub seconds_to_all_routed: Option<f64>,
     pub committed: usize,
@@ -215,6 +218,7 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
         boot_time_s: lab.launch.boot_time.as_secs(),
         release: lab.release.manifest.version.clone(),
         update: update_version,
+        seconds_to_set_up: lab.setup_s,
         seconds_to_all_up: all_up,
         seconds_to_all_routed: all_routed,
         committed: times.len(),
@@ -264,11 +268,12 @@ impl Report {
     pub fn summary(&self) -> String {
         let secs = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("{s:.0} s"));
         let mut out = format!(
-            "rollout of {} over {} nodes ({} links, {} s boots)\n  up       all {}, routed {}\n  committed {}/{}: half at {}, 90 % at {}, all at {}\n  down     at most {} at once; linked nodes down together {} time(s)\n  fetched  at most {:.1} % of the {}-byte bundle per node\n  meshd    at most {} KiB resident; {} reboots, {} crashes\n  lab      {:.0} s of CPU, {} KiB itself; host memory in use grew by at most {} MiB\n",
+            "rollout of {} over {} nodes ({} links, {} s boots)\n  up       set up in {:.0} s, then all up {}, routed {}\n  committed {}/{}: half at {}, 90 % at {}, all at {}\n  down     at most {} at once; linked nodes down together {} time(s)\n  fetched  at most {:.1} % of the {}-byte bundle per node\n  meshd    at most {} KiB resident; {} reboots, {} crashes\n  lab      {:.0} s of CPU, {} KiB itself; host memory in use grew by at most {} MiB\n",
             self.update,
             self.nodes,
             self.links,
             self.boot_time_s,
+            self.seconds_to_set_up,
             secs(self.seconds_to_all_up),
             secs(self.seconds_to_all_routed),
             self.committed,
@@ -309,6 +314,7 @@ mod tests {
             boot_time_s: 5,
             release: "1.0".into(),
             update: "1.1".into(),
+            seconds_to_set_up: 3.0,
             seconds_to_all_up: Some(5.0),
             seconds_to_all_routed: Some(6.0),
             committed: 3,
