@@ -4,10 +4,11 @@
 # (does nothing then).
 set -euo pipefail
 
-# Usage: ci/setup-host.sh [build]. `build` installs only what `make image` needs (the
-# Dockerfile runs it so); without it, also what `make test` needs.
+# Usage: ci/setup-host.sh [build|test|lab]. `build` installs only what `make image` needs (the
+# Dockerfile runs it so); `test` (the default) also what `make test` needs; `lab` also what
+# `make lab` needs to build meshd for this machine as the boards have it (static, musl).
 mode=${1:-test}
-case $mode in build | test) ;; *) echo "usage: $0 [build|test]" >&2; exit 2 ;; esac
+case $mode in build | test | lab) ;; *) echo "usage: $0 [build|test|lab]" >&2; exit 2 ;; esac
 
 # Host tools: command -> Debian package. What building an image needs:
 declare -A need=(
@@ -49,6 +50,9 @@ declare -A need=(
   [podman]=podman               # the container test builds the Dockerfile and an image in it
   [runc]=runc                   # podman's runtime here (crun refuses hybrid cgroup layouts)
   [mmdebstrap]=mmdebstrap       # the container test's Debian base image, made locally
+)
+[ "$mode" != lab ] || need+=(
+  [musl-gcc]=musl-tools         # the lab's meshd: C parts of its crates (ring) for musl
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -107,7 +111,9 @@ if command -v rustup >/dev/null 2>&1; then
   [ "$mode" = build ] || for c in clippy rustfmt; do
     rustup component list --installed | grep -q "^$c" || { echo "setup: adding Rust component $c (make test runs it)"; rustup component add "$c"; }
   done
-  for t in aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu; do
+  targets=(aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu)
+  [ "$mode" != lab ] || targets+=(x86_64-unknown-linux-musl)
+  for t in "${targets[@]}"; do
     rustup target list --installed | grep -qx "$t" || { echo "setup: adding Rust target $t"; add_target "$t"; }
   done
 else
