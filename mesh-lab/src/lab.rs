@@ -55,7 +55,7 @@ fn catch_signals() {
 }
 
 /// What every lab node's mesh.yaml says: the lab's links are wired peering links.
-const MESH_YAML: &str = "apiVersion: meshos/v1\nmesh:\n  id: meshlab\nwired:\n  peering: [\"lab*\"]\n  dhcp: []\n";
+pub const MESH_YAML: &str = "apiVersion: meshos/v1\nmesh:\n  id: meshlab\nwired:\n  peering: [\"lab*\"]\n  dhcp: []\n";
 
 impl Lab {
     /// Lays out the cards and makes the network; the nodes are still off.
@@ -136,6 +136,12 @@ impl Lab {
         fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let name = bundle.file_name().ok_or("the update has no file name")?;
         fs::copy(bundle, dir.join(name)).map(drop).map_err(|e| format!("{}: {e}", dir.display()))
+    }
+
+    /// Replaces node `i`'s mesh.yaml (before it is powered on).
+    pub fn set_config(&self, i: usize, text: &str) -> Result<(), String> {
+        let path = self.nodes[i].dir.join("boot/mesh.yaml");
+        fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Powers every node on, a few at a time so that their first starts do not all fall on

@@ -2,6 +2,7 @@
 //! namespace with its own card, links shaped like radio links, and a scenario run to its end.
 //! See docs/lab.md.
 
+mod faults;
 mod lab;
 mod net;
 mod node;
@@ -17,7 +18,7 @@ use topology::Topology;
 const USAGE: &str = "usage: meshlab <command> [options]
 
 commands:
-  run --scenario rollout (--topology FILE | --from URL) --release BUNDLE
+  run --scenario rollout|faults (--topology FILE | --from URL) --release BUNDLE
       --update BUNDLE [--meshd PATH] [--boot-time S] [--timeout S] [--out DIR]
              start the mesh, run the scenario to its end, write DIR/report.json
              (default out/lab) and remove everything the lab made. --from reads
@@ -69,14 +70,19 @@ fn run(args: &[String]) -> Result<bool, String> {
     let seconds = |k: &str, default: u64| -> Result<Duration, String> {
         opt.get(k).map_or(Ok(default), |v| v.parse().map_err(|_| format!("--{k} {v}: a number of seconds"))).map(Duration::from_secs)
     };
-    let topology = match (opt.get("topology"), opt.get("from")) {
+    let mut topology = match (opt.get("topology"), opt.get("from")) {
         (Some(file), None) => Topology::load(file.as_ref())?,
         (None, Some(url)) => from_live_node(url)?,
         _ => return Err(format!("run needs one of --topology FILE and --from URL\n{USAGE}")),
     };
     let scenario = need("scenario")?;
-    if scenario != "rollout" {
-        return Err(format!("scenario '{scenario}': the lab runs rollout so far"));
+    let with_faults = match scenario.as_str() {
+        "rollout" => false,
+        "faults" => true,
+        other => return Err(format!("scenario '{other}': rollout or faults")),
+    };
+    if with_faults {
+        faults::lossy(&mut topology);
     }
     let out = PathBuf::from(opt.get("out").map_or("out/lab", String::as_str));
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -86,7 +92,7 @@ fn run(args: &[String]) -> Result<bool, String> {
         boot_time: seconds("boot-time", 20)?,
         out: out.clone(),
     };
-    let plan = scenario::Rollout { update: PathBuf::from(need("update")?), timeout: seconds("timeout", 3600)? };
+    let plan = scenario::Rollout { update: PathBuf::from(need("update")?), timeout: seconds("timeout", 3600)?, faults: with_faults };
     let parts = topology.components().len();
     eprintln!("meshlab: {} nodes, {} links, {parts} connected part(s)", topology.nodes.len(), topology.links.len());
     let report = {

@@ -126,6 +126,13 @@ pub fn set_rules(ns: &str, rules: &[String]) -> Result<(), String> {
     }
 }
 
+/// Cuts a link or mends it (both ends down or up).
+pub fn set_link(topology: &Topology, link: &Link, up: bool) -> Result<(), String> {
+    let state = if up { "up" } else { "down" };
+    run("ip", &["-n", &namespace(&topology.nodes[link.a].id), "link", "set", &interface(link.b), state])?;
+    run("ip", &["-n", &namespace(&topology.nodes[link.b].id), "link", "set", &interface(link.a), state]).map(drop)
+}
+
 /// Held while a lab runs: one lab at a time on a machine (their namespaces share a prefix, and
 /// a new lab removes what an earlier one left). Released when the process ends, however.
 pub struct MachineLock(#[allow(dead_code)] std::fs::File);

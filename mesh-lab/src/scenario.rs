@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 pub struct Rollout {
     pub update: PathBuf,
     pub timeout: Duration,
+    /// The `faults` scenario: lossy radio links (made so before the lab), a power cut in the
+    /// middle of a fetch, an island cut off (crate::faults).
+    pub faults: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -27,6 +30,9 @@ pub struct Stranded {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub scenario: &'static str,
+    /// What the `faults` scenario did, and when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faults: Option<crate::faults::FaultReport>,
     pub nodes: usize,
     pub links: usize,
     pub boot_time_s: u64,
@@ -107,6 +113,16 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
         lab.nodes.len(),
         givers.iter().map(|&i| lab.topology.nodes[i].id.as_str()).collect::<Vec<_>>().join(", ")
     );
+    let mut faults = plan.faults.then(|| crate::faults::Driver::new(crate::faults::choose(&lab.topology, &givers), lab));
+    if let Some(f) = &faults {
+        lab.set_config(f.faults.victim, &crate::faults::victim_config(crate::lab::MESH_YAML))?;
+        eprintln!(
+            "meshlab: faults: radio links lose {:.0} %; node {} loses power while it fetches; island: {}",
+            100.0 * crate::faults::RADIO_LOSS,
+            f.report.victim,
+            if f.report.island.is_empty() { "none (no part of this mesh hangs on one link)".to_string() } else { f.report.island.join(", ") }
+        );
+    }
     let baseline = mem_used_kib();
     let mut host_peak = 0;
     lab.power_on_all();
@@ -161,6 +177,11 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
             }
         }
         let committed = committed_at.iter().filter(|c| c.is_some()).count();
+        if let Some(f) = faults.as_mut() {
+            let island = f.faults.cut.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
+            let rest_committed = (0..n).filter(|k| !island.contains(k)).all(|k| committed_at[k].is_some());
+            f.step(lab, all_up.is_some(), rest_committed)?;
+        }
         if last_print.elapsed() >= Duration::from_secs(10) {
             last_print = Instant::now();
             let up = down.iter().filter(|d| !**d).count();
@@ -212,7 +233,8 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
     let (cpu, rss) = own_usage();
     let rss_by_node: BTreeMap<String, u64> = lab.nodes.iter().map(|n| (n.id.clone(), n.peak_rss_kib)).collect();
     Ok(Report {
-        scenario: "rollout",
+        scenario: if plan.faults { "faults" } else { "rollout" },
+        faults: faults.map(|f| f.report),
         nodes: n,
         links: lab.topology.links.len(),
         boot_time_s: lab.launch.boot_time.as_secs(),
@@ -309,6 +331,7 @@ mod tests {
     fn report() -> Report {
         Report {
             scenario: "rollout",
+            faults: None,
             nodes: 3,
             links: 2,
             boot_time_s: 5,

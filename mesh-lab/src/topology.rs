@@ -36,6 +36,8 @@ enum Kind {
 pub struct Link {
     pub a: usize,
     pub b: usize,
+    /// A radio link (not an internet tunnel).
+    pub radio: bool,
     /// Each direction's rate in kbit/s.
     pub rate_kbit: u64,
     /// Share of packets lost from a to b and from b to a (0 to 1).
@@ -171,7 +173,7 @@ impl Topology {
                 // The quality a node measured of what it receives: target_tq is a to b.
                 None => (from_tq(l.target_tq), from_tq(l.source_tq)),
             };
-            links.push(Link { a, b, rate_kbit, loss_ab, loss_ba });
+            links.push(Link { a, b, radio: kind == Kind::Wifi, rate_kbit, loss_ab, loss_ba });
         }
         if nodes.is_empty() {
             return Err("the topology has no nodes".into());

@@ -1,0 +1,175 @@
+//! The `faults` scenario's troubles, laid over a rollout: radio links that lose 10 % of what
+//! they carry, a node that loses power in the middle of its fetch, and an island cut off from
+//! the mesh while the release spreads, which rejoins once the rest has committed.
+
+use crate::lab::Lab;
+use crate::net;
+use crate::topology::Topology;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// What every radio link loses at least.
+pub const RADIO_LOSS: f64 = 0.10;
+/// The victim's fetch is rate-limited so that it lasts long enough to be cut.
+const VICTIM_RATE_KBIT: u64 = 400;
+/// How long the victim fetches before its power goes, and how long it stays off.
+const CUT_AFTER: Duration = Duration::from_secs(3);
+const OFF_FOR: Duration = Duration::from_secs(15);
+/// The island rejoins once every other node committed, or after this long at the latest.
+const ISLAND_AWAY_AT_MOST: Duration = Duration::from_secs(900);
+
+pub struct Faults {
+    pub victim: usize,
+    /// The link cut off the island (by index), and the island's nodes.
+    pub cut: Option<(usize, Vec<usize>)>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct FaultReport {
+    pub radio_loss: f64,
+    pub victim: String,
+    pub victim_power_cut_at_s: Option<f64>,
+    pub victim_powered_on_at_s: Option<f64>,
+    pub island: Vec<String>,
+    pub island_cut_at_s: Option<f64>,
+    pub island_rejoined_at_s: Option<f64>,
+}
+
+/// Raises every radio link's loss to at least [`RADIO_LOSS`].
+pub fn lossy(topology: &mut Topology) {
+    for l in topology.links.iter_mut().filter(|l| l.radio) {
+        l.loss_ab = l.loss_ab.max(RADIO_LOSS);
+        l.loss_ba = l.loss_ba.max(RADIO_LOSS);
+    }
+}
+
+fn distances(neighbours: &[Vec<usize>], from: &[usize], without: Option<usize>, topology: &Topology) -> Vec<Option<usize>> {
+    let mut d = vec![None; neighbours.len()];
+    let mut todo: VecDeque<usize> = from.iter().copied().collect();
+    for &f in from {
+        d[f] = Some(0);
+    }
+    while let Some(n) = todo.pop_front() {
+        for &m in &neighbours[n] {
+            let cut = without.is_some_and(|i| {
+                let l = &topology.links[i];
+                (l.a, l.b) == (n, m) || (l.a, l.b) == (m, n)
+            });
+            if !cut && d[m].is_none() {
+                d[m] = Some(d[n].expect("set") + 1);
+                todo.push_back(m);
+            }
+        }
+    }
+    d
+}
+
+/// Picks the island (the largest part, at most half the mesh, that one link joins to the
+/// rest, away from the nodes that start the rollout) and the victim (a node farthest from
+/// them, outside the island).
+pub fn choose(topology: &Topology, givers: &[usize]) -> Faults {
+    let nb = topology.neighbours();
+    let n = topology.nodes.len();
+    let mut cut: Option<(usize, Vec<usize>)> = None;
+    for i in 0..topology.links.len() {
+        let d = distances(&nb, givers, Some(i), topology);
+        let island: Vec<usize> = (0..n).filter(|&k| d[k].is_none()).collect();
+        let all = distances(&nb, givers, None, topology);
+        let joined_before = island.iter().all(|&k| all[k].is_some());
+        if joined_before && !island.is_empty() && island.len() * 2 <= n && cut.as_ref().is_none_or(|(_, c)| island.len() > c.len()) {
+            cut = Some((i, island));
+        }
+    }
+    let d = distances(&nb, givers, None, topology);
+    let in_island = |k: usize| cut.as_ref().is_some_and(|(_, c)| c.contains(&k));
+    let victim = (0..n).filter(|&k| !in_island(k) && !givers.contains(&k)).max_by_key(|&k| (d[k].unwrap_or(0), std::cmp::Reverse(k))).unwrap_or(0);
+    Faults { victim, cut }
+}
+
+/// The victim's mesh.yaml: the lab's, with its fetch slowed.
+pub fn victim_config(base: &str) -> String {
+    format!("{base}upgrade:\n  rateLimitKbit: {VICTIM_RATE_KBIT}\n")
+}
+
+/// Carries the faults out as the rollout goes; called every step of the lab's loop.
+pub struct Driver {
+    pub faults: Faults,
+    pub report: FaultReport,
+    fetching_since: Option<Instant>,
+    off_until: Option<Instant>,
+    cut_at: Option<Instant>,
+    done_cutting_power: bool,
+}
+
+impl Driver {
+    pub fn new(faults: Faults, lab: &Lab) -> Driver {
+        let ids = |v: &[usize]| v.iter().map(|&k| lab.topology.nodes[k].id.clone()).collect::<Vec<_>>();
+        let report = FaultReport {
+            radio_loss: RADIO_LOSS,
+            victim: lab.topology.nodes[faults.victim].id.clone(),
+            island: faults.cut.as_ref().map(|(_, c)| ids(c)).unwrap_or_default(),
+            ..FaultReport::default()
+        };
+        Driver { faults, report, fetching_since: None, off_until: None, cut_at: None, done_cutting_power: false }
+    }
+
+    /// `all_up`: every node is up (the island is cut only then); `rest_committed`: every node
+    /// outside the island runs the new release committed.
+    pub fn step(&mut self, lab: &mut Lab, all_up: bool, rest_committed: bool) -> Result<(), String> {
+        let t = lab.seconds();
+        if let Some((link, _)) = &self.faults.cut {
+            let link = &lab.topology.links[*link];
+            if all_up && self.report.island_cut_at_s.is_none() {
+                net::set_link(&lab.topology, link, false)?;
+                self.report.island_cut_at_s = Some(t);
+                self.cut_at = Some(Instant::now());
+                eprintln!("meshlab: faults: the island {} is cut off", self.report.island.join(", "));
+            } else if self.report.island_rejoined_at_s.is_none() && self.cut_at.is_some_and(|c| rest_committed || c.elapsed() > ISLAND_AWAY_AT_MOST) {
+                net::set_link(&lab.topology, link, true)?;
+                self.report.island_rejoined_at_s = Some(t);
+                eprintln!("meshlab: faults: the island rejoins the mesh");
+            }
+        }
+        let victim = &mut lab.nodes[self.faults.victim];
+        if let Some(until) = self.off_until {
+            if Instant::now() >= until {
+                self.off_until = None;
+                victim.power_on(&mut lab.roots, lab.launch.boot_time);
+                self.report.victim_powered_on_at_s = Some(t);
+                eprintln!("meshlab: faults: node {} has power again", victim.id);
+            }
+        } else if !self.done_cutting_power {
+            let fetching = victim.status().is_some_and(|s| s["upgrade"]["phase"] == "fetching");
+            match (fetching, self.fetching_since) {
+                (true, None) => self.fetching_since = Some(Instant::now()),
+                (true, Some(since)) if since.elapsed() >= CUT_AFTER => {
+                    victim.power_off();
+                    self.done_cutting_power = true;
+                    self.off_until = Some(Instant::now() + OFF_FOR);
+                    self.report.victim_power_cut_at_s = Some(t);
+                    eprintln!("meshlab: faults: node {} loses power in the middle of its fetch", victim.id);
+                }
+                (false, _) => self.fetching_since = None,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_island_is_the_part_behind_one_link_and_the_victim_is_far_from_the_start() {
+        let t = Topology::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/small.json")).unwrap();
+        let f = choose(&t, &[0]);
+        let (link, island) = f.cut.unwrap();
+        assert_eq!(island, vec![11, 12, 13, 14, 15]);
+        assert_eq!((t.links[link].a.min(t.links[link].b), t.links[link].a.max(t.links[link].b)), (10, 11));
+        // Nodes 6, 7 and 8 are six hops from node 0 (through the hub); the first is taken.
+        assert_eq!(f.victim, 6);
+    }
+}
