@@ -121,12 +121,12 @@ impl Driver {
         if let Some((link, _)) = &self.faults.cut {
             let link = &lab.topology.links[*link];
             if all_up && self.report.island_cut_at_s.is_none() {
-                net::set_link(&lab.topology, link, false)?;
+                net::cut_link(&lab.topology, link)?;
                 self.report.island_cut_at_s = Some(t);
                 self.cut_at = Some(Instant::now());
                 eprintln!("meshlab: faults: the island {} is cut off", self.report.island.join(", "));
             } else if self.report.island_rejoined_at_s.is_none() && self.cut_at.is_some_and(|c| rest_committed || c.elapsed() > ISLAND_AWAY_AT_MOST) {
-                net::set_link(&lab.topology, link, true)?;
+                net::mend_link(&lab.topology, link)?;
                 self.report.island_rejoined_at_s = Some(t);
                 eprintln!("meshlab: faults: the island rejoins the mesh");
             }

@@ -88,21 +88,30 @@ fn shape(ns: &str, dev: &str, kbit: u64) -> Result<(), String> {
 /// One nftables table per namespace whose links lose packets: a random share of what leaves
 /// through each such link is dropped.
 fn losses(topology: &Topology) -> Result<(), String> {
-    let mut rules: Vec<Vec<String>> = vec![Vec::new(); topology.nodes.len()];
-    let mut add = |from: usize, to: usize, loss: f64| {
-        let per_mille = (loss * 1000.0).round() as u32;
-        if per_mille > 0 {
-            rules[from].push(format!("oifname \"{}\" numgen random mod 1000 < {per_mille} drop", interface(to)));
+    for i in 0..topology.nodes.len() {
+        let rules = loss_rules(topology, i);
+        if !rules.is_empty() {
+            set_rules(&namespace(&topology.nodes[i].id), &rules)?;
         }
-    };
-    for Link { a, b, loss_ab, loss_ba, .. } in &topology.links {
-        add(*a, *b, *loss_ab);
-        add(*b, *a, *loss_ba);
-    }
-    for (i, r) in rules.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
-        set_rules(&namespace(&topology.nodes[i].id), r)?;
     }
     Ok(())
+}
+
+/// Node `i`'s rules: on each of its links, drop the share the link loses leaving it.
+fn loss_rules(topology: &Topology, i: usize) -> Vec<String> {
+    let mut rules = Vec::new();
+    for Link { a, b, loss_ab, loss_ba, .. } in &topology.links {
+        let (to, loss) = match i {
+            _ if *a == i => (*b, *loss_ab),
+            _ if *b == i => (*a, *loss_ba),
+            _ => continue,
+        };
+        let per_mille = (loss * 1000.0).round() as u32;
+        if per_mille > 0 {
+            rules.push(format!("oifname \"{}\" numgen random mod 1000 < {per_mille} drop", interface(to)));
+        }
+    }
+    rules
 }
 
 /// Replaces the lab's nftables table in `ns` with `rules` (on the output hook).
@@ -126,11 +135,23 @@ pub fn set_rules(ns: &str, rules: &[String]) -> Result<(), String> {
     }
 }
 
-/// Cuts a link or mends it (both ends down or up).
-pub fn set_link(topology: &Topology, link: &Link, up: bool) -> Result<(), String> {
-    let state = if up { "up" } else { "down" };
-    run("ip", &["-n", &namespace(&topology.nodes[link.a].id), "link", "set", &interface(link.b), state])?;
-    run("ip", &["-n", &namespace(&topology.nodes[link.b].id), "link", "set", &interface(link.a), state]).map(drop)
+/// Cuts a link: its veth pair is removed (a link merely set down, meshd would bring up again,
+/// as it does with any peering interface).
+pub fn cut_link(topology: &Topology, link: &Link) -> Result<(), String> {
+    run("ip", &["-n", &namespace(&topology.nodes[link.a].id), "link", "del", &interface(link.b)]).map(drop)
+}
+
+/// Mends a cut link: the veth pair again, with its rates and losses.
+pub fn mend_link(topology: &Topology, link: &Link) -> Result<(), String> {
+    let (na, nb) = (namespace(&topology.nodes[link.a].id), namespace(&topology.nodes[link.b].id));
+    let (ia, ib) = (interface(link.b), interface(link.a));
+    run("ip", &["link", "add", &ia, "netns", &na, "type", "veth", "peer", "name", &ib, "netns", &nb])?;
+    for (ns, dev) in [(&na, &ia), (&nb, &ib)] {
+        run("ip", &["-n", ns, "link", "set", dev, "up"])?;
+        shape(ns, dev, link.rate_kbit)?;
+    }
+    set_rules(&na, &loss_rules(topology, link.a))?;
+    set_rules(&nb, &loss_rules(topology, link.b))
 }
 
 /// Held while a lab runs: one lab at a time on a machine (their namespaces share a prefix, and
