@@ -141,3 +141,13 @@ fn generate(args: &[String]) -> Result<(), String> {
     println!("{}", serde_json::to_string_pretty(&graph).expect("JSON serialises"));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn help_fits_a_terminal() {
+        for line in super::USAGE.lines() {
+            assert!(line.len() <= 80, "wider than 80 columns: {line}");
+        }
+    }
+}
