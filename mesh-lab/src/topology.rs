@@ -363,4 +363,11 @@ mod tests {
         let t = Topology::from_mesh_json(text).unwrap();
         assert_eq!((t.nodes.len(), t.links.len()), (3, 2), "a neighbour it does not list as a node is no node");
     }
+
+    #[test]
+    fn a_real_nodes_mesh_json_loads() {
+        // What node 3 of the small lab served at /mesh.json a minute after power-on.
+        let t = Topology::from_mesh_json(include_str!("testdata/mesh-view.json")).unwrap();
+        assert_eq!((t.nodes.len(), t.links.len(), t.components().len()), (3, 2, 1));
+    }
 }
