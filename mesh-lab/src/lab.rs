@@ -144,8 +144,8 @@ impl Lab {
         fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// Powers every node on, a few at a time so that their first starts do not all fall on
-    /// the same second (the first boot takes no boot time: the lab waited for the cards).
+    /// Powers every node on at once; the first boot takes no boot time (the lab waited for
+    /// the cards).
     pub fn power_on_all(&mut self) {
         for n in &mut self.nodes {
             n.power_on(&mut self.roots, Duration::ZERO);

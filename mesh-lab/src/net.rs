@@ -29,6 +29,24 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Runs a tool with `input` on its standard input; the error names `what` and what it printed.
+fn run_with_input(program: &str, args: &[&str], input: &str, what: &str) -> Result<(), String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{what}: {e} (is {program} installed? ci/setup-host.sh installs it)"))?;
+    child.stdin.take().expect("piped").write_all(input.as_bytes()).map_err(|e| format!("{what}: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
 /// Runs `ip [-n NS] -batch -` with one command a line: one process for many changes.
 fn ip_batch(ns: Option<&str>, lines: &[String]) -> Result<(), String> {
     if lines.is_empty() {
@@ -36,15 +54,7 @@ fn ip_batch(ns: Option<&str>, lines: &[String]) -> Result<(), String> {
     }
     let mut args = ns.map_or(Vec::new(), |ns| vec!["-n", ns]);
     args.extend(["-batch", "-"]);
-    let mut child =
-        Command::new("ip").args(&args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|e| format!("ip: {e}"))?;
-    child.stdin.take().expect("piped").write_all(lines.join("\n").as_bytes()).map_err(|e| format!("ip -batch: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| format!("ip -batch: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ip -batch: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
+    run_with_input("ip", &args, &lines.join("\n"), "ip -batch")
 }
 
 /// The namespaces of every node, with loopback up.
@@ -120,19 +130,7 @@ pub fn set_rules(ns: &str, rules: &[String]) -> Result<(), String> {
         "table inet meshlab\ndelete table inet meshlab\ntable inet meshlab {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n{}\n  }}\n}}\n",
         rules.iter().map(|r| format!("    {r}")).collect::<Vec<_>>().join("\n")
     );
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("nft in {ns}: {e}"))?;
-    child.stdin.take().expect("piped").write_all(text.as_bytes()).map_err(|e| format!("nft in {ns}: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| format!("nft in {ns}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("nft in {ns}: {} (is nftables installed? ci/setup-host.sh installs it)", String::from_utf8_lossy(&out.stderr).trim()))
-    }
+    run_with_input("ip", &["netns", "exec", ns, "nft", "-f", "-"], &text, &format!("nft in {ns}"))
 }
 
 /// Cuts a link: its veth pair is removed (a link merely set down, meshd would bring up again,

@@ -82,6 +82,7 @@ fn own_usage() -> (f64, u64) {
 }
 
 /// What one node says of itself, as far as the rollout goes.
+#[derive(Default)]
 struct Seen {
     version: Option<String>,
     committed: bool,
@@ -89,7 +90,7 @@ struct Seen {
 }
 
 fn seen(status: Option<&Value>, update_version: &str) -> Seen {
-    let Some(s) = status else { return Seen { version: None, committed: false, note: None } };
+    let Some(s) = status else { return Seen::default() };
     let version = s["version"].as_str().map(String::from);
     let committed = version.as_deref() == Some(update_version) && s["slots"]["marked_good"].as_bool() == Some(true);
     let note = s["upgrade"]["note"].as_str().map(String::from);
@@ -97,10 +98,12 @@ fn seen(status: Option<&Value>, update_version: &str) -> Seen {
 }
 
 pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
-    let opened = meshos_common::bundle::open(std::fs::File::open(&plan.update).map_err(|e| format!("{}: {e}", plan.update.display()))?)
-        .map_err(|e| format!("{}: {e}", plan.update.display()))?;
-    let update_version = opened.manifest.version.clone();
-    let bundle_bytes = opened.total_size();
+    // Only the header is read here; the file is closed before the rollout starts.
+    let (update_version, bundle_bytes) = {
+        let file = std::fs::File::open(&plan.update).map_err(|e| format!("{}: {e}", plan.update.display()))?;
+        let opened = meshos_common::bundle::open(file).map_err(|e| format!("{}: {e}", plan.update.display()))?;
+        (opened.manifest.version.clone(), opened.total_size())
+    };
     let givers: Vec<usize> = match lab.topology.nodes.iter().enumerate().filter(|(_, n)| n.updates).map(|(i, _)| i).collect::<Vec<_>>() {
         v if v.is_empty() => vec![0],
         v => v,
@@ -129,7 +132,7 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
     let n = lab.nodes.len();
     let (mut all_up, mut all_routed, mut all_committed) = (None, None, None);
     let mut committed_at: Vec<Option<f64>> = vec![None; n];
-    let mut notes: Vec<Seen> = (0..n).map(|_| Seen { version: None, committed: false, note: None }).collect();
+    let mut notes: Vec<Seen> = (0..n).map(|_| Seen::default()).collect();
     let mut routed = vec![false; n];
     let mut max_down = 0;
     let mut together: Vec<(String, String, f64)> = Vec::new();
