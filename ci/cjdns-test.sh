@@ -77,7 +77,9 @@ cjdroute_rss() {
   "$1" 'for p in $(pidof cjdroute); do sed -n "s/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p" /proc/$p/status; done' | awk '{s += $1} END {print s + 0}'
 }
 wait_for 120 on_a true || fail "ssh to A"
-on_a cjdroute --version > "$WORK/version.txt" || fail "cjdroute --version on A"
+# (A retry: the first commands can meet the moment meshd restarts cjdroute on its new links.)
+version_on_a() { on_a cjdroute --version > "$WORK/version.txt" 2> "$WORK/version.err"; }
+wait_for 60 version_on_a || fail "cjdroute --version on A: $(cat "$WORK/version.txt" "$WORK/version.err")"
 grep -q 'cjdns-v22.1' "$WORK/version.txt" || fail "A's cjdroute is not v22.1: $(cat "$WORK/version.txt")"
 ok "A's cjdroute: $(paste -sd ' ' "$WORK/version.txt")"
 if [ "$NODES" = 1 ]; then
