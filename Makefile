@@ -1,11 +1,13 @@
 # meshos: `make image BOARD=rpi3`, `make test`, `make qemu BOARD=rpi3`, `make bench`.
+# Tests in tiers (docs/testing.md): `make check` (minutes), `make test` (what CI runs),
+# `make test-all` (everything, for a release).
 # Every target installs what it needs first (ci/setup-host.sh), so a fresh Debian machine works.
 
 BOARD ?= rpi3
 OUT ?= out
 MESHIMG := target/debug/meshimg
 
-.PHONY: all setup setup-build meshimg image qemu lock plan test bench lab lab-clean clean
+.PHONY: all setup setup-build meshimg image qemu lock plan check test test-all bench lab lab-clean clean
 
 all: image
 
@@ -31,8 +33,15 @@ plan: meshimg
 lock: meshimg
 	$(MESHIMG) lock $(BOARD)
 
+check: setup meshimg
+	TIER=check ci/test.sh
+
 test: setup meshimg
-	ci/test.sh
+	TIER=test ci/test.sh
+
+test-all: setup meshimg
+	@ci/setup-host.sh all
+	TIER=all ci/test.sh
 
 bench: setup meshimg
 	ci/bench.sh $(BOARD)

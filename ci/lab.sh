@@ -2,11 +2,12 @@
 # `make lab`: the mesh lab (meshlab, docs/lab.md) on a topology, with a scenario.
 #   TOPOLOGY=FILE   meshnet-lab JSON (default: mesh-lab/topologies/freifunk-ulm.json)
 #   FROM=URL        instead, the mesh a live node sees (http://[address]:9100)
-#   SCENARIO=NAME   rollout (the default)
+#   SCENARIO=NAME   rollout (the default) or faults
 #   BOOT_TIME=S     how long a node's reboot takes (default 20)
 #   TIMEOUT=S       when a scenario gives up (default 3600)
 #   LAB_RELEASE=BUNDLE  release N as built already (make test: the virtual board's), signed
 #                   with MESHOS_SIGN_KEY; N+1 is then built with the same key
+#   LAB_UPDATE=BUNDLE   release N+1 as built already (make test: ci/next-releases.sh's)
 #   LAB_PROFILE=dev builds meshd and meshlab unoptimised (make test: quicker to build after the
 #                   unit tests; its memory figures are not the product's)
 # The releases: N is the virtual board's image as `make image` builds it, N+1 the same with the
@@ -40,8 +41,13 @@ else
   release "$REL/n"
   N=$REL/n/qemu-arm64/meshos-qemu-arm64-$V.bundle
 fi
-ci/fixtures/make-next-overlay.py "$REL/next-overlay"
-release "$REL/n1" --image-version "$V.1" --overlay "$REL/next-overlay"
+if [ -n "${LAB_UPDATE:-}" ]; then
+  UPDATE=$LAB_UPDATE
+else
+  ci/fixtures/make-next-overlay.py "$REL/next-overlay"
+  release "$REL/n1" --image-version "$V.1" --overlay "$REL/next-overlay"
+  UPDATE=$REL/n1/qemu-arm64/meshos-qemu-arm64-$V.1.bundle
+fi
 profile=${LAB_PROFILE:-release}
 case $profile in
 release)
@@ -59,6 +65,6 @@ esac
 source=(--topology "${TOPOLOGY:-mesh-lab/topologies/freifunk-ulm.json}")
 [ -z "${FROM:-}" ] || source=(--from "$FROM")
 as_root "$BIN/meshlab" run --scenario "${SCENARIO:-rollout}" "${source[@]}" \
-  --release "$N" --update "$REL/n1/qemu-arm64/meshos-qemu-arm64-$V.1.bundle" \
+  --release "$N" --update "$UPDATE" \
   --meshd "$MESHD" --out "$OUT" \
   ${BOOT_TIME:+--boot-time "$BOOT_TIME"} ${TIMEOUT:+--timeout "$TIMEOUT"}

@@ -1,40 +1,40 @@
 #!/usr/bin/env bash
-# The mesh in QEMU, with the qemu-arm64 image `make test` built:
-#   VMs in a line A - B - C (and D, beside C, which joins later; E, linked to all four, joins
-#   last), linked by QEMU UDP socket links on 127.0.0.1; A has a restricted user network with
-#   ports forwarded to its ssh and metrics; C and D are gateways, each with an uplink to a
-#   simulated internet only they reach (a network namespace of this host: a router giving
-#   DHCP and DNS, a web server at www.internet.test); E's mesh.yaml is malformed; B keeps its
-#   card in a file (it loses power once).
+# The mesh in QEMU, with the qemu-arm64 image `make test` built: what needs real images, on
+# three nodes. Mesh-level behaviour at scale (rollouts over many nodes, power cuts mid-fetch,
+# islands, loss, a node with a malformed mesh.yaml) is proven in the mesh lab (docs/lab.md).
+#   VMs in a line A - B - C, linked by QEMU UDP socket links on 127.0.0.1; A has a restricted
+#   user network with ports forwarded to its ssh and metrics; B and C are gateways, each with
+#   an uplink to a simulated internet only they reach (a network namespace of this host: a
+#   router giving DHCP and DNS, a web server at www.internet.test); C keeps its card in a file
+#   (it is switched off and on again with N+1 in its updates/).
 # Checks, each printed as it passes:
 #   routing   Yggdrasil peers form by themselves and A reaches C's overlay address through B
-#             (ping6 and an HTTP GET of C's /nodeinfo.json); each /metrics shows its peers
+#             (ping6 and an HTTP GET of C's /nodeinfo.json); each /metrics shows its peers;
+#             A's /sd.json names the line, Prometheus scrapes it, Chromium draws A's /map
 #   radio     in A, two mac80211_hwsim radios, one A's and one in a network namespace driven
 #             by its own meshd, form an 802.11s peer link (plink ESTAB)
 #   AP        a third radio, given the accessPoint role by MAC in A's mesh.yaml, serves a WPA2
 #             client on a fourth radio in its own namespace, which gets IPv4 by DHCP and IPv6
 #             in A's overlay prefix by router advertisement
-#   access    the client fetches the internet's page by name through A's tunnel to gateway C
-#             (two overlay hops, through B), and C's /nodeinfo.json over IPv6 through the mesh
-#   failover  after the upgrade: C's uplink is cut and the client's fetches pass again through
-#             D; then D allows only B's key: A is refused and says why, and B keeps D
-#   upgrade   over the mesh, by itself: D joins C with N+1 (built here with a 40 KB file in
-#             /etc and a 300 KB one in /usr/lib, signed with $MESHOS_SIGN_KEY like IMAGE) in
-#             its updates/; D installs it, C takes it from D, B from C, A from B, each fetching
-#             only the chunks it lacks (at most 5% of the bundle, from meshd's own metrics) and
-#             rebooting only while no neighbour is down (checked on the console logs' times);
-#             B loses power in the middle of its fetch and goes on where it was (extra bytes
-#             under 10% of what it needed); a rogue neighbour of A (a web server in one of A's
+#   access    the client fetches the internet's page by name through A's tunnel to gateway B,
+#             and C's /nodeinfo.json over IPv6 through the mesh
+#   failover  B's uplink is cut and the client's fetches pass again through C, two overlay
+#             hops away; then C allows only B's key: A is refused and says why, and B keeps C
+#   upgrade   over the mesh into real slots through U-Boot, by itself: C is switched on again
+#             with N+1 (ci/next-releases.sh) in its updates/ and installs it; B takes it from
+#             C, A from B, each fetching only the chunks it lacks (at most 5% of the bundle,
+#             from meshd's own metrics) and rebooting only while no neighbour is down (checked
+#             on the console logs' times); a rogue neighbour of A (a web server in one of A's
 #             radio namespaces, overlay-peered over 802.11s) offers N+1 with every chunk
 #             corrupted: A rejects its bytes, names it, and installs from B
 #   k of n    N+1 raises the site's threshold to two signatures (it is signed by both keys);
-#             then E, linked to every node and running N with N+2 signed by one key in its
-#             updates/, joins and offers N+2: every node refuses it at the signature, writes
-#             nothing (its other slot still holds N), and says so in its status and metrics
-#   bad input E boots, names the key in error on its console and in its metrics, and routes
-# Usage: ci/mesh-test.sh [IMAGE]; logs and the generated keys go to out/mesh-test/. Without
-# MESHOS_SIGN_KEY (an unsigned IMAGE accepts no bundle) the upgrade part, and with it D, E and
-# the checks that need them, is skipped, and says so.
+#             then the rogue offers N+2, signed by one key: A refuses it at the signature,
+#             writes nothing (its other slot still holds N), and says so in status and metrics
+#   alerts    the Grafana dashboard's queries return data; C switched off fires MeshNodeDown
+# Usage: ci/mesh-test.sh [IMAGE]; logs and the generated keys go to out/mesh-test/. N+1 and N+2
+# come from NEXT_RELEASES (a directory ci/next-releases.sh filled; make test builds it once for
+# every test that needs it), else are built here. Without MESHOS_SIGN_KEY (an unsigned IMAGE
+# accepts no bundle) the upgrade part, and the checks that need it, is skipped, and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESHIMG=${MESHIMG:-target/debug/meshimg}
@@ -53,8 +53,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # For a process started in the background: the job becomes the process itself, so that its pid
 # in $! is the one cleanup kills.
 exec_as_root() { if [ "$(id -u)" -eq 0 ]; then exec "$@"; else exec sudo "$@"; fi; }
-# The internet C and D reach (see internet_start), and the UDP ports of their uplinks.
-NET_NS=meshnet-$PORT C_UPLINK=$((PORT + 50)) D_UPLINK=$((PORT + 52))
+# The internet B and C reach (see internet_start), and the UDP ports of their uplinks.
+NET_NS=meshnet-$PORT B_UPLINK=$((PORT + 50)) C_UPLINK=$((PORT + 52))
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for ns in "$MON_NS" "$NET_NS"; do
@@ -68,7 +68,7 @@ trap cleanup EXIT
 
 # The consoles' tails first, then what failed: the last line of a long log says where to look.
 fail() {
-  for n in a b c d e; do [ -f "$WORK/$n.log" ] && { echo "--- node $n console (tail)"; tail -25 "$WORK/$n.log"; }; done >&2
+  for n in a b c; do [ -f "$WORK/$n.log" ] && { echo "--- node $n console (tail)"; tail -25 "$WORK/$n.log"; }; done >&2
   echo "mesh-test: FAILED: $*" >&2
   exit 1
 }
@@ -103,32 +103,26 @@ EOF
 # A mesh-orange style conf.d archive for A: unpacked over /etc at start.
 mkdir -p "$WORK/etc" && echo "meshos mesh test node" > "$WORK/etc/motd"
 tar -czf "$WORK/50-motd.tar.gz" -C "$WORK/etc" motd
-# C and D share their uplinks (their last links, eth3 and eth2) with the mesh, and peer on
-# the links to other nodes only. D takes the ssh key, for changing its mesh.yaml later.
-printf 'apiVersion: meshos/v1\ngateway:\n  offer: true\nwired:\n  peering: [eth0, eth1, eth2]\n  dhcp: [eth3]\n' > "$WORK/c.yaml"
-d_yaml() { # GATEWAY-ALLOW-LINES: D's mesh.yaml
-  printf 'apiVersion: meshos/v1\nssh:\n  authorizedKeys:\n    - %s\ngateway:\n  offer: true\n%s\nwired:\n  peering: [eth0, eth1]\n  dhcp: [eth2]\n' \
+# B and C share their uplinks (their last links, eth2 and eth1) with the mesh, and peer on
+# the links to other nodes only. C takes the ssh key, for changing its mesh.yaml later.
+printf 'apiVersion: meshos/v1\ngateway:\n  offer: true\nwired:\n  peering: [eth0, eth1]\n  dhcp: [eth2]\n' > "$WORK/b.yaml"
+c_yaml() { # GATEWAY-ALLOW-LINES: C's mesh.yaml
+  printf 'apiVersion: meshos/v1\nssh:\n  authorizedKeys:\n    - %s\ngateway:\n  offer: true\n%s\nwired:\n  peering: [eth0]\n  dhcp: [eth1]\n' \
     "$(cat "$WORK/key.pub")" "$1"
 }
-d_yaml "" > "$WORK/d.yaml"
+c_yaml "" > "$WORK/c.yaml"
 
-# B fetches slowly (400 kbit/s), so the test can cut its power in the middle.
-printf 'apiVersion: meshos/v1\nupgrade:\n  rateLimitKbit: 400\n' > "$WORK/b.yaml"
-
-# N+1 for D, signed with the key IMAGE's nodes trust and with a second key: N+1 trusts both
+# N+1 for C, signed with the key IMAGE's nodes trust and with a second key: N+1 trusts both
 # and requires both. N+2 (the same but its version) is signed with the first key alone.
 V=$(basename "$IMAGE" .img | sed 's/^meshos-qemu-arm64-//')
 if [ -n "${MESHOS_SIGN_KEY:-}" ]; then
-  ci/fixtures/make-next-overlay.py "$WORK/next-overlay"
-  "$MESHIMG" keygen --unencrypted -o "$WORK/second.key" > /dev/null
-  for n in 1 2; do
-    "$MESHIMG" build qemu-arm64 --out "$WORK/next$n" --image-version "$V.$n" --overlay "$WORK/next-overlay" \
-      --trust-key "$WORK/second.key.pub" --signatures-required 2 > "$WORK/build-next$n.log" 2>&1 \
-      || fail "building $V.$n: $(tail -3 "$WORK/build-next$n.log")"
-  done
-  NEXT_BUNDLE=$WORK/next1/qemu-arm64/meshos-qemu-arm64-$V.1.bundle
-  ONE_SIGNATURE_BUNDLE=$WORK/next2/qemu-arm64/meshos-qemu-arm64-$V.2.bundle
-  "$MESHIMG" sign "$NEXT_BUNDLE" --sign-key "$WORK/second.key" > /dev/null 2> "$WORK/sign-next.log" || fail "adding the second signature to $V.1: $(cat "$WORK/sign-next.log")"
+  if [ -z "${NEXT_RELEASES:-}" ]; then
+    NEXT_RELEASES=$WORK/next
+    ci/next-releases.sh "$NEXT_RELEASES" || fail "building N+1 and N+2"
+  fi
+  NEXT_BUNDLE=$NEXT_RELEASES/n1/qemu-arm64/meshos-qemu-arm64-$V.1.bundle
+  ONE_SIGNATURE_BUNDLE=$NEXT_RELEASES/n2/qemu-arm64/meshos-qemu-arm64-$V.2.bundle
+  [ -f "$NEXT_BUNDLE" ] && [ -f "$ONE_SIGNATURE_BUNDLE" ] || fail "no $V.1 and $V.2 bundles in $NEXT_RELEASES"
   IMAGE_BUNDLE=${IMAGE%.img}.bundle
 fi
 
@@ -171,12 +165,12 @@ promql() {
 }
 monitor_start
 
-# The internet as C and D see it: a network namespace of this host with a router at
+# The internet as B and C see it: a network namespace of this host with a router at
 # 198.51.100.1 (DHCP and DNS by dnsmasq) and, beyond it, a web server at www.internet.test
 # (203.0.113.80) holding a page and a 4 MiB file. Nothing in it routes anywhere else. Each
 # uplink is a tap device on the router's bridge, joined to one QEMU link by socat. The bridge's
 # MAC address is fixed: a bridge otherwise takes its lowest port's, and would change it (and
-# leave the other gateway's ARP entry stale for seconds) when C's uplink is cut.
+# leave the other gateway's ARP entry stale for seconds) when B's uplink is cut.
 in_net() { as_root ip netns exec "$NET_NS" "$@"; }
 internet_start() {
   as_root ip netns del "$NET_NS" 2>/dev/null || true
@@ -184,9 +178,9 @@ internet_start() {
   { in_net ip link set lo up && in_net ip link add br0 address 02:00:00:00:0b:01 type bridge && in_net ip addr add 198.51.100.1/24 dev br0 &&
     in_net ip link set br0 up && in_net ip addr add 203.0.113.80/32 dev lo; } || fail "setting up the internet's router"
   local n port tap
-  for n in c d; do
-    tap=up$n$PORT port=$C_UPLINK
-    [ $n = c ] || port=$D_UPLINK
+  for n in b c; do
+    tap=up$n$PORT port=$B_UPLINK
+    [ $n = b ] || port=$C_UPLINK
     exec_as_root socat "UDP4-DATAGRAM:127.0.0.1:$((port + 1)),bind=127.0.0.1:$port" "TUN,tun-type=tap,tun-name=$tap,iff-no-pi" 2> "$WORK/uplink-$n.log" &
     pids+=($!)
     wait_for 10 ip link show "$tap" || fail "socat made no tap device for $n's uplink: $(cat "$WORK/uplink-$n.log")"
@@ -211,16 +205,14 @@ start() { # NAME IMAGE ARGS...: boot one node in the background, console appende
   pids+=($!)
   eval "pid_$name=$!"
 }
-# Each node also has a link to E (ports PORT+7 to PORT+14), silent until E is switched on.
-e_link() { echo "--link $((PORT + 5 + 2 * $1)):$((PORT + 6 + 2 * $1))"; }
-B_ARGS=(--card "$WORK/b.card" --link "$((PORT + 2)):$((PORT + 1))" --link "$((PORT + 3)):$((PORT + 4))" $(e_link 2) --boot-file "mesh.yaml=$WORK/b.yaml")
+C_ARGS=(--card "$WORK/c.card" --link "$((PORT + 4)):$((PORT + 3))" --link "$((C_UPLINK + 1)):$C_UPLINK")
 t0=$SECONDS
-start a "$IMAGE" --forward "$SSH_PORT:22" --forward "$METRICS_PORT:9100" --link "$((PORT + 1)):$((PORT + 2))" $(e_link 1) \
+start a "$IMAGE" --forward "$SSH_PORT:22" --forward "$METRICS_PORT:9100" --link "$((PORT + 1)):$((PORT + 2))" \
   --link "$MON_LINK_A:$MON_LINK_M" --boot-file "mesh.yaml=$WORK/a.yaml" \
   --boot-file "conf.d/50-motd.tar.gz=$WORK/50-motd.tar.gz"
-start b "$IMAGE" "${B_ARGS[@]}"
-start c "$IMAGE" --link "$((PORT + 4)):$((PORT + 3))" --link "$((PORT + 5)):$((PORT + 6))" $(e_link 3) \
-  --link "$((C_UPLINK + 1)):$C_UPLINK" --boot-file "mesh.yaml=$WORK/c.yaml"
+start b "$IMAGE" --link "$((PORT + 2)):$((PORT + 1))" --link "$((PORT + 3)):$((PORT + 4))" --link "$((B_UPLINK + 1)):$B_UPLINK" \
+  --boot-file "mesh.yaml=$WORK/b.yaml"
+start c "$IMAGE" "${C_ARGS[@]}" --boot-file "mesh.yaml=$WORK/c.yaml"
 for n in a b c; do
   wait_for "$BOOT_LIMIT" grep -aq '^meshos ready' "$WORK/$n.log" || fail "node $n did not print 'meshos ready' within $BOOT_LIMIT s"
 done
@@ -390,7 +382,7 @@ grep -aq 'meshd: phy0 (mac80211_hwsim) is gone' "$WORK/a.log" && grep -aq 'meshd
   && grep -aq 'meshd: phy2 (mac80211_hwsim): ap2 up as AccessPoint' "$WORK/a.log" || fail "A's meshd did not follow the radios being replaced"
 ok "A's meshd followed its radio going away and new ones appearing (a replug), with no restart"
 
-# --- access: the client reaches the mesh by IPv6 and the internet through gateway C.
+# --- access: the client reaches the mesh by IPv6 and the internet through gateway B.
 # Yggdrasil routes to each node a /64: its address with 300::/8 for 200::/8, cut after 64 bits.
 prefix=$(python3 -c 'import ipaddress, sys; b = bytearray(ipaddress.IPv6Address(sys.argv[1]).packed); b[0] = 3; b[8:] = bytes(8); print(ipaddress.IPv6Address(bytes(b)))' "$A")
 client_v6() {
@@ -401,11 +393,21 @@ wait_for 60 client_v6 || fail "the client has no address in A's prefix $prefix/6
 in_ns client "wget -q -T 15 -O - http://[$C]:9100/nodeinfo.json" > "$WORK/client-c-nodeinfo.json" || fail "the client cannot fetch C's /nodeinfo.json over IPv6"
 grep -q "\"address\":\"$C\"" "$WORK/client-c-nodeinfo.json" || fail "the client's fetch of C's nodeinfo: $(cat "$WORK/client-c-nodeinfo.json")"
 ok "the client took $v6 in A's prefix by router advertisement and fetched C's /nodeinfo.json over IPv6 through the mesh"
+uses() { a_gateway "(g['using'] or {}).get('address') == '$1'"; }
 t=$SECONDS
-wait_for 240 a_gateway "(g['using'] or {}).get('address') == '$C'" || fail "A does not use gateway C: $(on_a meshd status | grep gateway)"
-echo "mesh-test: A took gateway C $((SECONDS - t)) s into the wait: $(on_a meshd status | grep '^gateway')"
-wait_for 60 internet_page || fail "the client cannot fetch http://www.internet.test/ through A and C: $(on_a 'meshd status; cat /run/meshd/dns/resolv.upstream')"
-ok "the client fetched http://www.internet.test/ by name through A's tunnel to gateway C, two overlay hops away (through B)"
+wait_for 240 uses "$B" || fail "A does not use gateway B, its nearest: $(on_a meshd status | grep gateway)"
+echo "mesh-test: A took gateway B $((SECONDS - t)) s into the wait: $(on_a meshd status | grep '^gateway')"
+wait_for 60 internet_page || fail "the client cannot fetch http://www.internet.test/ through A and B: $(on_a 'meshd status; cat /run/meshd/dns/resolv.upstream')"
+ok "the client fetched http://www.internet.test/ by name through A's tunnel to gateway B, its nearest"
+
+# --- failover: B's uplink is cut, and the client's fetches pass through C, two overlay hops
+# away (through B). Then C allows only B: A is refused and says why.
+in_net ip link set "upb$PORT" down || fail "cutting B's uplink"
+t=$SECONDS
+through_c() { internet_page && uses "$C"; }
+wait_for 90 through_c || fail "B's uplink is cut, but the client's fetches do not pass through C: $(on_a meshd status | grep gateway; grep -a 'meshd: gateway' "$WORK/a.log" | tail -4)"
+echo "mesh-test: figure: gateway failover: the client's fetches passed again, through C, $((SECONDS - t)) s after B's uplink was cut (checks every 5 s)"
+ok "B's uplink cut: A moved to gateway C, two overlay hops away (through B), and the client's fetches pass again ($((SECONDS - t)) s)"
 # (the time of a command in the client's namespace, less that of an empty one)
 before=$(date +%s.%N)
 in_ns client true
@@ -414,8 +416,48 @@ in_ns client "wget -q -T 300 -O /dev/null http://www.internet.test/4m.bin" > "$W
   || fail "the client's download of 4 MiB through C: $(cat "$WORK/download.log"); A's $(on_a meshd status | grep '^gateway'); A's console: $(grep -a 'meshd: gateway' "$WORK/a.log" | tail -4)"
 after=$(date +%s.%N)
 echo "mesh-test: figure: client on A downloaded 4 MiB from the internet through gateway C (two overlay hops) at $(python3 -c "print(f'{4 * 8 / (($after - $empty) - ($empty - $before)):.1f}')") Mbit/s under TCG"
+b_withdrew() { on_a wget -q -T 10 -O - "http://[$B]:9100/nodeinfo.json" | python3 -c 'import json,sys; sys.exit(0 if not json.load(sys.stdin)["gateway"]["offers"] else 1)'; }
+wait_for 60 b_withdrew || fail "B still offers itself as a gateway with its uplink cut"
+ok "B says in its nodeinfo that it offers no gateway while its uplink is down"
+metrics_of() { if [ "$1" = a ]; then curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/metrics"; else on_a wget -q -T 10 -O - "http://[$(address "$1")]:9100/metrics"; fi; }
+for n in b c; do metrics_of $n > "$WORK/$n-gateway.metrics"; done
+rss_in() { sed -n 's/^process_resident_memory_bytes //p' "$WORK/$1-gateway.metrics" | awk '{print int($1 / 1024)}'; }
+echo "mesh-test: figure: meshd RSS on gateway C serving $(sed -n 's/^meshd_gateway_clients //p' "$WORK/c-gateway.metrics") nodes $(rss_in c) KiB, on B (using C) $(rss_in b) KiB"
 
-# --- upgrade over the mesh, by itself: D joins with N+1 in updates/, and it spreads to A.
+B_KEY=$(on_a wget -q -T 10 -O - "http://[$B]:9100/nodeinfo.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+[ ${#B_KEY} -eq 64 ] || fail "B's nodeinfo gives no key: '$B_KEY'"
+on_c() { # through A's ssh, as an operator reaches a node in the mesh
+  ssh -q -i "$WORK/key" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 \
+    -o ProxyCommand="ssh -q -i $WORK/key -p $SSH_PORT -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1 -W [%h]:%p" \
+    "root@$C" "$@"
+}
+c_yaml "$(printf '  allow:\n    - %s' "$B_KEY")" > "$WORK/c-allow.yaml"
+# (meshd is restarted by init and reads the file again; the kill waits for ssh to close.)
+on_c 'cat > /boot/mesh.yaml && sync && { setsid sh -c "sleep 1; kill \$(pidof meshd)" < /dev/null > /dev/null 2>&1 & }' < "$WORK/c-allow.yaml" \
+  || fail "ssh to C through A"
+t=$SECONDS
+a_refused() { a_gateway "g['using'] is None and any(r['address'] == '$C' and 'gateway.allow' in r['reason'] for r in g['refused'])"; }
+wait_for 240 a_refused || fail "C allows only B, but A's status does not say C refused it: $(on_a meshd status | grep gateway)"
+internet_page 2> /dev/null && fail "A's client still reaches the internet, though the only gateway left allows B alone"
+on_a meshd status > "$WORK/a-status-refused.txt"
+refusal_in_metrics() { metrics_of a > "$WORK/a-refused.metrics" && grep -q "^meshd_gateway_refused{gateway=\"$C\",.*gateway.allow" "$WORK/a-refused.metrics"; }
+wait_for 30 refusal_in_metrics || fail "A's metrics do not show C's refusal: $(grep gateway "$WORK/a-refused.metrics")"
+b_uses_c() { on_a wget -q -T 10 -O - "http://[$B]:9100/nodeinfo.json" | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["gateway"]["using"] == sys.argv[1] else 1)' "$C"; }
+wait_for 180 b_uses_c || fail "B, whose key C allows, does not use C"
+ok "C allows only B's key: A is refused ($((SECONDS - t)) s after C's restart) and says so: $(grep REFUSED "$WORK/a-status-refused.txt" | cut -c1-140); B uses C"
+
+# --- monitoring: the nodes Prometheus found by itself and the dashboard's queries.
+promql 'up{job="meshos"}' > "$WORK/prometheus-up.txt"
+ok "Prometheus scrapes $(grep -c ' 1$' "$WORK/prometheus-up.txt") nodes found through A's /sd.json: $(sed 's/.*"instance": "\([^"]*\)".*/\1/' "$WORK/prometheus-up.txt" | tr '\n' ' ' | cut -c1-200)"
+python3 -c 'import json,sys; [print(t["expr"]) for p in json.load(open(sys.argv[1]))["panels"] for t in p.get("targets", [])]' \
+  monitoring/grafana/dashboards/meshos.json | sed -e 's/\$node/.*/g' -e 's/\$__rate_interval/1m/g' > "$WORK/dashboard-queries.txt"
+while read -r q; do
+  [ -n "$(promql "$q")" ] || fail "the dashboard's query returns no data: $q"
+done < "$WORK/dashboard-queries.txt"
+ok "all $(wc -l < "$WORK/dashboard-queries.txt") queries of the Grafana dashboard return data"
+
+# --- upgrade over the mesh, by itself: C is switched on again with N+1 in updates/, and it
+# spreads to A.
 if [ -z "${NEXT_BUNDLE:-}" ]; then
   echo "mesh-test: skipped: the upgrade over the mesh (no MESHOS_SIGN_KEY to sign N+1 with)"
 else
@@ -425,7 +467,8 @@ else
   "$MESHIMG" delta "$IMAGE_BUNDLE" "$NEXT_BUNDLE" | sed 's/^/mesh-test: figure: meshimg delta: /'
 
   # The rogue: a plain web server in A's "mesh" radio namespace, whose meshd's router peers
-  # with A over 802.11s, serving N+1 as meshimg export lays it out, every chunk corrupted.
+  # with A over 802.11s, serving a release as meshimg export lays it out: N+1 with every
+  # chunk corrupted now, N+2 (one signature) later.
   rogue=$(on_a "sed -n 's/.*overlay address //p' /tmp/ns/mesh/meshd.log | head -1" | tr -d '\r')
   [ -n "$rogue" ] || fail "the radio namespace's meshd has no overlay address"
   "$MESHIMG" export "$NEXT_BUNDLE" "$WORK/rogue" > /dev/null || fail "meshimg export of N+1"
@@ -435,88 +478,65 @@ for name in os.listdir(sys.argv[1]):
     p = os.path.join(sys.argv[1], name)
     b = bytearray(open(p, "rb").read()); b[len(b) // 2] ^= 0xFF; open(p, "wb").write(b)
 PY
-  tar -cf - -C "$WORK/rogue" . | on_a "mkdir -p /tmp/ns/mesh/www && tar -xf - -C /tmp/ns/mesh/www" || fail "copying the rogue's files to A"
-  in_ns mesh "httpd -p [::]:9100 -h /tmp/ns/mesh/www" || fail "starting the rogue's web server"
+  rogue_serves() { # DIR: the rogue's web server serves DIR
+    tar -cf - -C "$1" . | on_a "rm -rf /tmp/ns/mesh/www && mkdir -p /tmp/ns/mesh/www && tar -xf - -C /tmp/ns/mesh/www" || fail "copying the rogue's files to A"
+    in_ns mesh "pidof httpd > /dev/null || httpd -p [::]:9100 -h /tmp/ns/mesh/www" || fail "starting the rogue's web server"
+  }
+  rogue_serves "$WORK/rogue"
   rogue_peer() { on_a meshd status --json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert any(p["address"] == sys.argv[1] for p in d["peers"]), d["peers"]' "$rogue"; }
   wait_for 90 rogue_peer || fail "the radio namespace's router ($rogue) is not A's overlay peer"
   on_a wget -q -O - "http://[$rogue]:9100/nodeinfo.json" | grep -q "\"version\":\"$V.1\"" || fail "the rogue does not offer $V.1"
   ok "a rogue overlay neighbour of A ($rogue) offers $V.1 with every chunk corrupted"
 
   # Who is down when, from the console logs, stamped on this side: a node is down from the
-  # line that says it reboots for an upgrade to its next 'meshos ready'.
+  # line that says it reboots for an upgrade (or from its power-off) to its next 'meshos ready'.
   python3 - "$WORK" > "$WORK/down.log" 2>&1 <<'PY' &
 import os, sys, time
-work = sys.argv[1]; pos = {n: 0 for n in "abcd"}; down = {}
+work = sys.argv[1]; pos = {n: 0 for n in "abc"}
 while True:
-    for n in "abcd":
+    for n in "abc":
         p = os.path.join(work, n + ".log")
         if not os.path.exists(p): continue
         with open(p, "rb") as f:
             f.seek(pos[n]); data = f.read(); pos[n] += len(data)
         for line in data.decode("utf-8", "replace").splitlines():
-            if "upgrade: REBOOTING" in line or "installed; rebooting into it" in line:
+            if "upgrade: REBOOTING" in line or "installed; rebooting into it" in line or line.startswith("mesh-test: power off"):
                 print(f"{time.time():.1f} {n} down", flush=True)
             elif line.startswith("meshos ready"):
                 print(f"{time.time():.1f} {n} up", flush=True)
     time.sleep(0.5)
 PY
   pids+=($!)
+  kill "$pid_c"; wait "$pid_c" 2>/dev/null || true
+  echo "mesh-test: power off" >> "$WORK/c.log"
   t=$SECONDS
-  start d "$IMAGE" --link "$((PORT + 6)):$((PORT + 5))" $(e_link 4) --link "$((D_UPLINK + 1)):$D_UPLINK" \
-    --boot-file "mesh.yaml=$WORK/d.yaml" --boot-file "updates/$(basename "$NEXT_BUNDLE")=$NEXT_BUNDLE"
+  start c "$IMAGE" "${C_ARGS[@]}" --boot-file "mesh.yaml=$WORK/c.yaml" --boot-file "updates/$(basename "$NEXT_BUNDLE")=$NEXT_BUNDLE"
   ready_on() { grep -aq "^meshos ready version=$V.1 board=qemu-arm64 slot=b" "$WORK/$1.log"; }
-  wait_for 300 ready_on d || fail "D did not come up on $V.1 from its updates/"
-  D=$(address d)
-  ok "D installed $V.1 from its updates/ and runs it ($((SECONDS - t)) s after power-on)"
-
-  # B: power off in the middle of its fetch, then on again with the same card.
-  wait_for 900 grep -aq "upgrade: meshos-qemu-arm64 $V.1: [0-9]* of [0-9]* chunks to fetch" "$WORK/b.log" || fail "B did not start fetching $V.1"
-  sleep 3
-  kill "$pid_b"; wait "$pid_b" 2>/dev/null || true
-  grep -aiq "upgrade: slot b holds $V.1" "$WORK/b.log" && fail "B finished its fetch before the power cut; the cut tested nothing"
-  ok "B lost power in the middle of its fetch ($(grep -a 'chunks to fetch' "$WORK/b.log" | tail -1 | sed 's/.*: \([0-9]* of [0-9]* chunks\).*/\1/'))"
-  sleep 2
-  start b "$IMAGE" "${B_ARGS[@]}"
-
   for n in c b a; do
     wait_for 900 ready_on $n || fail "node $n did not come up on $V.1"
-    ok "$(tr a-d A-D <<<$n) runs $V.1 from slot b ($((SECONDS - t)) s after D was switched on)"
+    ok "$(tr a-c A-C <<<$n) runs $V.1 from slot b ($((SECONDS - t)) s after C was switched on with it in updates/)"
   done
   committed_on() { metrics_of "$1" | grep -q "^meshd_upgrade_last_install{step=\"committed\",version=\"$V.1\""; }
-  metrics_of() { if [ "$1" = a ]; then curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/metrics"; else on_a wget -q -T 10 -O - "http://[$(address "$1")]:9100/metrics"; fi; }
-  for n in a b c d; do
+  for n in a b c; do
     wait_for 300 committed_on $n || fail "node $n did not commit $V.1: $(metrics_of $n | grep meshd_upgrade_last_install)"
     metrics_of $n > "$WORK/$n-after.metrics"
   done
-  echo "mesh-test: figure: the line of four on $V.1, committed, $((SECONDS - t)) s after D was switched on"
+  echo "mesh-test: figure: the line of three on $V.1, committed, $((SECONDS - t)) s after C was switched on"
   ok "every node runs $V.1 and committed it"
 
   # Bytes each node fetched, from its own metrics (the record of its install).
   gauge() { sed -n "s/^$2{[^}]*} //p; s/^$2 //p" "$WORK/$1-after.metrics" | head -1; }
-  for n in a b c; do
+  for n in a b; do
     fetched=$(gauge $n meshd_upgrade_fetched_bytes) total=$(gauge $n meshd_upgrade_bundle_bytes)
     [ -n "$fetched" ] && [ -n "$total" ] || fail "node $n's metrics do not show its transfer"
     pct=$(python3 -c "print(f'{100 * $fetched / $total:.2f}')")
-    echo "mesh-test: figure: $(tr a-d A-D <<<$n) fetched $fetched of the bundle's $total bytes over the mesh ($pct%)"
+    echo "mesh-test: figure: $(tr a-c A-C <<<$n) fetched $fetched of the bundle's $total bytes over the mesh ($pct%)"
     python3 -c "import sys; sys.exit(0 if $fetched <= 0.05 * $total else 1)" || fail "node $n fetched $pct% of the bundle, more than 5%"
   done
-  ok "A, B and C each fetched at most 5% of the bundle's bytes (D had it whole in updates/)"
-  for n in a b c d; do
-    echo "mesh-test: figure: $(tr a-d A-D <<<$n) after the upgrade: meshd RSS $(( $(gauge $n process_resident_memory_bytes) / 1024 )) KiB, served $(gauge $n meshd_upgrade_served_bytes_total) chunk bytes to neighbours"
+  ok "A and B each fetched at most 5% of the bundle's bytes (C had it whole in updates/)"
+  for n in a b c; do
+    echo "mesh-test: figure: $(tr a-c A-C <<<$n) after the upgrade: meshd RSS $(( $(gauge $n process_resident_memory_bytes) / 1024 )) KiB, served $(gauge $n meshd_upgrade_served_bytes_total) chunk bytes to neighbours"
   done
-
-  attempts=$(gauge b meshd_upgrade_fetch_attempts) needed=$(gauge b meshd_upgrade_needed_bytes) fetched=$(gauge b meshd_upgrade_fetched_bytes)
-  header=$(python3 - "$NEXT_BUNDLE" <<'PY'
-import struct, sys
-b = open(sys.argv[1], "rb").read(8 << 20); n = struct.unpack("<I", b[16:20])[0]; s = struct.unpack("<I", b[20 + n:24 + n])[0]
-print(24 + n + s)
-PY
-)
-  [ "${attempts:-0}" -ge 2 ] || fail "B's fetch took $attempts attempt(s): the power cut did not interrupt it"
-  extra=$((fetched - needed - header))
-  echo "mesh-test: figure: B, cut off in its fetch: $attempts attempts, $fetched bytes fetched for $((needed + header)) needed (extra $extra)"
-  python3 -c "import sys; sys.exit(0 if $extra < 0.1 * ($needed + $header) else 1)" || fail "B fetched $extra bytes more than it needed, 10% or more"
-  ok "B went on where it was after the power cut: $extra extra bytes, under 10% of the $((needed + header)) it needed"
 
   bad=$(sed -n "s/^meshd_upgrade_peer_bad_chunks{peer=\"http:\/\/\[$rogue\]:9100\"} //p" "$WORK/a-after.metrics")
   [ "${bad:-0}" -ge 1 ] || fail "A's metrics do not name the rogue ($rogue) for bad chunks: $(grep bad_chunks "$WORK/a-after.metrics")"
@@ -576,94 +596,35 @@ PY
   echo "mesh-test: figure: A serving four clients at once: $(tail -1 "$WORK/serving-four.txt")"
   ok "A served $(tail -1 "$WORK/serving-four.txt" | cut -d' ' -f1) chunks to each of four clients at once"
 
-  # --- failover: A, rebooted into N+1, serves the client again; C's uplink is cut, and the
-  # client's fetches pass through D. Then D allows only B: A is refused and says why.
-  radios_on_a 3
+  # --- after the upgrade: A's radios again (its reboot took the namespaces); its new client
+  # reaches the internet through C, which allows every node again (the mesh.yaml it was
+  # switched on with).
+  radios_on_a 4
   wifi_client_joins
-  wait_for 240 a_gateway "(g['using'] or {}).get('address') == '$C'" || fail "A, on $V.1, does not use gateway C: $(on_a meshd status | grep gateway)"
+  wait_for 240 uses "$C" || fail "A, on $V.1, does not use gateway C: $(on_a meshd status | grep gateway)"
   wait_for 60 internet_page || fail "after the upgrade, the client cannot fetch http://www.internet.test/ through C"
-  ok "after the upgrade, A's new client reaches the internet through C again"
-  in_net ip link set "upc$PORT" down || fail "cutting C's uplink"
+  ok "after the upgrade, A's new client reaches the internet through C"
+
+  # --- k of n: the rogue offers N+2, signed by one key, to A, which now requires two.
+  "$MESHIMG" export "$ONE_SIGNATURE_BUNDLE" "$WORK/rogue2" > /dev/null || fail "meshimg export of N+2"
+  rogue_serves "$WORK/rogue2"
   t=$SECONDS
-  through_d() { internet_page && a_gateway "(g['using'] or {}).get('address') == '$D'"; }
-  wait_for 90 through_d || fail "C's uplink is cut, but the client's fetches do not pass through D: $(on_a meshd status | grep gateway; grep -a 'meshd: gateway' "$WORK/a.log" | tail -4)"
-  echo "mesh-test: figure: gateway failover: the client's fetches passed again, through D, $((SECONDS - t)) s after C's uplink was cut (checks every 5 s)"
-  ok "C's uplink cut: A moved to gateway D and the client's fetches pass again ($((SECONDS - t)) s)"
-  c_withdrew() { on_a wget -q -T 10 -O - "http://[$C]:9100/nodeinfo.json" | python3 -c 'import json,sys; sys.exit(0 if not json.load(sys.stdin)["gateway"]["offers"] else 1)'; }
-  wait_for 60 c_withdrew || fail "C still offers itself as a gateway with its uplink cut"
-  ok "C says in its nodeinfo that it offers no gateway while its uplink is down"
-  for n in b d; do metrics_of $n > "$WORK/$n-gateway.metrics"; done
-  rss_in() { sed -n 's/^process_resident_memory_bytes //p' "$WORK/$1-gateway.metrics" | awk '{print int($1 / 1024)}'; }
-  echo "mesh-test: figure: meshd RSS on gateway D serving $(sed -n 's/^meshd_gateway_clients //p' "$WORK/d-gateway.metrics") nodes $(rss_in d) KiB, on B (using D) $(rss_in b) KiB"
-
-  # E boots and offers N+2 while D's refusal below takes its time (both are checked after it).
-  printf 'apiVersion: meshos/v1\nmesh:\n  id: tomesh\n  frequncy: 2412\n' > "$WORK/e.yaml"
-  t_e=$SECONDS
-  start e "$IMAGE" --link "$((PORT + 8)):$((PORT + 7))" --link "$((PORT + 10)):$((PORT + 9))" --link "$((PORT + 12)):$((PORT + 11))" \
-    --link "$((PORT + 14)):$((PORT + 13))" --boot-file "mesh.yaml=$WORK/e.yaml" --boot-file "updates/$(basename "$ONE_SIGNATURE_BUNDLE")=$ONE_SIGNATURE_BUNDLE"
-
-  B_KEY=$(on_a wget -q -T 10 -O - "http://[$B]:9100/nodeinfo.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
-  [ ${#B_KEY} -eq 64 ] || fail "B's nodeinfo gives no key: '$B_KEY'"
-  on_d() { # through A's ssh, as an operator reaches a node in the mesh
-    ssh -q -i "$WORK/key" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 \
-      -o ProxyCommand="ssh -q -i $WORK/key -p $SSH_PORT -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1 -W [%h]:%p" \
-      "root@$D" "$@"
-  }
-  d_yaml "$(printf '  allow:\n    - %s' "$B_KEY")" > "$WORK/d-allow.yaml"
-  # (meshd is restarted by init and reads the file again; the kill waits for ssh to close.)
-  on_d 'cat > /boot/mesh.yaml && sync && { setsid sh -c "sleep 1; kill \$(pidof meshd)" < /dev/null > /dev/null 2>&1 & }' < "$WORK/d-allow.yaml" \
-    || fail "ssh to D through A"
-  t=$SECONDS
-  a_refused() { a_gateway "g['using'] is None and any(r['address'] == '$D' and 'gateway.allow' in r['reason'] for r in g['refused'])"; }
-  wait_for 240 a_refused || fail "D allows only B, but A's status does not say D refused it: $(on_a meshd status | grep gateway)"
-  internet_page 2> /dev/null && fail "A's client still reaches the internet, though the only gateway left allows B alone"
-  on_a meshd status > "$WORK/a-status-refused.txt"
-  refusal_in_metrics() { metrics_of a > "$WORK/a-refused.metrics" && grep -q "^meshd_gateway_refused{gateway=\"$D\",.*gateway.allow" "$WORK/a-refused.metrics"; }
-  wait_for 30 refusal_in_metrics || fail "A's metrics do not show D's refusal: $(grep gateway "$WORK/a-refused.metrics")"
-  b_uses_d() { on_a wget -q -T 10 -O - "http://[$B]:9100/nodeinfo.json" | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["gateway"]["using"] == sys.argv[1] else 1)' "$D"; }
-  wait_for 180 b_uses_d || fail "B, whose key D allows, does not use D"
-  ok "D allows only B's key: A is refused ($((SECONDS - t)) s after D's restart) and says so: $(grep REFUSED "$WORK/a-status-refused.txt" | cut -c1-140); B uses D"
-
-  # --- k of n (checked below, once D's refusal is): E, linked to all four, runs N (one key
-  # suffices there) and takes N+2 from its updates/; it offers N+2 to nodes that now require two
-  # signatures. E's mesh.yaml is malformed: it runs on the defaults (auto upgrades; N+2 is newer
-  # than anything offered).
-  refused_on() { metrics_of "$1" | grep -q "^meshd_upgrade_last_install{step=\"failed\",version=\"$V.2\",error_kind=\"signature\"} 1"; }
-  for n in a b c d; do
-    wait_for 900 refused_on $n || fail "node $n did not refuse $V.2 at its signature: $(metrics_of $n | grep meshd_upgrade_last_install)"
-    on_a wget -q -T 10 -O - "http://[$(address "$n")]:9100/nodeinfo.json" > "$WORK/$n-after-e.json" || fail "GET node $n's nodeinfo"
-    python3 - "$WORK/$n-after-e.json" "$V" <<'PY' || fail "node $n wrote something of $V.2: $(cat "$WORK/$n-after-e.json")"
+  refused_on_a() { metrics_of a | grep -q "^meshd_upgrade_last_install{step=\"failed\",version=\"$V.2\",error_kind=\"signature\"} 1"; }
+  wait_for 600 refused_on_a || fail "A did not refuse $V.2 at its signature: $(metrics_of a | grep meshd_upgrade_last_install)"
+  curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/nodeinfo.json" > "$WORK/a-after-n2.json" || fail "GET A's nodeinfo"
+  python3 - "$WORK/a-after-n2.json" "$V" <<'PY' || fail "A wrote something of $V.2: $(cat "$WORK/a-after-n2.json")"
 import json, sys
 held = {(r["slot"], r["version"]) for r in json.load(open(sys.argv[1]))["upgrade"]["releases"]}
 v = sys.argv[2]
 assert held == {("A", v), ("B", v + ".1")}, held
 PY
-  done
-  ok "E offered $V.2, signed by one key; A, B, C and D each refused it at the signature and still hold $V and $V.1 ($((SECONDS - t_e)) s after E was switched on)"
-  on_a meshd upgrade status > "$WORK/a-status-e.txt" || fail "meshd upgrade status on A"
-  grep -q "^last     failed: .* $V.2\$" "$WORK/a-status-e.txt" && grep -q "^error    .*1 of the 2 trusted signatures this node requires" "$WORK/a-status-e.txt" \
-    || fail "meshd upgrade status on A does not show the refusal: $(cat "$WORK/a-status-e.txt")"
-  ok "meshd upgrade status on A: $(grep '^error' "$WORK/a-status-e.txt" | cut -c1-120)"
-
-  # --- bad input: E names the key on its console and in its metrics, and still routes.
-  grep -aq 'config error: /boot/mesh.yaml:4: mesh.frequncy: unknown field `frequncy`' "$WORK/e.log" || fail "E's console does not name mesh.frequncy at line 4"
-  ok "E reports: $(grep -a 'config error' "$WORK/e.log" | head -1 | cut -c1-100)"
-  on_a wget -q -T 10 -O - "http://[$(address e)]:9100/metrics" > "$WORK/e.metrics" || fail "GET E's /metrics from A: E does not route"
-  grep -q '^meshd_config_errors 1$' "$WORK/e.metrics" || fail "E's metrics do not count its config error"
-  grep -q 'meshd_config_error{.*key="mesh.frequncy"' "$WORK/e.metrics" || fail "E's metrics do not name the key"
-  ok "E's metrics, fetched over the overlay, carry the config error with its key and line"
+  on_a meshd upgrade status > "$WORK/a-status-n2.txt" || fail "meshd upgrade status on A"
+  grep -q "^last     failed: .* $V.2\$" "$WORK/a-status-n2.txt" && grep -q "^error    .*1 of the 2 trusted signatures this node requires" "$WORK/a-status-n2.txt" \
+    || fail "meshd upgrade status on A does not show the refusal: $(cat "$WORK/a-status-n2.txt")"
+  ok "the rogue offered $V.2, signed by one key; A refused it at the signature ($((SECONDS - t)) s), still holds $V and $V.1, and says: $(grep '^error' "$WORK/a-status-n2.txt" | cut -c1-100)"
 fi
 
-# --- monitoring: the nodes Prometheus found by itself, then C switched off raises MeshNodeDown.
-promql 'up{job="meshos"}' > "$WORK/prometheus-up.txt"
-ok "Prometheus scrapes $(grep -c ' 1$' "$WORK/prometheus-up.txt") nodes found through A's /sd.json: $(sed 's/.*"instance": "\([^"]*\)".*/\1/' "$WORK/prometheus-up.txt" | tr '\n' ' ' | cut -c1-200)"
-# Every query of the Grafana dashboard, for all nodes, returns data.
-python3 -c 'import json,sys; [print(t["expr"]) for p in json.load(open(sys.argv[1]))["panels"] for t in p.get("targets", [])]' \
-  monitoring/grafana/dashboards/meshos.json | sed -e 's/\$node/.*/g' -e 's/\$__rate_interval/1m/g' > "$WORK/dashboard-queries.txt"
-while read -r q; do
-  [ -n "$(promql "$q")" ] || fail "the dashboard's query returns no data: $q"
-done < "$WORK/dashboard-queries.txt"
-ok "all $(wc -l < "$WORK/dashboard-queries.txt") queries of the Grafana dashboard return data"
+# --- alerts: C switched off raises MeshNodeDown.
 kill "$pid_c"; wait "$pid_c" 2>/dev/null || true
 t=$SECONDS
 c_down() { promql 'ALERTS{alertname="MeshNodeDown", alertstate="firing"}' | grep -q "\"instance\": \"\[$C\]:9100\""; }

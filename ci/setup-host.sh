@@ -4,11 +4,12 @@
 # (does nothing then).
 set -euo pipefail
 
-# Usage: ci/setup-host.sh [build|test|lab]. `build` installs only what `make image` needs (the
-# Dockerfile runs it so); `test` (the default) also what `make test` needs; `lab` also what
-# `make lab` needs to build meshd for this machine as the boards have it (static, musl).
+# Usage: ci/setup-host.sh [build|test|all|lab]. `build` installs only what `make image` needs
+# (the Dockerfile runs it so); `test` (the default) also what `make check` and `make test` need;
+# `all` also what `make test-all` needs (its container test); `lab` also what `make lab` needs
+# to build meshd for this machine as the boards have it (static, musl).
 mode=${1:-test}
-case $mode in build | test | lab) ;; *) echo "usage: $0 [build|test|lab]" >&2; exit 2 ;; esac
+case $mode in build | test | all | lab) ;; *) echo "usage: $0 [build|test|all|lab]" >&2; exit 2 ;; esac
 
 # Host tools: command -> Debian package. What building an image needs:
 declare -A need=(
@@ -47,6 +48,8 @@ declare -A need=(
   [socat]=socat                 # joins the monitoring machine's tap device to a node's link
   [chromium]=chromium           # the mesh test loads a node's /map in headless Chromium
   [dnsmasq]=dnsmasq-base        # the mesh test's simulated internet: DHCP and DNS for the gateways' uplinks
+)
+[ "$mode" != all ] || need+=(
   [podman]=podman               # the container test builds the Dockerfile and an image in it
   [runc]=runc                   # podman's runtime here (crun refuses hybrid cgroup layouts)
   [mmdebstrap]=mmdebstrap       # the container test's Debian base image, made locally

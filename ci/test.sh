@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
-# `make test`: unit and integration tests, then end to end with the real locked packages for
-# each board: build, check the image with independent tools, boot it in QEMU to the
-# 'meshos ready' line; the boards that ship are built again elsewhere (rpi3: in the
-# Dockerfile's container) to prove them reproducible.
-# The virtual board also runs the mesh test (ci/mesh-test.sh): a line of nodes, routing, a bad
-# mesh.yaml, an 802.11s link between simulated radios, and an upgrade that spreads by itself;
-# and the A/B rollback and refusals (ci/upgrade-test.sh), power cuts and a hang
-# (ci/powercut-test.py). Each real board installs, boots and commits an upgrade through its own
-# U-Boot and boot script.
+# The tests, in three tiers (docs/testing.md names the tier of every check):
+#   TIER=check  `make check`: unit and integration tests, fmt, clippy, the alerting rules, the
+#               virtual board built and booted once, and the mesh lab's rollout on 16 nodes;
+#   TIER=test   `make test` (what CI runs): besides, every board built with the real locked
+#               packages and checked with independent tools, the Orange Pi built again
+#               elsewhere to prove it reproducible, each real board booted through its own
+#               U-Boot (the Orange Pi also installs, tries and commits an upgrade), cjdns on
+#               three nodes, the mesh of three (ci/mesh-test.sh), the mesh lab's faults, the
+#               A/B rollback and refusals (ci/upgrade-test.sh) and three power cuts and a hang
+#               (ci/powercut-test.py) on the virtual board;
+#   TIER=all    `make test-all`, for a release: besides, the Dockerfile's container built and
+#               rpi3 built in it (the same image bit for bit), the A/B upgrade through the
+#               Pi's U-Boot, twelve power cuts, and the rollout over Freifunk Ulm's 217 nodes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MESHIMG=${MESHIMG:-target/debug/meshimg}
-BOARDS=${BOARDS:-rpi3 orangepi-zero qemu-arm64}
+TIER=${TIER:-test}
+case $TIER in check | test | all) ;; *) echo "test: TIER is check, test or all" >&2; exit 2 ;; esac
+BOARDS=${BOARDS:-$([ "$TIER" = check ] && echo qemu-arm64 || echo rpi3 orangepi-zero qemu-arm64)}
 passed=0 failed=0 failures=() started_bg=() bg_pids=() started_idle=() idle_pids=()
 has() { [[ " $BOARDS " == *" $1 "* ]]; }
+tier() { # check|test|all: whether this run's tier includes that one
+  case $1 in check) true ;; test) [ "$TIER" != check ] ;; all) [ "$TIER" = all ] ;; esac
+}
 
 mkdir -p out/test-logs && rm -f out/test-logs/*.log
 # Where the reproducibility checks compile meshd from their copies of the checkout (see
@@ -62,14 +71,22 @@ expect() {
   esac
 }
 
-boot() { # BOARD: boot the image, console to out/BOARD/console.log
-  "$MESHIMG" qemu "$1" --out out --expect-ready 900 > "out/$1/console.log" 2>&1
+boot() { # BOARD [QEMU-ARGS...]: boot the image, console to out/BOARD/console.log
+  local board=$1; shift
+  "$MESHIMG" qemu "$board" --out out --expect-ready 900 "$@" > "out/$board/console.log" 2>&1
   local rc=$?
-  grep -a 'meshos: booting slot\|meshos ready\|qemu:' "out/$1/console.log" | tail -3
-  [ $rc -eq 0 ] || tail -40 "out/$1/console.log"
+  grep -a 'meshos: booting slot\|meshos ready\|qemu:' "out/$board/console.log" | tail -3
+  [ $rc -eq 0 ] || tail -40 "out/$board/console.log"
   # The boot script read the record meshimg wrote and counted this attempt.
-  grep -aq '^meshos: booting slot a (A 2 left, B 0 left)' "out/$1/console.log" || { echo "no boot-state line from the boot script"; return 1; }
+  grep -aq '^meshos: booting slot a (A 2 left, B 0 left)' "out/$board/console.log" || { echo "no boot-state line from the boot script"; return 1; }
   return $rc
+}
+# A node whose mesh.yaml is malformed boots on the defaults and names the key and the line.
+boot_malformed() { # BOARD
+  boot "$1" --boot-file mesh.yaml=ci/fixtures/malformed-mesh.yaml || return 1
+  grep -a 'config error' "out/$1/console.log" | head -1
+  grep -aq 'meshd: config error: /boot/mesh.yaml:4: mesh.frequncy: unknown field `frequncy`' "out/$1/console.log" ||
+    { echo "the console does not name mesh.frequncy at line 4 of mesh.yaml"; return 1; }
 }
 
 # Two stages at a time where one leaves a core idle (a QEMU under TCG keeps about one of the
@@ -140,63 +157,86 @@ build() { # BOARD [NICE]: build it, check the image with other tools and its sig
   stage "check $1 image" env PLAN="out/$1/plan.json" ci/check-image.sh "$(image "$1")"
   stage "signatures of $1 image and bundle (minisign -V)" signature "$(image "$1").xz"
 }
-# The virtual board first: its VM stages (a boot, three nodes running cjdns, then the power cuts
-# and the hang) run one after another in the background while the other boards build and the
-# Orange Pi builds again elsewhere. The builds run niced: the VM gets its core when it needs
-# it (its watchdog and the moments of the cuts depend on it), and the builds take the rest.
+# The virtual board first. Its next releases (N+1 and N+2, ci/next-releases.sh) are built once
+# for the tests that upgrade a mesh. Then its VM stages run one after another in the background
+# (a boot, three nodes running cjdns, the power cuts and the hang) beside the mesh lab, while
+# the other boards build and the Orange Pi builds again elsewhere. The builds run niced: a VM
+# gets its core when it needs it (its watchdog and the moments of the cuts depend on it).
 if has qemu-arm64; then
   build qemu-arm64
-  stage_bg "boot qemu-arm64 in QEMU" boot qemu-arm64
-  # cjdns, cross-compiled into the image: three nodes in a line started with router: cjdns.
-  stage_bg --after "cjdns on three qemu-arm64 nodes" ci/cjdns-test.sh "$(image qemu-arm64)" 3
-  stage_bg --after "power cuts and a hang on qemu-arm64" ci/powercut-test.py
+  if tier test; then
+    rm -rf out/next
+    stage "next releases of qemu-arm64 (N+1, N+2)" ci/next-releases.sh out/next
+    export NEXT_RELEASES=$PWD/out/next
+  fi
+  stage_bg "boot qemu-arm64 in QEMU, its mesh.yaml malformed" boot_malformed qemu-arm64
+  if tier test; then
+    # cjdns, cross-compiled into the image: three nodes in a line started with router: cjdns.
+    stage_bg --after "cjdns on three qemu-arm64 nodes" ci/cjdns-test.sh "$(image qemu-arm64)" 3
+    rounds=3; tier all && rounds=12
+    stage_bg --after "power cuts ($rounds) and a hang on qemu-arm64" env POWERCUT_ROUNDS=$rounds ci/powercut-test.py
+  fi
   # The mesh lab (docs/lab.md): 16 real meshd nodes in network namespaces (a line, a ring with
-  # a hub, a second island behind one link) roll out N+1 from the image just built by
-  # themselves; no VM, so it runs beside the VMs and the builds, its own builds niced.
-  stage_bg "mesh lab: rollout over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json BOOT_TIME=5 TIMEOUT=900 \
-    LAB_PROFILE=dev LAB_RELEASE="$(image qemu-arm64 | sed 's/\.img$/.bundle/')" LAB_OUT=out/lab-test nice -n 5 ci/lab.sh
+  # a hub, a second island behind one link) take N+1 from one of them by themselves; with
+  # faults (make test): loss, a power cut mid-fetch, an island cut off, a malformed mesh.yaml.
+  # No VM, so it runs beside the VMs and the builds, niced.
+  scenario=rollout; tier test && scenario=faults
+  lab_update=()
+  tier test && lab_update=(LAB_UPDATE="$NEXT_RELEASES/n1/qemu-arm64/meshos-qemu-arm64-$version.1.bundle")
+  stage_bg "mesh lab: $scenario over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=$scenario BOOT_TIME=5 TIMEOUT=1200 \
+    LAB_PROFILE=dev LAB_RELEASE="$(image qemu-arm64 | sed 's/\.img$/.bundle/')" "${lab_update[@]}" LAB_OUT=out/lab-test nice -n 5 ci/lab.sh
 fi
-for board in $BOARDS; do
-  [ "$board" = qemu-arm64 ] || build "$board" 10
+# The Orange Pi first: the stages that need its image (its upgrade, the refusals of another
+# board's bundle) then start sooner.
+for board in orangepi-zero rpi3; do
+  has "$board" && build "$board" 10
 done
-# The boards that ship are built again elsewhere and must give the same image: rpi3 in the
-# container test's container (below), the Orange Pi here in another directory, taking cjdroute
-# from the first build (its second compile is the container's, for arm64). The virtual board is
-# a test vehicle of the same pipeline and arm64 code as rpi3 and is not built twice.
+# The boards that ship are built again elsewhere and must give the same image: the Orange Pi
+# here in another directory, taking cjdroute from the first build; rpi3 in the Dockerfile's
+# container (make test-all). The virtual board is a test vehicle of the same pipeline and arm64
+# code as rpi3 and is not built twice.
 if has orangepi-zero; then
   stage "reproducible orangepi-zero" env MESHOS_REPRO_CJDNS=first nice -n 10 ci/reproducible.sh orangepi-zero
 fi
 stage_wait
-# The mesh alone: its nodes share both cores, and its downloads and failover are what a busy
-# machine slows most.
-if has qemu-arm64; then
+if has qemu-arm64 && tier test; then
   stage "tampered source tarballs refused before compiling" ci/sources-test.sh qemu-arm64
-  stage "mesh of four qemu-arm64 nodes" ci/mesh-test.sh "$(image qemu-arm64)"
 fi
-# The Dockerfile, built and run with Podman (ci/container-test.sh), idle-scheduled beside the
-# upgrade stages, whose VMs leave the CPU idle while they wait on their emulated cards and
-# reboots: much of the container's build is downloading, and every package rpi3 needs is in
-# the cache by now.
-if has rpi3; then
+# The Dockerfile, built and run with Podman (ci/container-test.sh), idle-scheduled: much of
+# its build is downloading, and every package rpi3 needs is in the cache by now.
+if has rpi3 && tier all; then
   stage_bg --idle "container image (podman build)" ci/container-test.sh image
   stage_bg --after --idle "rpi3 image built in a container (podman)" ci/container-test.sh run rpi3
 fi
 # Rollback and refusals are the same meshd and boot script logic on every board: they run on
-# the fast virtual board (the refusals include the Orange Pi's bundle). Its single-core VM runs
-# beside the Orange Pi's, which keeps to the other host core (see ci/upgrade-test.sh).
-if has qemu-arm64 && has orangepi-zero; then
+# the fast virtual board (the refusals include the Orange Pi's bundle), beside the Orange Pi's
+# VM, which keeps to one host core (see ci/upgrade-test.sh). The mesh of three comes after them
+# alone: its nodes share both cores, and its failover is what a busy machine slows most.
+if has qemu-arm64 && has orangepi-zero && tier test; then
   stage_bg "rollback and refusals on qemu-arm64" ci/upgrade-test.sh qemu-arm64 2 3
 fi
-# Each real board's own U-Boot and boot script: a fresh card boots and installs N+1, which is
-# tried, committed and boots again after a power cycle (scenario 1).
+# Each real board's own U-Boot and boot script: the Orange Pi's fresh card boots and installs
+# N+1, which is tried, committed and boots again after a power cycle (scenario 1); the Pi's
+# boots to 'meshos ready' (and in make test-all does what the Orange Pi's does).
 if has orangepi-zero; then
   stage "A/B upgrade on orangepi-zero in orangepi-pc" ci/upgrade-test.sh orangepi-zero 1
 fi
 stage_wait
-# raspi3b keeps both cores busy (four emulated cores): beside the rollback the Pi's took 343 s
-# and the rollback 419 s, more than one after the other (164 s and 204 s). So it runs alone.
+if has qemu-arm64 && tier test; then
+  stage "mesh of three qemu-arm64 nodes" ci/mesh-test.sh "$(image qemu-arm64)"
+fi
+# raspi3b keeps both cores busy (four emulated cores), so it runs alone.
 if has rpi3; then
-  stage "A/B upgrade on rpi3 in raspi3b" ci/upgrade-test.sh rpi3 1
+  if tier all; then
+    stage "A/B upgrade on rpi3 in raspi3b" ci/upgrade-test.sh rpi3 1
+  else
+    stage "boot rpi3 in raspi3b" boot rpi3
+  fi
+fi
+if has qemu-arm64 && tier all; then
+  stage "mesh lab: rollout over Freifunk Ulm (217 nodes)" env TOPOLOGY=mesh-lab/topologies/freifunk-ulm.json SCENARIO=rollout \
+    LAB_RELEASE="$(image qemu-arm64 | sed 's/\.img$/.bundle/')" LAB_UPDATE="$NEXT_RELEASES/n1/qemu-arm64/meshos-qemu-arm64-$version.1.bundle" \
+    LAB_OUT=out/lab-ulm ci/lab.sh
 fi
 stage_wait --idle
 # The last lines name what failed, so the tail of a long log is enough to know where to look.
