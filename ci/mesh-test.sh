@@ -311,10 +311,23 @@ echo "mesh-test: figure: meshd RSS on A idle ${idle} KiB, after 100 scrapes $(rs
 # A's mesh.yaml); the last goes to "client", an ordinary Wi-Fi client (wpa_supplicant, udhcpc)
 # in its own network, mount and UTS namespace with its own resolv.conf; with four, the third
 # goes to "mesh", a mesh point driven by its own meshd in its own namespace.
+# The setup starts again from scratch if ssh lost its connection (exit 255): it did once while
+# A's meshd took its first gateway lease.
 radios_on_a() { # RADIOS
-  on_a sh -s "$1" > "$WORK/radio-$1.log" 2>&1 <<'EOF' || fail "radio setup on A: $(tail -5 "$WORK/radio-$1.log")"
+  local rc
+  for _ in 1 2; do
+    radio_setup "$1" && return
+    rc=$?
+    [ "$rc" -eq 255 ] || break
+    sleep 5
+  done
+  fail "radio setup on A (exit $rc): $(tail -5 "$WORK/radio-$1.log")"
+}
+radio_setup() { # RADIOS
+  on_a sh -s "$1" > "$WORK/radio-$1.log" 2>&1 <<'EOF'
 set -e
 count=$1
+for f in /tmp/ns/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
 rmmod mac80211_hwsim
 modprobe mac80211_hwsim radios=$count
 sleep 1
