@@ -62,9 +62,17 @@ dev) cargo build --locked -p meshd -p meshlab; BIN=target/debug MESHD=target/deb
 *) echo "lab: LAB_PROFILE is release or dev" >&2; exit 2 ;;
 esac
 
+# The faults scenario's rogue serves N+1 with every chunk corrupted.
+rogue=()
+if [ "${SCENARIO:-rollout}" = faults ]; then
+  rm -rf "$OUT/rogue"
+  "$MESHIMG" export "$UPDATE" "$OUT/rogue" > /dev/null
+  ci/fixtures/corrupt-chunks.py "$OUT/rogue"
+  rogue=(--rogue "$OUT/rogue")
+fi
 source=(--topology "${TOPOLOGY:-mesh-lab/topologies/freifunk-ulm.json}")
 [ -z "${FROM:-}" ] || source=(--from "$FROM")
 as_root "$BIN/meshlab" run --scenario "${SCENARIO:-rollout}" "${source[@]}" \
   --release "$N" --update "$UPDATE" \
-  --meshd "$MESHD" --out "$OUT" \
+  --meshd "$MESHD" --out "$OUT" "${rogue[@]}" \
   ${BOOT_TIME:+--boot-time "$BOOT_TIME"} ${TIMEOUT:+--timeout "$TIMEOUT"}

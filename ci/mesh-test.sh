@@ -484,12 +484,7 @@ else
   rogue=$(on_a "sed -n 's/.*overlay address //p' /tmp/ns/mesh/meshd.log | head -1" | tr -d '\r')
   [ -n "$rogue" ] || fail "the radio namespace's meshd has no overlay address"
   "$MESHIMG" export "$NEXT_BUNDLE" "$WORK/rogue" > /dev/null || fail "meshimg export of N+1"
-  python3 - "$WORK/rogue/chunk" <<'PY'
-import os, sys
-for name in os.listdir(sys.argv[1]):
-    p = os.path.join(sys.argv[1], name)
-    b = bytearray(open(p, "rb").read()); b[len(b) // 2] ^= 0xFF; open(p, "wb").write(b)
-PY
+  ci/fixtures/corrupt-chunks.py "$WORK/rogue"
   rogue_serves() { # DIR: the rogue's web server serves DIR
     tar -cf - -C "$1" . | on_a "rm -rf /tmp/ns/mesh/www && mkdir -p /tmp/ns/mesh/www && tar -xf - -C /tmp/ns/mesh/www" || fail "copying the rogue's files to A"
     in_ns mesh "pidof httpd > /dev/null || httpd -p [::]:9100 -h /tmp/ns/mesh/www" || fail "starting the rogue's web server"

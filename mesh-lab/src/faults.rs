@@ -1,12 +1,14 @@
 //! The `faults` scenario's troubles, laid over a rollout: radio links that lose 10 % of what
-//! they carry, a node that loses power in the middle of its fetch, and an island cut off from
-//! the mesh while the release spreads, which rejoins once the rest has committed.
+//! they carry, a node that loses power in the middle of its fetch, an island cut off from the
+//! mesh while the release spreads, which rejoins once the rest has committed, and a rogue
+//! neighbour of the best-linked node that offers the new release with every chunk corrupted.
 
 use crate::lab::Lab;
 use crate::net;
-use crate::topology::Topology;
+use crate::topology::{Link, Node, Router, Topology, WIFI_KBIT};
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// What every radio link loses at least.
@@ -34,6 +36,39 @@ pub struct FaultReport {
     pub island: Vec<String>,
     pub island_cut_at_s: Option<f64>,
     pub island_rejoined_at_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rogue: Option<RogueReport>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RogueReport {
+    pub node: String,
+    pub address: String,
+    /// Chunks each neighbour of the rogue asked it for and threw away (their bytes did not
+    /// match the signed manifest), from the neighbour's record of its install.
+    pub bad_chunks_rejected: BTreeMap<String, u64>,
+}
+
+/// Adds the rogue: a node that runs a plain web server over `files` (a release as `meshimg
+/// export` lays it out, its chunks corrupted) on meshd's port, linked by radio to the node
+/// with the most neighbours.
+pub fn add_rogue(topology: &mut Topology, files: &Path) -> Result<(), String> {
+    let files = files.canonicalize().map_err(|e| format!("{}: {e}", files.display()))?;
+    let nb = topology.neighbours();
+    let hub = (0..topology.nodes.len()).filter(|&k| topology.nodes[k].run.is_none()).max_by_key(|&k| (nb[k].len(), std::cmp::Reverse(k))).ok_or("no node runs meshd")?;
+    let mut id = "rogue".to_string();
+    while topology.nodes.iter().any(|n| n.id == id) {
+        id.push('x');
+    }
+    topology.nodes.push(Node {
+        id,
+        router: Router::Yggdrasil,
+        updates: false,
+        run: Some(format!("exec python3 -m http.server --bind :: --directory '{}' 9100", files.display())),
+    });
+    let rogue = topology.nodes.len() - 1;
+    topology.links.push(Link { a: hub, b: rogue, radio: true, rate_kbit: WIFI_KBIT, loss_ab: RADIO_LOSS, loss_ba: RADIO_LOSS });
+    Ok(())
 }
 
 /// Raises every radio link's loss to at least [`RADIO_LOSS`].
@@ -77,13 +112,14 @@ pub fn choose(topology: &Topology, givers: &[usize]) -> Faults {
         let island: Vec<usize> = (0..n).filter(|&k| d[k].is_none()).collect();
         let all = distances(&nb, givers, None, topology);
         let joined_before = island.iter().all(|&k| all[k].is_some());
-        if joined_before && !island.is_empty() && island.len() * 2 <= n && cut.as_ref().is_none_or(|(_, c)| island.len() > c.len()) {
+        let all_meshd = island.iter().all(|&k| topology.nodes[k].run.is_none());
+        if joined_before && all_meshd && !island.is_empty() && island.len() * 2 <= n && cut.as_ref().is_none_or(|(_, c)| island.len() > c.len()) {
             cut = Some((i, island));
         }
     }
     let d = distances(&nb, givers, None, topology);
     let in_island = |k: usize| cut.as_ref().is_some_and(|(_, c)| c.contains(&k));
-    let victim = (0..n).filter(|&k| !in_island(k) && !givers.contains(&k)).max_by_key(|&k| (d[k].unwrap_or(0), std::cmp::Reverse(k))).unwrap_or(0);
+    let victim = (0..n).filter(|&k| !in_island(k) && !givers.contains(&k) && topology.nodes[k].run.is_none()).max_by_key(|&k| (d[k].unwrap_or(0), std::cmp::Reverse(k))).unwrap_or(0);
     Faults { victim, cut }
 }
 
@@ -112,6 +148,25 @@ impl Driver {
             ..FaultReport::default()
         };
         Driver { faults, report, fetching_since: None, off_until: None, cut_at: None, done_cutting_power: false }
+    }
+
+    /// The report, with what the rogue's neighbours recorded of it.
+    pub fn finish(mut self, lab: &Lab) -> FaultReport {
+        self.report.rogue = lab.nodes.iter().position(|n| n.command.is_some() && n.id.starts_with("rogue")).map(|r| {
+            let rogue = &lab.nodes[r];
+            let address = rogue.command.as_ref().map(|c| c.address.clone()).unwrap_or_default();
+            let url = format!("http://[{address}]:9100");
+            let bad_chunks_rejected = lab.neighbours[r]
+                .iter()
+                .map(|&k| {
+                    let record = lab.nodes[k].install_record();
+                    let bad = record.as_ref().and_then(|r| r["transfer"]["peers"][&url]["bad_chunks"].as_u64()).unwrap_or(0);
+                    (lab.nodes[k].id.clone(), bad)
+                })
+                .collect();
+            RogueReport { node: rogue.id.clone(), address, bad_chunks_rejected }
+        });
+        self.report
     }
 
     /// `all_up`: every node is up (the island is cut only then); `rest_committed`: every node
@@ -171,5 +226,20 @@ mod tests {
         assert_eq!((t.links[link].a.min(t.links[link].b), t.links[link].a.max(t.links[link].b)), (10, 11));
         // Nodes 6, 7 and 8 are six hops from node 0 (through the hub); the first is taken.
         assert_eq!(f.victim, 6);
+    }
+
+    #[test]
+    fn the_rogue_stands_beside_the_hub_and_changes_neither_island_nor_victim() {
+        let mut t = Topology::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/small.json")).unwrap();
+        let files = tempfile::tempdir().unwrap();
+        add_rogue(&mut t, files.path()).unwrap();
+        let rogue = t.nodes.len() - 1;
+        assert_eq!(t.nodes[rogue].id, "rogue");
+        let run = t.nodes[rogue].run.as_deref().unwrap();
+        assert!(run.contains("http.server") && run.contains(&files.path().canonicalize().unwrap().display().to_string()), "{run}");
+        assert_eq!(t.neighbours()[rogue], vec![10]);
+        let f = choose(&t, &[0]);
+        assert_eq!((f.cut.unwrap().1, f.victim), (vec![11, 12, 13, 14, 15], 6));
+        assert!(add_rogue(&mut t, &files.path().join("missing")).is_err());
     }
 }

@@ -67,9 +67,6 @@ impl Lab {
         if let Some(n) = topology.nodes.iter().find(|n| n.router == Router::Cjdns) {
             return Err(format!("node {} asks for router: cjdns; the lab runs Yggdrasil nodes so far", n.id));
         }
-        if let Some(n) = topology.nodes.iter().find(|n| n.run.is_some()) {
-            return Err(format!("node {} asks to run a command; the lab runs meshd on every node so far", n.id));
-        }
         if !opts.meshd.is_file() {
             return Err(format!("{}: no meshd built for this machine; run 'cargo build --release -p meshd'", opts.meshd.display()));
         }
@@ -93,15 +90,19 @@ impl Lab {
         let neighbours = topology.neighbours();
         let mut nodes = Vec::new();
         for n in &topology.nodes {
-            let node = LabNode::new(&n.id, net::namespace(&n.id), work.join("nodes").join(&n.id));
-            node::make_card(&node, &template, partition_size)?;
-            fs::write(node.dir.join("boot/mesh.yaml"), MESH_YAML).map_err(|e| format!("{}: {e}", node.dir.display()))?;
+            let mut node = LabNode::new(&n.id, net::namespace(&n.id), work.join("nodes").join(&n.id));
+            if let Some(line) = &n.run {
+                node::make_command_node(&mut node, line).map_err(|e| format!("node {}: {e}", n.id))?;
+            } else {
+                node::make_card(&node, &template, partition_size)?;
+                fs::write(node.dir.join("boot/mesh.yaml"), MESH_YAML).map_err(|e| format!("{}: {e}", node.dir.display()))?;
+            }
             nodes.push(node);
             if stopped() {
                 return Err("interrupted".into());
             }
         }
-        eprintln!("meshlab: {} cards laid out with {} ({} s)", nodes.len(), release.manifest.version, started.elapsed().as_secs());
+        eprintln!("meshlab: {} cards laid out with {} ({} s)", nodes.iter().filter(|n| n.command.is_none()).count(), release.manifest.version, started.elapsed().as_secs());
         let meshd = opts.meshd.canonicalize().map_err(|e| format!("{}: {e}", opts.meshd.display()))?;
         let launch = Launch { meshd, path: "/usr/sbin:/usr/bin:/sbin:/bin".into(), boot_time: opts.boot_time };
         let mut lab = Lab {

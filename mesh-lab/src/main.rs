@@ -20,9 +20,12 @@ const USAGE: &str = "usage: meshlab <command> [options]
 commands:
   run --scenario rollout|faults (--topology FILE | --from URL) --release BUNDLE
       --update BUNDLE [--meshd PATH] [--boot-time S] [--timeout S] [--out DIR]
+      [--rogue DIR]
              start the mesh, run the scenario to its end, write DIR/report.json
              (default out/lab) and remove everything the lab made. --from reads
-             a live node's /mesh.json (http://[address]:9100) for the topology
+             a live node's /mesh.json (http://[address]:9100) for the topology;
+             --rogue (faults) adds a neighbour serving DIR, a release as
+             'meshimg export' lays it out, its chunks corrupted
   generate line N | ring N | grid W H | random N [RADIUS [SEED]]
              print a topology in meshnet-lab's JSON format
   clean      remove what a killed lab left (namespaces, their processes)
@@ -61,7 +64,7 @@ fn run(args: &[String]) -> Result<bool, String> {
     let mut opt = std::collections::BTreeMap::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let key = a.strip_prefix("--").filter(|k| ["scenario", "topology", "from", "release", "update", "meshd", "boot-time", "timeout", "out"].contains(k));
+        let key = a.strip_prefix("--").filter(|k| ["scenario", "topology", "from", "release", "update", "meshd", "boot-time", "timeout", "out", "rogue"].contains(k));
         let key = key.ok_or_else(|| format!("unknown option '{a}'\n{USAGE}"))?;
         let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
         opt.insert(key, value.clone());
@@ -83,6 +86,11 @@ fn run(args: &[String]) -> Result<bool, String> {
     };
     if with_faults {
         faults::lossy(&mut topology);
+        if let Some(dir) = opt.get("rogue") {
+            faults::add_rogue(&mut topology, dir.as_ref())?;
+        }
+    } else if opt.contains_key("rogue") {
+        return Err("--rogue belongs to the faults scenario".into());
     }
     let out = PathBuf::from(opt.get("out").map_or("out/lab", String::as_str));
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;

@@ -3,6 +3,9 @@
 //! (`meshos_common::boot_state::boot`), and its meshd: started in the node's network namespace
 //! and in PID, mount and UTS namespaces of its own, so that its end takes its router with it
 //! and nothing it does reaches the host.
+//!
+//! A node the topology gives a command (`run`) has no card: the lab starts its Yggdrasil, with
+//! the config meshd would write, and the command beside it, in the same namespaces.
 
 use crate::release::Roots;
 use meshos_common::boot_state::{self, Slot};
@@ -48,6 +51,17 @@ pub struct LabNode {
     bootable: bool,
     /// Of the process in the node's namespace that stands for a board's init.
     meshd_pid: Option<i32>,
+    /// The command this node runs instead of meshd, and its router's overlay address.
+    pub command: Option<NodeCommand>,
+}
+
+/// A node that runs a command instead of meshd (a monitoring host, a laptop, a misbehaving
+/// neighbour). The command gets `MESHLAB_NODE` (its id), `MESHLAB_ADDRESS` (its overlay
+/// address) and `MESHLAB_DIR` (a directory of its own) in its environment.
+#[derive(Debug, Clone)]
+pub struct NodeCommand {
+    pub line: String,
+    pub address: String,
 }
 
 /// What the lab gives every node's meshd: the program, the directory with the routers, and
@@ -60,7 +74,7 @@ pub struct Launch {
 
 impl LabNode {
     pub fn new(id: &str, namespace: String, dir: PathBuf) -> LabNode {
-        LabNode { id: id.into(), namespace, dir, power: Power::Off, boots: 0, crashes: 0, peak_rss_kib: 0, slot: None, bootable: false, meshd_pid: None }
+        LabNode { id: id.into(), namespace, dir, power: Power::Off, boots: 0, crashes: 0, peak_rss_kib: 0, slot: None, bootable: false, meshd_pid: None, command: None }
     }
 
     pub fn card(&self) -> PathBuf {
@@ -79,14 +93,19 @@ impl LabNode {
         matches!(self.power, Power::Running { .. })
     }
 
-    /// Up: meshd runs and has published its status this boot.
+    /// Up: meshd runs and has published its status this boot (a command node: its command runs).
     pub fn is_up(&self) -> bool {
-        self.is_running() && self.dir.join("run/status.json").exists()
+        self.is_running() && (self.command.is_some() || self.dir.join("run/status.json").exists())
     }
 
     /// Powers the node on: the boot loader runs now, meshd after `boot_time`.
     pub fn power_on(&mut self, roots: &mut Roots, boot_time: Duration) {
-        self.boot(roots);
+        if self.command.is_some() {
+            self.boots += 1;
+            self.bootable = true;
+        } else {
+            self.boot(roots);
+        }
         self.power = Power::Booting { until: Instant::now() + boot_time };
     }
 
@@ -189,12 +208,13 @@ impl LabNode {
                 let Ok(Some(status)) = child.try_wait() else { return };
                 let ran = since.elapsed();
                 self.meshd_pid = None;
-                if status.code() == Some(REBOOT_STATUS) {
+                if status.code() == Some(REBOOT_STATUS) && self.command.is_none() {
                     self.boot(roots);
                     self.power = Power::Booting { until: Instant::now() + launch.boot_time };
                 } else {
                     self.crashes += 1;
-                    self.console(&format!("lab: meshd ended ({status}) after {} s; init starts it again", ran.as_secs()));
+                    let what = if self.command.is_some() { "the command" } else { "meshd" };
+                    self.console(&format!("lab: {what} ended ({status}) after {} s; init starts it again", ran.as_secs()));
                     self.power = Power::Booting { until: Instant::now() + RESPAWN_AFTER };
                 }
             }
@@ -205,8 +225,19 @@ impl LabNode {
         let console = OpenOptions::new().create(true).append(true).open(self.dir.join("console.log")).map_err(|e| format!("console.log: {e}"))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.namespace, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--uts", "--"]);
-        cmd.arg(&launch.meshd).args(["run", "--lab"]).arg(&self.dir);
         cmd.env_clear().env("PATH", &launch.path).env("LANG", "C.UTF-8");
+        match &self.command {
+            None => {
+                cmd.arg(&launch.meshd).args(["run", "--lab"]).arg(&self.dir);
+            }
+            // The router in the background, the command in the foreground as the namespace's
+            // first process: its end ends the router too.
+            Some(c) => {
+                let script = r#"yggdrasil -useconffile "$MESHLAB_DIR/run/yggdrasil.conf" -loglevel warn & exec sh -c "$1""#;
+                cmd.args(["sh", "-c", script, "sh", &c.line]);
+                cmd.env("MESHLAB_NODE", &self.id).env("MESHLAB_ADDRESS", &c.address).env("MESHLAB_DIR", &self.dir);
+            }
+        }
         cmd.stdin(Stdio::null()).stdout(console.try_clone().map_err(|e| e.to_string())?).stderr(console);
         // SAFETY: prctl only sets this child's parent-death signal: if the lab dies (even by
         // SIGKILL), unshare gets SIGKILL, and --kill-child passes it to meshd, whose end takes
@@ -225,6 +256,9 @@ impl LabNode {
     /// Samples meshd's peak resident memory (VmHWM of the process unshare started).
     pub fn sample_memory(&mut self) {
         let Power::Running { child, .. } = &self.power else { return };
+        if self.command.is_some() {
+            return;
+        }
         if self.meshd_pid.is_none() {
             let unshare = child.id();
             let children = fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap_or_default();
@@ -284,6 +318,39 @@ pub fn make_card(node: &LabNode, template: &Path, partition_size: u64) -> Result
     let b = node.partition(Slot::B);
     File::create(&b).and_then(|f| f.set_len(partition_size)).map_err(|e| err(&b, e))?;
     copy_tree(&template.join("boot"), &node.dir.join("boot"))
+}
+
+/// Prepares a node that runs `line` instead of meshd: its Yggdrasil's config, as meshd writes
+/// it on a lab node (multicast peering on the lab's links, the admin socket in `run/`), with
+/// keys of its own; returns the node's overlay address.
+pub fn make_command_node(node: &mut LabNode, line: &str) -> Result<(), String> {
+    let run = node.dir.join("run");
+    fs::create_dir_all(&run).map_err(|e| format!("{}: {e}", run.display()))?;
+    let out = |args: &[&str]| -> Result<Vec<u8>, String> {
+        let o = Command::new("yggdrasil").args(args).output().map_err(|e| format!("yggdrasil: {e} (is it installed? ci/setup-host.sh installs it)"))?;
+        if o.status.success() {
+            Ok(o.stdout)
+        } else {
+            Err(format!("yggdrasil {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim()))
+        }
+    };
+    let mut conf: serde_json::Value = serde_json::from_slice(&out(&["-genconf", "-json"])?).map_err(|e| format!("yggdrasil -genconf: {e}"))?;
+    let socket = run.join("yggdrasil.sock");
+    for (key, value) in [
+        ("Peers", serde_json::json!([])),
+        ("Listen", serde_json::json!([])),
+        ("AdminListen", serde_json::json!(format!("unix://{}", socket.display()))),
+        ("MulticastInterfaces", serde_json::json!([{"Regex": "^lab.*$", "Beacon": true, "Listen": true, "Port": 0, "Priority": 0, "Password": ""}])),
+        ("IfName", serde_json::json!("ygg0")),
+        ("NodeInfo", serde_json::json!({"name": format!("meshlab-{}", node.id)})),
+    ] {
+        conf[key] = value;
+    }
+    let path = run.join("yggdrasil.conf");
+    fs::write(&path, conf.to_string()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let address = String::from_utf8_lossy(&out(&["-useconffile", &path.display().to_string(), "-address"])?).trim().to_string();
+    node.command = Some(NodeCommand { line: line.to_string(), address });
+    Ok(())
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {

@@ -3,7 +3,8 @@
 //! `rollout`: every card starts with release N; the nodes the topology marks `updates` (or
 //! the first node) find N+1 in their boot partition's `updates/`; meshd does the rest. The
 //! lab watches until every node runs N+1 committed (or the time is up) and measures how long
-//! that took, who was down together, what each node fetched, and meshd's memory.
+//! that took, who was down together, what each node fetched, and meshd's memory. Nodes that
+//! run a command instead of meshd take part in the mesh but not in these counts.
 
 use crate::lab::{self, Lab};
 use serde::Serialize;
@@ -30,6 +31,9 @@ pub struct Stranded {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub scenario: &'static str,
+    /// The nodes that ran a command instead of meshd (not counted in `nodes`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command_nodes: Vec<String>,
     /// What the `faults` scenario did, and when.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub faults: Option<crate::faults::FaultReport>,
@@ -104,8 +108,10 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
         let opened = meshos_common::bundle::open(file).map_err(|e| format!("{}: {e}", plan.update.display()))?;
         (opened.manifest.version.clone(), opened.total_size())
     };
-    let givers: Vec<usize> = match lab.topology.nodes.iter().enumerate().filter(|(_, n)| n.updates).map(|(i, _)| i).collect::<Vec<_>>() {
-        v if v.is_empty() => vec![0],
+    // The nodes that run meshd: the rollout's.
+    let members: Vec<bool> = lab.nodes.iter().map(|n| n.command.is_none()).collect();
+    let givers: Vec<usize> = match lab.topology.nodes.iter().enumerate().filter(|(i, n)| n.updates && members[*i]).map(|(i, _)| i).collect::<Vec<_>>() {
+        v if v.is_empty() => vec![members.iter().position(|m| *m).ok_or("no node of this topology runs meshd")?],
         v => v,
     };
     for &i in &givers {
@@ -113,7 +119,7 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
     }
     eprintln!(
         "meshlab: rollout of {update_version} over {} nodes, starting from {}",
-        lab.nodes.len(),
+        members.iter().filter(|m| **m).count(),
         givers.iter().map(|&i| lab.topology.nodes[i].id.as_str()).collect::<Vec<_>>().join(", ")
     );
     let mut faults = plan.faults.then(|| crate::faults::Driver::new(crate::faults::choose(&lab.topology, &givers), lab));
@@ -126,14 +132,19 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
             if f.report.island.is_empty() { "none (no part of this mesh hangs on one link)".to_string() } else { f.report.island.join(", ") }
         );
     }
+    if let Some(r) = lab.nodes.iter().find(|n| n.command.is_some() && n.id.starts_with("rogue")) {
+        let beside: Vec<&str> = lab.neighbours[lab.nodes.iter().position(|n| n.id == r.id).expect("found")].iter().map(|&k| lab.nodes[k].id.as_str()).collect();
+        eprintln!("meshlab: faults: node {} beside {} offers {update_version} with every chunk corrupted", r.id, beside.join(", "));
+    }
     let baseline = mem_used_kib();
     let mut host_peak = 0;
     lab.power_on_all();
-    let n = lab.nodes.len();
+    let all = lab.nodes.len();
+    let n = members.iter().filter(|m| **m).count();
     let (mut all_up, mut all_routed, mut all_committed) = (None, None, None);
-    let mut committed_at: Vec<Option<f64>> = vec![None; n];
-    let mut notes: Vec<Seen> = (0..n).map(|_| Seen::default()).collect();
-    let mut routed = vec![false; n];
+    let mut committed_at: Vec<Option<f64>> = vec![None; all];
+    let mut notes: Vec<Seen> = (0..all).map(|_| Seen::default()).collect();
+    let mut routed = vec![false; all];
     let mut max_down = 0;
     let mut together: Vec<(String, String, f64)> = Vec::new();
     let mut both_down_before: BTreeSet<(usize, usize)> = BTreeSet::new();
@@ -153,7 +164,7 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
             max_down = max_down.max(down.iter().filter(|d| **d).count());
             let mut now_both = BTreeSet::new();
             for l in &lab.topology.links {
-                if down[l.a] && down[l.b] {
+                if down[l.a] && down[l.b] && members[l.a] && members[l.b] {
                     now_both.insert((l.a, l.b));
                     if !both_down_before.contains(&(l.a, l.b)) {
                         together.push((lab.topology.nodes[l.a].id.clone(), lab.topology.nodes[l.b].id.clone(), t));
@@ -182,16 +193,16 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
         let committed = committed_at.iter().filter(|c| c.is_some()).count();
         if let Some(f) = faults.as_mut() {
             let island = f.faults.cut.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
-            let rest_committed = (0..n).filter(|k| !island.contains(k)).all(|k| committed_at[k].is_some());
+            let rest_committed = (0..all).filter(|k| members[*k] && !island.contains(k)).all(|k| committed_at[k].is_some());
             f.step(lab, all_up.is_some(), rest_committed)?;
         }
         if last_print.elapsed() >= Duration::from_secs(10) {
             last_print = Instant::now();
-            let up = down.iter().filter(|d| !**d).count();
+            let up = down.iter().zip(&members).filter(|(d, m)| !**d && **m).count();
             eprintln!(
                 "meshlab: {:>5.0} s: {up}/{n} up, {}/{n} routed, {committed}/{n} committed {update_version}, {} down",
                 t,
-                routed.iter().filter(|r| **r).count(),
+                routed.iter().zip(&members).filter(|(r, m)| **r && **m).count(),
                 n - up
             );
         }
@@ -212,7 +223,7 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
         (k >= 1 && times.len() >= k).then(|| times[k - 1])
     };
     let mut bytes_fetched = BTreeMap::new();
-    for node in &lab.nodes {
+    for node in lab.nodes.iter().filter(|n| n.command.is_none()) {
         let fetched = node.install_record().and_then(|r| r["transfer"]["fetched_bytes"].as_u64()).unwrap_or(0);
         bytes_fetched.insert(node.id.clone(), fetched);
     }
@@ -220,7 +231,7 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
         .nodes
         .iter()
         .enumerate()
-        .filter(|(i, _)| committed_at[*i].is_none())
+        .filter(|(i, _)| members[*i] && committed_at[*i].is_none())
         .map(|(i, node)| {
             let record = node.install_record();
             let reason = notes[i].note.clone().or_else(|| record.as_ref().and_then(|r| r["error"].as_str().map(String::from))).unwrap_or_else(|| {
@@ -234,10 +245,11 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
         })
         .collect();
     let (cpu, rss) = own_usage();
-    let rss_by_node: BTreeMap<String, u64> = lab.nodes.iter().map(|n| (n.id.clone(), n.peak_rss_kib)).collect();
+    let rss_by_node: BTreeMap<String, u64> = lab.nodes.iter().filter(|n| n.command.is_none()).map(|n| (n.id.clone(), n.peak_rss_kib)).collect();
     Ok(Report {
         scenario: if plan.faults { "faults" } else { "rollout" },
-        faults: faults.map(|f| f.report),
+        command_nodes: lab.nodes.iter().filter(|n| n.command.is_some()).map(|n| n.id.clone()).collect(),
+        faults: faults.map(|f| f.finish(lab)),
         nodes: n,
         links: lab.topology.links.len(),
         boot_time_s: lab.launch.boot_time.as_secs(),
@@ -259,7 +271,7 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
         bytes_fetched,
         meshd_peak_rss_kib_max: rss_by_node.values().copied().max().unwrap_or(0),
         meshd_peak_rss_kib: rss_by_node,
-        reboots: lab.nodes.iter().map(|n| n.boots.saturating_sub(1)).sum(),
+        reboots: lab.nodes.iter().filter(|n| n.command.is_none()).map(|n| n.boots.saturating_sub(1)).sum(),
         meshd_crashes: lab.nodes.iter().map(|n| n.crashes).sum(),
         lab_cpu_s: cpu,
         lab_peak_rss_kib: rss,
@@ -285,6 +297,11 @@ impl Report {
         if let Some((node, bytes)) = self.bytes_fetched.iter().max_by_key(|(_, b)| **b).filter(|_| self.max_fetched_share > MAX_FETCHED_SHARE) {
             let pct = 100.0 * *bytes as f64 / self.bundle_bytes.max(1) as f64;
             failed.push(format!("node {node} fetched {bytes} bytes, {pct:.1} % of the bundle (at most {:.0} %)", 100.0 * MAX_FETCHED_SHARE));
+        }
+        // The rogue's neighbours committed (above) and threw its chunks away: at least one
+        // asked it (meshd spreads a fetch over every neighbour that offers the release).
+        if let Some(r) = self.faults.as_ref().and_then(|f| f.rogue.as_ref()).filter(|r| r.bad_chunks_rejected.values().all(|b| *b == 0)) {
+            failed.push(format!("no neighbour of the rogue ({}) recorded a chunk of it thrown away", r.node));
         }
         failed
     }
@@ -317,6 +334,10 @@ impl Report {
             self.lab_peak_rss_kib,
             self.host_memory_peak_kib / 1024,
         );
+        if let Some(r) = self.faults.as_ref().and_then(|f| f.rogue.as_ref()) {
+            let thrown: u64 = r.bad_chunks_rejected.values().sum();
+            out += &format!("  rogue    {} ({}): its neighbours threw away {thrown} chunk(s) of it\n", r.node, r.address);
+        }
         for s in self.stranded.iter().take(10) {
             out += &format!("  stranded {} ({}): {}\n", s.node, s.version.as_deref().unwrap_or("down"), s.reason);
         }
@@ -335,6 +356,7 @@ mod tests {
         Report {
             scenario: "rollout",
             faults: None,
+            command_nodes: Vec::new(),
             nodes: 3,
             links: 2,
             boot_time_s: 5,
