@@ -2,7 +2,7 @@
 # `make lab`: the mesh lab (meshlab, docs/lab.md) on a topology, with a scenario.
 #   TOPOLOGY=FILE   meshnet-lab JSON (default: mesh-lab/topologies/freifunk-ulm.json)
 #   FROM=URL        instead, the mesh a live node sees (http://[address]:9100)
-#   SCENARIO=NAME   rollout (the default) or faults
+#   SCENARIO=NAME   rollout (the default), faults or monitoring
 #   BOOT_TIME=S     how long a node's reboot takes (default 20)
 #   TIMEOUT=S       when a scenario gives up (default 3600)
 #   LAB_RELEASE=BUNDLE  release N as built already (make test: the virtual board's), signed
@@ -41,13 +41,17 @@ else
   release "$REL/n"
   N=$REL/n/qemu-arm64/meshos-qemu-arm64-$V.bundle
 fi
-if [ -n "${LAB_UPDATE:-}" ]; then
+update=()
+if [ "${SCENARIO:-rollout}" = monitoring ]; then
+  : # no new release: Prometheus (monitoring/prometheus.yml) finds and scrapes the mesh
+elif [ -n "${LAB_UPDATE:-}" ]; then
   UPDATE=$LAB_UPDATE
 else
   ci/fixtures/make-next-overlay.py "$REL/next-overlay"
   release "$REL/n1" --image-version "$V.1" --overlay "$REL/next-overlay"
   UPDATE=$REL/n1/qemu-arm64/meshos-qemu-arm64-$V.1.bundle
 fi
+[ -z "${UPDATE:-}" ] || update=(--update "$UPDATE")
 profile=${LAB_PROFILE:-release}
 case $profile in
 release)
@@ -73,6 +77,6 @@ fi
 source=(--topology "${TOPOLOGY:-mesh-lab/topologies/freifunk-ulm.json}")
 [ -z "${FROM:-}" ] || source=(--from "$FROM")
 as_root "$BIN/meshlab" run --scenario "${SCENARIO:-rollout}" "${source[@]}" \
-  --release "$N" --update "$UPDATE" \
+  --release "$N" "${update[@]}" \
   --meshd "$MESHD" --out "$OUT" "${rogue[@]}" \
   ${BOOT_TIME:+--boot-time "$BOOT_TIME"} ${TIMEOUT:+--timeout "$TIMEOUT"}

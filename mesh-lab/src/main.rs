@@ -4,6 +4,7 @@
 
 mod faults;
 mod lab;
+mod monitoring;
 mod net;
 mod node;
 mod release;
@@ -18,14 +19,16 @@ use topology::Topology;
 const USAGE: &str = "usage: meshlab <command> [options]
 
 commands:
-  run --scenario rollout|faults (--topology FILE | --from URL) --release BUNDLE
-      --update BUNDLE [--meshd PATH] [--boot-time S] [--timeout S] [--out DIR]
-      [--rogue DIR]
+  run --scenario rollout|faults|monitoring (--topology FILE | --from URL)
+      --release BUNDLE [--update BUNDLE] [--meshd PATH] [--boot-time S]
+      [--timeout S] [--out DIR] [--rogue DIR] [--prometheus-config FILE]
              start the mesh, run the scenario to its end, write DIR/report.json
              (default out/lab) and remove everything the lab made. --from reads
              a live node's /mesh.json (http://[address]:9100) for the topology;
-             --rogue (faults) adds a neighbour serving DIR, a release as
-             'meshimg export' lays it out, its chunks corrupted
+             --update: the new release (rollout, faults); --rogue (faults) adds
+             a neighbour serving DIR, a release as 'meshimg export' lays it
+             out, its chunks corrupted; monitoring cables a host running
+             Prometheus with FILE (default monitoring/prometheus.yml) to a node
   generate line N | ring N | grid W H | random N [RADIUS [SEED]]
              print a topology in meshnet-lab's JSON format
   clean      remove what a killed lab left (namespaces, their processes)
@@ -64,7 +67,7 @@ fn run(args: &[String]) -> Result<bool, String> {
     let mut opt = std::collections::BTreeMap::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let key = a.strip_prefix("--").filter(|k| ["scenario", "topology", "from", "release", "update", "meshd", "boot-time", "timeout", "out", "rogue"].contains(k));
+        let key = a.strip_prefix("--").filter(|k| ["scenario", "topology", "from", "release", "update", "meshd", "boot-time", "timeout", "out", "rogue", "prometheus-config"].contains(k));
         let key = key.ok_or_else(|| format!("unknown option '{a}'\n{USAGE}"))?;
         let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
         opt.insert(key, value.clone());
@@ -80,10 +83,13 @@ fn run(args: &[String]) -> Result<bool, String> {
     };
     let scenario = need("scenario")?;
     let with_faults = match scenario.as_str() {
-        "rollout" => false,
+        "rollout" | "monitoring" => false,
         "faults" => true,
-        other => return Err(format!("scenario '{other}': rollout or faults")),
+        other => return Err(format!("scenario '{other}': rollout, faults or monitoring")),
     };
+    if scenario == "monitoring" {
+        monitoring::add_monitor(&mut topology)?;
+    }
     if with_faults {
         faults::lossy(&mut topology);
         if let Some(dir) = opt.get("rogue") {
@@ -100,19 +106,30 @@ fn run(args: &[String]) -> Result<bool, String> {
         boot_time: seconds("boot-time", 20)?,
         out: out.clone(),
     };
-    let plan = scenario::Rollout { update: PathBuf::from(need("update")?), timeout: seconds("timeout", 3600)?, faults: with_faults };
+    let timeout = seconds("timeout", 3600)?;
     let parts = topology.components().len();
     eprintln!("meshlab: {} nodes, {} links, {parts} connected part(s)", topology.nodes.len(), topology.links.len());
-    let report = {
-        let mut lab = lab::Lab::create(topology, &options)?;
-        scenario::rollout(&mut lab, &plan)?
-        // the lab is removed here
+    let (json, summary, failed) = if scenario == "monitoring" {
+        let config = PathBuf::from(opt.get("prometheus-config").map_or("monitoring/prometheus.yml", String::as_str));
+        let plan = monitoring::Monitoring { config, timeout };
+        let report = {
+            let mut lab = lab::Lab::create(topology, &options)?;
+            monitoring::run(&mut lab, &plan)?
+            // the lab is removed here
+        };
+        (serde_json::to_string_pretty(&report), report.summary(), report.failed_checks())
+    } else {
+        let plan = scenario::Rollout { update: PathBuf::from(need("update")?), timeout, faults: with_faults };
+        let report = {
+            let mut lab = lab::Lab::create(topology, &options)?;
+            scenario::rollout(&mut lab, &plan)?
+        };
+        (serde_json::to_string_pretty(&report), report.summary(), report.failed_checks())
     };
     let path = out.join("report.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report).expect("the report serialises") + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
-    print!("{}", report.summary());
+    std::fs::write(&path, json.expect("the report serialises") + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    print!("{summary}");
     println!("report: {}", path.display());
-    let failed = report.failed_checks();
     for f in &failed {
         println!("meshlab: check failed: {f}");
     }

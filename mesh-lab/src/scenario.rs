@@ -71,7 +71,7 @@ pub struct Report {
     pub host_memory_peak_kib: u64,
 }
 
-fn mem_used_kib() -> u64 {
+pub(crate) fn mem_used_kib() -> u64 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let get = |k: &str| text.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     get("MemTotal:").saturating_sub(get("MemAvailable:"))
