@@ -6,12 +6,13 @@
 #               packages and checked with independent tools, the Orange Pi built again
 #               elsewhere to prove it reproducible, each real board booted through its own
 #               U-Boot (the Orange Pi also installs, tries and commits an upgrade), cjdns on
-#               three nodes, the mesh of three (ci/mesh-test.sh), the mesh lab's faults, the
-#               A/B rollback and refusals (ci/upgrade-test.sh) and three power cuts and a hang
-#               (ci/powercut-test.py) on the virtual board;
+#               three nodes, the mesh of three (ci/mesh-test.sh), the mesh lab's faults and
+#               monitoring, the A/B rollback and refusals (ci/upgrade-test.sh) and three
+#               power cuts and a hang (ci/powercut-test.py) on the virtual board;
 #   TIER=all    `make test-all`, for a release: besides, the Dockerfile's container built and
 #               rpi3 built in it (the same image bit for bit), the A/B upgrade through the
-#               Pi's U-Boot, twelve power cuts, and the rollout over Freifunk Ulm's 217 nodes.
+#               Pi's U-Boot, twelve power cuts, and the rollout and monitoring over Freifunk
+#               Ulm's 217 nodes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MESHIMG=${MESHIMG:-target/debug/meshimg}
@@ -178,13 +179,18 @@ if has qemu-arm64; then
   fi
   # The mesh lab (docs/lab.md): 16 real meshd nodes in network namespaces (a line, a ring with
   # a hub, a second island behind one link) take N+1 from one of them by themselves; with
-  # faults (make test): loss, a power cut mid-fetch, an island cut off, a malformed mesh.yaml.
-  # No VM, so it runs beside the VMs and the builds, niced.
+  # faults (make test): loss, a power cut mid-fetch, an island cut off, a rogue neighbour. Then
+  # a monitoring host's Prometheus finds and scrapes them all. No VM, so it runs beside the VMs
+  # and the builds, niced.
   scenario=rollout; tier test && scenario=faults
   lab_update=()
   tier test && lab_update=(LAB_UPDATE="$NEXT_RELEASES/n1/qemu-arm64/meshos-qemu-arm64-$version.1.bundle")
   stage_bg "mesh lab: $scenario over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=$scenario BOOT_TIME=5 TIMEOUT=1200 \
     LAB_PROFILE=dev LAB_RELEASE="$(image qemu-arm64 | sed 's/\.img$/.bundle/')" "${lab_update[@]}" LAB_OUT=out/lab-test nice -n 5 ci/lab.sh
+  if tier test; then
+    stage_bg --after "mesh lab: monitoring over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=monitoring BOOT_TIME=5 TIMEOUT=600 \
+      LAB_PROFILE=dev LAB_RELEASE="$(image qemu-arm64 | sed 's/\.img$/.bundle/')" LAB_OUT=out/lab-monitoring nice -n 5 ci/lab.sh
+  fi
 fi
 # The Orange Pi first: the stages that need its image (its upgrade, the refusals of another
 # board's bundle) then start sooner.
@@ -237,6 +243,8 @@ if has qemu-arm64 && tier all; then
   stage "mesh lab: rollout over Freifunk Ulm (217 nodes)" env TOPOLOGY=mesh-lab/topologies/freifunk-ulm.json SCENARIO=rollout \
     LAB_RELEASE="$(image qemu-arm64 | sed 's/\.img$/.bundle/')" LAB_UPDATE="$NEXT_RELEASES/n1/qemu-arm64/meshos-qemu-arm64-$version.1.bundle" \
     LAB_OUT=out/lab-ulm ci/lab.sh
+  stage "mesh lab: monitoring over Freifunk Ulm (217 nodes)" env TOPOLOGY=mesh-lab/topologies/freifunk-ulm.json SCENARIO=monitoring \
+    LAB_RELEASE="$(image qemu-arm64 | sed 's/\.img$/.bundle/')" LAB_OUT=out/lab-ulm-monitoring ci/lab.sh
 fi
 stage_wait --idle
 # The last lines name what failed, so the tail of a long log is enough to know where to look.
