@@ -435,7 +435,7 @@ ok "B says in its nodeinfo that it offers no gateway while its uplink is down"
 metrics_of() { if [ "$1" = a ]; then curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/metrics"; else on_a wget -q -T 10 -O - "http://[$(address "$1")]:9100/metrics"; fi; }
 for n in b c; do metrics_of $n > "$WORK/$n-gateway.metrics"; done
 rss_in() { sed -n 's/^process_resident_memory_bytes //p' "$WORK/$1-gateway.metrics" | awk '{print int($1 / 1024)}'; }
-echo "mesh-test: figure: meshd RSS on gateway C serving $(sed -n 's/^meshd_gateway_clients //p' "$WORK/c-gateway.metrics") nodes $(rss_in c) KiB, on B (using C) $(rss_in b) KiB"
+echo "mesh-test: figure: meshd RSS on gateway C serving $(sed -n 's/^meshd_gateway_clients //p' "$WORK/c-gateway.metrics") nodes $(rss_in c) KiB, on B (a gateway without its uplink) $(rss_in b) KiB"
 
 B_KEY=$(on_a wget -q -T 10 -O - "http://[$B]:9100/nodeinfo.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 [ ${#B_KEY} -eq 64 ] || fail "B's nodeinfo gives no key: '$B_KEY'"

@@ -90,23 +90,22 @@ boot_malformed() { # BOARD
     { echo "the console does not name mesh.frequncy at line 4 of mesh.yaml"; return 1; }
 }
 
-# Two stages at a time where one leaves a core idle (a QEMU under TCG keeps about one of the
-# two busy): the virtual board's single-VM stages beside the builds; a stage in the background
-# keeps its output in its log, shown when it ends. A stage started with --idle runs only on
-# what the others leave of the CPU and the disk (the container test: much of it is downloading),
-# and only `stage_wait --idle` waits for it.
-stage_bg() { # [--after] [--idle] NAME COMMAND...: --after: once the last stage started in the background (with --idle: in the idle one) ends
-  local after= idle= name log
+# Stages in the background, so that the two cores are kept busy: the VM stages of each chain
+# (`--chain NAME`) one after another, the chains beside each other and beside the builds in
+# the foreground; a stage in the background keeps its output in its log, shown when it ends. A
+# stage started with --idle runs only on what the others leave of the CPU and the disk (the
+# container test: much of it is downloading), and only `stage_wait --idle` waits for it.
+declare -A chain_last=()
+stage_bg() { # [--chain NAME] [--idle] STAGE COMMAND...: --chain: once the chain's last stage ends
+  local chain= idle= after= name log
   while :; do
     case $1 in
-    --after) after=1; shift ;;
+    --chain) chain=$2; shift 2 ;;
     --idle) idle=1; shift ;;
     *) break ;;
     esac
   done
-  if [ -n "$after" ]; then
-    if [ -n "$idle" ]; then after=${idle_pids[-1]:-}; else after=${bg_pids[-1]:-}; fi
-  fi
+  [ -z "$chain" ] || after=${chain_last[$chain]:-}
   name=$1; shift
   log=$(stage_log "$name")
   echo "== $name (in the background; output in $log)"
@@ -116,6 +115,7 @@ stage_bg() { # [--after] [--idle] NAME COMMAND...: --after: once the last stage 
     if [ -n "$idle" ]; then chrt --idle 0 ionice -c 3 nice -n 19 "$@"; else "$@"; fi > "$log" 2>&1
     echo "$? $((SECONDS - start))" > "$log.rc"
   ) &
+  [ -z "$chain" ] || chain_last[$chain]=$!
   if [ -n "$idle" ]; then started_idle+=("$name|$log") idle_pids+=($!); else started_bg+=("$name|$log") bg_pids+=($!); fi
 }
 stage_wait() { # [--idle]: waits for the stages started with stage_bg (--idle: and stage_bg --idle) and counts them
@@ -159,10 +159,19 @@ build() { # BOARD [NICE]: build it, check the image with other tools and its sig
   stage "signatures of $1 image and bundle (minisign -V)" signature "$(image "$1").xz"
 }
 # The virtual board first. Its next releases (N+1 and N+2, ci/next-releases.sh) are built once
-# for the tests that upgrade a mesh. Then its VM stages run one after another in the background
-# (a boot, three nodes running cjdns, the power cuts and the hang) beside the mesh lab, while
-# the other boards build and the Orange Pi builds again elsewhere. The builds run niced: a VM
-# gets its core when it needs it (its watchdog and the moments of the cuts depend on it).
+# for the tests that upgrade a mesh. Then three chains of VM stages and the mesh lab run in the
+# background while the other boards build (niced: a VM gets its core when it needs it; its
+# watchdog and the moments of the cuts depend on it) and the Orange Pi builds again elsewhere:
+#   vm      the virtual board: a boot, three nodes running cjdns, the power cuts and the hang,
+#           the mesh of three (whose VMs wait on timers most of the time: alone it kept 35 % of
+#           the two cores busy);
+#   lab     the mesh lab: no VM, no timed check;
+#   boards  from the Orange Pi's image on: its own U-Boot and boot script (a fresh card boots
+#           and installs N+1, which is tried, committed and boots again after a power cycle;
+#           its QEMU keeps to one host core, see ci/upgrade-test.sh), then the rollback and
+#           refusals (the same meshd and boot script logic on every board, so on the fast
+#           virtual board, with the Orange Pi's bundle as another board's), then the Pi's boot
+#           to 'meshos ready' through its own U-Boot (make test-all: its A/B upgrade).
 if has qemu-arm64; then
   build qemu-arm64
   if tier test; then
@@ -170,33 +179,43 @@ if has qemu-arm64; then
     stage "next releases of qemu-arm64 (N+1, N+2)" ci/next-releases.sh out/next
     export NEXT_RELEASES=$PWD/out/next
   fi
-  stage_bg "boot qemu-arm64 in QEMU, its mesh.yaml malformed" boot_malformed qemu-arm64
+  stage_bg --chain vm "boot qemu-arm64 in QEMU, its mesh.yaml malformed" boot_malformed qemu-arm64
   if tier test; then
     # cjdns, cross-compiled into the image: three nodes in a line started with router: cjdns.
-    stage_bg --after "cjdns on three qemu-arm64 nodes" ci/cjdns-test.sh "$(image qemu-arm64)" 3
+    stage_bg --chain vm "cjdns on three qemu-arm64 nodes" ci/cjdns-test.sh "$(image qemu-arm64)" 3
     rounds=3; tier all && rounds=12
-    stage_bg --after "power cuts ($rounds) and a hang on qemu-arm64" env POWERCUT_ROUNDS=$rounds ci/powercut-test.py
+    stage_bg --chain vm "power cuts ($rounds) and a hang on qemu-arm64" env POWERCUT_ROUNDS=$rounds ci/powercut-test.py
+    stage_bg --chain vm "mesh of three qemu-arm64 nodes" ci/mesh-test.sh "$(image qemu-arm64)"
   fi
   # The mesh lab (docs/lab.md): 16 real meshd nodes in network namespaces (a line, a ring with
   # a hub, a second island behind one link) take N+1 from one of them by themselves; with
   # faults (make test): loss, a power cut mid-fetch, an island cut off, a rogue neighbour. Then
-  # a monitoring host's Prometheus finds and scrapes them all. No VM, so it runs beside the VMs
-  # and the builds, niced.
+  # a monitoring host's Prometheus finds and scrapes them all.
   scenario=rollout; tier test && scenario=faults
   lab_update=()
   tier test && lab_update=(LAB_UPDATE="$NEXT_RELEASES/n1/qemu-arm64/meshos-qemu-arm64-$version.1.bundle")
-  stage_bg "mesh lab: $scenario over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=$scenario BOOT_TIME=5 TIMEOUT=1200 \
+  stage_bg --chain lab "mesh lab: $scenario over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=$scenario BOOT_TIME=5 TIMEOUT=1200 \
     LAB_PROFILE=dev LAB_RELEASE="$(image qemu-arm64 | sed 's/\.img$/.bundle/')" "${lab_update[@]}" LAB_OUT=out/lab-test nice -n 5 ci/lab.sh
   if tier test; then
-    stage_bg --after "mesh lab: monitoring over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=monitoring BOOT_TIME=5 TIMEOUT=600 \
+    stage_bg --chain lab "mesh lab: monitoring over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=monitoring BOOT_TIME=5 TIMEOUT=600 \
       LAB_PROFILE=dev LAB_RELEASE="$(image qemu-arm64 | sed 's/\.img$/.bundle/')" LAB_OUT=out/lab-monitoring nice -n 5 ci/lab.sh
   fi
 fi
-# The Orange Pi first: the stages that need its image (its upgrade, the refusals of another
-# board's bundle) then start sooner.
-for board in orangepi-zero rpi3; do
-  has "$board" && build "$board" 10
-done
+if has orangepi-zero; then
+  build orangepi-zero 10
+  stage_bg --chain boards "A/B upgrade on orangepi-zero in orangepi-pc" ci/upgrade-test.sh orangepi-zero 1
+  if has qemu-arm64 && tier test; then
+    stage_bg --chain boards "rollback and refusals on qemu-arm64" ci/upgrade-test.sh qemu-arm64 2 3
+  fi
+fi
+if has rpi3; then
+  build rpi3 10
+  if tier all; then
+    stage_bg --chain boards "A/B upgrade on rpi3 in raspi3b" ci/upgrade-test.sh rpi3 1
+  else
+    stage_bg --chain boards "boot rpi3 in raspi3b" boot rpi3
+  fi
+fi
 # The boards that ship are built again elsewhere and must give the same image: the Orange Pi
 # here in another directory, taking cjdroute from the first build; rpi3 in the Dockerfile's
 # container (make test-all). The virtual board is a test vehicle of the same pipeline and arm64
@@ -204,41 +223,16 @@ done
 if has orangepi-zero; then
   stage "reproducible orangepi-zero" env MESHOS_REPRO_CJDNS=first nice -n 10 ci/reproducible.sh orangepi-zero
 fi
-stage_wait
 if has qemu-arm64 && tier test; then
   stage "tampered source tarballs refused before compiling" ci/sources-test.sh qemu-arm64
 fi
 # The Dockerfile, built and run with Podman (ci/container-test.sh), idle-scheduled: much of
 # its build is downloading, and every package rpi3 needs is in the cache by now.
 if has rpi3 && tier all; then
-  stage_bg --idle "container image (podman build)" ci/container-test.sh image
-  stage_bg --after --idle "rpi3 image built in a container (podman)" ci/container-test.sh run rpi3
-fi
-# Rollback and refusals are the same meshd and boot script logic on every board: they run on
-# the fast virtual board (the refusals include the Orange Pi's bundle), beside the Orange Pi's
-# VM, which keeps to one host core (see ci/upgrade-test.sh). The mesh of three comes after them
-# alone: its nodes share both cores, and its failover is what a busy machine slows most.
-if has qemu-arm64 && has orangepi-zero && tier test; then
-  stage_bg "rollback and refusals on qemu-arm64" ci/upgrade-test.sh qemu-arm64 2 3
-fi
-# Each real board's own U-Boot and boot script: the Orange Pi's fresh card boots and installs
-# N+1, which is tried, committed and boots again after a power cycle (scenario 1); the Pi's
-# boots to 'meshos ready' (and in make test-all does what the Orange Pi's does).
-if has orangepi-zero; then
-  stage "A/B upgrade on orangepi-zero in orangepi-pc" ci/upgrade-test.sh orangepi-zero 1
+  stage_bg --chain container --idle "container image (podman build)" ci/container-test.sh image
+  stage_bg --chain container --idle "rpi3 image built in a container (podman)" ci/container-test.sh run rpi3
 fi
 stage_wait
-if has qemu-arm64 && tier test; then
-  stage "mesh of three qemu-arm64 nodes" ci/mesh-test.sh "$(image qemu-arm64)"
-fi
-# raspi3b keeps both cores busy (four emulated cores), so it runs alone.
-if has rpi3; then
-  if tier all; then
-    stage "A/B upgrade on rpi3 in raspi3b" ci/upgrade-test.sh rpi3 1
-  else
-    stage "boot rpi3 in raspi3b" boot rpi3
-  fi
-fi
 if has qemu-arm64 && tier all; then
   stage "mesh lab: rollout over Freifunk Ulm (217 nodes)" env TOPOLOGY=mesh-lab/topologies/freifunk-ulm.json SCENARIO=rollout \
     LAB_RELEASE="$(image qemu-arm64 | sed 's/\.img$/.bundle/')" LAB_UPDATE="$NEXT_RELEASES/n1/qemu-arm64/meshos-qemu-arm64-$version.1.bundle" \
