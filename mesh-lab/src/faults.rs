@@ -55,7 +55,10 @@ pub struct RogueReport {
 pub fn add_rogue(topology: &mut Topology, files: &Path) -> Result<(), String> {
     let files = files.canonicalize().map_err(|e| format!("{}: {e}", files.display()))?;
     let nb = topology.neighbours();
-    let hub = (0..topology.nodes.len()).filter(|&k| topology.nodes[k].run.is_none()).max_by_key(|&k| (nb[k].len(), std::cmp::Reverse(k))).ok_or("no node runs meshd")?;
+    let hub = (0..topology.nodes.len())
+        .filter(|&k| topology.nodes[k].run.is_none())
+        .max_by_key(|&k| (nb[k].len(), std::cmp::Reverse(k)))
+        .ok_or("no node runs meshd")?;
     let mut id = "rogue".to_string();
     while topology.nodes.iter().any(|n| n.id == id) {
         id.push('x');
@@ -119,7 +122,10 @@ pub fn choose(topology: &Topology, givers: &[usize]) -> Faults {
     }
     let d = distances(&nb, givers, None, topology);
     let in_island = |k: usize| cut.as_ref().is_some_and(|(_, c)| c.contains(&k));
-    let victim = (0..n).filter(|&k| !in_island(k) && !givers.contains(&k) && topology.nodes[k].run.is_none()).max_by_key(|&k| (d[k].unwrap_or(0), std::cmp::Reverse(k))).unwrap_or(0);
+    let victim = (0..n)
+        .filter(|&k| !in_island(k) && !givers.contains(&k) && topology.nodes[k].run.is_none())
+        .max_by_key(|&k| (d[k].unwrap_or(0), std::cmp::Reverse(k)))
+        .unwrap_or(0);
     Faults { victim, cut }
 }
 

@@ -102,7 +102,12 @@ impl Lab {
                 return Err("interrupted".into());
             }
         }
-        eprintln!("meshlab: {} cards laid out with {} ({} s)", nodes.iter().filter(|n| n.command.is_none()).count(), release.manifest.version, started.elapsed().as_secs());
+        eprintln!(
+            "meshlab: {} cards laid out with {} ({} s)",
+            nodes.iter().filter(|n| n.command.is_none()).count(),
+            release.manifest.version,
+            started.elapsed().as_secs()
+        );
         let meshd = opts.meshd.canonicalize().map_err(|e| format!("{}: {e}", opts.meshd.display()))?;
         let launch = Launch { meshd, path: "/usr/sbin:/usr/bin:/sbin:/bin".into(), boot_time: opts.boot_time };
         let mut lab = Lab {

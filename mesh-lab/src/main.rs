@@ -67,7 +67,9 @@ fn run(args: &[String]) -> Result<bool, String> {
     let mut opt = std::collections::BTreeMap::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let key = a.strip_prefix("--").filter(|k| ["scenario", "topology", "from", "release", "update", "meshd", "boot-time", "timeout", "out", "rogue", "prometheus-config"].contains(k));
+        let key = a.strip_prefix("--").filter(|k| {
+            ["scenario", "topology", "from", "release", "update", "meshd", "boot-time", "timeout", "out", "rogue", "prometheus-config"].contains(k)
+        });
         let key = key.ok_or_else(|| format!("unknown option '{a}'\n{USAGE}"))?;
         let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
         opt.insert(key, value.clone());

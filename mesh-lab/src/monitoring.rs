@@ -146,7 +146,13 @@ pub fn run(lab: &mut Lab, plan: &Monitoring) -> Result<Report, String> {
                 let query = "http://127.0.0.1:9090/api/v1/query?query=up%7Bjob%3D%22meshos%22%7D";
                 scraped = get_in(&lab.nodes[m].namespace, query).map(|r| up_addresses(&r)).unwrap_or_default();
                 scraped_up = scraped_up.max(scraped.intersection(&wanted).count());
-                eprintln!("meshlab: {t:>5.0} s: /sd.json names {}/{} nodes, Prometheus scrapes {}/{} up", named.intersection(&wanted).count(), members.len(), scraped.intersection(&wanted).count(), members.len());
+                eprintln!(
+                    "meshlab: {t:>5.0} s: /sd.json names {}/{} nodes, Prometheus scrapes {}/{} up",
+                    named.intersection(&wanted).count(),
+                    members.len(),
+                    scraped.intersection(&wanted).count(),
+                    members.len()
+                );
                 if wanted.len() == members.len() && wanted.is_subset(&scraped) {
                     all_scraped = Some(t);
                     break;

@@ -74,7 +74,19 @@ pub struct Launch {
 
 impl LabNode {
     pub fn new(id: &str, namespace: String, dir: PathBuf) -> LabNode {
-        LabNode { id: id.into(), namespace, dir, power: Power::Off, boots: 0, crashes: 0, peak_rss_kib: 0, slot: None, bootable: false, meshd_pid: None, command: None }
+        LabNode {
+            id: id.into(),
+            namespace,
+            dir,
+            power: Power::Off,
+            boots: 0,
+            crashes: 0,
+            peak_rss_kib: 0,
+            slot: None,
+            bootable: false,
+            meshd_pid: None,
+            command: None,
+        }
     }
 
     pub fn card(&self) -> PathBuf {
