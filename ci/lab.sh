@@ -2,7 +2,8 @@
 # `make lab`: the mesh lab (meshlab, docs/lab.md) on a topology, with a scenario.
 #   TOPOLOGY=FILE   meshnet-lab JSON (default: mesh-lab/topologies/freifunk-ulm.json)
 #   FROM=URL        instead, the mesh a live node sees (http://[address]:9100)
-#   SCENARIO=NAME   rollout (the default), faults or monitoring
+#   SCENARIO=NAME   rollout (the default), faults, broken (N+1's router never starts) or
+#                   monitoring
 #   BOOT_TIME=S     how long a node's reboot takes (default 20)
 #   TIMEOUT=S       when a scenario gives up (default 3600)
 #   LAB_RELEASE=BUNDLE  release N as built already (make test: the virtual board's), signed

@@ -109,7 +109,7 @@ impl Lab {
             started.elapsed().as_secs()
         );
         let meshd = opts.meshd.canonicalize().map_err(|e| format!("{}: {e}", opts.meshd.display()))?;
-        let launch = Launch { meshd, path: "/usr/sbin:/usr/bin:/sbin:/bin".into(), boot_time: opts.boot_time };
+        let launch = Launch { meshd, path: "/usr/sbin:/usr/bin:/sbin:/bin".into(), boot_time: opts.boot_time, broken: None };
         let mut lab = Lab {
             topology,
             nodes,
@@ -142,6 +142,22 @@ impl Lab {
         fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let name = bundle.file_name().ok_or("the update has no file name")?;
         fs::copy(bundle, dir.join(name)).map(drop).map_err(|e| format!("{}: {e}", dir.display()))
+    }
+
+    /// Marks release `version` broken: a node that boots it finds a `yggdrasil` that fails at
+    /// once, as a release whose router never starts would have it.
+    pub fn mark_broken(&mut self, version: &str) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = self.work.join("broken-bin");
+        let router = bin.join("yggdrasil");
+        fs::create_dir_all(&bin)
+            .and_then(|()| {
+                fs::write(&router, "#!/bin/sh\necho \"yggdrasil: this release is marked broken (meshlab): its router does not start\" >&2\nexit 1\n")
+            })
+            .and_then(|()| fs::set_permissions(&router, fs::Permissions::from_mode(0o755)))
+            .map_err(|e| format!("{}: {e}", router.display()))?;
+        self.launch.broken = Some((version.to_string(), bin));
+        Ok(())
     }
 
     /// Replaces node `i`'s mesh.yaml (before it is powered on).

@@ -2,6 +2,7 @@
 //! namespace with its own card, links shaped like radio links, and a scenario run to its end.
 //! See docs/lab.md.
 
+mod broken;
 mod faults;
 mod lab;
 mod monitoring;
@@ -19,13 +20,14 @@ use topology::Topology;
 const USAGE: &str = "usage: meshlab <command> [options]
 
 commands:
-  run --scenario rollout|faults|monitoring (--topology FILE | --from URL)
+  run --scenario rollout|faults|broken|monitoring (--topology FILE | --from URL)
       --release BUNDLE [--update BUNDLE] [--meshd PATH] [--boot-time S]
       [--timeout S] [--out DIR] [--rogue DIR] [--prometheus-config FILE]
              start the mesh, run the scenario to its end, write DIR/report.json
              (default out/lab) and remove everything the lab made. --from reads
              a live node's /mesh.json (http://[address]:9100) for the topology;
-             --update: the new release (rollout, faults); --rogue (faults) adds
+             --update: the new release (rollout, faults; broken: marked so, its
+             router never starts); --rogue (faults) adds
              a neighbour serving DIR, a release as 'meshimg export' lays it
              out, its chunks corrupted; monitoring cables a host running
              Prometheus with FILE (default monitoring/prometheus.yml) to a node
@@ -85,9 +87,9 @@ fn run(args: &[String]) -> Result<bool, String> {
     };
     let scenario = need("scenario")?;
     let with_faults = match scenario.as_str() {
-        "rollout" | "monitoring" => false,
+        "rollout" | "monitoring" | "broken" => false,
         "faults" => true,
-        other => return Err(format!("scenario '{other}': rollout, faults or monitoring")),
+        other => return Err(format!("scenario '{other}': rollout, faults, broken or monitoring")),
     };
     if scenario == "monitoring" {
         monitoring::add_monitor(&mut topology)?;
@@ -118,6 +120,13 @@ fn run(args: &[String]) -> Result<bool, String> {
             let mut lab = lab::Lab::create(topology, &options)?;
             monitoring::run(&mut lab, &plan)?
             // the lab is removed here
+        };
+        (serde_json::to_string_pretty(&report), report.summary(), report.failed_checks())
+    } else if scenario == "broken" {
+        let plan = broken::Broken { update: PathBuf::from(need("update")?), timeout };
+        let report = {
+            let mut lab = lab::Lab::create(topology, &options)?;
+            broken::run(&mut lab, &plan)?
         };
         (serde_json::to_string_pretty(&report), report.summary(), report.failed_checks())
     } else {

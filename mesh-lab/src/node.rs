@@ -44,8 +44,11 @@ pub struct LabNode {
     pub crashes: u32,
     /// The largest resident set meshd reached (VmHWM), over every start.
     pub peak_rss_kib: u64,
-    /// The slot the boot loader chose last.
+    /// The slot the boot loader chose last, and the version of the release it holds.
     pub slot: Option<Slot>,
+    pub version: Option<String>,
+    /// Boots into a release the scenario marked broken.
+    pub broken_boots: u32,
     /// Whether that slot holds a release that starts (else the node resets after its boot
     /// time, and the next boot counts another attempt, as `panic=10` makes a board do).
     bootable: bool,
@@ -70,6 +73,9 @@ pub struct Launch {
     pub meshd: PathBuf,
     pub path: String,
     pub boot_time: Duration,
+    /// A release marked broken: its version, and a directory put first in meshd's PATH when a
+    /// node boots it (its `yggdrasil` fails at once: a release whose router never starts).
+    pub broken: Option<(String, PathBuf)>,
 }
 
 impl LabNode {
@@ -83,6 +89,8 @@ impl LabNode {
             crashes: 0,
             peak_rss_kib: 0,
             slot: None,
+            version: None,
+            broken_boots: 0,
             bootable: false,
             meshd_pid: None,
             command: None,
@@ -148,6 +156,7 @@ impl LabNode {
         self.slot = Some(slot);
         let mounted = self.mount_root(slot, roots);
         self.bootable = mounted.is_ok();
+        self.version = mounted.as_ref().ok().cloned();
         match mounted {
             Ok(version) => self.console(&format!("lab boot loader: booting slot {} ({version})", slot.lower())),
             // Like a slot whose kernel does not start: meshd will not come up, and the lab
@@ -208,6 +217,9 @@ impl LabNode {
             }
             Power::Booting { .. } => match self.start(launch) {
                 Ok(child) => {
+                    if self.broken(launch).is_some() {
+                        self.broken_boots += 1;
+                    }
                     self.meshd_pid = None;
                     self.power = Power::Running { child, since: Instant::now() };
                 }
@@ -233,6 +245,11 @@ impl LabNode {
         }
     }
 
+    /// The broken release, if this node's slot holds it.
+    fn broken<'a>(&self, launch: &'a Launch) -> Option<&'a (String, PathBuf)> {
+        launch.broken.as_ref().filter(|(v, _)| self.command.is_none() && self.version.as_ref() == Some(v))
+    }
+
     fn start(&self, launch: &Launch) -> Result<Child, String> {
         let console = OpenOptions::new().create(true).append(true).open(self.dir.join("console.log")).map_err(|e| format!("console.log: {e}"))?;
         let mut cmd = Command::new("ip");
@@ -241,6 +258,10 @@ impl LabNode {
         match &self.command {
             None => {
                 cmd.arg(&launch.meshd).args(["run", "--lab"]).arg(&self.dir);
+                if let Some((version, bin)) = self.broken(launch) {
+                    self.console(&format!("lab: {version} is marked broken: its router does not start"));
+                    cmd.env("PATH", format!("{}:{}", bin.display(), launch.path));
+                }
             }
             // The router in the background, the command in the foreground as the namespace's
             // first process: its end ends the router too.
@@ -406,7 +427,7 @@ mod tests {
         let console = fs::read_to_string(dir.path().join("console.log")).unwrap();
         assert!(console.contains("slot a does not boot") && console.contains(SLOT_HEADER_FILE), "{console}");
         // The boot time passes: the node resets and the next boot counts another attempt.
-        let launch = Launch { meshd: "/nonexistent".into(), path: String::new(), boot_time: Duration::ZERO };
+        let launch = Launch { meshd: "/nonexistent".into(), path: String::new(), boot_time: Duration::ZERO, broken: None };
         node.power = Power::Booting { until: Instant::now() };
         node.tick(&launch, &mut roots);
         assert_eq!((node.boots, record(&node.card()).a_left), (2, 1));

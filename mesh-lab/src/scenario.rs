@@ -71,6 +71,31 @@ pub struct Report {
     pub host_memory_peak_kib: u64,
 }
 
+/// Who is down together: the most nodes down at one moment, and each moment two linked nodes
+/// that run meshd were both down (a pair counted once per moment).
+#[derive(Default)]
+pub(crate) struct DownWatch {
+    pub max_down: usize,
+    pub together: Vec<(String, String, f64)>,
+    before: BTreeSet<(usize, usize)>,
+}
+
+impl DownWatch {
+    pub fn observe(&mut self, lab: &Lab, down: &[bool], members: &[bool], t: f64) {
+        self.max_down = self.max_down.max(down.iter().filter(|d| **d).count());
+        let mut now_both = BTreeSet::new();
+        for l in &lab.topology.links {
+            if down[l.a] && down[l.b] && members[l.a] && members[l.b] {
+                now_both.insert((l.a, l.b));
+                if !self.before.contains(&(l.a, l.b)) {
+                    self.together.push((lab.topology.nodes[l.a].id.clone(), lab.topology.nodes[l.b].id.clone(), t));
+                }
+            }
+        }
+        self.before = now_both;
+    }
+}
+
 pub(crate) fn mem_used_kib() -> u64 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let get = |k: &str| text.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
@@ -145,9 +170,7 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
     let mut committed_at: Vec<Option<f64>> = vec![None; all];
     let mut notes: Vec<Seen> = (0..all).map(|_| Seen::default()).collect();
     let mut routed = vec![false; all];
-    let mut max_down = 0;
-    let mut together: Vec<(String, String, f64)> = Vec::new();
-    let mut both_down_before: BTreeSet<(usize, usize)> = BTreeSet::new();
+    let mut watch = DownWatch::default();
     let (mut last_look, mut last_print) = (Instant::now() - Duration::from_secs(60), Instant::now());
     let deadline = Instant::now() + plan.timeout;
     loop {
@@ -161,17 +184,7 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
             all_up = Some(t);
         }
         if all_up.is_some() {
-            max_down = max_down.max(down.iter().filter(|d| **d).count());
-            let mut now_both = BTreeSet::new();
-            for l in &lab.topology.links {
-                if down[l.a] && down[l.b] && members[l.a] && members[l.b] {
-                    now_both.insert((l.a, l.b));
-                    if !both_down_before.contains(&(l.a, l.b)) {
-                        together.push((lab.topology.nodes[l.a].id.clone(), lab.topology.nodes[l.b].id.clone(), t));
-                    }
-                }
-            }
-            both_down_before = now_both;
+            watch.observe(lab, &down, &members, t);
         }
         if last_look.elapsed() >= Duration::from_secs(5) {
             last_look = Instant::now();
@@ -262,9 +275,9 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
         seconds_to_all_committed: all_committed,
         seconds_to_50_percent: share(0.5),
         seconds_to_90_percent: share(0.9),
-        max_down_at_once: max_down,
-        neighbours_down_together: together.len(),
-        neighbours_down_together_pairs: together,
+        max_down_at_once: watch.max_down,
+        neighbours_down_together: watch.together.len(),
+        neighbours_down_together_pairs: watch.together,
         stranded,
         bundle_bytes,
         max_fetched_share: bytes_fetched.values().map(|b| *b as f64 / bundle_bytes.max(1) as f64).fold(0.0, f64::max),

@@ -1,0 +1,190 @@
+//! The `broken` scenario: a bad build reaches the mesh. N+1 is marked broken (its router never
+//! starts, as on a board whose image lacks it) and put in the `updates/` of the nodes the
+//! topology marks (or the first); meshd does the rest. What must hold: every node ends where
+//! it began, on N marked good, with no two linked nodes down together; what the lab measures
+//! is how far the bad release walked before the mesh stopped it: which nodes booted it and how
+//! often, and when the mesh was quiet again.
+
+use crate::lab::{self, Lab};
+use crate::scenario::{DownWatch, Stranded};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub struct Broken {
+    pub update: PathBuf,
+    pub timeout: Duration,
+}
+
+/// The mesh counts as quiet again once every node has run N, marked good and doing nothing of
+/// an upgrade, for this long (a round of meshd's rollout agent and its neighbours' answers).
+const QUIET: Duration = Duration::from_secs(120);
+/// The trial's health check on every node: meshd's default is 180 s; the lab shortens it so
+/// that three attempts of a broken release take minutes, not a quarter of an hour.
+const HEALTH_TIMEOUT_S: u64 = 30;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub nodes: usize,
+    pub links: usize,
+    pub boot_time_s: u64,
+    pub health_timeout_s: u64,
+    pub release: String,
+    /// The release marked broken, and how.
+    pub broken: String,
+    pub broken_how: &'static str,
+    pub seconds_to_set_up: f64,
+    /// Nodes that booted the broken release, with how many boots each.
+    pub tried: Vec<(String, u32)>,
+    /// Nodes whose last install record says the node went back to its old slot.
+    pub rolled_back: Vec<String>,
+    /// When every node was last back on N, marked good and quiet (from power-on).
+    pub seconds_to_quiet: Option<f64>,
+    pub max_down_at_once: usize,
+    pub neighbours_down_together: usize,
+    pub neighbours_down_together_pairs: Vec<(String, String, f64)>,
+    /// Nodes not on N marked good at the end, with what they say.
+    pub stranded: Vec<Stranded>,
+}
+
+pub fn run(lab: &mut Lab, plan: &Broken) -> Result<Report, String> {
+    let broken = {
+        let file = std::fs::File::open(&plan.update).map_err(|e| format!("{}: {e}", plan.update.display()))?;
+        meshos_common::bundle::open(file).map_err(|e| format!("{}: {e}", plan.update.display()))?.manifest.version
+    };
+    let release = lab.release.manifest.version.clone();
+    lab.mark_broken(&broken)?;
+    let members: Vec<bool> = lab.nodes.iter().map(|n| n.command.is_none()).collect();
+    let givers: Vec<usize> = match (0..lab.nodes.len()).filter(|&i| lab.topology.nodes[i].updates && members[i]).collect::<Vec<_>>() {
+        v if v.is_empty() => vec![members.iter().position(|m| *m).ok_or("no node of this topology runs meshd")?],
+        v => v,
+    };
+    let config = format!("{}upgrade:\n  healthTimeout: {HEALTH_TIMEOUT_S}\n", lab::MESH_YAML);
+    for i in (0..lab.nodes.len()).filter(|&i| members[i]) {
+        lab.set_config(i, &config)?;
+    }
+    for &i in &givers {
+        lab.give_update(i, &plan.update)?;
+    }
+    let n = members.iter().filter(|m| **m).count();
+    eprintln!(
+        "meshlab: broken: {broken} (its router never starts) from {} over {n} nodes; each starts on {release}",
+        givers.iter().map(|&i| lab.nodes[i].id.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    lab.power_on_all();
+    let deadline = Instant::now() + plan.timeout;
+    let mut watch = DownWatch::default();
+    let (mut all_up, mut quiet_since, mut last_look, mut last_print) = (false, None::<f64>, Instant::now() - Duration::from_secs(5), Instant::now());
+    let mut settled = vec![false; lab.nodes.len()];
+    loop {
+        if lab::stopped() {
+            return Err("interrupted".into());
+        }
+        lab.tick();
+        let t = lab.seconds();
+        let down: Vec<bool> = lab.nodes.iter().map(|n| !n.is_up()).collect();
+        all_up |= !down.contains(&true);
+        if all_up {
+            watch.observe(lab, &down, &members, t);
+        }
+        if last_look.elapsed() >= Duration::from_secs(5) {
+            last_look = Instant::now();
+            for (i, node) in lab.nodes.iter().enumerate().filter(|(i, _)| members[*i]) {
+                let s = node.status();
+                settled[i] = node.is_up()
+                    && s.as_ref().is_some_and(|s| s["version"] == release.as_str() && s["slots"]["marked_good"] == true && s["upgrade"]["phase"] == "idle");
+            }
+            let givers_tried = givers.iter().all(|&i| lab.nodes[i].broken_boots > 0);
+            let quiet = givers_tried && (0..lab.nodes.len()).filter(|&i| members[i]).all(|i| settled[i]);
+            quiet_since = if quiet { quiet_since.or(Some(t)) } else { None };
+        }
+        if last_print.elapsed() >= Duration::from_secs(10) {
+            last_print = Instant::now();
+            let tried = lab.nodes.iter().filter(|n| n.broken_boots > 0).count();
+            let on_it = lab.nodes.iter().filter(|n| n.is_running() && n.version.as_deref() == Some(broken.as_str())).count();
+            let back = (0..lab.nodes.len()).filter(|&i| members[i] && settled[i]).count();
+            eprintln!("meshlab: {t:>5.0} s: {tried}/{n} booted {broken}, {on_it} run it now, {back}/{n} on {release} marked good and idle");
+        }
+        if quiet_since.is_some_and(|since| t - since >= QUIET.as_secs_f64()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("meshlab: the scenario's {} s are up", plan.timeout.as_secs());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let stranded = (0..lab.nodes.len())
+        .filter(|&i| members[i] && !settled[i])
+        .map(|i| {
+            let s = lab.nodes[i].status();
+            let version = s.as_ref().and_then(|s| s["version"].as_str().map(String::from));
+            let reason = s.as_ref().and_then(|s| s["upgrade"]["note"].as_str().map(String::from)).unwrap_or_else(|| {
+                if lab.nodes[i].is_up() {
+                    format!("not back on {release} marked good and idle")
+                } else {
+                    "down".into()
+                }
+            });
+            Stranded { node: lab.nodes[i].id.clone(), version, reason }
+        })
+        .collect();
+    let rolled_back =
+        lab.nodes.iter().filter(|n| n.command.is_none() && n.install_record().is_some_and(|r| r["step"] == "rolled_back")).map(|n| n.id.clone()).collect();
+    Ok(Report {
+        scenario: "broken",
+        nodes: n,
+        links: lab.topology.links.len(),
+        boot_time_s: lab.launch.boot_time.as_secs(),
+        health_timeout_s: HEALTH_TIMEOUT_S,
+        release,
+        broken,
+        broken_how: "its router never starts",
+        seconds_to_set_up: lab.setup_s,
+        tried: lab.nodes.iter().filter(|n| n.broken_boots > 0).map(|n| (n.id.clone(), n.broken_boots)).collect(),
+        rolled_back,
+        seconds_to_quiet: quiet_since,
+        max_down_at_once: watch.max_down,
+        neighbours_down_together: watch.together.len(),
+        neighbours_down_together_pairs: watch.together,
+        stranded,
+    })
+}
+
+impl Report {
+    /// Every node back where it began, no two linked nodes down together.
+    pub fn failed_checks(&self) -> Vec<String> {
+        let mut failed = Vec::new();
+        if !self.stranded.is_empty() {
+            failed.push(format!("{} of {} nodes are not back on {} marked good", self.stranded.len(), self.nodes, self.release));
+        }
+        if let Some((a, b, t)) = self.neighbours_down_together_pairs.first() {
+            failed.push(format!("linked nodes were down together {} time(s), first {a} and {b} at {t:.0} s", self.neighbours_down_together));
+        }
+        failed
+    }
+
+    pub fn summary(&self) -> String {
+        let boots: u32 = self.tried.iter().map(|(_, b)| b).sum();
+        let mut out = format!(
+            "broken release {} ({}) over {} nodes ({} links, {} s boots, {} s health checks)\n  spread   {} node(s) booted it, {boots} boots in all; {} rolled back\n  quiet    every node back on {} marked good {}\n  down     at most {} at once; linked nodes down together {} time(s)\n",
+            self.broken,
+            self.broken_how,
+            self.nodes,
+            self.links,
+            self.boot_time_s,
+            self.health_timeout_s,
+            self.tried.len(),
+            self.rolled_back.len(),
+            self.release,
+            self.seconds_to_quiet.map_or("never".to_string(), |s| format!("at {s:.0} s")),
+            self.max_down_at_once,
+            self.neighbours_down_together,
+        );
+        for s in self.stranded.iter().take(10) {
+            out += &format!("  stranded {} ({}): {}\n", s.node, s.version.as_deref().unwrap_or("down"), s.reason);
+        }
+        out
+    }
+}
