@@ -6,7 +6,7 @@
 //! often, and when the mesh was quiet again.
 
 use crate::lab::{self, Lab};
-use crate::scenario::{DownWatch, Stranded};
+use crate::scenario::{stranded_lines, together_check, DownWatch, Stranded};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -159,15 +159,13 @@ impl Report {
         if !self.stranded.is_empty() {
             failed.push(format!("{} of {} nodes are not back on {} marked good", self.stranded.len(), self.nodes, self.release));
         }
-        if let Some((a, b, t)) = self.neighbours_down_together_pairs.first() {
-            failed.push(format!("linked nodes were down together {} time(s), first {a} and {b} at {t:.0} s", self.neighbours_down_together));
-        }
+        failed.extend(together_check(&self.neighbours_down_together_pairs));
         failed
     }
 
     pub fn summary(&self) -> String {
         let boots: u32 = self.tried.iter().map(|(_, b)| b).sum();
-        let mut out = format!(
+        let out = format!(
             "broken release {} ({}) over {} nodes ({} links, {} s boots, {} s health checks)\n  spread   {} node(s) booted it, {boots} boots in all; {} rolled back\n  quiet    every node back on {} marked good {}\n  down     at most {} at once; linked nodes down together {} time(s)\n",
             self.broken,
             self.broken_how,
@@ -182,9 +180,6 @@ impl Report {
             self.max_down_at_once,
             self.neighbours_down_together,
         );
-        for s in self.stranded.iter().take(10) {
-            out += &format!("  stranded {} ({}): {}\n", s.node, s.version.as_deref().unwrap_or("down"), s.reason);
-        }
-        out
+        out + &stranded_lines(&self.stranded)
     }
 }

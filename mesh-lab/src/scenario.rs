@@ -80,6 +80,23 @@ pub(crate) struct DownWatch {
     before: BTreeSet<(usize, usize)>,
 }
 
+/// The check both rollouts and the broken scenario make: no two linked nodes down together.
+pub(crate) fn together_check(pairs: &[(String, String, f64)]) -> Option<String> {
+    pairs.first().map(|(a, b, t)| format!("linked nodes were down together {} time(s), first {a} and {b} at {t:.0} s", pairs.len()))
+}
+
+/// A summary's lines for the nodes that did not end where they should (ten at most).
+pub(crate) fn stranded_lines(stranded: &[Stranded]) -> String {
+    let mut out = String::new();
+    for s in stranded.iter().take(10) {
+        out += &format!("  stranded {} ({}): {}\n", s.node, s.version.as_deref().unwrap_or("down"), s.reason);
+    }
+    if stranded.len() > 10 {
+        out += &format!("  stranded … and {} more (see report.json)\n", stranded.len() - 10);
+    }
+    out
+}
+
 impl DownWatch {
     pub fn observe(&mut self, lab: &Lab, down: &[bool], members: &[bool], t: f64) {
         self.max_down = self.max_down.max(down.iter().filter(|d| **d).count());
@@ -304,9 +321,7 @@ impl Report {
         if !self.stranded.is_empty() {
             failed.push(format!("{} of {} nodes did not commit {}", self.stranded.len(), self.nodes, self.update));
         }
-        if let Some((a, b, t)) = self.neighbours_down_together_pairs.first() {
-            failed.push(format!("linked nodes were down together {} time(s), first {a} and {b} at {t:.0} s", self.neighbours_down_together));
-        }
+        failed.extend(together_check(&self.neighbours_down_together_pairs));
         if let Some((node, bytes)) = self.bytes_fetched.iter().max_by_key(|(_, b)| **b).filter(|_| self.max_fetched_share > MAX_FETCHED_SHARE) {
             let pct = 100.0 * *bytes as f64 / self.bundle_bytes.max(1) as f64;
             failed.push(format!("node {node} fetched {bytes} bytes, {pct:.1} % of the bundle (at most {:.0} %)", 100.0 * MAX_FETCHED_SHARE));
@@ -351,13 +366,7 @@ impl Report {
             let thrown: u64 = r.bad_chunks_rejected.values().sum();
             out += &format!("  rogue    {} ({}): its neighbours threw away {thrown} chunk(s) of it\n", r.node, r.address);
         }
-        for s in self.stranded.iter().take(10) {
-            out += &format!("  stranded {} ({}): {}\n", s.node, s.version.as_deref().unwrap_or("down"), s.reason);
-        }
-        if self.stranded.len() > 10 {
-            out += &format!("  stranded … and {} more (see report.json)\n", self.stranded.len() - 10);
-        }
-        out
+        out + &stranded_lines(&self.stranded)
     }
 }
 
