@@ -30,7 +30,6 @@
 #   k of n    N+1 raises the site's threshold to two signatures (it is signed by both keys);
 #             then the rogue offers N+2, signed by one key: A refuses it at the signature,
 #             writes nothing (its other slot still holds N), and says so in status and metrics
-#   alerts    the Grafana dashboard's queries return data; C switched off fires MeshNodeDown
 # Usage: ci/mesh-test.sh [IMAGE]; logs and the generated keys go to out/mesh-test/. N+1 and N+2
 # come from NEXT_RELEASES (a directory ci/next-releases.sh filled; make test builds it once for
 # every test that needs it), else are built here. Without MESHOS_SIGN_KEY (an unsigned IMAGE
@@ -458,15 +457,10 @@ wait_for 30 refusal_in_metrics || fail "A's metrics do not show C's refusal: $(g
 # (B, a gateway itself, takes no lease; that a listed key gets one is gateway.rs's unit test.)
 ok "C allows only B's key: A is refused ($((SECONDS - t)) s after C's restart) and says so: $(grep REFUSED "$WORK/a-status-refused.txt" | cut -c1-140)"
 
-# --- monitoring: the nodes Prometheus found by itself and the dashboard's queries.
+# --- monitoring: the nodes Prometheus found by itself (the dashboard's queries and the
+# MeshNodeDown alert are the mesh lab's monitoring scenario's checks).
 promql 'up{job="meshos"}' > "$WORK/prometheus-up.txt"
 ok "Prometheus scrapes $(grep -c ' 1$' "$WORK/prometheus-up.txt") nodes found through A's /sd.json: $(sed 's/.*"instance": "\([^"]*\)".*/\1/' "$WORK/prometheus-up.txt" | tr '\n' ' ' | cut -c1-200)"
-python3 -c 'import json,sys; [print(t["expr"]) for p in json.load(open(sys.argv[1]))["panels"] for t in p.get("targets", [])]' \
-  monitoring/grafana/dashboards/meshos.json | sed -e 's/\$node/.*/g' -e 's/\$__rate_interval/1m/g' > "$WORK/dashboard-queries.txt"
-while read -r q; do
-  [ -n "$(promql "$q")" ] || fail "the dashboard's query returns no data: $q"
-done < "$WORK/dashboard-queries.txt"
-ok "all $(wc -l < "$WORK/dashboard-queries.txt") queries of the Grafana dashboard return data"
 
 # --- upgrade over the mesh, by itself: C is switched on again with N+1 in updates/, and it
 # spreads to A.
@@ -631,10 +625,4 @@ PY
   ok "the rogue offered $V.2, signed by one key; A refused it at the signature ($((SECONDS - t)) s), still holds $V and $V.1, and says: $(grep '^error' "$WORK/a-status-n2.txt" | cut -c1-100)"
 fi
 
-# --- alerts: C switched off raises MeshNodeDown.
-kill "$pid_c"; wait "$pid_c" 2>/dev/null || true
-t=$SECONDS
-c_down() { promql 'ALERTS{alertname="MeshNodeDown", alertstate="firing"}' | grep -q "\"instance\": \"\[$C\]:9100\""; }
-wait_for 180 c_down || fail "C is off but MeshNodeDown does not fire for it: $(promql 'ALERTS')"
-ok "C switched off: MeshNodeDown fired for it in Prometheus $((SECONDS - t)) s later (the rule waits a minute)"
 echo "mesh-test: all checks passed in $((SECONDS - t0)) s"

@@ -12,7 +12,8 @@
 # Usage: ci/upgrade-test.sh [BOARD [SCENARIO...]] (default: rpi3, all three; needs MESHOS_SIGN_KEY,
 # as make test sets, and the board's image built and signed with it; scenario 3 also the other
 # board's bundle: rpi3's for the Orange Pi Zero, the Orange Pi Zero's for any other board); logs
-# and cards in out/upgrade-test/BOARD/.
+# and cards in out/upgrade-test/BOARD/. The virtual board's refusals take N+1 from
+# NEXT_RELEASES when make test gives it (ci/next-releases.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BOARD=${1:-rpi3}
@@ -87,7 +88,14 @@ updates() { # CARD: the names in updates/ on the boot partition
 t0=$SECONDS
 NEXT=$WORK/next/$BOARD/meshos-$BOARD-$V.1.bundle
 BROKEN=$WORK/broken/$BOARD/meshos-$BOARD-$V.2.bundle
-nice -n 10 "$MESHIMG" build "$BOARD" --out "$WORK/next" --image-version "$V.1" > "$WORK/build-next.log" 2>&1 || fail "building N+1: $(tail -3 "$WORK/build-next.log")"
+# The refusals start from N+1; the virtual board's is there already when make test built its
+# next releases (ci/next-releases.sh: NEXT_RELEASES).
+if [ "$BOARD" = qemu-arm64 ] && [ -n "${NEXT_RELEASES:-}" ] && ! want 1; then
+  NEXT=$NEXT_RELEASES/n1/$BOARD/meshos-$BOARD-$V.1.bundle
+  [ -f "$NEXT" ] || fail "no N+1 in NEXT_RELEASES: $NEXT"
+else
+  nice -n 10 "$MESHIMG" build "$BOARD" --out "$WORK/next" --image-version "$V.1" > "$WORK/build-next.log" 2>&1 || fail "building N+1: $(tail -3 "$WORK/build-next.log")"
+fi
 if want 2 || want 3; then
   nice -n 10 "$MESHIMG" build "$BOARD" --out "$WORK/broken" --image-version "$V.2" --overlay ci/fixtures/broken-router > "$WORK/build-broken.log" 2>&1 \
     || fail "building the broken N+2: $(tail -3 "$WORK/build-broken.log")"

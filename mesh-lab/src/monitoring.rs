@@ -2,8 +2,9 @@
 //! an operator to set one up. It runs Debian's Prometheus with the project's
 //! `monitoring/prometheus.yml`, given only that node's overlay address: Prometheus must find
 //! every node of the mesh through the node's `/sd.json` (the mesh view meshd keeps) and scrape
-//! each one. The lab measures how long the view took to name every node and Prometheus to
-//! scrape them all.
+//! each one. Then every query of the project's Grafana dashboard must return data, and a node
+//! switched off must raise `MeshNodeDown` (`monitoring/rules.yml`). The lab measures how long
+//! the view took to name every node, Prometheus to scrape them all, and the alert to fire.
 
 use crate::lab::{self, Lab};
 use crate::topology::{Link, Node, Router, Topology, VPN_KBIT};
@@ -43,6 +44,13 @@ pub struct Report {
     pub seconds_to_all_scraped: Option<f64>,
     /// Nodes Prometheus never scraped (by id).
     pub not_scraped: Vec<String>,
+    /// The Grafana dashboard's queries, and those that returned no data.
+    pub dashboard_queries: usize,
+    pub dashboard_queries_empty: Vec<String>,
+    /// The node switched off once all were scraped, and when `MeshNodeDown` fired for it
+    /// (seconds after it went off; the rule waits a minute).
+    pub switched_off: Option<String>,
+    pub seconds_to_alert: Option<f64>,
     pub host_memory_peak_kib: u64,
 }
 
@@ -66,10 +74,25 @@ fn prometheus_config(template: &str, address: &str) -> String {
     template.replace(PLACEHOLDER, address).replace("_interval: 30s", "_interval: 5s").replace("refresh_interval: 1m", "refresh_interval: 10s")
 }
 
-/// `curl` in a node's network namespace (its loopback is not the host's).
-fn get_in(namespace: &str, url: &str) -> Option<serde_json::Value> {
-    let out = Command::new("ip").args(["netns", "exec", namespace, "curl", "-sf", "-m", "5", url]).output().ok()?;
+/// `curl` in a node's network namespace (its loopback is not the host's), with `args` before
+/// the URL.
+fn get_in(namespace: &str, url: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let out = Command::new("ip").args(["netns", "exec", namespace, "curl", "-sf", "-m", "5"]).args(args).arg(url).output().ok()?;
     out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+}
+
+/// A PromQL query's result vector, asked of the Prometheus in `namespace`.
+fn query_in(namespace: &str, expr: &str) -> Vec<serde_json::Value> {
+    let reply = get_in(namespace, "http://127.0.0.1:9090/api/v1/query", &["--data-urlencode", &format!("query={expr}")]);
+    reply.and_then(|r| r["data"]["result"].as_array().cloned()).unwrap_or_default()
+}
+
+/// The Grafana dashboard's queries over every node (`$node` matches all), as an operator's
+/// dashboard asks them.
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<String> {
+    let panels = dashboard["panels"].as_array().into_iter().flatten();
+    let targets = panels.flat_map(|p| p["targets"].as_array().into_iter().flatten());
+    targets.filter_map(|t| t["expr"].as_str()).map(|e| e.replace("$node", ".*").replace("$__rate_interval", "1m")).collect()
 }
 
 /// The overlay addresses `/sd.json` names (targets are `[address]:port`).
@@ -138,13 +161,13 @@ pub fn run(lab: &mut Lab, plan: &Monitoring) -> Result<Report, String> {
             }
             let wanted: BTreeSet<String> = members.iter().filter_map(|&k| addresses[k].clone()).collect();
             if all_routed.is_some() {
-                let named = get_in(&lab.nodes[cabled].namespace, "http://127.0.0.1:9100/sd.json").map(|sd| sd_addresses(&sd)).unwrap_or_default();
+                let named = get_in(&lab.nodes[cabled].namespace, "http://127.0.0.1:9100/sd.json", &[]).map(|sd| sd_addresses(&sd)).unwrap_or_default();
                 sd_targets = sd_targets.max(named.intersection(&wanted).count());
                 if sd_complete.is_none() && wanted.len() == members.len() && wanted.is_subset(&named) {
                     sd_complete = Some(t);
                 }
                 let query = "http://127.0.0.1:9090/api/v1/query?query=up%7Bjob%3D%22meshos%22%7D";
-                scraped = get_in(&lab.nodes[m].namespace, query).map(|r| up_addresses(&r)).unwrap_or_default();
+                scraped = get_in(&lab.nodes[m].namespace, query, &[]).map(|r| up_addresses(&r)).unwrap_or_default();
                 scraped_up = scraped_up.max(scraped.intersection(&wanted).count());
                 eprintln!(
                     "meshlab: {t:>5.0} s: /sd.json names {}/{} nodes, Prometheus scrapes {}/{} up",
@@ -168,6 +191,25 @@ pub fn run(lab: &mut Lab, plan: &Monitoring) -> Result<Report, String> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    let (mut queries, mut empty, mut switched_off, mut alert) = (0, Vec::new(), None, None);
+    if all_scraped.is_some() {
+        let path = plan.config.with_file_name("grafana/dashboards/meshos.json");
+        let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let dashboard: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let exprs = dashboard_queries(&dashboard);
+        queries = exprs.len();
+        // A rate needs two scrapes in its window: the last nodes found may need a few more.
+        let until = Instant::now() + Duration::from_secs(90);
+        loop {
+            empty = exprs.iter().filter(|e| query_in(&lab.nodes[m].namespace, e).is_empty()).cloned().collect();
+            if empty.is_empty() || Instant::now() > until || lab::stopped() {
+                break;
+            }
+            std::thread::sleep(EVERY);
+        }
+        eprintln!("meshlab: {:>5.0} s: {} of the dashboard's {queries} queries return data", lab.seconds(), queries - empty.len());
+        (switched_off, alert) = switch_one_off(lab, m, cabled, &members, &addresses)?;
+    }
     let not_scraped = members.iter().filter(|&&k| addresses[k].as_ref().is_none_or(|a| !scraped.contains(a))).map(|&k| lab.nodes[k].id.clone()).collect();
     Ok(Report {
         scenario: "monitoring",
@@ -183,8 +225,31 @@ pub fn run(lab: &mut Lab, plan: &Monitoring) -> Result<Report, String> {
         scraped_up,
         seconds_to_all_scraped: all_scraped,
         not_scraped,
+        dashboard_queries: queries,
+        dashboard_queries_empty: empty,
+        switched_off,
+        seconds_to_alert: alert,
         host_memory_peak_kib: host_peak,
     })
+}
+
+/// Switches off the meshd node farthest down the list (not the one the host is cabled to) and
+/// waits for `MeshNodeDown` to fire for it (three minutes at most).
+fn switch_one_off(lab: &mut Lab, m: usize, cabled: usize, members: &[usize], addresses: &[Option<String>]) -> Result<(Option<String>, Option<f64>), String> {
+    let Some(&k) = members.iter().rev().find(|&&k| k != cabled) else { return Ok((None, None)) };
+    let instance = format!("[{}]:9100", addresses[k].as_deref().unwrap_or_default());
+    lab.nodes[k].power_off();
+    let off = Instant::now();
+    eprintln!("meshlab: monitoring: node {} switched off; waiting for MeshNodeDown", lab.nodes[k].id);
+    while off.elapsed() < Duration::from_secs(180) && !lab::stopped() {
+        lab.tick();
+        let firing = query_in(&lab.nodes[m].namespace, r#"ALERTS{alertname="MeshNodeDown",alertstate="firing"}"#);
+        if firing.iter().any(|a| a["metric"]["instance"] == instance.as_str()) {
+            return Ok((Some(lab.nodes[k].id.clone()), Some(off.elapsed().as_secs_f64())));
+        }
+        std::thread::sleep(EVERY);
+    }
+    Ok((Some(lab.nodes[k].id.clone()), None))
 }
 
 /// The command waits for the file to be non-empty: it must never see half of it.
@@ -196,17 +261,24 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
 impl Report {
     /// The scenario's check: Prometheus, given one address, scraped every node.
     pub fn failed_checks(&self) -> Vec<String> {
-        if self.not_scraped.is_empty() {
-            return Vec::new();
+        let mut failed = Vec::new();
+        if !self.not_scraped.is_empty() {
+            let some: Vec<&str> = self.not_scraped.iter().take(10).map(String::as_str).collect();
+            failed.push(format!("Prometheus did not scrape {} of {} nodes: {}", self.not_scraped.len(), self.nodes, some.join(", ")));
         }
-        let some: Vec<&str> = self.not_scraped.iter().take(10).map(String::as_str).collect();
-        vec![format!("Prometheus did not scrape {} of {} nodes: {}", self.not_scraped.len(), self.nodes, some.join(", "))]
+        if let Some(q) = self.dashboard_queries_empty.first() {
+            failed.push(format!("{} of the dashboard's queries returned no data, first: {q}", self.dashboard_queries_empty.len()));
+        }
+        if let (Some(node), None) = (&self.switched_off, self.seconds_to_alert) {
+            failed.push(format!("node {node} was switched off but MeshNodeDown did not fire for it"));
+        }
+        failed
     }
 
     pub fn summary(&self) -> String {
         let secs = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("{s:.0} s"));
         format!(
-            "monitoring of {} nodes ({} links) from {} cabled to node {}\n  up       set up in {:.0} s, then all up {}, routed {}\n  sd.json  named {}/{} nodes; all {}\n  scraped  {}/{} up; all {}\n  host memory in use grew by at most {} MiB\n",
+            "monitoring of {} nodes ({} links) from {} cabled to node {}\n  up       set up in {:.0} s, then all up {}, routed {}\n  sd.json  named {}/{} nodes; all {}\n  scraped  {}/{} up; all {}\n  grafana  {} of the dashboard's {} queries return data\n  alert    MeshNodeDown for node {}: {}\n  host memory in use grew by at most {} MiB\n",
             self.nodes,
             self.links,
             self.monitor,
@@ -220,6 +292,10 @@ impl Report {
             self.scraped_up,
             self.nodes,
             secs(self.seconds_to_all_scraped),
+            self.dashboard_queries - self.dashboard_queries_empty.len(),
+            self.dashboard_queries,
+            self.switched_off.as_deref().unwrap_or("none"),
+            self.seconds_to_alert.map_or("never".to_string(), |s| format!("{s:.0} s after it went off")),
             self.host_memory_peak_kib / 1024,
         )
     }
@@ -235,6 +311,13 @@ mod tests {
         let c = prometheus_config(&text, "201:2::3");
         assert!(c.contains("http://[201:2::3]:9100/sd.json") && !c.contains(PLACEHOLDER), "{c}");
         assert!(c.contains("scrape_interval: 5s") && c.contains("refresh_interval: 10s"), "{c}");
+    }
+
+    #[test]
+    fn the_dashboards_queries_ask_for_every_node() {
+        let text = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitoring/grafana/dashboards/meshos.json")).unwrap();
+        let q = dashboard_queries(&serde_json::from_str(&text).unwrap());
+        assert!(q.len() >= 10 && q.iter().all(|e| !e.contains('$')), "{q:?}");
     }
 
     #[test]
