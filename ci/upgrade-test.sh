@@ -93,6 +93,7 @@ BROKEN=$WORK/broken/$BOARD/meshos-$BOARD-$V.2.bundle
 if [ "$BOARD" = qemu-arm64 ] && [ -n "${NEXT_RELEASES:-}" ] && ! want 1; then
   NEXT=$NEXT_RELEASES/n1/$BOARD/meshos-$BOARD-$V.1.bundle
   [ -f "$NEXT" ] || fail "no N+1 in NEXT_RELEASES: $NEXT"
+  ok "N+1 from $NEXT_RELEASES"
 else
   nice -n 10 "$MESHIMG" build "$BOARD" --out "$WORK/next" --image-version "$V.1" > "$WORK/build-next.log" 2>&1 || fail "building N+1: $(tail -3 "$WORK/build-next.log")"
 fi
@@ -100,7 +101,10 @@ if want 2 || want 3; then
   nice -n 10 "$MESHIMG" build "$BOARD" --out "$WORK/broken" --image-version "$V.2" --overlay ci/fixtures/broken-router > "$WORK/build-broken.log" 2>&1 \
     || fail "building the broken N+2: $(tail -3 "$WORK/build-broken.log")"
 fi
-ok "built N+1$(want 2 || want 3 && echo ' and a broken N+2') in $((SECONDS - t0)) s; bundle $(du -m "$NEXT" | cut -f1) MiB, image .img.xz $(du -m "$N.img.xz" | cut -f1) MiB"
+built=()
+[ ! -f "$WORK/build-next.log" ] || built+=("N+1")
+! { want 2 || want 3; } || built+=("a broken N+2")
+ok "built $(printf '%s and ' "${built[@]}" | sed 's/ and $//') in $((SECONDS - t0)) s; bundle $(du -m "$NEXT" | cut -f1) MiB, image .img.xz $(du -m "$N.img.xz" | cut -f1) MiB"
 printf 'apiVersion: meshos/v1\nupgrade:\n  healthTimeout: 25\n' > "$WORK/mesh.yaml"
 
 # --- 1: offline install from updates/, reboot into B, commit, stays on B after a power cycle.
