@@ -457,10 +457,16 @@ wait_for 30 refusal_in_metrics || fail "A's metrics do not show C's refusal: $(g
 # (B, a gateway itself, takes no lease; that a listed key gets one is gateway.rs's unit test.)
 ok "C allows only B's key: A is refused ($((SECONDS - t)) s after C's restart) and says so: $(grep REFUSED "$WORK/a-status-refused.txt" | cut -c1-140)"
 
-# --- monitoring: the nodes Prometheus found by itself (the dashboard's queries and the
-# MeshNodeDown alert are the mesh lab's monitoring scenario's checks).
+# --- monitoring: the nodes Prometheus found by itself, and the dashboard's queries (its radio
+# and partition panels need real images; the MeshNodeDown alert is the mesh lab's check).
 promql 'up{job="meshos"}' > "$WORK/prometheus-up.txt"
 ok "Prometheus scrapes $(grep -c ' 1$' "$WORK/prometheus-up.txt") nodes found through A's /sd.json: $(sed 's/.*"instance": "\([^"]*\)".*/\1/' "$WORK/prometheus-up.txt" | tr '\n' ' ' | cut -c1-200)"
+python3 -c 'import json,sys; [print(t["expr"]) for p in json.load(open(sys.argv[1]))["panels"] for t in p.get("targets", [])]' \
+  monitoring/grafana/dashboards/meshos.json | sed -e 's/\$node/.*/g' -e 's/\$__rate_interval/1m/g' > "$WORK/dashboard-queries.txt"
+while read -r q; do
+  [ -n "$(promql "$q")" ] || fail "the dashboard's query returns no data: $q"
+done < "$WORK/dashboard-queries.txt"
+ok "all $(wc -l < "$WORK/dashboard-queries.txt") queries of the Grafana dashboard return data"
 
 # --- upgrade over the mesh, by itself: C is switched on again with N+1 in updates/, and it
 # spreads to A.
