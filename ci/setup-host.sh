@@ -37,6 +37,7 @@ declare -A need=(
   [ssh]=openssh-client          # the mesh test logs into a node with a key from its mesh.yaml
   [ssh-keygen]=openssh-client
   [curl]=curl                   # the mesh test reads metrics through a forwarded port
+  [python3]=python3             # the power-cut test; the rogue's web server (mesh test, lab)
   [minisign]=minisign           # the stock tool must accept our signatures (tests)
   [gpg]=gpg                     # signs the test archive's InRelease (tests)
   [gpg-agent]=gpg-agent
