@@ -4,9 +4,9 @@
 //! gateway. It checks its uplink every [`EVERY`] (a ping of the uplink's router), says in the
 //! mesh view (crate::meshview) whether it offers, and hands each node that asks — `POST
 //! /gateway/lease` on its metrics port, over the overlay, so the asker is known by its
-//! key-derived address — an address in 100.64.0.0/10 and an IPv4-in-IPv6 tunnel (`ip6tnl`,
-//! mode `ipip6`) between their overlay addresses. What comes out of the tunnels may only leave
-//! by the uplink, masqueraded onto it.
+//! key-derived address — an address in 100.64.0.0/10 and an IPv4 tunnel between their overlay
+//! addresses (`ip6tnl` on a board; crate::machine makes it). What comes out of the tunnels may
+//! only leave by the uplink, masqueraded onto it.
 //!
 //! Every other node (`gateway.use: auto`) takes a lease from the live gateway the fewest
 //! overlay hops away (counted in the mesh view's links) and sends IPv4 from its access point
@@ -230,7 +230,7 @@ pub fn serve_lease(served: &Mutex<Served>, client: Ipv6Addr) -> Result<Lease, Re
 fn open_served_tunnel(n: u32, me: Ipv6Addr, client: Ipv6Addr, address: Ipv4Addr) -> Result<(), String> {
     let name = format!("{SERVED_PREFIX}{n}");
     let _ = command::run("ip", &["link", "del", &name]);
-    command::run("ip", &["-6", "tunnel", "add", &name, "mode", "ipip6", "local", &me.to_string(), "remote", &client.to_string(), "encaplimit", "none"])?;
+    crate::machine::current().add_tunnel(&name, me, client, address)?;
     command::run("ip", &["link", "set", &name, "mtu", TUNNEL_MTU, "up"])?;
     command::run("ip", &["addr", "add", &INNER.to_string(), "peer", &format!("{address}/32"), "dev", &name])?;
     // Strict reverse path: a client can only send from its own lease.
@@ -667,9 +667,7 @@ fn request_lease(http: &ureq::Agent, gateway: &Ipv6Addr, port: u16) -> Result<Re
 /// The client's tunnel and the policy routing that sends IPv4 into it.
 fn open_tunnel(me: Ipv6Addr, gateway: &Candidate, lease: &Lease, peers: &[String]) -> Result<(), String> {
     close_tunnel();
-    let _ = crate::machine::current().load_module("ip6_tunnel");
-    let (me, gw) = (me.to_string(), gateway.address.to_string());
-    command::run("ip", &["-6", "tunnel", "add", TUNNEL, "mode", "ipip6", "local", &me, "remote", &gw, "encaplimit", "none"])?;
+    crate::machine::current().add_tunnel(TUNNEL, me, gateway.address, lease.address)?;
     command::run("ip", &["link", "set", TUNNEL, "mtu", TUNNEL_MTU, "up"])?;
     command::run("ip", &["addr", "add", &lease.address.to_string(), "peer", &format!("{}/32", lease.gateway), "dev", TUNNEL])?;
     command::run("ip", &["route", "replace", "default", "dev", TUNNEL, "table", TABLE])?;

@@ -6,6 +6,7 @@
 
 use crate::radio::{self, Radio};
 use meshos_common::cmdline;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -29,6 +30,9 @@ pub trait Machine: Send + Sync {
     /// The hardware watchdog meshd arms, if the machine has one.
     fn watchdog(&self) -> Option<&Path>;
     fn radios(&self) -> Vec<Radio>;
+    /// Makes `name`, a gateway tunnel carrying IPv4 between overlay addresses `local` and
+    /// `remote`, for the lease of `lease` (both ends know it; crate::gateway).
+    fn add_tunnel(&self, name: &str, local: Ipv6Addr, remote: Ipv6Addr, lease: Ipv4Addr) -> Result<(), String>;
     /// Hands the node back to its boot loader. On a board, init takes the system down while
     /// this returns; a lab node's meshd ends here.
     fn reboot(&self) -> Result<(), String>;
@@ -90,6 +94,13 @@ impl Machine for Board {
         radio::scan()
     }
 
+    /// IPv4 in IPv6 (`ip6tnl`, mode `ipip6`): 40 bytes a packet.
+    fn add_tunnel(&self, name: &str, local: Ipv6Addr, remote: Ipv6Addr, _: Ipv4Addr) -> Result<(), String> {
+        let _ = self.load_module("ip6_tunnel");
+        let (local, remote) = (local.to_string(), remote.to_string());
+        crate::command::run("ip", &["-6", "tunnel", "add", name, "mode", "ipip6", "local", &local, "remote", &remote, "encaplimit", "none"]).map(drop)
+    }
+
     fn reboot(&self) -> Result<(), String> {
         crate::watchdog::reboot()
     }
@@ -104,7 +115,9 @@ impl Machine for Board {
 ///   keys), taken from the slot by the lab's boot loader.
 ///
 /// A lab node has no radios, watchdog, hostname or entropy pool of its own and loads no
-/// module; its reboot ends meshd with [`LAB_REBOOT_STATUS`], and the lab boots it again.
+/// module; its reboot ends meshd with [`LAB_REBOOT_STATUS`], and the lab boots it again. Its
+/// gateway tunnels are VXLAN, which the lab's hosts have built in, where boards use `ip6tnl`,
+/// a module those kernels lack (docs/lab.md).
 pub struct LabNode {
     dir: PathBuf,
     root: PathBuf,
@@ -157,6 +170,18 @@ impl Machine for LabNode {
 
     fn radios(&self) -> Vec<Radio> {
         Vec::new()
+    }
+
+    /// IPv4 over Ethernet in UDP (VXLAN) to the same addresses. Where a board's tunnel takes
+    /// any packet routed into it, an Ethernet one asks for the next hop by ARP: each end answers
+    /// for every address it routes elsewhere (proxy ARP), so a node's default route into the
+    /// tunnel reaches the gateway as it does on a board. The lease's address numbers the tunnel
+    /// (its VNI), so that each of a gateway's tunnels has its own.
+    fn add_tunnel(&self, name: &str, local: Ipv6Addr, remote: Ipv6Addr, lease: Ipv4Addr) -> Result<(), String> {
+        let vni = (u32::from(lease) & 0x00ff_ffff).to_string();
+        let (local, remote) = (local.to_string(), remote.to_string());
+        crate::command::run("ip", &["link", "add", name, "type", "vxlan", "id", &vni, "local", &local, "remote", &remote, "dstport", "4789"])?;
+        crate::gateway::sysctl(&format!("net/ipv4/conf/{name}/proxy_arp"), "1")
     }
 
     fn reboot(&self) -> Result<(), String> {

@@ -31,7 +31,9 @@ pub fn manage(wired: &Wired, dhcp: &mut BTreeMap<String, Service>, run_dir: &Pat
         }
         if wants_dhcp && !dhcp.contains_key(&name) {
             // Quietly retried every 30 s when no server answers (a link to another node).
-            let args = ["-f", "-i", &name, "-s", UDHCPC_SCRIPT, "-t", "3", "-T", "2", "-A", "30"].map(String::from).to_vec();
+            // The running slot's hook (a lab node's is in its slot's files, crate::machine).
+            let script = crate::machine::in_root(UDHCPC_SCRIPT).display().to_string();
+            let args = ["-f", "-i", &name, "-s", &script, "-t", "3", "-T", "2", "-A", "30"].map(String::from).to_vec();
             dhcp.insert(name.clone(), Service::new(&format!("dhcp-{name}"), "udhcpc", args, run_dir));
         }
     }
