@@ -2,13 +2,16 @@
 # `make lab`: the mesh lab (meshlab, docs/lab.md) on a topology, with a scenario.
 #   TOPOLOGY=FILE   meshnet-lab JSON (default: mesh-lab/topologies/freifunk-ulm.json)
 #   FROM=URL        instead, the mesh a live node sees (http://[address]:9100)
-#   SCENARIO=NAME   rollout (the default), faults, broken (N+1's router never starts) or
-#                   monitoring
+#   SCENARIO=NAME   rollout (the default), faults, broken (N+1's router never starts),
+#                   monitoring or gateways
 #   BOOT_TIME=S     how long a node's reboot takes (default 20)
 #   TIMEOUT=S       when a scenario gives up (default 3600)
 #   LAB_RELEASE=BUNDLE  release N as built already (make test: the virtual board's), signed
 #                   with MESHOS_SIGN_KEY; N+1 is then built with the same key
 #   LAB_UPDATE=BUNDLE   release N+1 as built already (make test: ci/next-releases.sh's)
+#   LAB_ROGUE_THEN=BUNDLE  faults: a release the rogue offers once every node has committed,
+#                   which its neighbours must refuse at the signature (make test: N+2, signed
+#                   by one key where N+1 requires two)
 #   LAB_PROFILE=dev builds meshd and meshlab unoptimised (make test: quicker to build after the
 #                   unit tests; its memory figures are not the product's)
 # The releases: N is the virtual board's image as `make image` builds it, N+1 the same with the
@@ -43,8 +46,8 @@ else
   N=$REL/n/qemu-arm64/meshos-qemu-arm64-$V.bundle
 fi
 update=()
-if [ "${SCENARIO:-rollout}" = monitoring ]; then
-  : # no new release: Prometheus (monitoring/prometheus.yml) finds and scrapes the mesh
+if [ "${SCENARIO:-rollout}" = monitoring ] || [ "${SCENARIO:-rollout}" = gateways ]; then
+  : # no new release: the mesh as it is
 elif [ -n "${LAB_UPDATE:-}" ]; then
   UPDATE=$LAB_UPDATE
 else
@@ -74,6 +77,11 @@ if [ "${SCENARIO:-rollout}" = faults ]; then
   "$MESHIMG" export "$UPDATE" "$OUT/rogue" > /dev/null
   ci/fixtures/corrupt-chunks.py "$OUT/rogue"
   rogue=(--rogue "$OUT/rogue")
+  if [ -n "${LAB_ROGUE_THEN:-}" ]; then
+    rm -rf "$OUT/rogue-then"
+    "$MESHIMG" export "$LAB_ROGUE_THEN" "$OUT/rogue-then" > /dev/null
+    rogue+=(--rogue-then "$OUT/rogue-then")
+  fi
 fi
 source=(--topology "${TOPOLOGY:-mesh-lab/topologies/freifunk-ulm.json}")
 [ -z "${FROM:-}" ] || source=(--from "$FROM")

@@ -48,7 +48,9 @@ declare -A need=(
   [yggdrasil]=yggdrasil         # the monitoring machine's router (0.5: from backports on bookworm)
   [socat]=socat                 # joins the monitoring machine's tap device to a node's link
   [chromium]=chromium           # the mesh test loads a node's /map in headless Chromium
-  [dnsmasq]=dnsmasq-base        # the mesh test's simulated internet: DHCP and DNS for the gateways' uplinks
+  [dnsmasq]=dnsmasq-base        # the simulated internet (mesh test, lab): DHCP and DNS for the gateways' uplinks
+  [busybox]=busybox             # the lab's gateways: udhcpc for their uplinks, as on the boards
+  [ping]=iputils-ping           # the lab's meshd checks its gateway's uplink and tunnel with it
 )
 [ "$mode" != all ] || need+=(
   [podman]=podman               # the container test builds the Dockerfile and an image in it

@@ -1,14 +1,16 @@
 //! The `faults` scenario's troubles, laid over a rollout: radio links that lose 10 % of what
 //! they carry, a node that loses power in the middle of its fetch, an island cut off from the
 //! mesh while the release spreads, which rejoins once the rest has committed, and a rogue
-//! neighbour of the best-linked node that offers the new release with every chunk corrupted.
+//! neighbour of the best-linked node that offers the new release with every chunk corrupted;
+//! once every node has committed, the rogue may offer a next release signed by too few keys,
+//! which its neighbours must refuse at the signature.
 
 use crate::lab::Lab;
 use crate::net;
 use crate::topology::{Link, Node, Router, Topology, WIFI_KBIT};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// What every radio link loses at least.
@@ -20,6 +22,8 @@ const CUT_AFTER: Duration = Duration::from_secs(3);
 const OFF_FOR: Duration = Duration::from_secs(15);
 /// The island rejoins once every other node committed, or after this long at the latest.
 const ISLAND_AWAY_AT_MOST: Duration = Duration::from_secs(900);
+/// How long the rogue's neighbours have to refuse the release it offers last.
+const REFUSE_WITHIN: Duration = Duration::from_secs(300);
 
 pub struct Faults {
     pub victim: usize,
@@ -47,11 +51,20 @@ pub struct RogueReport {
     /// Chunks each neighbour of the rogue asked it for and threw away (their bytes did not
     /// match the signed manifest), from the neighbour's record of its install.
     pub bad_chunks_rejected: BTreeMap<String, u64>,
+    /// The release it offered once every node had committed (signed by too few keys): which
+    /// of its neighbours refused it at the signature, and the nodes holding it in a slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub then_offered: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused_at_signature: BTreeMap<String, bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub holding_then: Vec<String>,
 }
 
 /// Adds the rogue: a node that runs a plain web server over `files` (a release as `meshimg
 /// export` lays it out, its chunks corrupted) on meshd's port, linked by radio to the node
-/// with the most neighbours.
+/// with the most neighbours. It serves `www` in its directory, a link to `files` until
+/// [`Driver::after_commit`] points it elsewhere.
 pub fn add_rogue(topology: &mut Topology, files: &Path) -> Result<(), String> {
     let files = files.canonicalize().map_err(|e| format!("{}: {e}", files.display()))?;
     let nb = topology.neighbours();
@@ -67,7 +80,7 @@ pub fn add_rogue(topology: &mut Topology, files: &Path) -> Result<(), String> {
         id,
         router: Router::Yggdrasil,
         updates: false,
-        run: Some(format!("exec python3 -m http.server --bind :: --directory '{}' 9100", files.display())),
+        run: Some(format!("ln -sfn '{}' \"$MESHLAB_DIR/www\" && exec python3 -m http.server --bind :: --directory \"$MESHLAB_DIR/www\" 9100", files.display())),
     });
     let rogue = topology.nodes.len() - 1;
     topology.links.push(Link { a: hub, b: rogue, radio: true, rate_kbit: WIFI_KBIT, loss_ab: RADIO_LOSS, loss_ba: RADIO_LOSS });
@@ -142,10 +155,13 @@ pub struct Driver {
     off_until: Option<Instant>,
     cut_at: Option<Instant>,
     done_cutting_power: bool,
+    /// What the rogue offers once every node has committed, and since when it does.
+    then: Option<PathBuf>,
+    then_since: Option<Instant>,
 }
 
 impl Driver {
-    pub fn new(faults: Faults, lab: &Lab) -> Driver {
+    pub fn new(faults: Faults, lab: &Lab, then: Option<PathBuf>) -> Driver {
         let ids = |v: &[usize]| v.iter().map(|&k| lab.topology.nodes[k].id.clone()).collect::<Vec<_>>();
         let report = FaultReport {
             radio_loss: RADIO_LOSS,
@@ -153,26 +169,52 @@ impl Driver {
             island: faults.cut.as_ref().map(|(_, c)| ids(c)).unwrap_or_default(),
             ..FaultReport::default()
         };
-        Driver { faults, report, fetching_since: None, off_until: None, cut_at: None, done_cutting_power: false }
+        Driver { faults, report, fetching_since: None, off_until: None, cut_at: None, done_cutting_power: false, then, then_since: None }
     }
 
     /// The report, with what the rogue's neighbours recorded of it.
     pub fn finish(mut self, lab: &Lab) -> FaultReport {
-        self.report.rogue = lab.nodes.iter().position(|n| n.command.is_some() && n.id.starts_with("rogue")).map(|r| {
-            let rogue = &lab.nodes[r];
-            let address = rogue.command.as_ref().map(|c| c.address.clone()).unwrap_or_default();
-            let url = format!("http://[{address}]:9100");
-            let bad_chunks_rejected = lab.neighbours[r]
-                .iter()
-                .map(|&k| {
-                    let record = lab.nodes[k].install_record();
-                    let bad = record.as_ref().and_then(|r| r["transfer"]["peers"][&url]["bad_chunks"].as_u64()).unwrap_or(0);
-                    (lab.nodes[k].id.clone(), bad)
-                })
-                .collect();
-            RogueReport { node: rogue.id.clone(), address, bad_chunks_rejected }
-        });
+        if self.report.rogue.is_none() {
+            self.report.rogue = rogue_of(lab).map(|r| rogue_report(lab, r));
+        }
         self.report
+    }
+
+    /// Once every node has committed: whether the scenario is done. With a release for the
+    /// rogue to offer then, it first records what the rogue's neighbours found of its chunks
+    /// (their install records are about to change), points the rogue's `www` at the release,
+    /// and waits until each neighbour refused it at the signature (or [`REFUSE_WITHIN`]).
+    pub fn after_commit(&mut self, lab: &Lab) -> Result<bool, String> {
+        let (Some(dir), Some(r)) = (self.then.clone(), rogue_of(lab)) else { return Ok(true) };
+        let Some(since) = self.then_since else {
+            let mut report = rogue_report(lab, r);
+            let nodeinfo = dir.join("nodeinfo.json");
+            let info: serde_json::Value = std::fs::read(&nodeinfo)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| format!("{}: no release's nodeinfo", nodeinfo.display()))?;
+            let version = info["version"].as_str().ok_or_else(|| format!("{}: no version", nodeinfo.display()))?.to_string();
+            let www = lab.nodes[r].dir.join("www");
+            let next = lab.nodes[r].dir.join("www.next");
+            let _ = std::fs::remove_file(&next);
+            std::os::unix::fs::symlink(&dir, &next).and_then(|()| std::fs::rename(&next, &www)).map_err(|e| format!("{}: {e}", www.display()))?;
+            eprintln!("meshlab: faults: every node committed; the rogue now offers {version}, signed by too few keys");
+            report.then_offered = Some(version);
+            self.report.rogue = Some(report);
+            self.then_since = Some(Instant::now());
+            return Ok(false);
+        };
+        let report = self.report.rogue.as_mut().expect("recorded when the rogue was switched");
+        let version = report.then_offered.clone().unwrap_or_default();
+        report.refused_at_signature = lab.neighbours[r]
+            .iter()
+            .map(|&k| {
+                let record = lab.nodes[k].install_record().unwrap_or_default();
+                (lab.nodes[k].id.clone(), record["version"] == version.as_str() && record["error_kind"] == "signature")
+            })
+            .collect();
+        report.holding_then = lab.nodes.iter().filter(|n| n.slot_versions().contains(&version)).map(|n| n.id.clone()).collect();
+        Ok(report.refused_at_signature.values().all(|&r| r) || since.elapsed() > REFUSE_WITHIN)
     }
 
     /// `all_up`: every node is up (the island is cut only then); `rest_committed`: every node
@@ -217,6 +259,26 @@ impl Driver {
         }
         Ok(())
     }
+}
+
+fn rogue_of(lab: &Lab) -> Option<usize> {
+    lab.nodes.iter().position(|n| n.command.is_some() && n.id.starts_with("rogue"))
+}
+
+/// What the rogue's neighbours recorded of its chunks.
+fn rogue_report(lab: &Lab, r: usize) -> RogueReport {
+    let rogue = &lab.nodes[r];
+    let address = rogue.command.as_ref().map(|c| c.address.clone()).unwrap_or_default();
+    let url = format!("http://[{address}]:9100");
+    let bad_chunks_rejected = lab.neighbours[r]
+        .iter()
+        .map(|&k| {
+            let record = lab.nodes[k].install_record();
+            let bad = record.as_ref().and_then(|r| r["transfer"]["peers"][&url]["bad_chunks"].as_u64()).unwrap_or(0);
+            (lab.nodes[k].id.clone(), bad)
+        })
+        .collect();
+    RogueReport { node: rogue.id.clone(), address, bad_chunks_rejected, ..RogueReport::default() }
 }
 
 #[cfg(test)]

@@ -109,7 +109,7 @@ impl Lab {
             started.elapsed().as_secs()
         );
         let meshd = opts.meshd.canonicalize().map_err(|e| format!("{}: {e}", opts.meshd.display()))?;
-        let launch = Launch { meshd, path: "/usr/sbin:/usr/bin:/sbin:/bin".into(), boot_time: opts.boot_time, broken: None };
+        let launch = Launch { meshd, path: node_path(&work)?, boot_time: opts.boot_time, broken: None };
         let mut lab = Lab {
             topology,
             nodes,
@@ -160,6 +160,17 @@ impl Lab {
         Ok(())
     }
 
+    /// Switches node `i` off and on again (its boot takes the lab's boot time).
+    pub fn power_cycle(&mut self, i: usize) {
+        self.nodes[i].power_off();
+        self.nodes[i].power_on(&mut self.roots, self.launch.boot_time);
+    }
+
+    /// Where the nodes' files are while the lab runs (removed with it).
+    pub fn work_dir(&self) -> &Path {
+        &self.work
+    }
+
     /// Replaces node `i`'s mesh.yaml (before it is powered on).
     pub fn set_config(&self, i: usize, text: &str) -> Result<(), String> {
         let path = self.nodes[i].dir.join("boot/mesh.yaml");
@@ -184,6 +195,21 @@ impl Lab {
     pub fn seconds(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
+}
+
+/// The PATH of every node's meshd: the host's tools, and before them the lab's `bin/` with
+/// `udhcpc` (busybox's, as on the boards) when the host has busybox.
+fn node_path(work: &Path) -> Result<String, String> {
+    const HOST: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+    let Some(busybox) = HOST.split(':').map(|d| Path::new(d).join("busybox")).find(|p| p.is_file()) else { return Ok(HOST.into()) };
+    let bin = work.join("bin");
+    fs::create_dir_all(&bin).and_then(|()| std::os::unix::fs::symlink(&busybox, bin.join("udhcpc"))).map_err(|e| format!("{}: {e}", bin.display()))?;
+    Ok(format!("{}:{HOST}", bin.display()))
+}
+
+/// Whether the nodes have a DHCP client for their uplinks.
+pub fn has_dhcp_client(launch: &Launch) -> bool {
+    launch.path.split(':').any(|d| Path::new(d).join("udhcpc").exists())
 }
 
 impl Drop for Lab {

@@ -4,6 +4,7 @@
 
 mod broken;
 mod faults;
+mod gateways;
 mod lab;
 mod monitoring;
 mod net;
@@ -20,17 +21,23 @@ use topology::Topology;
 const USAGE: &str = "usage: meshlab <command> [options]
 
 commands:
-  run --scenario rollout|faults|broken|monitoring (--topology FILE | --from URL)
+  run --scenario rollout|faults|broken|monitoring|gateways
+      (--topology FILE | --from URL)
       --release BUNDLE [--update BUNDLE] [--meshd PATH] [--boot-time S]
-      [--timeout S] [--out DIR] [--rogue DIR] [--prometheus-config FILE]
+      [--timeout S] [--out DIR] [--rogue DIR [--rogue-then DIR]]
+      [--prometheus-config FILE]
              start the mesh, run the scenario to its end, write DIR/report.json
              (default out/lab) and remove everything the lab made. --from reads
              a live node's /mesh.json (http://[address]:9100) for the topology;
              --update: the new release (rollout, faults; broken: marked so, its
              router never starts); --rogue (faults) adds
              a neighbour serving DIR, a release as 'meshimg export' lays it
-             out, its chunks corrupted; monitoring cables a host running
-             Prometheus with FILE (default monitoring/prometheus.yml) to a node
+             out, its chunks corrupted; once all committed, it serves
+             --rogue-then DIR (a release its neighbours must refuse at the
+             signature); monitoring cables a host running
+             Prometheus with FILE (default monitoring/prometheus.yml) to a node;
+             gateways gives the two nodes farthest apart uplinks to a simulated
+             internet, then cuts one
   generate line N | ring N | grid W H | random N [RADIUS [SEED]]
              print a topology in meshnet-lab's JSON format
   clean      remove what a killed lab left (namespaces, their processes)
@@ -70,7 +77,8 @@ fn run(args: &[String]) -> Result<bool, String> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let key = a.strip_prefix("--").filter(|k| {
-            ["scenario", "topology", "from", "release", "update", "meshd", "boot-time", "timeout", "out", "rogue", "prometheus-config"].contains(k)
+            ["scenario", "topology", "from", "release", "update", "meshd", "boot-time", "timeout", "out", "rogue", "rogue-then", "prometheus-config"]
+                .contains(k)
         });
         let key = key.ok_or_else(|| format!("unknown option '{a}'\n{USAGE}"))?;
         let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
@@ -87,9 +95,9 @@ fn run(args: &[String]) -> Result<bool, String> {
     };
     let scenario = need("scenario")?;
     let with_faults = match scenario.as_str() {
-        "rollout" | "monitoring" | "broken" => false,
+        "rollout" | "monitoring" | "broken" | "gateways" => false,
         "faults" => true,
-        other => return Err(format!("scenario '{other}': rollout, faults, broken or monitoring")),
+        other => return Err(format!("scenario '{other}': rollout, faults, broken, monitoring or gateways")),
     };
     if scenario == "monitoring" {
         monitoring::add_monitor(&mut topology)?;
@@ -102,6 +110,13 @@ fn run(args: &[String]) -> Result<bool, String> {
     } else if opt.contains_key("rogue") {
         return Err("--rogue belongs to the faults scenario".into());
     }
+    if opt.contains_key("rogue-then") && !opt.contains_key("rogue") {
+        return Err("--rogue-then needs --rogue".into());
+    }
+    let rogue_then = match opt.get("rogue-then") {
+        Some(dir) => Some(PathBuf::from(dir).canonicalize().map_err(|e| format!("--rogue-then {dir}: {e}"))?),
+        None => None,
+    };
     let out = PathBuf::from(opt.get("out").map_or("out/lab", String::as_str));
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let options = lab::Options {
@@ -122,6 +137,12 @@ fn run(args: &[String]) -> Result<bool, String> {
             // the lab is removed here
         };
         (serde_json::to_string_pretty(&report), report.summary(), report.failed_checks())
+    } else if scenario == "gateways" {
+        let report = {
+            let mut lab = lab::Lab::create(topology, &options)?;
+            gateways::run(&mut lab, &gateways::Gateways { timeout })?
+        };
+        (serde_json::to_string_pretty(&report), report.summary(), report.failed_checks())
     } else if scenario == "broken" {
         let plan = broken::Broken { update: PathBuf::from(need("update")?), timeout };
         let report = {
@@ -130,7 +151,7 @@ fn run(args: &[String]) -> Result<bool, String> {
         };
         (serde_json::to_string_pretty(&report), report.summary(), report.failed_checks())
     } else {
-        let plan = scenario::Rollout { update: PathBuf::from(need("update")?), timeout, faults: with_faults };
+        let plan = scenario::Rollout { update: PathBuf::from(need("update")?), timeout, faults: with_faults, rogue_then };
         let report = {
             let mut lab = lab::Lab::create(topology, &options)?;
             scenario::rollout(&mut lab, &plan)?

@@ -152,6 +152,21 @@ pub fn mend_link(topology: &Topology, link: &Link) -> Result<(), String> {
     set_rules(&nb, &loss_rules(topology, link.b))
 }
 
+/// Makes the process `cmd` starts end with the lab, even when the lab is killed (SIGKILL):
+/// the kernel sends it SIGKILL when the lab's thread that started it ends.
+pub fn end_with_lab(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl only sets the child's parent-death signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Held while a lab runs: one lab at a time on a machine (their namespaces share a prefix, and
 /// a new lab removes what an earlier one left). Released when the process ends, however.
 pub struct MachineLock(#[allow(dead_code)] std::fs::File);

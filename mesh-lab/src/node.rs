@@ -12,7 +12,6 @@ use meshos_common::boot_state::{self, Slot};
 use meshos_common::bundle::{self, SLOT_HEADER_FILE};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -256,7 +255,10 @@ impl LabNode {
         cmd.args(["netns", "exec", &self.namespace, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--uts", "--"]);
         cmd.env_clear().env("PATH", &launch.path).env("LANG", "C.UTF-8");
         match &self.command {
+            // meshd, with the node's own resolv.conf over the host's (its uplink's DHCP client
+            // writes the file, as on a board): nothing it writes reaches the host.
             None => {
+                cmd.args(["sh", "-c", r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#]).arg(self.dir.join("resolv.conf"));
                 cmd.arg(&launch.meshd).args(["run", "--lab"]).arg(&self.dir);
                 if let Some((version, bin)) = self.broken(launch) {
                     self.console(&format!("lab: {version} is marked broken: its router does not start"));
@@ -272,17 +274,9 @@ impl LabNode {
             }
         }
         cmd.stdin(Stdio::null()).stdout(console.try_clone().map_err(|e| e.to_string())?).stderr(console);
-        // SAFETY: prctl only sets this child's parent-death signal: if the lab dies (even by
-        // SIGKILL), unshare gets SIGKILL, and --kill-child passes it to meshd, whose end takes
-        // every process of its PID namespace with it.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // If the lab dies (even by SIGKILL), unshare gets SIGKILL, and --kill-child passes it
+        // to meshd, whose end takes every process of its PID namespace with it.
+        crate::net::end_with_lab(&mut cmd);
         cmd.spawn().map_err(|e| format!("ip netns exec: {e}"))
     }
 
@@ -308,6 +302,16 @@ impl LabNode {
     pub fn status(&self) -> Option<serde_json::Value> {
         let text = fs::read_to_string(self.dir.join("run/status.json")).ok()?;
         serde_json::from_str(&text).ok()
+    }
+
+    /// The versions of the releases in the node's slots, from their signed headers on the
+    /// card (not from meshd's word).
+    pub fn slot_versions(&self) -> Vec<String> {
+        [Slot::A, Slot::B]
+            .iter()
+            .filter_map(|slot| fs::read(self.dir.join("boot").join(slot.lower()).join(SLOT_HEADER_FILE)).ok())
+            .filter_map(|header| bundle::open(&header[..]).ok().map(|b| b.manifest.version))
+            .collect()
     }
 
     /// meshd's record of its last install (on the data partition).
@@ -350,6 +354,7 @@ pub fn make_card(node: &LabNode, template: &Path, partition_size: u64) -> Result
     fs::copy(template.join("card2"), &a).and_then(|_| OpenOptions::new().write(true).open(&a)?.set_len(partition_size)).map_err(|e| err(&a, e))?;
     let b = node.partition(Slot::B);
     File::create(&b).and_then(|f| f.set_len(partition_size)).map_err(|e| err(&b, e))?;
+    File::create(node.dir.join("resolv.conf")).map_err(|e| err(&node.dir, e))?;
     copy_tree(&template.join("boot"), &node.dir.join("boot"))
 }
 

@@ -19,6 +19,8 @@ pub struct Rollout {
     /// The `faults` scenario: lossy radio links (made so before the lab), a power cut in the
     /// middle of a fetch, an island cut off (crate::faults).
     pub faults: bool,
+    /// What the faults' rogue offers once every node has committed (crate::faults).
+    pub rogue_then: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -164,7 +166,7 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
         members.iter().filter(|m| **m).count(),
         givers.iter().map(|&i| lab.topology.nodes[i].id.as_str()).collect::<Vec<_>>().join(", ")
     );
-    let mut faults = plan.faults.then(|| crate::faults::Driver::new(crate::faults::choose(&lab.topology, &givers), lab));
+    let mut faults = plan.faults.then(|| crate::faults::Driver::new(crate::faults::choose(&lab.topology, &givers), lab, plan.rogue_then.clone()));
     if let Some(f) = &faults {
         lab.set_config(f.faults.victim, &crate::faults::victim_config(crate::lab::MESH_YAML))?;
         eprintln!(
@@ -237,8 +239,10 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
             );
         }
         if committed == n {
-            all_committed = Some(t);
-            break;
+            all_committed.get_or_insert(t);
+            if faults.as_mut().map_or(Ok(true), |f| f.after_commit(lab))? {
+                break;
+            }
         }
         if Instant::now() > deadline {
             eprintln!("meshlab: the rollout's {} s are up", plan.timeout.as_secs());
@@ -331,6 +335,20 @@ impl Report {
         if let Some(r) = self.faults.as_ref().and_then(|f| f.rogue.as_ref()).filter(|r| r.bad_chunks_rejected.values().all(|b| *b == 0)) {
             failed.push(format!("no neighbour of the rogue ({}) recorded a chunk of it thrown away", r.node));
         }
+        if let Some(r) = self.faults.as_ref().and_then(|f| f.rogue.as_ref()) {
+            if let Some(v) = &r.then_offered {
+                let not: Vec<&str> = r.refused_at_signature.iter().filter(|(_, ok)| !**ok).map(|(k, _)| k.as_str()).collect();
+                if !not.is_empty() {
+                    failed.push(format!(
+                        "the rogue offered {v}, signed by too few keys, and its neighbour(s) {} did not refuse it at the signature",
+                        not.join(", ")
+                    ));
+                }
+                if !r.holding_then.is_empty() {
+                    failed.push(format!("node(s) {} hold {v}, signed by too few keys, in a slot", r.holding_then.join(", ")));
+                }
+            }
+        }
         failed
     }
 
@@ -365,6 +383,14 @@ impl Report {
         if let Some(r) = self.faults.as_ref().and_then(|f| f.rogue.as_ref()) {
             let thrown: u64 = r.bad_chunks_rejected.values().sum();
             out += &format!("  rogue    {} ({}): its neighbours threw away {thrown} chunk(s) of it\n", r.node, r.address);
+            if let Some(v) = &r.then_offered {
+                let refused = r.refused_at_signature.values().filter(|ok| **ok).count();
+                out += &format!(
+                    "           then offered {v} (too few signatures): {refused}/{} neighbour(s) refused it at the signature, {} node(s) hold it\n",
+                    r.refused_at_signature.len(),
+                    r.holding_then.len()
+                );
+            }
         }
         out + &stranded_lines(&self.stranded)
     }

@@ -218,6 +218,23 @@ impl Topology {
     }
 
     /// The connected parts of the graph, each as its nodes' indexes.
+    /// Hops from node `start` to each node (None: not reachable).
+    pub fn hops_from(&self, start: usize) -> Vec<Option<usize>> {
+        let nb = self.neighbours();
+        let mut hops = vec![None; self.nodes.len()];
+        hops[start] = Some(0);
+        let mut todo = std::collections::VecDeque::from([start]);
+        while let Some(n) = todo.pop_front() {
+            for &m in &nb[n] {
+                if hops[m].is_none() {
+                    hops[m] = hops[n].map(|h| h + 1);
+                    todo.push_back(m);
+                }
+            }
+        }
+        hops
+    }
+
     pub fn components(&self) -> Vec<Vec<usize>> {
         let nb = self.neighbours();
         let mut seen = vec![false; self.nodes.len()];
