@@ -31,7 +31,14 @@ pub fn cache_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("chunks")
 }
 
+/// A neighbour's whole answer to a chunk request (at most [`MAX_CHUNK`], 64 KiB) must come
+/// within this long, about 1 KiB/s: one that trickles holds no fetch for long.
+const CHUNK_WITHIN: Duration = Duration::from_secs(60);
+/// And to a header request (a header is about 0.5 % of its bundle: 190 KB for 40 MB).
+const HEADER_WITHIN: Duration = Duration::from_secs(120);
+
 /// A release's header and where it came from.
+#[derive(Debug)]
 pub struct Header {
     pub origin: String,
     pub bytes: Vec<u8>,
@@ -40,23 +47,38 @@ pub struct Header {
 }
 
 /// The header of a release (by its manifest's sha256): the copy kept in the cache by an
-/// install cut short, else from the first neighbour that has it. It is only bytes until
-/// [`install`] checks its signature.
-pub fn fetch_header(peers: &[String], manifest_sha256: &str, cache: &Path) -> Result<Header, String> {
+/// install cut short, else from the first neighbour whose answer holds that very manifest. A
+/// neighbour that answers with anything else is named in `false_claims` with what it did:
+/// its word failed, not the release. The header is only bytes until [`install`] checks its
+/// signatures.
+pub fn fetch_header(peers: &[String], manifest_sha256: &str, cache: &Path, false_claims: &mut Vec<(String, String)>) -> Result<Header, String> {
     let kept = cache.join(format!("header-{manifest_sha256}"));
     if let Ok(bytes) = std::fs::read(&kept) {
-        return Ok(Header { origin: kept.display().to_string(), bytes, fetched: false });
+        if holds_manifest(&bytes, manifest_sha256) {
+            return Ok(Header { origin: kept.display().to_string(), bytes, fetched: false });
+        }
+        let _ = std::fs::remove_file(&kept);
     }
     let agent = agent();
     let mut errors = Vec::new();
     for p in peers {
         let url = format!("{p}/header/{manifest_sha256}");
-        match get(&agent, &url, 16 << 20) {
-            Ok(bytes) => return Ok(Header { origin: url, bytes, fetched: true }),
+        match get_within(&agent, &url, 16 << 20, HEADER_WITHIN) {
+            Ok(bytes) if holds_manifest(&bytes, manifest_sha256) => return Ok(Header { origin: url, bytes, fetched: true }),
+            Ok(bytes) => {
+                let what = format!("{url}: {} bytes that are not the header of that release", bytes.len());
+                false_claims.push((p.clone(), what.clone()));
+                errors.push(what);
+            }
             Err(e) => errors.push(e),
         }
     }
     Err(format!("no neighbour served the header of release {manifest_sha256}: {}", errors.join("; ")))
+}
+
+/// Whether `bytes` are a bundle header whose manifest hashes to `manifest_sha256`.
+fn holds_manifest(bytes: &[u8], manifest_sha256: &str) -> bool {
+    bundle::open(bytes).is_ok_and(|opened| opened.manifest_sha256() == manifest_sha256)
 }
 
 /// Installs the release whose signed header this is, its chunks from `peers`.
@@ -218,7 +240,7 @@ fn fetch_one(agent: &ureq::Agent, chunk: &Chunk, i: usize, peers: &[String], opt
             if let Some(p) = pace {
                 p.take(u64::from(chunk.size));
             }
-            let got = get(agent, &format!("{peer}/chunk/{}", chunk.sha256), MAX_CHUNK as u64);
+            let got = get_within(agent, &format!("{peer}/chunk/{}", chunk.sha256), MAX_CHUNK as u64, CHUNK_WITHIN);
             let mut s = shared.lock().expect("fetch tallies");
             let transfer = s.0.transfer.get_or_insert_with(Transfer::default);
             let tally = transfer.peers.entry(peer.clone()).or_default();
@@ -302,21 +324,26 @@ impl Pace {
 }
 
 /// Requests to neighbours: plain HTTP over the overlay (the bytes are checked against the
-/// signed manifest, not trusted for their transport), short timeouts.
-fn agent() -> ureq::Agent {
+/// signed manifest, not trusted for their transport), short timeouts, and no redirects (a
+/// neighbour must not send a node's requests to its LAN or to itself).
+pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(10)))
         .timeout_recv_response(Some(Duration::from_secs(30)))
         .timeout_per_read(Some(Duration::from_secs(30)))
+        .max_redirects(0)
         .http_status_as_error(true)
         .user_agent(concat!("meshd/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()
 }
 
-/// A GET whose body may be at most `limit` bytes.
-pub fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, String> {
-    let response = agent.get(url).call().map_err(|e| format!("{url}: {e}"))?;
+/// A GET whose body may be at most `limit` bytes, all of it within `within`.
+pub fn get_within(agent: &ureq::Agent, url: &str, limit: u64, within: Duration) -> Result<Vec<u8>, String> {
+    let response = agent.get(url).config().timeout_global(Some(within)).build().call().map_err(|e| format!("{url}: {e}"))?;
+    if response.status().is_redirection() {
+        return Err(format!("{url}: HTTP {} (a neighbour's redirect is not followed)", response.status().as_u16()));
+    }
     let mut body = Vec::new();
     response.into_body().into_reader().take(limit + 1).read_to_end(&mut body).map_err(|e| format!("{url}: {e}"))?;
     if body.len() as u64 > limit {
@@ -358,6 +385,88 @@ mod tests {
             }
         });
         base
+    }
+
+    /// A neighbour on loopback answering every request with `answer(path)`: a status, extra
+    /// header lines and a body, the body a byte every half second when `trickle`.
+    fn server(answer: impl Fn(&str) -> (&'static str, String, Vec<u8>, bool) + Send + 'static) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut buf = [0u8; 2048];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let line = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string();
+                let (status, extra, body, trickle) = answer(line.split_whitespace().nth(1).unwrap_or(""));
+                let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n", body.len());
+                let _ = conn.write_all(head.as_bytes());
+                if trickle {
+                    std::thread::spawn(move || {
+                        for b in body {
+                            std::thread::sleep(Duration::from_millis(500));
+                            if conn.write_all(&[b]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                } else {
+                    let _ = conn.write_all(&body);
+                }
+            }
+        });
+        base
+    }
+
+    /// An unsigned header of a release `version` (its manifest's sha256 beside it).
+    fn header_of(version: &str) -> (Vec<u8>, String) {
+        let m = bundle::Manifest {
+            format: bundle::FORMAT,
+            compatible: "meshos-test".into(),
+            version: version.into(),
+            build_id: "t".into(),
+            images: vec![bundle::image_entry("root", b"root")],
+        };
+        let json = serde_json::to_vec(&m).unwrap();
+        (bundle::header(&json, None), chunks::sha256_hex(&json))
+    }
+
+    #[test]
+    fn a_header_is_taken_only_if_it_holds_the_release_asked_for_and_a_liar_is_named() {
+        let cache = tempfile::tempdir().unwrap();
+        let ((genuine, sha), (other, _)) = (header_of("1.1"), header_of("999"));
+        let liar = server(move |_| ("200 OK", String::new(), other.clone(), false));
+        let honest = server(move |_| ("200 OK", String::new(), genuine.clone(), false));
+        let mut claims = Vec::new();
+        let h = fetch_header(&[liar.clone(), honest.clone()], &sha, cache.path(), &mut claims).unwrap();
+        assert_eq!(h.origin, format!("{honest}/header/{sha}"));
+        assert_eq!(claims.len(), 1, "{claims:?}");
+        assert!(claims[0].0 == liar && claims[0].1.contains("not the header of that release"), "{claims:?}");
+        // The liar alone: no header, and it is named again.
+        let mut claims = Vec::new();
+        let e = fetch_header(std::slice::from_ref(&liar), &sha, cache.path(), &mut claims).unwrap_err();
+        assert!(e.contains(&liar) && claims.len() == 1, "{e}");
+        // A kept copy that is not the release is thrown away, not used.
+        std::fs::write(cache.path().join(format!("header-{sha}")), b"not a header").unwrap();
+        let e = fetch_header(std::slice::from_ref(&liar), &sha, cache.path(), &mut Vec::new()).unwrap_err();
+        assert!(e.contains("no neighbour served") && !cache.path().join(format!("header-{sha}")).exists(), "{e}");
+    }
+
+    #[test]
+    fn a_trickling_neighbour_is_given_up_at_the_deadline_and_a_redirect_is_not_followed() {
+        let trickler = server(|_| ("200 OK", String::new(), vec![7u8; 1000], true));
+        let started = Instant::now();
+        let e = get_within(&agent(), &format!("{trickler}/chunk/x"), 1000, Duration::from_secs(2)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(6), "{:?}: {e}", started.elapsed());
+        // A neighbour that redirects to a service on the node itself: not asked.
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = asked.clone();
+        let inside = server(move |_| {
+            flag.store(true, Ordering::SeqCst);
+            ("200 OK", String::new(), b"secret".to_vec(), false)
+        });
+        let redirector = server(move |_| ("302 Found", format!("Location: {inside}/admin\r\n"), Vec::new(), false));
+        let e = get_within(&agent(), &format!("{redirector}/header/x"), 1000, Duration::from_secs(5)).unwrap_err();
+        assert!(e.contains("302") && !asked.load(Ordering::SeqCst), "{e}");
     }
 
     #[test]

@@ -181,6 +181,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
                 trusted: trusted.clone(),
                 port: cfg.metrics.port,
                 auto: cfg.upgrade.auto,
+                health_timeout: Duration::from_secs(cfg.upgrade.health_timeout),
                 fetch: crate::chunk_fetch::Options {
                     parallel: cfg.upgrade.parallel,
                     rate: (cfg.upgrade.rate_limit_kbit > 0).then_some(cfg.upgrade.rate_limit_kbit * 1000 / 8),

@@ -462,6 +462,7 @@ impl Client {
     fn new() -> Client {
         let http = ureq::Agent::config_builder()
             .timeout_global(Some(ASK_FOR))
+            .max_redirects(0)
             .http_status_as_error(false)
             .user_agent(concat!("meshd/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -191,6 +191,7 @@ fn upgrade_command(args: &[String], dirs: dirs::Dirs) -> Result<(), String> {
                     "last_install": record,
                     "phase": agent.as_ref().map(|a| a.phase), "note": agent.as_ref().and_then(|a| a.note.clone()),
                     "releases": agent.as_ref().map(|a| a.releases.clone()),
+                    "false_claims": agent.as_ref().map(|a| a.false_claims.clone()),
                 });
                 println!("{}", serde_json::to_string_pretty(&v).expect("JSON value serialises"));
             } else {
@@ -229,6 +230,9 @@ fn upgrade_command(args: &[String], dirs: dirs::Dirs) -> Result<(), String> {
                 if let Some(a) = agent {
                     let phase = serde_json::to_value(a.phase).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
                     println!("mesh     {phase}{}", a.note.map(|n| format!(": {n}")).unwrap_or_default());
+                    for (peer, what) in &a.false_claims {
+                        println!("  FALSE  {peer}: {what}");
+                    }
                 }
             }
             Ok(())

@@ -137,8 +137,7 @@ pub fn service_discovery(nodes: &[Node]) -> serde_json::Value {
 /// Reads the overlay neighbours' views every [`EVERY`]; `me` says what this node is now (its
 /// neighbours included).
 pub fn spawn(view: Arc<Mutex<View>>, me: impl Fn() -> Option<Node> + Send + 'static) -> Result<(), String> {
-    let http: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).user_agent(concat!("meshd/", env!("CARGO_PKG_VERSION"))).build().into();
+    let http = crate::chunk_fetch::agent();
     let run = move || loop {
         if let Some(me) = me() {
             let neighbours = me.neighbours.clone();
@@ -149,7 +148,9 @@ pub fn spawn(view: Arc<Mutex<View>>, me: impl Fn() -> Option<Node> + Send + 'sta
             for n in neighbours {
                 let Some(port) = port else { break };
                 let url = format!("http://[{n}]:{port}/mesh.json");
-                let got = crate::chunk_fetch::get(&http, &url, MAX_BODY).ok().and_then(|b| serde_json::from_slice::<Vec<Node>>(&b).ok());
+                let got = crate::chunk_fetch::get_within(&http, &url, MAX_BODY, Duration::from_secs(5))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Vec<Node>>(&b).ok());
                 if let (Some(nodes), Ok(mut v)) = (got, view.lock()) {
                     v.learn(nodes, Instant::now());
                 }

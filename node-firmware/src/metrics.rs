@@ -188,6 +188,12 @@ fn upgrade(e: &mut Exposition, state: &NodeState) {
             }
         }
     }
+    if !u.false_claims.is_empty() {
+        e.family("meshd_upgrade_false_claims", "gauge", "Neighbours that lately answered for a release with something that was not it, value 1.");
+        for peer in u.false_claims.keys() {
+            e.sample("meshd_upgrade_false_claims", &[("peer", peer)], 1);
+        }
+    }
     e.one(
         "meshd_upgrade_served_chunks_total",
         "counter",

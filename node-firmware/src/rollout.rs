@@ -3,15 +3,23 @@
 //! its overlay neighbours' announcements and, when one offers a newer release for this board,
 //! installs it from them (crate::chunk_fetch: only the chunks it lacks, signature first).
 //!
-//! Then it reboots into it only when its neighbourhood allows, so the mesh is never cut in two
-//! by an upgrade: not while a neighbour is rebooting, on trial, or silent (a neighbour seen in
-//! the last minutes that does not answer may be rebooting). A node that wants to reboot first
+//! Then it reboots into it only when its neighbourhood allows, so that no two neighbours are
+//! down at once for an upgrade (nodes two hops apart may be; docs/upgrades.md): not while a
+//! neighbour is rebooting, on trial, or silent (a neighbour seen in the last minutes that does
+//! not answer may be rebooting), and for each neighbour only so long ([`hold_limit`]): one
+//! that holds back longer is stuck, or lying. A node that wants to reboot first
 //! says so (`rebooting`), waits a random while, and looks again: if a neighbour said the same,
 //! the one with the lower overlay address goes first and the other waits. No coordinator, no
 //! clock: only what each node announces.
 //!
-//! A release that failed its trial here (rolled back) or was refused (signature, board) is not
-//! tried again; only a newer one is.
+//! What a neighbour announces is a claim; a release's signed header is the proof. A header is
+//! taken only if its manifest hashes to the sha it was asked for, and only then are its
+//! signatures and board checked; a neighbour that answers with anything else is named (in
+//! status and metrics), not the release. Candidates are tried newest first by what they
+//! announce, so one liar costs a round, not the upgrade; a release whose header nobody served
+//! is not asked for again for [`UNSERVED_FOR`]. A release that failed its trial here (rolled
+//! back) or that this node verified and found wanting (signature, board, size, not newer) is
+//! not tried again; that list is bounded ([`MAX_REFUSED`]) and never holds a neighbour's word.
 
 use crate::chunk_fetch;
 use crate::held::Shelf;
@@ -21,7 +29,7 @@ use meshos_common::boot_state::Slot;
 use meshos_common::bundle::{newer, ErrorKind};
 use meshos_common::minisign::PublicKey;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,6 +70,10 @@ pub struct Rollout {
     pub note: Option<String>,
     /// The last install's record (kept on the data partition).
     pub last_install: Option<upgrade::Record>,
+    /// Neighbours whose word did not hold lately (the URL they are asked at, and what they
+    /// did): a header for a release that was not it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub false_claims: BTreeMap<String, String>,
 }
 
 /// What the agent needs of the node.
@@ -78,6 +90,9 @@ pub struct Agent {
     pub required: usize,
     pub port: u16,
     pub auto: bool,
+    /// `upgrade.healthTimeout`: how long a trial may take, from which how long a neighbour
+    /// may hold this node back ([`hold_limit`]).
+    pub health_timeout: Duration,
     pub fetch: chunk_fetch::Options,
     pub shared: Arc<Mutex<Rollout>>,
 }
@@ -85,6 +100,47 @@ pub struct Agent {
 const LOOK_EVERY: Duration = Duration::from_secs(15);
 /// A neighbour not seen among the router's peers for this long is gone, not rebooting.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// A release whose header no neighbour served is not asked for again for this long.
+const UNSERVED_FOR: Duration = Duration::from_secs(600);
+/// Releases remembered as refused, and neighbours remembered for false claims, at most.
+const MAX_REFUSED: usize = 32;
+const MAX_FALSE_CLAIMS: usize = 16;
+/// Releases read from one neighbour's announcement (a node's two slots hold two), and
+/// candidates tried in one round, at most.
+const MAX_ANNOUNCED: usize = 4;
+const MAX_CANDIDATES: usize = 8;
+/// The longest version string taken from an announcement.
+const MAX_VERSION_LEN: usize = 32;
+
+/// What the agent remembers between rounds of what neighbours said.
+#[derive(Default)]
+struct Memory {
+    /// Releases (by manifest sha) whose header no neighbour served, and when.
+    unserved: BTreeMap<String, Instant>,
+    false_claims: BTreeMap<String, String>,
+    /// Since when each neighbour has held reboots back the way it does now.
+    holding: BTreeMap<String, (Holding, Instant)>,
+}
+
+/// How a neighbour holds back a node's reboot: it does not answer (it may be rebooting), it is
+/// on trial, or it announced that it reboots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holding {
+    Silent,
+    Trial,
+    Rebooting,
+}
+
+/// A board's boot, from power-on to meshd (raspi3b's slowest, with its card read at 1 MiB/s,
+/// takes about 100 s).
+const BOOT_ALLOWANCE: Duration = Duration::from_secs(120);
+
+/// How long one neighbour may hold this node back in one way: a trial takes at most three
+/// boots, each with its health check, after which the boot loader rolls back. A neighbour
+/// holding longer is stuck, or lying, and no longer counts as down.
+fn hold_limit(health_timeout: Duration) -> Duration {
+    (health_timeout + BOOT_ALLOWANCE) * 3
+}
 
 /// A neighbour's announcement, as far as the agent reads it.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -112,8 +168,8 @@ impl Agent {
         let mut shelf = Shelf::new(&self.boot_dir, &self.disk, &self.fetch.cache, false);
         let mut seen: BTreeMap<String, Instant> = BTreeMap::new();
         let mut members: BTreeMap<String, Instant> = BTreeMap::new();
-        let http =
-            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(8))).user_agent(concat!("meshd/", env!("CARGO_PKG_VERSION"))).build().into();
+        let mut memory = Memory::default();
+        let http = chunk_fetch::agent();
         loop {
             let record = upgrade::read_record(&self.state_dir);
             let releases = self.releases(&mut shelf);
@@ -137,12 +193,13 @@ impl Agent {
             let neighbours = self.neighbours(&mut seen);
             if !on_trial {
                 let heard = only_nodes(self.listen(&http, &neighbours), &mut members);
+                track(&mut memory.holding, &heard, Instant::now());
                 if staged && record.as_ref().is_some_and(|r| r.by_agent) {
-                    self.reboot_when_allowed(&http, &neighbours, heard, &mut members);
+                    self.reboot_when_allowed(&http, &neighbours, heard, &mut members, &mut memory);
                 } else if staged {
                     self.publish(|r| r.note = Some(format!("slot {} was installed by hand and boots at the next reboot", self.running.other())));
                 } else if self.auto {
-                    self.look_for_newer(&heard, &releases);
+                    self.look_for_newer(&heard, &releases, &mut memory);
                 }
             }
             std::thread::sleep(LOOK_EVERY);
@@ -185,7 +242,7 @@ impl Agent {
             .iter()
             .map(|a| {
                 let url = format!("{}/nodeinfo.json", self.base(a));
-                let got = chunk_fetch::get(http, &url, 1 << 20).ok().and_then(|b| serde_json::from_slice::<Announced>(&b).ok());
+                let got = chunk_fetch::get_within(http, &url, 1 << 20, Duration::from_secs(8)).ok().and_then(|b| serde_json::from_slice::<Announced>(&b).ok());
                 (a.clone(), got)
             })
             .collect()
@@ -195,96 +252,108 @@ impl Agent {
         format!("http://[{address}]:{}", self.port)
     }
 
-    fn refused(&self) -> BTreeSet<String> {
-        std::fs::read(refused_path(&self.state_dir)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    /// The releases refused here, oldest first.
+    fn refused(&self) -> Vec<String> {
+        let list: Vec<String> = std::fs::read(refused_path(&self.state_dir)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        list.into_iter().filter(|m| meshos_common::chunks::is_sha256_hex(m)).collect()
     }
 
+    /// Refuses a release this node verified and found wanting (by its manifest's sha); the
+    /// list keeps the newest [`MAX_REFUSED`].
     fn refuse(&self, manifest: Option<&str>, why: &str) {
-        let Some(m) = manifest else { return };
-        let mut set = self.refused();
-        if set.insert(m.to_string()) {
-            eprintln!("meshd: upgrade: release {m} will not be installed again here: {why}");
-            let p = refused_path(&self.state_dir);
-            if let Err(e) = crate::durable::write(&p, &serde_json::to_vec(&set).expect("set serialises"), 0o644) {
-                eprintln!("meshd: upgrade: {}: {e}", p.display());
-            }
+        let Some(list) = manifest.and_then(|m| with_refusal(self.refused(), m)) else { return };
+        eprintln!("meshd: upgrade: release {} will not be installed again here: {why}", manifest.unwrap_or_default());
+        let p = refused_path(&self.state_dir);
+        if let Err(e) = crate::durable::write(&p, &serde_json::to_vec(&list).expect("a list serialises"), 0o644) {
+            eprintln!("meshd: upgrade: {}: {e}", p.display());
         }
     }
 
-    /// Installs the newest release a neighbour offers, if it is newer than what runs here.
-    fn look_for_newer(&self, heard: &BTreeMap<String, Option<Announced>>, ours: &[Release]) {
+    /// Installs the newest release a neighbour offers that is newer than what runs here and
+    /// proves to be what it was announced as; a candidate that does not is passed over for
+    /// the next.
+    fn look_for_newer(&self, heard: &BTreeMap<String, Option<Announced>>, ours: &[Release], memory: &mut Memory) {
         if nix::sys::statvfs::statvfs(&self.boot_dir).is_ok_and(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY)) {
             self.publish(|r| {
                 r.note = Some(format!("no installs: {} is read-only (the kernel found damage on it); the next boot repairs it", self.boot_dir.display()))
             });
             return;
         }
-        let refused = self.refused();
-        let mut best: Option<&Release> = None;
-        for a in heard.values().flatten().filter(|a| a.board == self.board) {
-            for r in &a.upgrade.releases {
-                let better = newer(&r.version, &self.version) && !refused.contains(&r.manifest) && best.is_none_or(|b| newer(&r.version, &b.version));
-                if better && !ours.iter().any(|o| o.manifest == r.manifest && !o.running) {
-                    best = Some(r);
+        let now = Instant::now();
+        memory.unserved.retain(|_, at| now.duration_since(*at) < UNSERVED_FOR);
+        let skip: Vec<String> = self.refused().into_iter().chain(memory.unserved.keys().cloned()).collect();
+        let mut notes = Vec::new();
+        for (best, offering) in candidates(heard, &self.board, &self.version, &skip, ours) {
+            let offering: Vec<String> = offering.iter().map(|a| self.base(a)).collect();
+            // Neighbours that served bad bytes of this release before are not asked again.
+            let earlier = upgrade::read_record(&self.state_dir).filter(|r| r.manifest_sha256.as_deref() == Some(best.manifest.as_str()));
+            let (offering, bad): (Vec<String>, Vec<String>) =
+                offering.into_iter().partition(|p| !earlier.as_ref().is_some_and(|r| chunk_fetch::served_bad(r, p)));
+            if offering.is_empty() {
+                notes.push(format!("{} is offered only by neighbours that served bad bytes of it: {}", best.version, bad.join(", ")));
+                continue;
+            }
+            eprintln!("meshd: upgrade: {} offered by {} neighbour(s); fetching what this node lacks", best.version, offering.len());
+            self.publish(|r| {
+                r.phase = Phase::Fetching;
+                r.note = None;
+            });
+            let mut claims = Vec::new();
+            let header = chunk_fetch::fetch_header(&offering, &best.manifest, &self.fetch.cache, &mut claims);
+            for (peer, what) in claims {
+                eprintln!("meshd: upgrade: false claim by a neighbour: {what}");
+                memory.false_claims.insert(peer, what);
+                while memory.false_claims.len() > MAX_FALSE_CLAIMS {
+                    memory.false_claims.pop_first();
                 }
             }
-        }
-        let Some(best) = best.cloned() else { return };
-        let offering: Vec<String> = heard
-            .iter()
-            .filter(|(_, a)| a.as_ref().is_some_and(|a| a.upgrade.releases.iter().any(|r| r.manifest == best.manifest)))
-            .map(|(addr, _)| self.base(addr))
-            .collect();
-        // Neighbours that served bad bytes of this release before are not asked again.
-        let earlier = upgrade::read_record(&self.state_dir).filter(|r| r.manifest_sha256.as_deref() == Some(best.manifest.as_str()));
-        let (offering, bad): (Vec<String>, Vec<String>) = offering.into_iter().partition(|p| !earlier.as_ref().is_some_and(|r| chunk_fetch::served_bad(r, p)));
-        if offering.is_empty() {
-            let why = format!("{} is offered only by neighbours that served bad bytes of it: {}", best.version, bad.join(", "));
-            self.publish(|r| r.note = Some(why));
-            return;
-        }
-        eprintln!("meshd: upgrade: {} offered by {} neighbour(s); fetching what this node lacks", best.version, offering.len());
-        self.publish(|r| {
-            r.phase = Phase::Fetching;
-            r.note = None;
-        });
-        let header = match chunk_fetch::fetch_header(&offering, &best.manifest, &self.fetch.cache) {
-            Ok(h) => h,
-            Err(e) => {
-                eprintln!("meshd: upgrade: {e}");
-                self.publish(|r| r.note = Some(e));
-                return;
-            }
-        };
-        let node = Target {
-            disk: &self.disk,
-            running: self.running,
-            compatible: format!("meshos-{}", self.board),
-            version: self.version.clone(),
-            trusted: &self.trusted,
-            required: self.required,
-            boot_dir: &self.boot_dir,
-            state_dir: &self.state_dir,
-        };
-        match chunk_fetch::install(&header, &offering, &node, &self.fetch) {
-            Ok(v) => eprintln!("meshd: upgrade: {v} staged in slot {}; rebooting into it when no neighbour is down", self.running.other()),
-            Err(e) => {
-                eprintln!("meshd: upgrade: {} from the mesh: {e}", best.version);
-                // A release that cannot be trusted or does not fit stays refused; a transfer
-                // that failed is tried again, going on from the chunks already fetched.
-                if matches!(
-                    e.kind,
-                    ErrorKind::Signature
-                        | ErrorKind::Incompatible
-                        | ErrorKind::Malformed
-                        | ErrorKind::TooLarge
-                        | ErrorKind::NotNewer
-                        | ErrorKind::PayloadMismatch
-                ) {
+            self.publish(|r| r.false_claims = memory.false_claims.clone());
+            let header = match header {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("meshd: upgrade: {e}");
+                    memory.unserved.insert(best.manifest.clone(), now);
+                    notes.push(e);
+                    continue;
+                }
+            };
+            let node = Target {
+                disk: &self.disk,
+                running: self.running,
+                compatible: format!("meshos-{}", self.board),
+                version: self.version.clone(),
+                trusted: &self.trusted,
+                required: self.required,
+                boot_dir: &self.boot_dir,
+                state_dir: &self.state_dir,
+            };
+            match chunk_fetch::install(&header, &offering, &node, &self.fetch) {
+                Ok(v) => {
+                    eprintln!("meshd: upgrade: {v} staged in slot {}; rebooting into it when no neighbour is down", self.running.other());
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("meshd: upgrade: {} from the mesh: {e}", best.version);
+                    let verdict =
+                        matches!(e.kind, ErrorKind::Signature | ErrorKind::Incompatible | ErrorKind::Malformed | ErrorKind::TooLarge | ErrorKind::NotNewer);
+                    // The release itself, its header proven to be it, cannot be trusted or
+                    // does not fit: refused, and the next candidate is tried. A transfer that
+                    // failed (chunks that did not come or did not match) is tried again next
+                    // round, going on from the chunks already fetched.
+                    self.publish(|r| r.note = Some(e.to_string()));
+                    if !verdict {
+                        return;
+                    }
                     self.refuse(Some(&best.manifest), &e.message);
+                    notes.push(e.to_string());
                 }
-                self.publish(|r| r.note = Some(e.to_string()));
             }
+        }
+        if !notes.is_empty() {
+            self.publish(|r| {
+                r.phase = Phase::Idle;
+                r.note = Some(notes.join("; "));
+            });
         }
     }
 
@@ -295,9 +364,13 @@ impl Agent {
         neighbours: &[String],
         heard: BTreeMap<String, Option<Announced>>,
         members: &mut BTreeMap<String, Instant>,
+        memory: &mut Memory,
     ) {
-        let busy = |heard: &BTreeMap<String, Option<Announced>>, announced: bool| holds_back(&self.address, heard, announced);
-        if let Some(why) = busy(&heard, false) {
+        let limit = hold_limit(self.health_timeout);
+        let busy = |heard: &BTreeMap<String, Option<Announced>>, announced: bool, memory: &Memory| {
+            holds_back(&self.address, heard, announced, &past_limit(&memory.holding, limit, Instant::now()))
+        };
+        if let Some(why) = busy(&heard, false, memory) {
             self.publish(|r| {
                 r.phase = Phase::Staged;
                 r.note = Some(format!("waiting to reboot: {why}"));
@@ -312,7 +385,8 @@ impl Agent {
         // neighbours that said it at once look again at different times.
         std::thread::sleep(LOOK_EVERY + Duration::from_millis(random_below(15_000)));
         let heard = only_nodes(self.listen(http, neighbours), members);
-        if let Some(why) = busy(&heard, true) {
+        track(&mut memory.holding, &heard, Instant::now());
+        if let Some(why) = busy(&heard, true, memory) {
             eprintln!("meshd: upgrade: not rebooting yet: {why}");
             self.publish(|r| {
                 r.phase = Phase::Staged;
@@ -336,6 +410,52 @@ impl Agent {
     }
 }
 
+/// `list` with `manifest` refused too, the oldest dropped beyond [`MAX_REFUSED`]; None when
+/// there is nothing to write (refused already, or not a manifest's sha256).
+fn with_refusal(mut list: Vec<String>, manifest: &str) -> Option<Vec<String>> {
+    if !meshos_common::chunks::is_sha256_hex(manifest) || list.iter().any(|r| r == manifest) {
+        return None;
+    }
+    list.push(manifest.to_string());
+    let excess = list.len().saturating_sub(MAX_REFUSED);
+    list.drain(..excess);
+    Some(list)
+}
+
+/// Whether an announced release has the form of one: a manifest sha256 and a short version of
+/// the characters versions have. Anything else is not read further (it would become a path,
+/// a URL and a file's content).
+fn plausible(r: &Release) -> bool {
+    meshos_common::chunks::is_sha256_hex(&r.manifest)
+        && !r.version.is_empty()
+        && r.version.len() <= MAX_VERSION_LEN
+        && r.version.bytes().all(|b| b.is_ascii_alphanumeric() || b".+~_-".contains(&b))
+}
+
+/// The releases for `board` neighbours announce newer than `version`, newest first by what
+/// they announce (a claim, proven only by the header), at most [`MAX_CANDIDATES`], each with
+/// the neighbours that offer it; none in `skip` (refused, or whose header nobody served
+/// lately), nor the one this node holds staged.
+fn candidates(heard: &BTreeMap<String, Option<Announced>>, board: &str, version: &str, skip: &[String], ours: &[Release]) -> Vec<(Release, Vec<String>)> {
+    let mut found: BTreeMap<String, (Release, Vec<String>)> = BTreeMap::new();
+    for (addr, a) in heard.iter().filter_map(|(addr, a)| a.as_ref().map(|a| (addr, a))).filter(|(_, a)| a.board == board) {
+        for r in a.upgrade.releases.iter().take(MAX_ANNOUNCED).filter(|r| plausible(r)) {
+            let wanted = newer(&r.version, version) && !skip.contains(&r.manifest) && !ours.iter().any(|o| o.manifest == r.manifest && !o.running);
+            if wanted {
+                found.entry(r.manifest.clone()).or_insert_with(|| (r.clone(), Vec::new())).1.push(addr.clone());
+            }
+        }
+    }
+    let mut list: Vec<(Release, Vec<String>)> = found.into_values().collect();
+    list.sort_by(|a, b| match (newer(&a.0.version, &b.0.version), newer(&b.0.version, &a.0.version)) {
+        (true, _) => std::cmp::Ordering::Less,
+        (_, true) => std::cmp::Ordering::Greater,
+        _ => b.1.len().cmp(&a.1.len()),
+    });
+    list.truncate(MAX_CANDIDATES);
+    list
+}
+
 /// Why a node that wants to reboot must wait, if it must: a neighbour silent (it may be down),
 /// on trial, or rebooting. Once this node has itself `announced` that it reboots, a neighbour
 /// that announced the same holds it back only when that neighbour's address is the lower one.
@@ -353,13 +473,39 @@ fn only_nodes(mut heard: BTreeMap<String, Option<Announced>>, members: &mut BTre
     heard
 }
 
-fn holds_back(me: &str, heard: &BTreeMap<String, Option<Announced>>, announced: bool) -> Option<String> {
-    heard.iter().find_map(|(addr, a)| match a {
+/// A neighbour in `past` has held back longer than [`hold_limit`] and does not count.
+fn holds_back(me: &str, heard: &BTreeMap<String, Option<Announced>>, announced: bool, past: &[String]) -> Option<String> {
+    heard.iter().filter(|(addr, _)| !past.contains(addr)).find_map(|(addr, a)| match a {
         None => Some(format!("{addr} does not answer (it may be rebooting)")),
         Some(a) if a.upgrade.phase == Phase::Trial => Some(format!("{addr} is on trial")),
         Some(a) if a.upgrade.phase == Phase::Rebooting && !(announced && me < addr.as_str()) => Some(format!("{addr} is rebooting")),
         _ => None,
     })
+}
+
+fn holding(a: &Option<Announced>) -> Option<Holding> {
+    match a.as_ref().map(|a| a.upgrade.phase) {
+        None => Some(Holding::Silent),
+        Some(Phase::Trial) => Some(Holding::Trial),
+        Some(Phase::Rebooting) => Some(Holding::Rebooting),
+        Some(_) => None,
+    }
+}
+
+/// Notes since when each neighbour heard holds back the way it does now; one that changed
+/// its way, or holds back no more, starts again.
+fn track(since: &mut BTreeMap<String, (Holding, Instant)>, heard: &BTreeMap<String, Option<Announced>>, now: Instant) {
+    since.retain(|addr, (h, _)| heard.get(addr).and_then(holding) == Some(*h));
+    for (addr, a) in heard {
+        if let Some(h) = holding(a) {
+            since.entry(addr.clone()).or_insert((h, now));
+        }
+    }
+}
+
+/// The neighbours that have held back one way for longer than `limit`.
+fn past_limit(since: &BTreeMap<String, (Holding, Instant)>, limit: Duration, now: Instant) -> Vec<String> {
+    since.iter().filter(|(_, (_, at))| now.duration_since(*at) > limit).map(|(addr, _)| addr.clone()).collect()
 }
 
 fn refused_path(state_dir: &Path) -> PathBuf {
@@ -390,18 +536,18 @@ mod tests {
     #[test]
     fn at_most_one_node_of_a_neighbourhood_goes_down() {
         let quiet = heard(&[("200::b", Some(Phase::Idle)), ("200::c", Some(Phase::Staged)), ("200::d", Some(Phase::Fetching))]);
-        assert_eq!(holds_back("200::a", &quiet, false), None);
+        assert_eq!(holds_back("200::a", &quiet, false, &[]), None);
         for (phase, why) in [(None, "does not answer"), (Some(Phase::Trial), "is on trial"), (Some(Phase::Rebooting), "is rebooting")] {
             let h = heard(&[("200::b", Some(Phase::Idle)), ("200::c", phase)]);
-            assert!(holds_back("200::a", &h, false).unwrap().contains(why));
+            assert!(holds_back("200::a", &h, false, &[]).unwrap().contains(why));
         }
         // Two neighbours said "rebooting" at once: the lower address goes, the other waits.
         let a_sees_b = heard(&[("200::b", Some(Phase::Rebooting))]);
         let b_sees_a = heard(&[("200::a", Some(Phase::Rebooting))]);
-        assert_eq!(holds_back("200::a", &a_sees_b, true), None);
-        assert!(holds_back("200::b", &b_sees_a, true).is_some());
+        assert_eq!(holds_back("200::a", &a_sees_b, true, &[]), None);
+        assert!(holds_back("200::b", &b_sees_a, true, &[]).is_some());
         // A neighbour on trial holds back even the lower address.
-        assert!(holds_back("200::a", &heard(&[("200::b", Some(Phase::Trial))]), true).is_some());
+        assert!(holds_back("200::a", &heard(&[("200::b", Some(Phase::Trial))]), true, &[]).is_some());
     }
 
     #[test]
@@ -410,10 +556,88 @@ mod tests {
         // 200::m (a monitoring machine's router) never serves nodeinfo; 200::b does.
         let first = only_nodes(heard(&[("200::b", Some(Phase::Idle)), ("200::m", None)]), &mut members);
         assert_eq!(first.keys().collect::<Vec<_>>(), ["200::b"]);
-        assert_eq!(holds_back("200::a", &first, false), None);
+        assert_eq!(holds_back("200::a", &first, false, &[]), None);
         // b goes quiet (rebooting): still waited for.
         let later = only_nodes(heard(&[("200::b", None), ("200::m", None)]), &mut members);
-        assert!(holds_back("200::a", &later, false).unwrap().contains("200::b does not answer"));
+        assert!(holds_back("200::a", &later, false, &[]).unwrap().contains("200::b does not answer"));
+    }
+
+    fn offering(releases: &[(&str, &str)]) -> Option<Announced> {
+        let releases = releases.iter().map(|(v, m)| Release { version: v.to_string(), manifest: m.to_string(), slot: "a".into(), running: true }).collect();
+        Some(Announced { board: "rpi3".into(), upgrade: AnnouncedUpgrade { phase: Phase::Idle, releases } })
+    }
+
+    #[test]
+    fn a_liars_999_costs_a_round_and_the_honest_release_comes_next() {
+        let (fake, honest) = ("f".repeat(64), "a".repeat(64));
+        let heard: BTreeMap<String, Option<Announced>> = [
+            ("200::b".to_string(), offering(&[("1.1", &honest)])),
+            ("200::c".to_string(), offering(&[("1.1", &honest)])),
+            ("200::e".to_string(), offering(&[("999", &fake)])),
+        ]
+        .into();
+        let list = candidates(&heard, "rpi3", "1.0", &[], &[]);
+        let names: Vec<(&str, usize)> = list.iter().map(|(r, by)| (r.version.as_str(), by.len())).collect();
+        assert_eq!(names, [("999", 1), ("1.1", 2)]);
+        // 999's header did not come (or was not it): it is skipped, 1.1 is next.
+        let list = candidates(&heard, "rpi3", "1.0", std::slice::from_ref(&fake), &[]);
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].0.version.as_str(), list[0].1.clone()), ("1.1", vec!["200::b".to_string(), "200::c".to_string()]));
+    }
+
+    #[test]
+    fn announced_strings_of_the_wrong_form_are_not_read() {
+        let long = "a".repeat(60_000);
+        let bad = [
+            ("1.1", long.as_str()),
+            ("1.1", "../../etc/passwd"),
+            ("1.1", &"A".repeat(64)),
+            (long.as_str(), &"b".repeat(64)),
+            ("1.1/../x", &"c".repeat(64)),
+            ("", &"d".repeat(64)),
+        ];
+        for (v, m) in bad {
+            let heard: BTreeMap<String, Option<Announced>> = [("200::b".to_string(), offering(&[(v, m)]))].into();
+            assert!(candidates(&heard, "rpi3", "1.0", &[], &[]).is_empty(), "{} {}", &v[..v.len().min(20)], &m[..m.len().min(20)]);
+        }
+        // A neighbour announcing many releases is read for its first few only.
+        let many: Vec<(String, String)> = (0..50).map(|i| (format!("2.{i}"), format!("{i:064x}"))).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(v, m)| (v.as_str(), m.as_str())).collect();
+        let heard: BTreeMap<String, Option<Announced>> = [("200::b".to_string(), offering(&many))].into();
+        assert_eq!(candidates(&heard, "rpi3", "1.0", &[], &[]).len(), MAX_ANNOUNCED);
+    }
+
+    #[test]
+    fn a_neighbour_stuck_in_trial_or_silent_holds_back_only_so_long() {
+        let limit = hold_limit(Duration::from_secs(180));
+        assert_eq!(limit, Duration::from_secs(900));
+        let t0 = Instant::now();
+        let mut since = BTreeMap::new();
+        let stuck = heard(&[("200::b", Some(Phase::Trial)), ("200::c", None), ("200::d", Some(Phase::Idle))]);
+        track(&mut since, &stuck, t0);
+        assert!(past_limit(&since, limit, t0 + limit / 2).is_empty());
+        assert!(holds_back("200::a", &stuck, false, &past_limit(&since, limit, t0 + limit / 2)).is_some());
+        // Still the same a quarter of an hour later: b and c no longer count; d never did.
+        track(&mut since, &stuck, t0 + limit);
+        let past = past_limit(&since, limit, t0 + limit + Duration::from_secs(1));
+        assert_eq!(past, ["200::b", "200::c"]);
+        assert_eq!(holds_back("200::a", &stuck, false, &past), None);
+        // b commits and goes on trial again later (another release): its count starts again.
+        track(&mut since, &heard(&[("200::b", Some(Phase::Idle)), ("200::c", None)]), t0 + limit * 2);
+        track(&mut since, &heard(&[("200::b", Some(Phase::Trial)), ("200::c", None)]), t0 + limit * 3);
+        assert_eq!(past_limit(&since, limit, t0 + limit * 3 + Duration::from_secs(1)), ["200::c"]);
+    }
+
+    #[test]
+    fn the_refusal_list_stays_bounded_and_keeps_the_newest() {
+        let mut list = Vec::new();
+        for i in 0..100 {
+            list = with_refusal(list, &format!("{i:064x}")).unwrap();
+        }
+        assert_eq!(list.len(), MAX_REFUSED);
+        assert_eq!((list[0].clone(), list[MAX_REFUSED - 1].clone()), (format!("{:064x}", 100 - MAX_REFUSED), format!("{:064x}", 99)));
+        assert_eq!(with_refusal(list.clone(), &format!("{:064x}", 99)), None);
+        assert_eq!(with_refusal(list, &"x".repeat(60_000)), None);
     }
 
     #[test]
