@@ -42,6 +42,17 @@ pub struct FaultReport {
     pub island_rejoined_at_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rogue: Option<RogueReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liar: Option<LiarReport>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct LiarReport {
+    pub node: String,
+    pub address: String,
+    /// Whether each of its neighbours named it for a false claim (in its status, while the
+    /// rollout ran).
+    pub named_by: BTreeMap<String, bool>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -67,23 +78,57 @@ pub struct RogueReport {
 /// [`Driver::after_commit`] points it elsewhere.
 pub fn add_rogue(topology: &mut Topology, files: &Path) -> Result<(), String> {
     let files = files.canonicalize().map_err(|e| format!("{}: {e}", files.display()))?;
+    let serve = format!("ln -sfn '{}' \"$MESHLAB_DIR/www\" && {SERVE_WWW}", files.display());
+    add_beside_hub(topology, "rogue", serve)
+}
+
+/// Adds the liar beside the hub: a plain web server over `www` in its directory, which
+/// [`arm_liar`] fills once the lab is made.
+pub fn add_liar(topology: &mut Topology) -> Result<(), String> {
+    add_beside_hub(topology, "liar", format!("mkdir -p \"$MESHLAB_DIR/www\" && {SERVE_WWW}"))
+}
+
+/// A plain web server over the node's `www`, on meshd's port.
+const SERVE_WWW: &str = "exec python3 -m http.server --bind :: --directory \"$MESHLAB_DIR/www\" 9100";
+
+/// Adds a node named `name` (or so, made unique) running `command`, linked by radio to the
+/// node with the most neighbours.
+fn add_beside_hub(topology: &mut Topology, name: &str, command: String) -> Result<(), String> {
     let nb = topology.neighbours();
     let hub = (0..topology.nodes.len())
         .filter(|&k| topology.nodes[k].run.is_none())
         .max_by_key(|&k| (nb[k].len(), std::cmp::Reverse(k)))
         .ok_or("no node runs meshd")?;
-    let mut id = "rogue".to_string();
+    let mut id = name.to_string();
     while topology.nodes.iter().any(|n| n.id == id) {
         id.push('x');
     }
-    topology.nodes.push(Node {
-        id,
-        router: Router::Yggdrasil,
-        updates: false,
-        run: Some(format!("ln -sfn '{}' \"$MESHLAB_DIR/www\" && exec python3 -m http.server --bind :: --directory \"$MESHLAB_DIR/www\" 9100", files.display())),
+    topology.nodes.push(Node { id, router: Router::Yggdrasil, updates: false, run: Some(command) });
+    let node = topology.nodes.len() - 1;
+    topology.links.push(Link { a: hub, b: node, radio: true, rate_kbit: WIFI_KBIT, loss_ab: RADIO_LOSS, loss_ba: RADIO_LOSS });
+    Ok(())
+}
+
+/// Writes what the liar serves: an announcement of version 999 (a manifest sha no release
+/// has) and of `update` (the rollout's new release: its version and genuine manifest sha), on
+/// `board`, and for both, under `/header/<sha>`, `other_header`: another release's genuine
+/// header.
+pub fn arm_liar(lab: &Lab, board: &str, update: (&str, &str), other_header: &[u8]) -> Result<(), String> {
+    let Some(l) = liar_of(lab) else { return Ok(()) };
+    let www = lab.nodes[l].dir.join("www");
+    let fake = meshos_common::chunks::sha256_hex(b"meshlab: a release no one built");
+    let release =
+        |version: &str, manifest: &str, slot: &str| serde_json::json!({"version": version, "manifest": manifest, "slot": slot, "running": slot == "a"});
+    let nodeinfo = serde_json::json!({
+        "name": "meshlab-liar", "board": board, "version": "999",
+        "upgrade": {"phase": "idle", "releases": [release("999", &fake, "a"), release(update.0, update.1, "b")]},
     });
-    let rogue = topology.nodes.len() - 1;
-    topology.links.push(Link { a: hub, b: rogue, radio: true, rate_kbit: WIFI_KBIT, loss_ab: RADIO_LOSS, loss_ba: RADIO_LOSS });
+    let err = |e: std::io::Error| format!("{}: {e}", www.display());
+    std::fs::create_dir_all(www.join("header")).map_err(err)?;
+    std::fs::write(www.join("nodeinfo.json"), nodeinfo.to_string()).map_err(err)?;
+    for sha in [fake.as_str(), update.1] {
+        std::fs::write(www.join("header").join(sha), other_header).map_err(err)?;
+    }
     Ok(())
 }
 
@@ -169,6 +214,12 @@ impl Driver {
             island: faults.cut.as_ref().map(|(_, c)| ids(c)).unwrap_or_default(),
             ..FaultReport::default()
         };
+        let liar = liar_of(lab).map(|l| LiarReport {
+            node: lab.nodes[l].id.clone(),
+            address: lab.nodes[l].command.as_ref().map(|c| c.address.clone()).unwrap_or_default(),
+            named_by: lab.neighbours[l].iter().map(|&k| (lab.nodes[k].id.clone(), false)).collect(),
+        });
+        let report = FaultReport { liar, ..report };
         Driver { faults, report, fetching_since: None, off_until: None, cut_at: None, done_cutting_power: false, then, then_since: None }
     }
 
@@ -221,6 +272,20 @@ impl Driver {
     /// outside the island runs the new release committed.
     pub fn step(&mut self, lab: &mut Lab, all_up: bool, rest_committed: bool) -> Result<(), String> {
         let t = lab.seconds();
+        // The liar's neighbours name it while they run (a reboot forgets it): looked for now.
+        if let (Some(liar), Some(l)) = (self.report.liar.as_mut(), liar_of(lab)) {
+            for &k in &lab.neighbours[l] {
+                let named = || {
+                    let status = lab.nodes[k].status();
+                    status.is_some_and(|s| s["upgrade"]["false_claims"].as_object().is_some_and(|m| m.keys().any(|u| u.contains(&liar.address))))
+                };
+                let entry = liar.named_by.entry(lab.nodes[k].id.clone()).or_default();
+                if !*entry && named() {
+                    *entry = true;
+                    eprintln!("meshlab: faults: node {} names the liar for a false claim", lab.nodes[k].id);
+                }
+            }
+        }
         if let Some((link, _)) = &self.faults.cut {
             let link = &lab.topology.links[*link];
             if all_up && self.report.island_cut_at_s.is_none() {
@@ -263,6 +328,10 @@ impl Driver {
 
 fn rogue_of(lab: &Lab) -> Option<usize> {
     lab.nodes.iter().position(|n| n.command.is_some() && n.id.starts_with("rogue"))
+}
+
+fn liar_of(lab: &Lab) -> Option<usize> {
+    lab.nodes.iter().position(|n| n.command.is_some() && n.id.starts_with("liar"))
 }
 
 /// What the rogue's neighbours recorded of its chunks.
@@ -309,5 +378,11 @@ mod tests {
         let f = choose(&t, &[0]);
         assert_eq!((f.cut.unwrap().1, f.victim), (vec![11, 12, 13, 14, 15], 6));
         assert!(add_rogue(&mut t, &files.path().join("missing")).is_err());
+        // The liar beside the hub too: still the same island and victim.
+        add_liar(&mut t).unwrap();
+        let liar = t.nodes.len() - 1;
+        assert_eq!((t.nodes[liar].id.as_str(), t.neighbours()[liar].clone()), ("liar", vec![10]));
+        let f = choose(&t, &[0]);
+        assert_eq!((f.cut.unwrap().1, f.victim), (vec![11, 12, 13, 14, 15], 6));
     }
 }

@@ -104,6 +104,7 @@ fn run(args: &[String]) -> Result<bool, String> {
     }
     if with_faults {
         faults::lossy(&mut topology);
+        faults::add_liar(&mut topology)?;
         if let Some(dir) = opt.get("rogue") {
             faults::add_rogue(&mut topology, dir.as_ref())?;
         }

@@ -147,10 +147,10 @@ fn seen(status: Option<&Value>, update_version: &str) -> Seen {
 
 pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
     // Only the header is read here; the file is closed before the rollout starts.
-    let (update_version, bundle_bytes) = {
+    let (update_version, update_sha, bundle_bytes) = {
         let file = std::fs::File::open(&plan.update).map_err(|e| format!("{}: {e}", plan.update.display()))?;
         let opened = meshos_common::bundle::open(file).map_err(|e| format!("{}: {e}", plan.update.display()))?;
-        (opened.manifest.version.clone(), opened.total_size())
+        (opened.manifest.version.clone(), opened.manifest_sha256(), opened.total_size())
     };
     // The nodes that run meshd: the rollout's.
     let members: Vec<bool> = lab.nodes.iter().map(|n| n.command.is_none()).collect();
@@ -175,6 +175,13 @@ pub fn rollout(lab: &mut Lab, plan: &Rollout) -> Result<Report, String> {
             f.report.victim,
             if f.report.island.is_empty() { "none (no part of this mesh hangs on one link)".to_string() } else { f.report.island.join(", ") }
         );
+    }
+    if plan.faults {
+        // The liar answers with N's genuine header, for releases that are not N.
+        let header = lab.work_dir().join("template/boot/a").join(meshos_common::bundle::SLOT_HEADER_FILE);
+        let header = std::fs::read(&header).map_err(|e| format!("{}: {e}", header.display()))?;
+        let board = lab.release.manifest.compatible.trim_start_matches("meshos-").to_string();
+        crate::faults::arm_liar(lab, &board, (&update_version, &update_sha), &header)?;
     }
     if let Some(r) = lab.nodes.iter().find(|n| n.command.is_some() && n.id.starts_with("rogue")) {
         let beside: Vec<&str> = lab.neighbours[lab.nodes.iter().position(|n| n.id == r.id).expect("found")].iter().map(|&k| lab.nodes[k].id.as_str()).collect();
@@ -335,6 +342,16 @@ impl Report {
         if let Some(r) = self.faults.as_ref().and_then(|f| f.rogue.as_ref()).filter(|r| r.bad_chunks_rejected.values().all(|b| *b == 0)) {
             failed.push(format!("no neighbour of the rogue ({}) recorded a chunk of it thrown away", r.node));
         }
+        if let Some(l) = self.faults.as_ref().and_then(|f| f.liar.as_ref()) {
+            let silent: Vec<&str> = l.named_by.iter().filter(|(_, named)| !**named).map(|(k, _)| k.as_str()).collect();
+            if !silent.is_empty() {
+                failed.push(format!(
+                    "the liar ({}) answered with another release's header, but its neighbour(s) {} did not name it",
+                    l.node,
+                    silent.join(", ")
+                ));
+            }
+        }
         if let Some(r) = self.faults.as_ref().and_then(|f| f.rogue.as_ref()) {
             if let Some(v) = &r.then_offered {
                 let not: Vec<&str> = r.refused_at_signature.iter().filter(|(_, ok)| !**ok).map(|(k, _)| k.as_str()).collect();
@@ -391,6 +408,15 @@ impl Report {
                     r.holding_then.len()
                 );
             }
+        }
+        if let Some(l) = self.faults.as_ref().and_then(|f| f.liar.as_ref()) {
+            let named = l.named_by.values().filter(|n| **n).count();
+            out += &format!(
+                "  liar     {} ({}): announced 999 and answered with another release's header; named by {named}/{} neighbour(s)\n",
+                l.node,
+                l.address,
+                l.named_by.len()
+            );
         }
         out + &stranded_lines(&self.stranded)
     }

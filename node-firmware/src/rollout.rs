@@ -300,6 +300,9 @@ impl Agent {
             });
             let mut claims = Vec::new();
             let header = chunk_fetch::fetch_header(&offering, &best.manifest, &self.fetch.cache, &mut claims);
+            // A neighbour that answered for this release with something else is not asked
+            // for its chunks either.
+            let offering: Vec<String> = offering.into_iter().filter(|p| !claims.iter().any(|(liar, _)| liar == p)).collect();
             for (peer, what) in claims {
                 eprintln!("meshd: upgrade: false claim by a neighbour: {what}");
                 memory.false_claims.insert(peer, what);
