@@ -23,6 +23,9 @@ const QUIET: Duration = Duration::from_secs(120);
 /// that three attempts of a broken release take minutes, not a quarter of an hour.
 const HEALTH_TIMEOUT_S: u64 = 30;
 
+/// Nodes a bad release may reach the trial of, at most (the nodes it was put on).
+const MAX_TRIED: usize = 3;
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub scenario: &'static str,
@@ -37,7 +40,9 @@ pub struct Report {
     pub seconds_to_set_up: f64,
     /// Nodes that booted the broken release, with how many boots each.
     pub tried: Vec<(String, u32)>,
-    /// Nodes whose last install record says the node went back to its old slot.
+    /// Nodes whose cards hold the broken release in a slot at the end (from the slots'
+    /// headers), and those whose last install record says the node went back to its old slot.
+    pub installed: Vec<String>,
     pub rolled_back: Vec<String>,
     /// When every node was last back on N, marked good and quiet (from power-on).
     pub seconds_to_quiet: Option<f64>,
@@ -130,6 +135,7 @@ pub fn run(lab: &mut Lab, plan: &Broken) -> Result<Report, String> {
             Stranded { node: lab.nodes[i].id.clone(), version, reason }
         })
         .collect();
+    let installed = lab.nodes.iter().filter(|n| n.command.is_none() && n.slot_versions().contains(&broken)).map(|n| n.id.clone()).collect();
     let rolled_back =
         lab.nodes.iter().filter(|n| n.command.is_none() && n.install_record().is_some_and(|r| r["step"] == "rolled_back")).map(|n| n.id.clone()).collect();
     Ok(Report {
@@ -143,6 +149,7 @@ pub fn run(lab: &mut Lab, plan: &Broken) -> Result<Report, String> {
         broken_how: "its router never starts",
         seconds_to_set_up: lab.setup_s,
         tried: lab.nodes.iter().filter(|n| n.broken_boots > 0).map(|n| (n.id.clone(), n.broken_boots)).collect(),
+        installed,
         rolled_back,
         seconds_to_quiet: quiet_since,
         max_down_at_once: watch.max_down,
@@ -160,13 +167,19 @@ impl Report {
             failed.push(format!("{} of {} nodes are not back on {} marked good", self.stranded.len(), self.nodes, self.release));
         }
         failed.extend(together_check(&self.neighbours_down_together_pairs));
+        if self.tried.len() > MAX_TRIED {
+            failed.push(format!(
+                "the broken release was tried on {} nodes (at most {MAX_TRIED}): a release must spread only from nodes where it passed its trial",
+                self.tried.len()
+            ));
+        }
         failed
     }
 
     pub fn summary(&self) -> String {
         let boots: u32 = self.tried.iter().map(|(_, b)| b).sum();
         let out = format!(
-            "broken release {} ({}) over {} nodes ({} links, {} s boots, {} s health checks)\n  spread   {} node(s) booted it, {boots} boots in all; {} rolled back\n  quiet    every node back on {} marked good {}\n  down     at most {} at once; linked nodes down together {} time(s)\n",
+            "broken release {} ({}) over {} nodes ({} links, {} s boots, {} s health checks)\n  spread   {} node(s) booted it, {boots} boots in all; {} hold it in a slot; {} rolled back\n  quiet    every node back on {} marked good {}\n  down     at most {} at once; linked nodes down together {} time(s)\n",
             self.broken,
             self.broken_how,
             self.nodes,
@@ -174,6 +187,7 @@ impl Report {
             self.boot_time_s,
             self.health_timeout_s,
             self.tried.len(),
+            self.installed.len(),
             self.rolled_back.len(),
             self.release,
             self.seconds_to_quiet.map_or("never".to_string(), |s| format!("at {s:.0} s")),

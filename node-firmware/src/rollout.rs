@@ -1,7 +1,9 @@
 //! Upgrades that spread through the mesh by themselves. Every node announces in
 //! `/nodeinfo.json` the releases its slots hold and what its upgrade is doing; this agent reads
-//! its overlay neighbours' announcements and, when one offers a newer release for this board,
-//! installs it from them (crate::chunk_fetch: only the chunks it lacks, signature first).
+//! its overlay neighbours' announcements and, when one runs a newer release for this board past
+//! its trial, installs it from the neighbours that hold it (crate::chunk_fetch: only the chunks
+//! it lacks, signature first). A release spreads only from nodes where it proved itself: one
+//! that fails its trial stops at the nodes it was put on (`updates/`, by hand).
 //!
 //! Then it reboots into it only when its neighbourhood allows, so that no two neighbours are
 //! down at once for an upgrade (nodes two hops apart may be; docs/upgrades.md): not while a
@@ -437,19 +439,23 @@ fn plausible(r: &Release) -> bool {
 
 /// The releases for `board` neighbours announce newer than `version`, newest first by what
 /// they announce (a claim, proven only by the header), at most [`MAX_CANDIDATES`], each with
-/// the neighbours that offer it; none in `skip` (refused, or whose header nobody served
-/// lately), nor the one this node holds staged.
+/// the neighbours that hold it; none in `skip` (refused, or whose header nobody served
+/// lately), nor the one this node holds staged. A release is a candidate only once a
+/// neighbour runs it past its trial: a release spreads from the nodes where it proved itself,
+/// so a bad one stops where it was put (the canaries: nodes given it in `updates/` or by hand).
 fn candidates(heard: &BTreeMap<String, Option<Announced>>, board: &str, version: &str, skip: &[String], ours: &[Release]) -> Vec<(Release, Vec<String>)> {
-    let mut found: BTreeMap<String, (Release, Vec<String>)> = BTreeMap::new();
+    let mut found: BTreeMap<String, (Release, Vec<String>, bool)> = BTreeMap::new();
     for (addr, a) in heard.iter().filter_map(|(addr, a)| a.as_ref().map(|a| (addr, a))).filter(|(_, a)| a.board == board) {
         for r in a.upgrade.releases.iter().take(MAX_ANNOUNCED).filter(|r| plausible(r)) {
             let wanted = newer(&r.version, version) && !skip.contains(&r.manifest) && !ours.iter().any(|o| o.manifest == r.manifest && !o.running);
             if wanted {
-                found.entry(r.manifest.clone()).or_insert_with(|| (r.clone(), Vec::new())).1.push(addr.clone());
+                let entry = found.entry(r.manifest.clone()).or_insert_with(|| (r.clone(), Vec::new(), false));
+                entry.1.push(addr.clone());
+                entry.2 |= r.running && a.upgrade.phase != Phase::Trial;
             }
         }
     }
-    let mut list: Vec<(Release, Vec<String>)> = found.into_values().collect();
+    let mut list: Vec<(Release, Vec<String>)> = found.into_values().filter(|(_, _, proven)| *proven).map(|(r, by, _)| (r, by)).collect();
     list.sort_by(|a, b| match (newer(&a.0.version, &b.0.version), newer(&b.0.version, &a.0.version)) {
         (true, _) => std::cmp::Ordering::Less,
         (_, true) => std::cmp::Ordering::Greater,
@@ -586,6 +592,25 @@ mod tests {
         let list = candidates(&heard, "rpi3", "1.0", std::slice::from_ref(&fake), &[]);
         assert_eq!(list.len(), 1);
         assert_eq!((list[0].0.version.as_str(), list[0].1.clone()), ("1.1", vec!["200::b".to_string(), "200::c".to_string()]));
+    }
+
+    #[test]
+    fn a_release_spreads_only_from_a_node_where_it_passed_its_trial() {
+        let m = "a".repeat(64);
+        let staged = Release { version: "1.1".into(), manifest: m.clone(), slot: "b".into(), running: false };
+        let running = Release { running: true, ..staged.clone() };
+        let says = |phase, r: &Release| Some(Announced { board: "rpi3".into(), upgrade: AnnouncedUpgrade { phase, releases: vec![r.clone()] } });
+        // The canary holds it staged, then runs it on trial: nobody takes it yet.
+        for a in [says(Phase::Staged, &staged), says(Phase::Rebooting, &staged), says(Phase::Trial, &running)] {
+            let heard: BTreeMap<String, Option<Announced>> = [("200::b".to_string(), a)].into();
+            assert!(candidates(&heard, "rpi3", "1.0", &[], &[]).is_empty());
+        }
+        // It committed: its neighbours take it, from every neighbour that holds it.
+        let heard: BTreeMap<String, Option<Announced>> =
+            [("200::b".to_string(), says(Phase::Idle, &running)), ("200::c".to_string(), says(Phase::Staged, &staged))].into();
+        let list = candidates(&heard, "rpi3", "1.0", &[], &[]);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].1, ["200::b", "200::c"]);
     }
 
     #[test]
