@@ -159,20 +159,21 @@ build() { # BOARD [NICE]: build it, check the image with other tools and its sig
   stage "signatures of $1 image and bundle (minisign -V)" signature "$(image "$1").xz"
 }
 # The virtual board first. Its next releases (N+1 and N+2, ci/next-releases.sh) are built once
-# for the tests that upgrade a mesh. Then four chains of VM stages and the mesh lab run in the
+# for the tests that upgrade a mesh. Then five chains of VM stages and the mesh lab run in the
 # background while the other boards build (niced: a VM gets its core when it needs it; its
 # watchdog and the moments of the cuts depend on it) and the Orange Pi builds again elsewhere:
 #   vm      the virtual board: a boot, three nodes running cjdns, the power cuts and the hang,
 #           the mesh of three (whose VMs wait on timers most of the time: alone it kept 35 % of
 #           the two cores busy);
 #   lab     the mesh lab: no VM, no timed check;
-#   boards  from rpi3's image on: the Pi's boot to 'meshos ready' through its own U-Boot
-#           (make test-all: its A/B upgrade), then the rollback and refusals (the same meshd
-#           and boot script logic on every board, so on the fast virtual board, with rpi3's
-#           bundle as another board's);
 #   orangepi  from the Orange Pi's image on: its own U-Boot and boot script (a fresh card
 #           boots and installs N+1, which is tried, committed and boots again after a power
-#           cycle; its QEMU keeps to one host core, see ci/upgrade-test.sh).
+#           cycle; its QEMU keeps to one host core, see ci/upgrade-test.sh);
+#   boards  beside it, the rollback and refusals (the same meshd and boot script logic on
+#           every board, so on the fast virtual board, with the Orange Pi's bundle as another
+#           board's);
+#   rpi3    from rpi3's image on: the Pi's boot to 'meshos ready' through its own U-Boot
+#           (make test-all: its A/B upgrade).
 if has qemu-arm64; then
   build qemu-arm64
   lab_release=$(image qemu-arm64 | sed 's/\.img$/.bundle/')
@@ -209,22 +210,23 @@ if has qemu-arm64; then
       LAB_PROFILE=dev LAB_RELEASE="$lab_release" LAB_OUT=out/lab-monitoring nice -n 5 ci/lab.sh
   fi
 fi
-# rpi3 before the Orange Pi: it takes the virtual board's arm64 meshd and cjdns, so its build
-# is short, and the refusals need another board's bundle (rpi3's).
-if has rpi3; then
-  build rpi3 10
-  if tier all; then
-    stage_bg --chain boards "A/B upgrade on rpi3 in raspi3b" ci/upgrade-test.sh rpi3 1
-  else
-    stage_bg --chain boards "boot rpi3 in raspi3b" boot rpi3
-  fi
+# The Orange Pi first and at full priority: its build (armv7 meshd and cjdns, compiled cold)
+# heads the longest chain of what follows (its upgrade, its second build). Then rpi3, which
+# takes the virtual board's arm64 meshd and cjdns, so its build is short.
+if has orangepi-zero; then
+  build orangepi-zero
+  stage_bg --chain orangepi "A/B upgrade on orangepi-zero in orangepi-pc" ci/upgrade-test.sh orangepi-zero 1
   if has qemu-arm64 && tier test; then
     stage_bg --chain boards "rollback and refusals on qemu-arm64" ci/upgrade-test.sh qemu-arm64 2 3
   fi
 fi
-if has orangepi-zero; then
-  build orangepi-zero 10
-  stage_bg --chain orangepi "A/B upgrade on orangepi-zero in orangepi-pc" ci/upgrade-test.sh orangepi-zero 1
+if has rpi3; then
+  build rpi3 10
+  if tier all; then
+    stage_bg --chain rpi3 "A/B upgrade on rpi3 in raspi3b" ci/upgrade-test.sh rpi3 1
+  else
+    stage_bg --chain rpi3 "boot rpi3 in raspi3b" boot rpi3
+  fi
 fi
 # The boards that ship are built again elsewhere and must give the same image: the Orange Pi
 # here in another directory, taking cjdroute from the first build; rpi3 in the Dockerfile's

@@ -11,7 +11,7 @@
 #      another board's, an older version.
 # Usage: ci/upgrade-test.sh [BOARD [SCENARIO...]] (default: rpi3, all three; needs MESHOS_SIGN_KEY,
 # as make test sets, and the board's image built and signed with it; scenario 3 also the other
-# board's bundle: the Orange Pi Zero's for rpi3, rpi3's for any other board); logs
+# board's bundle: rpi3's for the Orange Pi Zero, the Orange Pi Zero's for any other board); logs
 # and cards in out/upgrade-test/BOARD/. The virtual board's refusals take N+1 from
 # NEXT_RELEASES when make test gives it (ci/next-releases.sh).
 set -euo pipefail
@@ -26,7 +26,7 @@ export MTOOLS_SKIP_CHECK=1 PATH="$PATH:/usr/sbin:/sbin"
 V=$(cargo pkgid -p meshimg | sed 's/.*[#@]//')
 N=out/$BOARD/meshos-$BOARD-$V
 WORK=out/upgrade-test/$BOARD
-OTHER_BOARD=$([ "$BOARD" = rpi3 ] && echo orangepi-zero || echo rpi3)
+OTHER_BOARD=$([ "$BOARD" = orangepi-zero ] && echo rpi3 || echo orangepi-zero)
 rm -rf "$WORK" && mkdir -p "$WORK" && : > "$WORK/console.log"
 node_pid=
 fail() {
