@@ -130,7 +130,7 @@ fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record
     transfer.reused_bytes = all.iter().filter(|c| held.in_slot(&c.sha256)).map(|c| u64::from(c.size)).sum();
     transfer.needed_bytes = all.iter().filter(|c| !held.in_slot(&c.sha256)).map(|c| u64::from(c.size)).sum();
     let to_fetch: u64 = needed.iter().map(|c| u64::from(c.size)).sum();
-    eprintln!(
+    logln!(
         "meshd: upgrade: {} {}: {} of {} chunks to fetch ({to_fetch} bytes; {} bytes found in slot {}) from {} neighbour(s)",
         manifest.compatible,
         manifest.version,
@@ -250,7 +250,7 @@ fn fetch_one(agent: &ureq::Agent, chunk: &Chunk, i: usize, peers: &[String], opt
                     let tally = transfer.peers.get_mut(peer).expect("just made");
                     if data.len() as u64 != u64::from(chunk.size) || chunks::sha256_hex(&data) != chunk.sha256 {
                         tally.bad_chunks += 1;
-                        eprintln!(
+                        logln!(
                             "meshd: upgrade: {peer} served chunk {} with bytes that do not match the signed manifest; asking another neighbour",
                             chunk.sha256
                         );

@@ -12,8 +12,8 @@ pub fn apply(dir: &Path) {
     archives.sort();
     for a in archives {
         match command::run("tar", &["-xzf", &a.display().to_string(), "-C", "/etc"]) {
-            Ok(_) => eprintln!("meshd: applied {} over /etc", a.display()),
-            Err(e) => eprintln!("meshd: skipped {}: {e}", a.display()),
+            Ok(_) => logln!("meshd: applied {} over /etc", a.display()),
+            Err(e) => logln!("meshd: skipped {}: {e}", a.display()),
         }
     }
 }

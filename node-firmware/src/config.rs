@@ -471,7 +471,7 @@ pub fn load(file: &Path, state_dir: &Path) -> Loaded {
             let private = fs::metadata(&good).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 == 0);
             if !private || fs::read_to_string(&good).ok().as_deref() != Some(text.as_str()) {
                 if let Err(e) = crate::durable::write_private(&good, text.as_bytes()) {
-                    eprintln!("meshd: cannot keep the last good config: {e}");
+                    logln!("meshd: cannot keep the last good config: {e}");
                 }
             }
             Loaded { config, error: None, source: file.display().to_string() }

@@ -42,8 +42,8 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     }
     let loaded = config::load(&dirs.boot.join("mesh.yaml"), &dirs.state);
     if let Some(e) = &loaded.error {
-        eprintln!("meshd: config error: {e}");
-        eprintln!("meshd: running with {}; fix the file and restart the node", loaded.source);
+        logln!("meshd: config error: {e}");
+        logln!("meshd: running with {}; fix the file and restart the node", loaded.source);
     }
     let cfg = loaded.config;
     crate::conf_d::apply(&dirs.boot.join("conf.d"));
@@ -56,17 +56,17 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     let boot_fs = crate::boot_check::read(Path::new(crate::boot_check::LOG));
     match boot_fs.result.as_str() {
         "clean" => {}
-        "repaired" => eprintln!("meshd: boot partition repaired at boot: {}", boot_fs.changes.join(" ")),
-        other => eprintln!("meshd: boot partition check {other}: {} (see {})", boot_fs.changes.join(" "), crate::boot_check::LOG),
+        "repaired" => logln!("meshd: boot partition repaired at boot: {}", boot_fs.changes.join(" ")),
+        other => logln!("meshd: boot partition check {other}: {} (see {})", boot_fs.changes.join(" "), crate::boot_check::LOG),
     }
     let id = Identity::load_or_create(&dirs.state, &cfg.mesh.id).map_err(|e| health::cannot_start(e, &node, &dirs.state, timeout))?;
     id.apply_hostname();
     // cjdns has an address of its own, from its own keys.
     let address = router::overlay_address(&cfg, &id, &dirs.state).unwrap_or_else(|e| {
-        eprintln!("meshd: router: {e}");
+        logln!("meshd: router: {e}");
         id.address
     });
-    eprintln!("meshd: {} overlay address {address}", id.hostname);
+    logln!("meshd: {} overlay address {address}", id.hostname);
 
     // Read once: the ids go to status and metrics, the keys to the upgrade agent.
     let trusted = trust::public_keys(&crate::machine::in_root(trust::KEYS_DIR));
@@ -88,23 +88,23 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         ..NodeState::default()
     };
     if state.trusted_keys.is_empty() {
-        eprintln!("meshd: this image trusts no signing key: it will accept no upgrade");
+        logln!("meshd: this image trusts no signing key: it will accept no upgrade");
     }
 
     let mut services: Vec<Service> = Vec::new();
     match services::start_router(&cfg, &id, dirs) {
         Ok(s) => services.push(s),
-        Err(e) => eprintln!("meshd: router: {e}"),
+        Err(e) => logln!("meshd: router: {e}"),
     }
     match services::start_ssh(&cfg, dirs) {
         Ok(Some(s)) => services.push(s),
-        Ok(None) => eprintln!("meshd: ssh off: mesh.yaml lists no ssh.authorizedKeys"),
-        Err(e) => eprintln!("meshd: ssh: {e}"),
+        Ok(None) => logln!("meshd: ssh off: mesh.yaml lists no ssh.authorizedKeys"),
+        Err(e) => logln!("meshd: ssh: {e}"),
     }
     let bundle = served_slot(&node, dirs);
     match &bundle {
         Ok((_, name)) => state.bundle = Some(name.clone()),
-        Err(why) => eprintln!("meshd: serving no bundle to neighbours: {why}"),
+        Err(why) => logln!("meshd: serving no bundle to neighbours: {why}"),
     }
     let shared = Arc::new(Mutex::new(state.clone()));
     let card = slots::running(&node.slot);
@@ -113,7 +113,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     if cfg.gateway.offer {
         match crate::gateway::dns_service(&dirs.run) {
             Ok(s) => services.push(s),
-            Err(e) => eprintln!("meshd: gateway: {e}"),
+            Err(e) => logln!("meshd: gateway: {e}"),
         }
     }
     if cfg.metrics.enabled {
@@ -121,7 +121,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         let mesh = Arc::new(Mutex::new(crate::meshview::View::default()));
         let served = Arc::new(Mutex::new(crate::gateway::Served::default()));
         if let Err(e) = http::spawn(cfg.metrics.port, shared.clone(), dirs.run.clone(), bundle.map(|(source, _)| source), shelf, mesh.clone(), served.clone()) {
-            eprintln!("meshd: {e}");
+            logln!("meshd: {e}");
         }
         let view = mesh.clone();
         let agent = crate::gateway::Agent {
@@ -136,7 +136,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
             candidates: Box::new(move || view.lock().map(|v| crate::gateway::candidates(&v.nodes(Instant::now()))).unwrap_or_default()),
         };
         if let Err(e) = crate::gateway::spawn(agent) {
-            eprintln!("meshd: {e}");
+            logln!("meshd: {e}");
         }
         let (state, run_dir) = (shared.clone(), dirs.run.clone());
         let me = move || {
@@ -162,7 +162,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
             })
         };
         if let Err(e) = crate::meshview::spawn(mesh, me) {
-            eprintln!("meshd: {e}");
+            logln!("meshd: {e}");
         }
     }
     let rollout = Arc::new(Mutex::new(crate::rollout::Rollout::default()));
@@ -190,14 +190,14 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
                 shared: rollout.clone(),
             };
             if let Err(e) = crate::rollout::spawn(agent) {
-                eprintln!("meshd: {e}");
+                logln!("meshd: {e}");
             }
         }
-        (Err(e), _) => eprintln!("meshd: no upgrades over the mesh: {e}"),
-        (_, false) => eprintln!("meshd: no upgrades over the mesh: neighbours reach a node's releases on its metrics port, and mesh.yaml turns metrics off"),
+        (Err(e), _) => logln!("meshd: no upgrades over the mesh: {e}"),
+        (_, false) => logln!("meshd: no upgrades over the mesh: neighbours reach a node's releases on its metrics port, and mesh.yaml turns metrics off"),
     }
     if let Some(kb) = crate::node::rss_kib() {
-        eprintln!("meshd: running (VmRSS {kb} kB)");
+        logln!("meshd: running (VmRSS {kb} kB)");
     }
     node.announce_once(&dirs.run).map_err(|e| health::cannot_start(e, &node, &dirs.state, timeout))?;
     let mut health = health::Health::new(&node.slot, &dirs.state, timeout);
@@ -206,12 +206,12 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     let device = crate::machine::current().watchdog();
     let mut watchdog = match device.map(|d| Watchdog::arm(d, watchdog::WANTED)) {
         Some(Ok(Some(w))) => {
-            eprintln!("meshd: watchdog {} armed ({} s)", device.unwrap_or(Path::new("?")).display(), w.timeout.as_secs());
+            logln!("meshd: watchdog {} armed ({} s)", device.unwrap_or(Path::new("?")).display(), w.timeout.as_secs());
             Some(w)
         }
         None | Some(Ok(None)) => None,
         Some(Err(e)) => {
-            eprintln!("meshd: watchdog: {e}");
+            logln!("meshd: watchdog: {e}");
             None
         }
     };
@@ -243,7 +243,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         let changed = shared.lock().map(|mut s| std::mem::replace(&mut *s, state.clone()) != state).unwrap_or(true);
         if changed {
             if let Err(e) = status::write(&dirs.run, &state) {
-                eprintln!("meshd: {e}");
+                logln!("meshd: {e}");
             }
         }
         if let Some(w) = watchdog.as_mut() {
@@ -259,7 +259,7 @@ fn manage_radios(radios: &mut BTreeMap<String, Managed>, cfg: &Config, id: &Iden
     radios.retain(|phy, m| {
         let still = present.iter().any(|r| r.phy == *phy && r.mac == m.radio.mac);
         if !still {
-            eprintln!("meshd: {phy} ({}) is gone", m.radio.driver);
+            logln!("meshd: {phy} ({}) is gone", m.radio.driver);
         }
         still
     });
@@ -271,7 +271,7 @@ fn manage_radios(radios: &mut BTreeMap<String, Managed>, cfg: &Config, id: &Iden
         // Set with each radio: cfg80211 is only loaded once a radio's driver is.
         if role != Role::Off {
             if let Err(e) = radio::set_country(&cfg.mesh.country) {
-                eprintln!("meshd: regulatory domain {}: {e}", cfg.mesh.country);
+                logln!("meshd: regulatory domain {}: {e}", cfg.mesh.country);
             }
         }
         let mut services = Vec::new();
@@ -291,9 +291,9 @@ fn manage_radios(radios: &mut BTreeMap<String, Managed>, cfg: &Config, id: &Iden
             })(),
         };
         match &result {
-            Ok(iface) if role != Role::Off => eprintln!("meshd: {} ({}): {iface} up as {role:?}", r.phy, r.driver),
-            Ok(_) => eprintln!("meshd: {} ({}): off, as mesh.yaml says", r.phy, r.driver),
-            Err(e) => eprintln!("meshd: {} ({}): {e}; trying again in {} s", r.phy, r.driver, RETRY_RADIO_AFTER.as_secs()),
+            Ok(iface) if role != Role::Off => logln!("meshd: {} ({}): {iface} up as {role:?}", r.phy, r.driver),
+            Ok(_) => logln!("meshd: {} ({}): off, as mesh.yaml says", r.phy, r.driver),
+            Err(e) => logln!("meshd: {} ({}): {e}; trying again in {} s", r.phy, r.driver, RETRY_RADIO_AFTER.as_secs()),
         }
         let retry_at = result.is_err().then(|| Instant::now() + RETRY_RADIO_AFTER);
         radios.insert(r.phy.clone(), Managed { radio: r, role, result, retry_at, services });

@@ -39,7 +39,7 @@ pub fn start(state_dir: &Path) -> Report {
         }
     }
     if !ready() {
-        eprintln!("meshd: random: waiting for the kernel's random numbers (no saved seed and no hardware RNG)");
+        logln!("meshd: random: waiting for the kernel's random numbers (no saved seed and no hardware RNG)");
         let t = Instant::now();
         // Without flags getrandom blocks until the kernel is ready.
         let _ = fresh(1);
@@ -50,11 +50,11 @@ pub fn start(state_dir: &Path) -> Report {
         report.error = Some(format!("saving a seed for the next start: {e}"));
     }
     if let Some(e) = &report.error {
-        eprintln!("meshd: random: {e}");
+        logln!("meshd: random: {e}");
     } else if report.waited_s > 0.0 {
-        eprintln!("meshd: random: ready after {:.1} s; a seed is saved for the next start", report.waited_s);
+        logln!("meshd: random: ready after {:.1} s; a seed is saved for the next start", report.waited_s);
     } else if report.seeded {
-        eprintln!("meshd: random: seeded from {}", seed_path.display());
+        logln!("meshd: random: seeded from {}", seed_path.display());
     }
     report
 }

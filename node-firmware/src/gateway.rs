@@ -216,13 +216,13 @@ pub fn serve_lease(served: &Mutex<Served>, client: Ipv6Addr) -> Result<Lease, Re
     };
     if let (Some(n), Some(me)) = (new, me) {
         if let Err(e) = open_served_tunnel(n, me, client, lease.address) {
-            eprintln!("meshd: gateway: tunnel to {client}: {e}");
+            logln!("meshd: gateway: tunnel to {client}: {e}");
             if let Ok(mut s) = served.lock() {
                 s.leases.remove(&client);
             }
             return Err(Refusal::Unavailable(format!("the gateway could not make the tunnel: {e}")));
         }
-        eprintln!("meshd: gateway: {client} leased {} through {SERVED_PREFIX}{n}", lease.address);
+        logln!("meshd: gateway: {client} leased {} through {SERVED_PREFIX}{n}", lease.address);
     }
     Ok(lease)
 }
@@ -327,7 +327,7 @@ impl Agent {
             let _ = command::run("ip", &["link", "del", &name]);
         }
         if let Err(e) = prepare_dns_dir(&self.run_dir) {
-            eprintln!("meshd: gateway: {e}");
+            logln!("meshd: gateway: {e}");
         }
         let _ = crate::durable::write(&upstream_path(&self.run_dir), b"", 0o644);
         let mut watch = UplinkWatch::default();
@@ -348,7 +348,7 @@ impl Agent {
             if wanted != ruleset {
                 // Tried once per change of role, so a node without nft says so once.
                 if let Err(e) = apply_ruleset(&self.run_dir, &wanted) {
-                    eprintln!("meshd: gateway: {e}");
+                    logln!("meshd: gateway: {e}");
                 }
                 ruleset = wanted;
             }
@@ -430,9 +430,9 @@ impl UplinkWatch {
         });
         if offer && uplink != self.was {
             match &uplink {
-                Some(u) if u.up => eprintln!("meshd: gateway: offering internet access through {} (its router {} answers)", u.interface, u.router),
-                Some(u) => eprintln!("meshd: gateway: uplink {} down: its router {} does not answer; offering nothing", u.interface, u.router),
-                None => eprintln!("meshd: gateway: no uplink (no default route on a wired.dhcp interface); offering nothing"),
+                Some(u) if u.up => logln!("meshd: gateway: offering internet access through {} (its router {} answers)", u.interface, u.router),
+                Some(u) => logln!("meshd: gateway: uplink {} down: its router {} does not answer; offering nothing", u.interface, u.router),
+                None => logln!("meshd: gateway: no uplink (no default route on a wired.dhcp interface); offering nothing"),
             }
             self.was = uplink.clone();
         }
@@ -483,7 +483,7 @@ impl Client {
                 }
                 Leave::Nearer(why) => why,
             };
-            eprintln!("meshd: gateway: leaving {} ({}): {why}", u.candidate.name, u.candidate.address);
+            logln!("meshd: gateway: leaving {} ({}): {why}", u.candidate.name, u.candidate.address);
             close_tunnel();
         }
         if self.using.is_none() {
@@ -527,7 +527,7 @@ impl Client {
                 // Unanswered: tried again at the next check, while the gateway still holds the
                 // lease for a while after the last renewal.
                 Err(e) if now.duration_since(u.renewed) + RENEW < LEASE => {
-                    eprintln!("meshd: gateway: renewing with {} unanswered, trying again: {e}", u.candidate.name);
+                    logln!("meshd: gateway: renewing with {} unanswered, trying again: {e}", u.candidate.name);
                 }
                 Err(e) => return Some(Leave::Failed(format!("renewing: {e}"))),
                 Ok(Err(r)) => {
@@ -574,14 +574,14 @@ impl Client {
             match leased {
                 Ok(lease) => {
                     let hops = c.hops.map_or("?".into(), |h| h.to_string());
-                    eprintln!("meshd: gateway: using {} ({}), {hops} overlay hops away, lease {}", c.name, c.address, lease.address);
+                    logln!("meshd: gateway: using {} ({}), {hops} overlay hops away, lease {}", c.name, c.address, lease.address);
                     self.refused.remove(&c.address);
                     self.switches += 1;
                     self.using = Some(Using { candidate: c, lease, since: now, renewed: now, failures: 0, rx: counters(TUNNEL).0 });
                     return;
                 }
                 Err(r) => {
-                    eprintln!("meshd: gateway: {} ({}) gives no lease: {}", c.name, c.address, refusal_text(&r));
+                    logln!("meshd: gateway: {} ({}) gives no lease: {}", c.name, c.address, refusal_text(&r));
                     let until = match &r {
                         Refusal::NotAllowed(reason) => {
                             self.refused.insert(c.address, refused_report(&c, reason));

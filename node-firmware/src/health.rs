@@ -36,7 +36,7 @@ impl Health {
         let record = crate::upgrade::read_record(state_dir).filter(|r| r.step == crate::upgrade::Step::Installed);
         let trial = record.filter(|r| r.target.as_deref().and_then(Slot::parse) == running);
         if let Some(r) = &trial {
-            eprintln!("meshd: upgrade: trying {} in slot {slot}; it has {} s to become healthy", r.version.as_deref().unwrap_or("?"), timeout.as_secs());
+            logln!("meshd: upgrade: trying {} in slot {slot}; it has {} s to become healthy", r.version.as_deref().unwrap_or("?"), timeout.as_secs());
         }
         let mut h = Health {
             disk: None,
@@ -57,7 +57,7 @@ impl Health {
             (_, None) => h.report.error = Some(format!("unknown running slot '{slot}'")),
         }
         if let Some(e) = &h.report.error {
-            eprintln!("meshd: {e}; this boot cannot be marked good");
+            logln!("meshd: {e}; this boot cannot be marked good");
         }
         h
     }
@@ -84,9 +84,9 @@ impl Health {
                 } else {
                     "it found none of the overlay neighbours it had before the reboot"
                 };
-                eprintln!("meshd: upgrade: slot {slot} is not healthy ({why}); rebooting so U-Boot counts the failed attempt");
+                logln!("meshd: upgrade: slot {slot} is not healthy ({why}); rebooting so U-Boot counts the failed attempt");
                 if let Err(e) = crate::machine::current().reboot() {
-                    eprintln!("meshd: {e}");
+                    logln!("meshd: {e}");
                 }
                 self.trial = None;
             }
@@ -100,8 +100,8 @@ impl Health {
             Ok(report) => {
                 // (after the record: whoever reads this line finds both on the card)
                 match &report.rolled_back_from {
-                    Some(from) => eprintln!("meshd: ROLLBACK: slot {from} ran out of boot attempts; slot {slot} is running and marked good"),
-                    None => eprintln!(
+                    Some(from) => logln!("meshd: ROLLBACK: slot {from} ran out of boot attempts; slot {slot} is running and marked good"),
+                    None => logln!(
                         "meshd: slot {slot} healthy, marked good (order {}, attempts left A {} B {})",
                         report.order.join(" "),
                         report.a_left,
@@ -113,7 +113,7 @@ impl Health {
                 self.committed_now = true;
             }
             Err(e) => {
-                eprintln!("meshd: marking slot {slot} good: {e}");
+                logln!("meshd: marking slot {slot} good: {e}");
                 self.report.error = Some(e);
                 self.disk = None;
             }
@@ -128,11 +128,11 @@ pub fn cannot_start(e: String, node: &Node, state_dir: &Path, timeout: Duration)
     if Health::new(&node.slot, state_dir, timeout).trial.is_none() {
         return e;
     }
-    eprintln!("meshd: cannot start: {e}");
-    eprintln!("meshd: upgrade: slot {} is not healthy; rebooting in {} s so U-Boot counts the failed attempt", node.slot, timeout.as_secs());
+    logln!("meshd: cannot start: {e}");
+    logln!("meshd: upgrade: slot {} is not healthy; rebooting in {} s so U-Boot counts the failed attempt", node.slot, timeout.as_secs());
     std::thread::sleep(timeout);
     if let Err(e) = crate::machine::current().reboot() {
-        eprintln!("meshd: {e}");
+        logln!("meshd: {e}");
     }
     loop {
         std::thread::sleep(Duration::from_secs(60));

@@ -148,7 +148,7 @@ fn serve_on(listener: std::net::TcpListener, face: Face, limits: Limits) -> Resu
 async fn accept(listener: std::net::TcpListener, face: Arc<Face>, limits: Limits) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
-        Err(e) => return eprintln!("meshd: http: {e}"),
+        Err(e) => return logln!("meshd: http: {e}"),
     };
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -156,7 +156,7 @@ async fn accept(listener: std::net::TcpListener, face: Arc<Face>, limits: Limits
             Ok(c) => c,
             Err(e) => {
                 // Out of descriptors, most likely: let some connections end first.
-                eprintln!("meshd: http: {e}");
+                logln!("meshd: http: {e}");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
@@ -166,7 +166,7 @@ async fn accept(listener: std::net::TcpListener, face: Arc<Face>, limits: Limits
         let face = face.clone();
         tokio::spawn(async move {
             if let Err(why) = connection(stream, peer, face, limits).await {
-                eprintln!("meshd: http: {peer}: {why}");
+                logln!("meshd: http: {peer}: {why}");
             }
             drop(place);
         });
@@ -378,8 +378,8 @@ fn send_bundle(face: &Arc<Face>) -> Reply {
             }
         };
         match outcome {
-            Ok(()) => eprintln!("meshd: sent {name} ({sent} bytes)"),
-            Err(e) => eprintln!("meshd: sending {name}: ended after {sent} of {len} bytes: {e}"),
+            Ok(()) => logln!("meshd: sent {name} ({sent} bytes)"),
+            Err(e) => logln!("meshd: sending {name}: ended after {sent} of {len} bytes: {e}"),
         }
     });
     let mut r = reply(StatusCode::OK, "application/octet-stream", Bytes::new());

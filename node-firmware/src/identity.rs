@@ -27,7 +27,7 @@ impl Identity {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = hex(&new_private_key()?);
                 write_private(&path, &key)?;
-                eprintln!("meshd: first boot: made this node's router key ({})", path.display());
+                logln!("meshd: first boot: made this node's router key ({})", path.display());
                 key
             }
             Err(e) => return Err(format!("{}: {e}", path.display())),

@@ -15,7 +15,7 @@ use std::time::Duration;
 pub fn install_pending_updates(dirs: &Dirs) {
     let pending = crate::upgrade::pending(&dirs.boot);
     if let (Some(first), Some(r)) = (pending.first(), on_trial(dirs)) {
-        eprintln!(
+        logln!(
             "meshd: upgrade: {} waits: this slot runs {} on trial, and an install now would overwrite the last slot known good; it is installed once this one is committed",
             first.display(),
             r.version.as_deref().unwrap_or("?")
@@ -23,29 +23,29 @@ pub fn install_pending_updates(dirs: &Dirs) {
         return;
     }
     for bundle in pending {
-        eprintln!("meshd: upgrade: installing {} from the boot partition", bundle.display());
+        logln!("meshd: upgrade: installing {} from the boot partition", bundle.display());
         let result = install_bundle(&crate::bundle_source::Source::File(bundle.clone()), dirs, false);
         if let Err(e) = &result {
             if matches!(e.kind, ErrorKind::Busy | ErrorKind::ReadOnly) {
                 // Not refused: an install from the mesh runs, or the boot partition waits for
                 // its repair at the next boot (and could not take the renamed bundle anyway).
-                eprintln!("meshd: upgrade: {} waits for the next start: {e}", bundle.display());
+                logln!("meshd: upgrade: {} waits for the next start: {e}", bundle.display());
                 return;
             }
         }
         crate::upgrade::settle(&bundle, &result);
         match result {
             Ok(version) => {
-                eprintln!("meshd: upgrade: {version} installed; rebooting into it");
+                logln!("meshd: upgrade: {version} installed; rebooting into it");
                 if let Err(e) = crate::machine::current().reboot() {
-                    eprintln!("meshd: {e}");
+                    logln!("meshd: {e}");
                 }
                 // init is taking the system down; do not start services meanwhile.
                 loop {
                     std::thread::sleep(Duration::from_secs(60));
                 }
             }
-            Err(e) => eprintln!("meshd: upgrade: {} refused: {e}; renamed .rejected, reason beside it", bundle.display()),
+            Err(e) => logln!("meshd: upgrade: {} refused: {e}; renamed .rejected, reason beside it", bundle.display()),
         }
     }
 }

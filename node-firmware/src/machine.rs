@@ -185,7 +185,7 @@ impl Machine for LabNode {
     }
 
     fn reboot(&self) -> Result<(), String> {
-        eprintln!("meshd: lab node: rebooting (the lab boots the node again)");
+        logln!("meshd: lab node: rebooting (the lab boots the node again)");
         std::process::exit(LAB_REBOOT_STATUS)
     }
 }

@@ -1,6 +1,9 @@
 //! meshd: the meshos node daemon. Parses the command line and hands over to the modules;
 //! `daemon` is the node's life, `status` what `meshd status` shows.
 
+#[macro_use]
+mod log;
+
 mod access_point;
 mod boot_check;
 mod bundle_source;
@@ -69,7 +72,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("meshd: error: {e}");
+            logln!("meshd: error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -34,7 +34,7 @@ impl Node {
     pub fn announce_once(&self, run_dir: &Path) -> Result<(), String> {
         let mark = run_dir.join(ANNOUNCED_MARK);
         if mark.exists() {
-            eprintln!("meshd: restarted ({})", self.ready_line());
+            logln!("meshd: restarted ({})", self.ready_line());
             return Ok(());
         }
         let line = format!("{}\n", self.ready_line());

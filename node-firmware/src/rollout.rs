@@ -264,10 +264,10 @@ impl Agent {
     /// list keeps the newest [`MAX_REFUSED`].
     fn refuse(&self, manifest: Option<&str>, why: &str) {
         let Some(list) = manifest.and_then(|m| with_refusal(self.refused(), m)) else { return };
-        eprintln!("meshd: upgrade: release {} will not be installed again here: {why}", manifest.unwrap_or_default());
+        logln!("meshd: upgrade: release {} will not be installed again here: {why}", manifest.unwrap_or_default());
         let p = refused_path(&self.state_dir);
         if let Err(e) = crate::durable::write(&p, &serde_json::to_vec(&list).expect("a list serialises"), 0o644) {
-            eprintln!("meshd: upgrade: {}: {e}", p.display());
+            logln!("meshd: upgrade: {}: {e}", p.display());
         }
     }
 
@@ -295,7 +295,7 @@ impl Agent {
                 notes.push(format!("{} is offered only by neighbours that served bad bytes of it: {}", best.version, bad.join(", ")));
                 continue;
             }
-            eprintln!("meshd: upgrade: {} offered by {} neighbour(s); fetching what this node lacks", best.version, offering.len());
+            logln!("meshd: upgrade: {} offered by {} neighbour(s); fetching what this node lacks", best.version, offering.len());
             self.publish(|r| {
                 r.phase = Phase::Fetching;
                 r.note = None;
@@ -306,7 +306,7 @@ impl Agent {
             // for its chunks either.
             let offering: Vec<String> = offering.into_iter().filter(|p| !claims.iter().any(|(liar, _)| liar == p)).collect();
             for (peer, what) in claims {
-                eprintln!("meshd: upgrade: false claim by a neighbour: {what}");
+                logln!("meshd: upgrade: false claim by a neighbour: {what}");
                 memory.false_claims.insert(peer, what);
                 while memory.false_claims.len() > MAX_FALSE_CLAIMS {
                     memory.false_claims.pop_first();
@@ -316,7 +316,7 @@ impl Agent {
             let header = match header {
                 Ok(h) => h,
                 Err(e) => {
-                    eprintln!("meshd: upgrade: {e}");
+                    logln!("meshd: upgrade: {e}");
                     memory.unserved.insert(best.manifest.clone(), now);
                     notes.push(e);
                     continue;
@@ -334,11 +334,11 @@ impl Agent {
             };
             match chunk_fetch::install(&header, &offering, &node, &self.fetch) {
                 Ok(v) => {
-                    eprintln!("meshd: upgrade: {v} staged in slot {}; rebooting into it when no neighbour is down", self.running.other());
+                    logln!("meshd: upgrade: {v} staged in slot {}; rebooting into it when no neighbour is down", self.running.other());
                     return;
                 }
                 Err(e) => {
-                    eprintln!("meshd: upgrade: {} from the mesh: {e}", best.version);
+                    logln!("meshd: upgrade: {} from the mesh: {e}", best.version);
                     let verdict =
                         matches!(e.kind, ErrorKind::Signature | ErrorKind::Incompatible | ErrorKind::Malformed | ErrorKind::TooLarge | ErrorKind::NotNewer);
                     // The release itself, its header proven to be it, cannot be trusted or
@@ -392,7 +392,7 @@ impl Agent {
         let heard = only_nodes(self.listen(http, neighbours), members);
         track(&mut memory.holding, &heard, Instant::now());
         if let Some(why) = busy(&heard, true, memory) {
-            eprintln!("meshd: upgrade: not rebooting yet: {why}");
+            logln!("meshd: upgrade: not rebooting yet: {why}");
             self.publish(|r| {
                 r.phase = Phase::Staged;
                 r.note = Some(format!("waiting to reboot: {why}"));
@@ -405,9 +405,9 @@ impl Agent {
             r.neighbours = peers.clone();
             upgrade::save(&self.state_dir, &r);
         }
-        eprintln!("meshd: upgrade: REBOOTING into slot {} (no neighbour is down; {} overlay peer(s) to find again)", self.running.other(), peers.len());
+        logln!("meshd: upgrade: REBOOTING into slot {} (no neighbour is down; {} overlay peer(s) to find again)", self.running.other(), peers.len());
         if let Err(e) = crate::machine::current().reboot() {
-            eprintln!("meshd: {e}");
+            logln!("meshd: {e}");
         }
         loop {
             std::thread::sleep(Duration::from_secs(60));

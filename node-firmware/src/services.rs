@@ -28,12 +28,12 @@ pub fn rebind_cjdns(known: &mut Vec<String>, services: &mut [Service], cfg: &Con
     if now == *known {
         return;
     }
-    eprintln!("meshd: cjdns: links now {}; restarting it to bind them", now.join(" "));
+    logln!("meshd: cjdns: links now {}; restarting it to bind them", now.join(" "));
     *known = now;
     let Some(service) = services.iter_mut().find(|s| s.name == "cjdns") else { return };
     match router::launch(cfg, id, &dirs.state, &dirs.run).and_then(|l| crate::durable::write_private(&l.config_path, l.config_text.as_bytes())) {
         Ok(()) => service.stop(),
-        Err(e) => eprintln!("meshd: cjdns: {e}"),
+        Err(e) => logln!("meshd: cjdns: {e}"),
     }
 }
 

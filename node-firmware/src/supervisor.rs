@@ -77,7 +77,7 @@ impl Service {
                     // SAFETY: kill only sends a signal, to the group the child led.
                     unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
                     let why = format!("{status}");
-                    eprintln!(
+                    logln!(
                         "meshd: {} exited ({why}), restarting in {} s; its output is in {} ({}.1 once it has started again)",
                         self.name,
                         self.backoff.as_secs(),
@@ -128,7 +128,7 @@ impl Service {
         match spawned {
             Ok(child) => {
                 if let Err(e) = crate::durable::write(&self.pid_file, format!("{}\n", child.id()).as_bytes(), 0o644) {
-                    eprintln!("meshd: {}: {}: {e}", self.name, self.pid_file.display());
+                    logln!("meshd: {}: {}: {e}", self.name, self.pid_file.display());
                 }
                 self.child = Some(child);
                 self.next_start = Instant::now();
@@ -136,7 +136,7 @@ impl Service {
             Err(e) => {
                 let why = format!("cannot start {}: {e}", self.program);
                 if self.last_exit.as_deref() != Some(why.as_str()) {
-                    eprintln!("meshd: {}: {why}", self.name);
+                    logln!("meshd: {}: {why}", self.name);
                 }
                 self.last_exit = Some(why);
                 self.next_start = Instant::now() + self.backoff;
@@ -176,7 +176,7 @@ impl Service {
         if argv0.is_empty() || base(&argv0) != base(&self.program) {
             return;
         }
-        eprintln!("meshd: {}: stopping {} (pid {pid}), left running by an earlier meshd", self.name, self.program);
+        logln!("meshd: {}: stopping {} (pid {pid}), left running by an earlier meshd", self.name, self.program);
         // SAFETY: kill only sends signals, to the group and to the process itself (an older
         // meshd did not give it a group of its own).
         unsafe {

@@ -17,7 +17,7 @@ pub fn public_keys(dir: &Path) -> Vec<meshos_common::minisign::PublicKey> {
             match meshos_common::minisign::PublicKey::parse(&text) {
                 Ok(k) => Some(k),
                 Err(err) => {
-                    eprintln!("meshd: {}: {err}", e.path().display());
+                    logln!("meshd: {}: {err}", e.path().display());
                     None
                 }
             }
@@ -36,7 +36,7 @@ pub fn signatures_required(path: &Path, trusted: usize) -> usize {
         Err(_) => 1,
         Ok(text) => text.trim().parse::<usize>().ok().filter(|n| *n >= 1).unwrap_or_else(|| {
             // A damaged file must not lower the bar: require every trusted key.
-            eprintln!("meshd: {}: '{}' is not a number of signatures; requiring every trusted key", path.display(), text.trim());
+            logln!("meshd: {}: '{}' is not a number of signatures; requiring every trusted key", path.display(), text.trim());
             trusted.max(1)
         }),
     }

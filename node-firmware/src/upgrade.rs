@@ -142,7 +142,7 @@ pub fn read_record(state_dir: &Path) -> Option<Record> {
 pub fn save(state_dir: &Path, r: &Record) {
     let p = record_path(state_dir);
     if let Err(e) = crate::durable::write(&p, &serde_json::to_vec_pretty(r).expect("record serialises"), 0o644) {
-        eprintln!("meshd: upgrade: {}: {e}", p.display());
+        logln!("meshd: upgrade: {}: {e}", p.display());
     }
 }
 
@@ -336,7 +336,7 @@ pub fn mark_target_bad(node: &Target, target: Slot, manifest: &bundle::Manifest,
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_fail(Step::MarkTargetBad, &header_path)(e)),
         _ => {}
     }
-    eprintln!("meshd: upgrade: {} {}: slot {target} marked bad, writing it", manifest.compatible, manifest.version);
+    logln!("meshd: upgrade: {} {}: slot {target} marked bad, writing it", manifest.compatible, manifest.version);
     record.step = Step::Write;
     save(node.state_dir, record);
     Ok(())
@@ -425,7 +425,7 @@ pub fn finish(node: &Target, target: Slot, header: &[u8], version: &str, record:
         Some(try_it)
     })
     .map_err(fail(Step::MarkTry, ErrorKind::BootState))?;
-    eprintln!("meshd: upgrade: slot {target} holds {version} and boots next ({DEFAULT_ATTEMPTS} attempts, then slot {} again)", node.running);
+    logln!("meshd: upgrade: slot {target} holds {version} and boots next ({DEFAULT_ATTEMPTS} attempts, then slot {} again)", node.running);
     Ok(())
 }
 
@@ -468,11 +468,11 @@ pub fn settle(bundle: &Path, result: &Result<String, InstallError>) {
         }
     };
     if let Err(e) = outcome {
-        eprintln!("meshd: upgrade: {}: {e}", bundle.display());
+        logln!("meshd: upgrade: {}: {e}", bundle.display());
     }
     // The rename and the removal: the boot partition as a whole, in one call.
     if let Err(e) = sync_fs(bundle.parent().unwrap_or(Path::new("/"))) {
-        eprintln!("meshd: upgrade: {e}");
+        logln!("meshd: upgrade: {e}");
     }
 }
 

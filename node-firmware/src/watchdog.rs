@@ -106,7 +106,7 @@ pub fn reboot() -> Result<(), String> {
     for (key, value) in [("hung_task_timeout_secs", "30"), ("hung_task_panic", "1")] {
         let path = Path::new("/proc/sys/kernel").join(key);
         if let Err(e) = std::fs::write(&path, value) {
-            eprintln!("meshd: {}: {e} (a hung shutdown will not be reset)", path.display());
+            logln!("meshd: {}: {e} (a hung shutdown will not be reset)", path.display());
         }
     }
     crate::command::run("reboot", &[]).map(drop)

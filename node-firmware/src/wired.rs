@@ -26,7 +26,7 @@ pub fn manage(wired: &Wired, dhcp: &mut BTreeMap<String, Service>, run_dir: &Pat
         let up = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).is_ok_and(|f| f & 1 == 1);
         if !up {
             if let Err(err) = command::run("ip", &["link", "set", &name, "up"]) {
-                eprintln!("meshd: {err}");
+                logln!("meshd: {err}");
             }
         }
         if wants_dhcp && !dhcp.contains_key(&name) {
