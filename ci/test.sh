@@ -34,19 +34,34 @@ trap 'rm -rf "$MESHOS_REPRO_TARGET"' EXIT
 stage_log() { # NAME: where the next stage's output is kept
   echo "out/test-logs/$(printf '%02d' $((passed + failed + ${#started_bg[@]} + ${#started_idle[@]} + 1)))-$(tr -c 'a-z0-9\n' - <<<"${1,,}" | tr -s -).log"
 }
+# The CPU time a stage took, all its processes together (the user and system time of the
+# subshell's children, from bash's `times`), written to LOG.cpu: with two cores, what the run
+# costs is these times added up, not the stages' lengths.
+measured() { # LOG COMMAND...: run it in a subshell and keep its CPU seconds
+  local log=$1; shift
+  (
+    "$@"; rc=$?
+    times > "$log.cpu"  # (not in a pipe: a pipe's subshell has no children of its own)
+    awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, t, "m"); s += t[1] * 60 + t[2] } printf "%d\n", s }' "$log.cpu" > "$log.cpu.s"
+    mv "$log.cpu.s" "$log.cpu"
+    exit $rc
+  )
+}
 stage() { # NAME COMMAND...: run one stage, its output also kept in out/test-logs/
   local name=$1 start=$SECONDS log rc; shift
   log=$(stage_log "$name")
   echo "== $name"
-  "$@" 2>&1 | tee "$log"
+  measured "$log" "$@" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   tally "$name" "$log" "$rc" $((SECONDS - start))
 }
-tally() { # NAME LOG RC SECONDS: count a stage's result and say it
+tally() { # NAME LOG RC SECONDS: count a stage's result and say it, with its CPU time
+  local cpu
+  cpu=$(cat "$2.cpu" 2>/dev/null) && rm -f "$2.cpu"
   if [ "$3" -eq 0 ]; then
-    passed=$((passed + 1)); echo "== $1: ok ($4 s)"
+    passed=$((passed + 1)); echo "== $1: ok ($4 s, CPU ${cpu:-?} s)"
   else
-    failed=$((failed + 1)) failures+=("$1|$2"); echo "== $1: FAILED ($4 s)"
+    failed=$((failed + 1)) failures+=("$1|$2"); echo "== $1: FAILED ($4 s, CPU ${cpu:-?} s)"
   fi
 }
 
@@ -112,7 +127,7 @@ stage_bg() { # [--chain NAME] [--idle] STAGE COMMAND...: --chain: once the chain
   (
     if [ -n "$after" ]; then while kill -0 "$after" 2>/dev/null; do sleep 2; done; fi
     start=$SECONDS
-    if [ -n "$idle" ]; then chrt --idle 0 ionice -c 3 nice -n 19 "$@"; else "$@"; fi > "$log" 2>&1
+    if [ -n "$idle" ]; then measured "$log" chrt --idle 0 ionice -c 3 nice -n 19 "$@"; else measured "$log" "$@"; fi > "$log" 2>&1
     echo "$? $((SECONDS - start))" > "$log.rc"
   ) &
   [ -z "$chain" ] || chain_last[$chain]=$!
