@@ -36,7 +36,7 @@ fi
 release() { # DIR [BUILD-ARGS...]: builds the virtual board's release into DIR (warm: about a minute)
   local dir=$1; shift
   echo "lab: building release ${*:-$V} into $dir"
-  "$MESHIMG" build qemu-arm64 --out "$dir" "$@" > "$dir.log" 2>&1 || { tail -20 "$dir.log"; echo "lab: building the release failed (whole log: $dir.log)" >&2; exit 2; }
+  "$MESHIMG" build qemu-arm64 --bundle-only --out "$dir" "$@" > "$dir.log" 2>&1 || { tail -20 "$dir.log"; echo "lab: building the release failed (whole log: $dir.log)" >&2; exit 2; }
 }
 if [ -n "${LAB_RELEASE:-}" ]; then
   [ -n "${MESHOS_SIGN_KEY:-}" ] || { echo "lab: LAB_RELEASE needs the MESHOS_SIGN_KEY it was signed with, to sign N+1" >&2; exit 2; }

@@ -267,7 +267,7 @@ def build_next(work, version):
     out = work / "next"
     log = work / "build-next.log"
     with open(log, "w") as f:
-        r = subprocess.run(["nice", "-n", "10", MESHIMG, "build", BOARD, "--out", str(out), "--image-version", version], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        r = subprocess.run(["nice", "-n", "10", MESHIMG, "build", BOARD, "--bundle-only", "--out", str(out), "--image-version", version], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
     if r.returncode != 0:
         fail(f"building N+1: see {log}")
     return out / BOARD / f"meshos-{BOARD}-{version}.bundle"

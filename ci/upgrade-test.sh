@@ -95,10 +95,10 @@ if [ "$BOARD" = qemu-arm64 ] && [ -n "${NEXT_RELEASES:-}" ] && ! want 1; then
   [ -f "$NEXT" ] || fail "no N+1 in NEXT_RELEASES: $NEXT"
   ok "N+1 from $NEXT_RELEASES"
 else
-  nice -n 10 "$MESHIMG" build "$BOARD" --out "$WORK/next" --image-version "$V.1" > "$WORK/build-next.log" 2>&1 || fail "building N+1: $(tail -3 "$WORK/build-next.log")"
+  nice -n 10 "$MESHIMG" build "$BOARD" --bundle-only --out "$WORK/next" --image-version "$V.1" > "$WORK/build-next.log" 2>&1 || fail "building N+1: $(tail -3 "$WORK/build-next.log")"
 fi
 if want 2 || want 3; then
-  nice -n 10 "$MESHIMG" build "$BOARD" --out "$WORK/broken" --image-version "$V.2" --overlay ci/fixtures/broken-router > "$WORK/build-broken.log" 2>&1 \
+  nice -n 10 "$MESHIMG" build "$BOARD" --bundle-only --out "$WORK/broken" --image-version "$V.2" --overlay ci/fixtures/broken-router > "$WORK/build-broken.log" 2>&1 \
     || fail "building the broken N+2: $(tail -3 "$WORK/build-broken.log")"
 fi
 built=()

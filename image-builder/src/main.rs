@@ -61,6 +61,10 @@ enum Command {
         /// Print the build report as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Only the update bundle, its signature, SBOM and report: no SD image (for a release
+        /// that reaches its nodes as an upgrade; quicker, the image's compression is skipped).
+        #[arg(long)]
+        bundle_only: bool,
         #[command(flatten)]
         keys: ImageArgs,
         #[command(flatten)]
@@ -350,7 +354,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Build { board: name, out, cache, json, keys, sources } => {
+        Command::Build { board: name, out, cache, json, bundle_only, keys, sources } => {
             let (_, l, p, lock_path) = load(&cli.root, &name, &out, &keys)?;
             let sign_key = keys.sign_key.as_deref().map(signing::open_secret).transpose()?;
             if sign_key.is_none() {
@@ -369,17 +373,32 @@ fn run(cli: Cli) -> Result<()> {
                 firmware_target_dir: cli.root.join("target").join("node-firmware"),
                 sign_key,
                 sources: sources.dir,
+                bundle_only,
             };
             let report = build::build(&l, &p, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report.json)?);
             } else {
                 let total = report.json["total_seconds"].as_f64().unwrap_or(0.0);
-                let xz = report.json["sizes"]["img_xz"].as_u64().unwrap_or(0);
+                let signed = report.json["signed_by"].is_string();
                 eprintln!("build: done in {total:.1} s");
-                println!("{}  ({:.1} MiB, sha256 {})", report.img_xz.display(), xz as f64 / 1048576.0, report.img_xz_sha256);
-                let sig = if report.json["signed_by"].is_string() { ".img.xz.minisig, .bundle.minisig, " } else { "" };
-                println!("also in {}: .img, .img.xz.sha256, update .bundle, {sig}SBOM (.cdx.json), build report (.build-report.json)", p.outputs.dir.display());
+                match &report.img_xz {
+                    Some((img_xz, sha256)) => {
+                        let xz = report.json["sizes"]["img_xz"].as_u64().unwrap_or(0);
+                        println!("{}  ({:.1} MiB, sha256 {sha256})", img_xz.display(), xz as f64 / 1048576.0);
+                        let sig = if signed { ".img.xz.minisig, .bundle.minisig, " } else { "" };
+                        println!(
+                            "also in {}: .img, .img.xz.sha256, update .bundle, {sig}SBOM (.cdx.json), build report (.build-report.json)",
+                            p.outputs.dir.display()
+                        );
+                    }
+                    None => {
+                        let bundle = report.json["sizes"]["bundle"].as_u64().unwrap_or(0);
+                        println!("{}  ({:.1} MiB; no SD image: --bundle-only)", p.outputs.bundle.display(), bundle as f64 / 1048576.0);
+                        let sig = if signed { ".bundle.minisig, " } else { "" };
+                        println!("also in {}: {sig}SBOM (.cdx.json), build report (.build-report.json)", p.outputs.dir.display());
+                    }
+                }
             }
             Ok(())
         }

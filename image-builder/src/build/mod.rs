@@ -31,13 +31,16 @@ pub struct Options {
     pub sign_key: Option<meshos_common::minisign::SecretKey>,
     /// A directory of source tarballs searched before GitHub (`--sources`).
     pub sources: Option<PathBuf>,
+    /// The update bundle without the SD image (`--bundle-only`): a release that reaches its
+    /// nodes as an upgrade needs no card.
+    pub bundle_only: bool,
 }
 
 /// What a build did, for the report and for the caller to print.
 pub struct Report {
     pub json: serde_json::Value,
-    pub img_xz: PathBuf,
-    pub img_xz_sha256: String,
+    /// The compressed image and its sha256 (none with `bundle_only`).
+    pub img_xz: Option<(PathBuf, String)>,
 }
 
 struct Steps {
@@ -94,7 +97,8 @@ pub fn build(lock: &Lock, plan: &Plan, opts: &Options) -> Result<Report> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let epoch = plan.source_date_epoch;
-    let mut steps = Steps { done: Vec::new(), total: 11 + usize::from(opts.sign_key.is_some()) + 2 * usize::from(plan.cjdns.is_some()) };
+    let image_steps = if opts.bundle_only { 0 } else { 3 };
+    let mut steps = Steps { done: Vec::new(), total: 8 + image_steps + usize::from(opts.sign_key.is_some()) + 2 * usize::from(plan.cjdns.is_some()) };
 
     let downloaded = steps.run("fetch packages", || {
         let all: Vec<_> = lock.packages.iter().collect();
@@ -165,25 +169,32 @@ pub fn build(lock: &Lock, plan: &Plan, opts: &Options) -> Result<Report> {
 
     steps.run("update bundle", || Ok(update_bundle::write(&staged(&out.bundle), &boot_part.bundle_header, &boot_part.bundle_images)?))?;
 
-    let data_img = work.join("data.ext4");
-    steps.run("data partition", || Ok(fsimage::ext4(&data_img, plan.layout.partitions[disk::DATA].size, &plan.data_uuid, "meshos-data", epoch)?))?;
+    // The image's sha256 and the compressed image's.
+    let image: Option<(String, String)> = if opts.bundle_only {
+        None
+    } else {
+        let data_img = work.join("data.ext4");
+        steps.run("data partition", || Ok(fsimage::ext4(&data_img, plan.layout.partitions[disk::DATA].size, &plan.data_uuid, "meshos-data", epoch)?))?;
 
-    steps.run("disk image", || {
-        let raw = boot::raw_writes(plan, &inputs, &work)?;
-        let parts: [(usize, &Path); 3] = [(disk::BOOT, &boot_part.image), (disk::ROOT_A, &rootfs_img), (disk::DATA, &data_img)];
-        Ok(disk::assemble(&plan.layout, &staged(&out.img), &raw, &parts)?)
-    })?;
+        steps.run("disk image", || {
+            let raw = boot::raw_writes(plan, &inputs, &work)?;
+            let parts: [(usize, &Path); 3] = [(disk::BOOT, &boot_part.image), (disk::ROOT_A, &rootfs_img), (disk::DATA, &data_img)];
+            Ok(disk::assemble(&plan.layout, &staged(&out.img), &raw, &parts)?)
+        })?;
 
-    let (img_sha, xz_sha) = steps.run("compress and checksum", || {
-        let (img_sum, sum) = xz::compress(&staged(&out.img), &staged(&out.img_xz))?;
-        let name = out.img_xz.file_name().expect("file name").to_string_lossy();
-        std::fs::write(staged(&out.sha256), format!("{sum}  {name}\n"))?;
-        Ok((img_sum, sum))
-    })?;
+        Some(steps.run("compress and checksum", || {
+            let (img_sum, sum) = xz::compress(&staged(&out.img), &staged(&out.img_xz))?;
+            let name = out.img_xz.file_name().expect("file name").to_string_lossy();
+            std::fs::write(staged(&out.sha256), format!("{sum}  {name}\n"))?;
+            Ok((img_sum, sum))
+        })?)
+    };
 
     let signed_by = match &opts.sign_key {
         Some(key) => Some(steps.run("sign", || {
-            crate::signing::sign_file(&staged(&out.img_xz), key, epoch)?;
+            if image.is_some() {
+                crate::signing::sign_file(&staged(&out.img_xz), key, epoch)?;
+            }
             crate::signing::sign_file(&staged(&out.bundle), key, epoch)?;
             Ok(key.public().id())
         })?),
@@ -209,8 +220,8 @@ pub fn build(lock: &Lock, plan: &Plan, opts: &Options) -> Result<Report> {
         "steps": steps.done.iter().map(|(n, s)| json!({"step": n, "seconds": (s * 100.0).round() / 100.0})).collect::<Vec<_>>(),
         "total_seconds": (steps.done.iter().map(|(_, s)| s).sum::<f64>() * 100.0).round() / 100.0,
         "sizes": {
-            "img": size(&out.img),
-            "img_xz": size(&out.img_xz),
+            "img": image.as_ref().map(|_| size(&out.img)),
+            "img_xz": image.as_ref().map(|_| size(&out.img_xz)),
             "root_squashfs": rootfs_size,
             "initramfs": initrd.len(),
             "kernel": boot_part.kernel_len,
@@ -225,25 +236,31 @@ pub fn build(lock: &Lock, plan: &Plan, opts: &Options) -> Result<Report> {
         },
         "firmware_not_packaged": missing_firmware.iter().map(|(m, f)| format!("{m}: {f}")).collect::<Vec<_>>(),
         "outputs": {
-            "img": img_sha,
-            "img_xz": xz_sha,
+            "img": image.as_ref().map(|(img, _)| img),
+            "img_xz": image.as_ref().map(|(_, xz)| xz),
             "cjdroute": cjdroute.as_ref().map(|c| hex::encode(Sha256::digest(c))),
         },
     });
     std::fs::write(staged(&out.report), serde_json::to_vec_pretty(&report)?)?;
-    // Only a build that got this far replaces the previous outputs.
-    for f in [&out.img, &out.img_xz, &out.sha256, &out.sbom, &out.report, &out.bundle] {
-        std::fs::rename(staged(f), f).with_context(|| format!("moving {} into place", f.display()))?;
-    }
-    // A signature never sits beside an image it does not sign.
-    if signed_by.is_some() {
-        for f in [&out.minisig, &out.bundle_minisig] {
+    // Only a build that got this far replaces the previous outputs; an image, its checksum or a
+    // signature never sits beside a bundle or an image from another build.
+    let made: Vec<(&PathBuf, bool)> = vec![
+        (&out.img, image.is_some()),
+        (&out.img_xz, image.is_some()),
+        (&out.sha256, image.is_some()),
+        (&out.sbom, true),
+        (&out.report, true),
+        (&out.bundle, true),
+        (&out.minisig, image.is_some() && signed_by.is_some()),
+        (&out.bundle_minisig, signed_by.is_some()),
+    ];
+    for (f, made) in made {
+        if made {
             std::fs::rename(staged(f), f).with_context(|| format!("moving {} into place", f.display()))?;
+        } else {
+            let _ = std::fs::remove_file(f);
         }
-    } else {
-        let _ = std::fs::remove_file(&out.minisig);
-        let _ = std::fs::remove_file(&out.bundle_minisig);
     }
     let _ = std::fs::remove_dir_all(&work);
-    Ok(Report { json: report, img_xz: out.img_xz.clone(), img_xz_sha256: xz_sha })
+    Ok(Report { json: report, img_xz: image.map(|(_, xz)| (out.img_xz.clone(), xz)) })
 }
