@@ -111,21 +111,25 @@ boot_malformed() { # BOARD
 # stage started with --idle runs only on what the others leave of the CPU and the disk (the
 # container test: much of it is downloading), and only `stage_wait --idle` waits for it.
 declare -A chain_last=()
-stage_bg() { # [--chain NAME] [--idle] STAGE COMMAND...: --chain: once the chain's last stage ends
-  local chain= idle= after= name log
+stage_bg() { # [--chain NAME] [--after CHAIN] [--idle] STAGE COMMAND...: --chain: once the
+  # chain's last stage ends, and the stage becomes its last; --after: also once that chain's
+  # last stage (so far) ends
+  local chain= idle= after=() name log
   while :; do
     case $1 in
-    --chain) chain=$2; shift 2 ;;
+    --chain) chain=$2; after+=("${chain_last[$2]:-}"); shift 2 ;;
+    --after) after+=("${chain_last[$2]:-}"); shift 2 ;;
     --idle) idle=1; shift ;;
     *) break ;;
     esac
   done
-  [ -z "$chain" ] || after=${chain_last[$chain]:-}
   name=$1; shift
   log=$(stage_log "$name")
   echo "== $name (in the background; output in $log)"
   (
-    if [ -n "$after" ]; then while kill -0 "$after" 2>/dev/null; do sleep 2; done; fi
+    for p in "${after[@]}"; do
+      [ -z "$p" ] || while kill -0 "$p" 2>/dev/null; do sleep 2; done
+    done
     start=$SECONDS
     if [ -n "$idle" ]; then measured "$log" chrt --idle 0 ionice -c 3 nice -n 19 "$@"; else measured "$log" "$@"; fi > "$log" 2>&1
     echo "$? $((SECONDS - start))" > "$log.rc"
@@ -149,11 +153,18 @@ stage_wait() { # [--idle]: waits for the stages started with stage_bg (--idle: a
   started_bg=() bg_pids=()
 }
 
-# (PROPTEST_CASES: inputs each property test of a parser tries; see */tests/properties.rs)
-stage "cargo tests" env PROPTEST_CASES=4096 cargo test --workspace --locked
 stage "cargo fmt --check" cargo fmt --all --check
-stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 stage "alerting rules (promtool)" sh -c 'promtool check rules monitoring/rules.yml && promtool test rules monitoring/rules-test.yml'
+# The unit tests and clippy beside the first build, whose downloads, source checks and meshd's
+# link leave a core idle for minutes. The stages run a copy of meshimg: cargo test may link
+# target/debug/meshimg again (with the tests' features) while a build is running it.
+if [ "$MESHIMG" = target/debug/meshimg ]; then
+  mkdir -p out/bin && cp target/debug/meshimg out/bin/meshimg && MESHIMG=$PWD/out/bin/meshimg
+fi
+export MESHIMG
+# (PROPTEST_CASES: inputs each property test of a parser tries; see */tests/properties.rs)
+stage_bg --chain rust "cargo tests" env PROPTEST_CASES=4096 cargo test --workspace --locked
+stage_bg --chain rust "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 # Images are signed with a key made for this run (no secret is ever committed); the stock
 # minisign tool must accept the signature.
 rm -rf out/ci-key && mkdir -p out/ci-key
@@ -198,8 +209,9 @@ if has qemu-arm64; then
     # the other gateway, but for the one its allow list leaves out. It needs only release N.
     stage_bg --chain lab "mesh lab: gateways over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=gateways BOOT_TIME=5 TIMEOUT=900 \
       LAB_PROFILE=dev LAB_RELEASE="$lab_release" LAB_OUT=out/lab-gateways nice -n 5 ci/lab.sh
+    # Beside the Orange Pi's build; the stages that take them wait for them (--after next).
     rm -rf out/next
-    stage "next releases of qemu-arm64 (N+1, N+2)" ci/next-releases.sh out/next
+    stage_bg --chain next "next releases of qemu-arm64 (N+1, N+2)" ci/next-releases.sh out/next
     export NEXT_RELEASES=$PWD/out/next
   fi
   stage_bg --chain vm "boot qemu-arm64 in QEMU, its mesh.yaml malformed" boot_malformed qemu-arm64
@@ -208,7 +220,7 @@ if has qemu-arm64; then
     stage_bg --chain vm "cjdns on three qemu-arm64 nodes" ci/cjdns-test.sh "$(image qemu-arm64)" 3
     rounds=3; tier all && rounds=12
     stage_bg --chain vm "power cuts ($rounds) and a hang on qemu-arm64" env POWERCUT_ROUNDS=$rounds ci/powercut-test.py
-    stage_bg --chain vm "mesh of three qemu-arm64 nodes" ci/mesh-test.sh "$(image qemu-arm64)"
+    stage_bg --chain vm --after next "mesh of three qemu-arm64 nodes" ci/mesh-test.sh "$(image qemu-arm64)"
   fi
   # The mesh lab (docs/lab.md): 16 real meshd nodes in network namespaces (a line, a ring with
   # a hub, a second island behind one link) take N+1 from one of them by themselves; with
@@ -218,7 +230,7 @@ if has qemu-arm64; then
   lab_update=()
   tier test && lab_update=(LAB_UPDATE="$NEXT_RELEASES/n1/qemu-arm64/meshos-qemu-arm64-$version.1.bundle"
     LAB_ROGUE_THEN="$NEXT_RELEASES/n2/qemu-arm64/meshos-qemu-arm64-$version.2.bundle")
-  stage_bg --chain lab "mesh lab: $scenario over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=$scenario BOOT_TIME=5 TIMEOUT=1200 \
+  stage_bg --chain lab --after next "mesh lab: $scenario over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=$scenario BOOT_TIME=5 TIMEOUT=1200 \
     LAB_PROFILE=dev LAB_RELEASE="$lab_release" "${lab_update[@]}" LAB_OUT=out/lab-test nice -n 5 ci/lab.sh
   if tier test; then
     stage_bg --chain lab "mesh lab: monitoring over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=monitoring BOOT_TIME=5 TIMEOUT=600 \
@@ -232,7 +244,7 @@ if has orangepi-zero; then
   build orangepi-zero
   stage_bg --chain orangepi "A/B upgrade on orangepi-zero in orangepi-pc" ci/upgrade-test.sh orangepi-zero 1
   if has qemu-arm64 && tier test; then
-    stage_bg --chain boards "rollback and refusals on qemu-arm64" ci/upgrade-test.sh qemu-arm64 2 3
+    stage_bg --chain boards --after next "rollback and refusals on qemu-arm64" ci/upgrade-test.sh qemu-arm64 2 3
   fi
 fi
 if has rpi3; then
