@@ -47,17 +47,26 @@ pub struct Node {
 }
 
 impl Node {
-    /// What a view takes from outside: an overlay address, short text, a bounded list.
+    /// What a view takes from outside: an overlay address, short text, a bounded list. The
+    /// addresses end up as Prometheus targets (`/sd.json`) and as gateways to tunnel to, so only
+    /// a node's overlay address passes: never loopback, link-local, a LAN's or a mapped IPv4.
     fn plausible(&self) -> bool {
         let short = |s: &str| s.len() <= 128 && !s.contains(['\n', '\r']);
-        self.address.parse::<Ipv6Addr>().is_ok()
+        is_overlay(&self.address)
+            && self.metrics_port != Some(0)
             && [&self.name, &self.version, &self.board, &self.slot].iter().all(|s| short(s))
             && self.neighbours.len() <= 64
-            && self.neighbours.iter().all(|n| n.parse::<Ipv6Addr>().is_ok())
+            && self.neighbours.iter().all(|n| is_overlay(n))
             && self.link_bytes.len() <= self.neighbours.len()
             && self.alerts.len() <= 16
             && self.alerts.iter().all(|a| a.len() <= 256)
     }
+}
+
+/// Whether `address` is a node's address on an overlay: Yggdrasil's 200::/8 (300::/8 holds the
+/// nodes' client prefixes, not nodes) or cjdns's fc00::/8.
+fn is_overlay(address: &str) -> bool {
+    address.parse::<Ipv6Addr>().is_ok_and(|a| matches!(a.octets()[0], 0x02 | 0xfc))
 }
 
 #[derive(Debug, Default)]
@@ -180,6 +189,21 @@ mod tests {
             age_s,
             gateway: false,
         }
+    }
+
+    #[test]
+    fn only_overlay_addresses_enter_the_view() {
+        let mut view = View::default();
+        let named = |address: &str| Node { address: address.into(), ..node(1, 0, &[]) };
+        let bad = ["::1", "::ffff:169.254.169.254", "fe80::1", "fd00::1", "2001:db8::1", "300::1", "not an address"];
+        view.learn(bad.iter().map(|a| named(a)).collect(), Instant::now());
+        assert!(view.known.is_empty(), "{:?}", view.known.keys());
+        let mut pointing = node(2, 0, &[]);
+        pointing.neighbours = vec!["::1".into()];
+        let mut port0 = node(3, 0, &[]);
+        port0.metrics_port = Some(0);
+        view.learn(vec![pointing, port0, named("fc12::1"), node(4, 0, &[5])], Instant::now());
+        assert_eq!(view.known.keys().collect::<Vec<_>>(), ["200::4", "fc12::1"]);
     }
 
     #[test]
