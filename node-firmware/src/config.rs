@@ -278,6 +278,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     if m.id.is_empty() || m.id.len() > 32 {
         return Err(at("mesh.id", format!("'{}' must be 1 to 32 bytes long", m.id)));
     }
+    // The node's name is made from it, and other nodes drop a record whose name breaks a line.
+    if m.id.chars().any(char::is_control) {
+        return Err(at("mesh.id", format!("{:?} holds a control character (a line break, a tab); write the id on one line", m.id)));
+    }
     if let Some(ch) = m.channel {
         let mhz = frequency_of(ch).ok_or_else(|| at("mesh.channel", format!("{ch} is not a channel a mesh can use (1-14, 36-48, 149-165)")))?;
         if text_has(text, "mesh.frequency") && mhz != m.frequency {
@@ -544,6 +548,8 @@ peers: [tls://192.0.2.1:443]\nwired:\n  peering: [eth0]\n  dhcp: []\nrouter: cjd
 
         let e = bad("apiVersion: meshos/v1\nmesh: [oops\n");
         assert_eq!((e.line, e.key.as_str()), (Some(2), "mesh"), "{e}");
+        let e = bad("apiVersion: meshos/v1\nmesh:\n  id: \"north\\nmesh\"\n");
+        assert_eq!(e.to_string(), "/boot/mesh.yaml:3: mesh.id: \"north\\nmesh\" holds a control character (a line break, a tab); write the id on one line");
         let e = bad("apiVersion: meshos/v1\nmesh:\n  id: 'open\n");
         assert_eq!(e.to_string(), "/boot/mesh.yaml:4: mesh.id: found unexpected end of stream, while scanning a quoted scalar at line 3 column 7");
         let e = bad("apiVersion: meshos/v1\nradios:\n  - usb: 0cf3:9271\n    role: mesh\n  - bus: 2\n");
