@@ -5,7 +5,7 @@
 use meshos_common::minisign::{new_key_pair, PublicKey, SecretKey, SignatureFile};
 use std::fs;
 use std::io::IsTerminal;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Where a passphrase can come from when no one is at a terminal (CI, scripts).
@@ -103,10 +103,12 @@ pub fn keygen(output: &Path, unencrypted: bool, force: bool) -> Result<PublicKey
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let tmp = output.with_extension("tmp");
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
-    std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io(&tmp))?;
-    fs::rename(&tmp, output).map_err(io(output))?;
+    // A file of its own (a new name, created exclusively, mode 0600), never one that was there:
+    // a planted file keeps its permissions when written, a planted symlink leads elsewhere.
+    let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut f = tempfile::Builder::new().prefix(".meshimg-key").permissions(fs::Permissions::from_mode(0o600)).tempfile_in(dir).map_err(io(dir))?;
+    std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io(f.path()))?;
+    f.persist(output).map_err(|e| SigningError::Io { path: output.into(), reason: e.error })?;
     fs::write(&pub_path, public.render()).map_err(io(&pub_path))?;
     Ok(public)
 }

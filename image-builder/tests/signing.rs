@@ -109,3 +109,24 @@ fn encrypted_keys_interoperate_with_minisign() {
     assert_ne!(code, 0);
     assert!(text.contains("is encrypted and there is no terminal") && text.contains("MESHOS_SIGN_PASSPHRASE"), "{text}");
 }
+
+#[test]
+fn keygen_writes_the_secret_key_to_a_file_of_its_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("site.key");
+    // What a fixed temporary name would have written through: a world-readable file planted
+    // where it would be, and a link from there to somewhere else.
+    let planted = tmp.path().join("site.tmp");
+    std::fs::write(&planted, b"").unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    std::os::unix::fs::symlink(&elsewhere, tmp.path().join("site.key.tmp")).unwrap();
+    let (code, text) = meshimg(&["keygen", "-o", p(&key), "--unencrypted"], &[]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(&planted).unwrap(), b"", "the planted file was written to");
+    assert!(!elsewhere.exists(), "the key went through the planted link");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(left.iter().all(|n| !n.starts_with(".meshimg-key")), "a temporary file was left behind: {left:?}");
+}
