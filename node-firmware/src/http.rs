@@ -42,6 +42,9 @@ pub const MAX_CONNECTIONS: usize = 32;
 const MAX_REQUEST: usize = 16 * 1024;
 /// Bundle transfers at once (each holds a blocking thread); more are told to come back later.
 const MAX_TRANSFERS: usize = 2;
+/// How long a scrape's stations and router peers serve later scrapes (Prometheus scrapes every
+/// 15 s or more).
+const ASKED_WITHIN: Duration = Duration::from_secs(5);
 
 /// What a connection must do to keep its place.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +82,8 @@ struct Face {
     bundle: Result<SlotSource, String>,
     shelf: Option<Mutex<Shelf>>,
     collectors: Mutex<Collectors>,
+    /// The radios' stations and the router's peers, as the last scrape asked them.
+    asked: metrics::Asked<(Vec<radio::Station>, Result<Vec<router::Peer>, String>)>,
     /// The mesh as this node knows it (crate::meshview).
     mesh: Arc<Mutex<View>>,
     /// One permit per bundle transfer, held by its reading thread until it ends.
@@ -117,7 +122,8 @@ impl Face {
         gateway: Arc<Mutex<crate::gateway::Served>>,
     ) -> Face {
         let (collectors, transfers) = (Mutex::new(Collectors::new()), Arc::new(Semaphore::new(MAX_TRANSFERS)));
-        Face { state, run_dir, bundle, shelf: shelf.map(Mutex::new), collectors, mesh, transfers, gateway }
+        let asked = metrics::Asked::new(ASKED_WITHIN);
+        Face { state, run_dir, bundle, shelf: shelf.map(Mutex::new), collectors, asked, mesh, transfers, gateway }
     }
 
     /// The nodes of the mesh view now, this node first.
@@ -232,13 +238,15 @@ async fn respond(face: &Arc<Face>, req: Request<Incoming>, peer: std::net::Socke
             let face = face.clone();
             // It asks the radios and the router, which may take a moment.
             let page = tokio::task::spawn_blocking(move || {
-                let mut stations = Vec::new();
-                for r in snapshot.radios.iter().filter(|r| r.role == "mesh" && r.error.is_none()) {
-                    stations.extend(radio::stations(&r.interface).unwrap_or_default());
-                }
-                let peers = router::peers(&face.run_dir);
+                let asked = face.asked.get(Instant::now(), || {
+                    let mut stations = Vec::new();
+                    for r in snapshot.radios.iter().filter(|r| r.role == "mesh" && r.error.is_none()) {
+                        stations.extend(radio::stations(&r.interface).unwrap_or_default());
+                    }
+                    (stations, router::peers(&face.run_dir))
+                });
                 let mut c = face.collectors.lock().unwrap_or_else(|e| e.into_inner());
-                metrics::render(&snapshot, &stations, &peers, &mut c)
+                metrics::render(&snapshot, &asked.0, &asked.1, &mut c)
             })
             .await;
             match page {

@@ -7,12 +7,39 @@ use crate::router::Peer;
 use crate::status::NodeState;
 use std::fmt::Write;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use sysinfo::{Components, Disks, Networks, System};
 
 /// Chunks and bytes sent to neighbours for their upgrades since meshd started (the HTTP face
 /// counts them as it serves).
 pub static SERVED_CHUNKS: AtomicU64 = AtomicU64::new(0);
 pub static SERVED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// What a scrape asks of the radios and the router (a fork of `iw` per radio, a query to the
+/// router), kept for a few seconds: a client asking for /metrics many times a second makes no
+/// more forks than one scrape does, and scrapes at the same moment wait for one answer.
+pub struct Asked<T> {
+    within: Duration,
+    held: Mutex<Option<(Instant, Arc<T>)>>,
+}
+
+impl<T> Asked<T> {
+    pub fn new(within: Duration) -> Asked<T> {
+        Asked { within, held: Mutex::new(None) }
+    }
+
+    /// The answer asked within the last `within` of `now`, else `ask()`'s, kept.
+    pub fn get(&self, now: Instant, ask: impl FnOnce() -> T) -> Arc<T> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, answer)) = held.as_ref().filter(|(at, _)| now.saturating_duration_since(*at) < self.within) {
+            return answer.clone();
+        }
+        let answer = Arc::new(ask());
+        *held = Some((now, answer.clone()));
+        answer
+    }
+}
 
 /// The host-side collectors, kept between scrapes (sysinfo works on differences).
 pub struct Collectors {
@@ -402,6 +429,19 @@ fn gateway(e: &mut Exposition, g: &crate::gateway::Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrapes_close_together_ask_the_radios_once() {
+        let asked = Asked::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        let mut forks = 0;
+        for i in 0..100 {
+            asked.get(t0 + Duration::from_millis(i * 10), || forks += 1);
+        }
+        assert_eq!(forks, 1, "a hundred scrapes in a second");
+        asked.get(t0 + Duration::from_secs(6), || forks += 1);
+        assert_eq!(forks, 2, "a scrape after the answer went stale asks again");
+    }
     use crate::status::{ConfigErrorDoc, RadioState, ServiceDoc};
 
     #[test]
