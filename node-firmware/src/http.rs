@@ -75,6 +75,9 @@ impl Default for Limits {
     }
 }
 
+/// The radios' stations and the router's peers (or why the router did not say).
+type Scraped = (Vec<radio::Station>, Result<Vec<router::Peer>, String>);
+
 /// What the face serves from.
 struct Face {
     state: Arc<Mutex<NodeState>>,
@@ -83,7 +86,7 @@ struct Face {
     shelf: Option<Mutex<Shelf>>,
     collectors: Mutex<Collectors>,
     /// The radios' stations and the router's peers, as the last scrape asked them.
-    asked: metrics::Asked<(Vec<radio::Station>, Result<Vec<router::Peer>, String>)>,
+    asked: metrics::Asked<Scraped>,
     /// The mesh as this node knows it (crate::meshview).
     mesh: Arc<Mutex<View>>,
     /// One permit per bundle transfer, held by its reading thread until it ends.
