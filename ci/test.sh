@@ -185,13 +185,16 @@ build() { # BOARD [NICE]: build it, check the image with other tools and its sig
   stage "signatures of $1 image and bundle (minisign -V)" signature "$(image "$1").xz"
 }
 # The virtual board first. Its next releases (N+1 and N+2, ci/next-releases.sh) are built once
-# for the tests that upgrade a mesh. Then five chains of VM stages and the mesh lab run in the
-# background while the other boards build (niced: a VM gets its core when it needs it; its
-# watchdog and the moments of the cuts depend on it) and the Orange Pi builds again elsewhere:
-#   vm      the virtual board: a boot, three nodes running cjdns, the power cuts and the hang,
-#           the mesh of three (whose VMs wait on timers most of the time: alone it kept 35 % of
-#           the two cores busy);
-#   lab     the mesh lab: no VM, no timed check;
+# for the tests that upgrade a mesh (chain next). Then chains of VM stages and the mesh lab run
+# in the background while the other boards build (niced: a VM gets its core when it needs it;
+# its watchdog and the moments of the cuts depend on it) and the Orange Pi builds again
+# elsewhere. Once the builds are done the cores idle unless the chains are short, so the
+# longest ones (the lab's, the mesh of three) start early and wait for nothing:
+#   vm      the virtual board: a boot, three nodes running cjdns, the mesh of three (whose VMs
+#           wait on timers most of the time: alone it kept 35 % of the two cores busy);
+#   power   beside it, the power cuts and the hang;
+#   lab     the mesh lab: no VM, little CPU but a long wait on its rollout's hops, so it runs at
+#           the builds' priority;
 #   orangepi  from the Orange Pi's image on: its own U-Boot and boot script (a fresh card
 #           boots and installs N+1, which is tried, committed and boots again after a power
 #           cycle; its QEMU keeps to one host core, see ci/upgrade-test.sh);
@@ -208,7 +211,7 @@ if has qemu-arm64; then
     # uplinks; every node reaches a web server by name, then one uplink is cut and all move to
     # the other gateway, but for the one its allow list leaves out. It needs only release N.
     stage_bg --chain lab "mesh lab: gateways over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=gateways BOOT_TIME=5 TIMEOUT=900 \
-      LAB_PROFILE=dev LAB_RELEASE="$lab_release" LAB_OUT=out/lab-gateways nice -n 5 ci/lab.sh
+      LAB_PROFILE=dev LAB_RELEASE="$lab_release" LAB_OUT=out/lab-gateways ci/lab.sh
     # Beside the Orange Pi's build; the stages that take them wait for them (--after next).
     rm -rf out/next
     stage_bg --chain next "next releases of qemu-arm64 (N+1, N+2)" ci/next-releases.sh out/next
@@ -219,7 +222,7 @@ if has qemu-arm64; then
     # cjdns, cross-compiled into the image: three nodes in a line started with router: cjdns.
     stage_bg --chain vm "cjdns on three qemu-arm64 nodes" ci/cjdns-test.sh "$(image qemu-arm64)" 3
     rounds=3; tier all && rounds=12
-    stage_bg --chain vm "power cuts ($rounds) and a hang on qemu-arm64" env POWERCUT_ROUNDS=$rounds ci/powercut-test.py
+    stage_bg --chain power "power cuts ($rounds) and a hang on qemu-arm64" env POWERCUT_ROUNDS=$rounds ci/powercut-test.py
     stage_bg --chain vm --after next "mesh of three qemu-arm64 nodes" ci/mesh-test.sh "$(image qemu-arm64)"
   fi
   # The mesh lab (docs/lab.md): 16 real meshd nodes in network namespaces (a line, a ring with
@@ -231,10 +234,10 @@ if has qemu-arm64; then
   tier test && lab_update=(LAB_UPDATE="$NEXT_RELEASES/n1/qemu-arm64/meshos-qemu-arm64-$version.1.bundle"
     LAB_ROGUE_THEN="$NEXT_RELEASES/n2/qemu-arm64/meshos-qemu-arm64-$version.2.bundle")
   stage_bg --chain lab --after next "mesh lab: $scenario over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=$scenario BOOT_TIME=5 TIMEOUT=1200 \
-    LAB_PROFILE=dev LAB_RELEASE="$lab_release" "${lab_update[@]}" LAB_OUT=out/lab-test nice -n 5 ci/lab.sh
+    LAB_PROFILE=dev LAB_RELEASE="$lab_release" "${lab_update[@]}" LAB_OUT=out/lab-test ci/lab.sh
   if tier test; then
     stage_bg --chain lab "mesh lab: monitoring over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=monitoring BOOT_TIME=5 TIMEOUT=600 \
-      LAB_PROFILE=dev LAB_RELEASE="$lab_release" LAB_OUT=out/lab-monitoring nice -n 5 ci/lab.sh
+      LAB_PROFILE=dev LAB_RELEASE="$lab_release" LAB_OUT=out/lab-monitoring ci/lab.sh
   fi
 fi
 # The Orange Pi first and at full priority: its build (armv7 meshd and cjdns, compiled cold)
