@@ -348,8 +348,12 @@ wifi_client_joins() {
     on_a "cat /run/meshd/hostapd-*.log /tmp/ns/client/wpa.log; meshd status" >&2 || true
     fail "the client did not associate with A's access point"
   fi
-  in_ns client "udhcpc -i wcl0 -n -q -t 10 -T 2 -s /usr/share/meshos/udhcpc.script" > "$WORK/client-dhcp.log" 2>&1 \
-    || fail "the client got no address from A's access point: $(tail -3 "$WORK/client-dhcp.log")"
+  # A minute of asking: A's dnsmasq starts with the access point, and on a loaded host an
+  # emulated node can take a while to answer. If none comes, what A ran says why.
+  if ! in_ns client "udhcpc -i wcl0 -n -q -t 30 -T 2 -s /usr/share/meshos/udhcpc.script" > "$WORK/client-dhcp.log" 2>&1; then
+    on_a "meshd status; ps; cat /run/meshd/dnsmasq-*.log" >&2 || true
+    fail "the client got no address from A's access point: $(tail -3 "$WORK/client-dhcp.log")"
+  fi
   lease=$(in_ns client "ip -4 addr show wcl0" | sed -n 's/.*inet \([0-9.]*\).*/\1/p')
   in_ns client 'ping -c 1 -W 3 $(ip route | sed -n "s/^default via \([0-9.]*\).*/\1/p")' > /dev/null || fail "the client cannot reach A over its access point"
 }
