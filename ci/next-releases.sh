@@ -21,7 +21,7 @@ mkdir -p "$DIR"
 for n in ${WANT:-1 2}; do
   bundle=$DIR/n$n/qemu-arm64/meshos-qemu-arm64-$V.$n.bundle
   t=$SECONDS
-  nice -n 10 "$MESHIMG" build qemu-arm64 --bundle-only --out "$DIR/n$n" --image-version "$V.$n" --overlay "$DIR/next-overlay" \
+  "$MESHIMG" build qemu-arm64 --bundle-only --out "$DIR/n$n" --image-version "$V.$n" --overlay "$DIR/next-overlay" \
     --trust-key "$DIR/second.key.pub" --signatures-required 2 > "$DIR/n$n.log" 2>&1 \
     || { tail -20 "$DIR/n$n.log" >&2; echo "next-releases: building $V.$n failed (whole log: $DIR/n$n.log)" >&2; exit 1; }
   if [ "$n" = 1 ]; then
