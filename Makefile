@@ -53,7 +53,7 @@ lab: setup meshimg
 # Removes what a killed lab left behind (its namespaces and their processes).
 lab-clean:
 	cargo build --locked -p meshlab
-	$(if $(filter 0,$(shell id -u)),,sudo) target/debug/meshlab clean
+	$(if $(filter 0,$(shell id -u)),,sudo) target/debug/meshlab clean $(if $(LAB_NAME),--name $(LAB_NAME))
 
 clean:
 	rm -rf $(OUT) target/node-firmware

@@ -12,6 +12,7 @@
 #   LAB_ROGUE_THEN=BUNDLE  faults: a release the rogue offers once every node has committed,
 #                   which its neighbours must refuse at the signature (make test: N+2, signed
 #                   by one key where N+1 requires two)
+#   LAB_NAME=NAME   the lab's name (default meshlab): labs of different names run side by side
 #   LAB_PROFILE=dev builds meshd and meshlab unoptimised (make test: quicker to build after the
 #                   unit tests; its memory figures are not the product's)
 # The releases: N is the virtual board's image as `make image` builds it, N+1 the same with the
@@ -88,4 +89,4 @@ source=(--topology "${TOPOLOGY:-mesh-lab/topologies/freifunk-ulm.json}")
 as_root "$BIN/meshlab" run --scenario "${SCENARIO:-rollout}" "${source[@]}" \
   --release "$N" "${update[@]}" \
   --meshd "$MESHD" --out "$OUT" "${rogue[@]}" \
-  ${BOOT_TIME:+--boot-time "$BOOT_TIME"} ${TIMEOUT:+--timeout "$TIMEOUT"}
+  ${BOOT_TIME:+--boot-time "$BOOT_TIME"} ${TIMEOUT:+--timeout "$TIMEOUT"} ${LAB_NAME:+--name "$LAB_NAME"}

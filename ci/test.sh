@@ -193,8 +193,10 @@ build() { # BOARD [NICE]: build it, check the image with other tools and its sig
 #   vm      the virtual board: a boot, three nodes running cjdns, the mesh of three (whose VMs
 #           wait on timers most of the time: alone it kept 35 % of the two cores busy);
 #   power   beside it, the power cuts and the hang;
-#   lab     the mesh lab: no VM, little CPU but a long wait on its rollout's hops, so it runs at
-#           the builds' priority;
+#   lab     the mesh lab's gateways, then its monitoring: no VM, little CPU but long waits
+#           on meshd's timers, so it runs at the builds' priority;
+#   faults  beside it, a second lab (another LAB_NAME): the rollout with faults, once N+1 is
+#           built;
 #   orangepi  from the Orange Pi's image on: its own U-Boot and boot script (a fresh card
 #           boots and installs N+1, which is tried, committed and boots again after a power
 #           cycle; its QEMU keeps to one host core, see ci/upgrade-test.sh);
@@ -233,8 +235,10 @@ if has qemu-arm64; then
   lab_update=()
   tier test && lab_update=(LAB_UPDATE="$NEXT_RELEASES/n1/qemu-arm64/meshos-qemu-arm64-$version.1.bundle"
     LAB_ROGUE_THEN="$NEXT_RELEASES/n2/qemu-arm64/meshos-qemu-arm64-$version.2.bundle")
-  stage_bg --chain lab --after next "mesh lab: $scenario over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=$scenario BOOT_TIME=5 TIMEOUT=1200 \
-    LAB_PROFILE=dev LAB_RELEASE="$lab_release" "${lab_update[@]}" LAB_OUT=out/lab-test ci/lab.sh
+  # A lab of its own name (LAB_NAME) beside the gateways' and the monitoring's: its rollout
+  # waits on meshd's timers for a quarter of an hour, on little CPU.
+  stage_bg --chain faults --after next "mesh lab: $scenario over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=$scenario BOOT_TIME=5 TIMEOUT=1200 \
+    LAB_NAME=$scenario LAB_PROFILE=dev LAB_RELEASE="$lab_release" "${lab_update[@]}" LAB_OUT=out/lab-test ci/lab.sh
   if tier test; then
     stage_bg --chain lab "mesh lab: monitoring over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=monitoring BOOT_TIME=5 TIMEOUT=600 \
       LAB_PROFILE=dev LAB_RELEASE="$lab_release" LAB_OUT=out/lab-monitoring ci/lab.sh

@@ -25,7 +25,7 @@ commands:
       (--topology FILE | --from URL)
       --release BUNDLE [--update BUNDLE] [--meshd PATH] [--boot-time S]
       [--timeout S] [--out DIR] [--rogue DIR [--rogue-then DIR]]
-      [--prometheus-config FILE]
+      [--prometheus-config FILE] [--name NAME]
              start the mesh, run the scenario to its end, write DIR/report.json
              (default out/lab) and remove everything the lab made. --from reads
              a live node's /mesh.json (http://[address]:9100) for the topology;
@@ -37,10 +37,12 @@ commands:
              signature); monitoring cables a host running
              Prometheus with FILE (default monitoring/prometheus.yml) to a node;
              gateways gives the two nodes farthest apart uplinks to a simulated
-             internet, then cuts one
+             internet, then cuts one. Labs of different --name (default
+             meshlab; its namespaces are NAME-<node>) run side by side
   generate line N | ring N | grid W H | random N [RADIUS [SEED]]
              print a topology in meshnet-lab's JSON format
-  clean      remove what a killed lab left (namespaces, their processes)
+  clean [--name NAME]
+             remove what a killed lab left (namespaces, their processes)
 
 exit status: 0 the scenario ran and met its checks; 1 it ran and did not
 (the report says why); 2 the lab could not run (bad arguments or files).
@@ -51,11 +53,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("generate") => generate(&args[1..]).map(|()| true),
-        Some("clean") => net::lock_machine().map(|_held| {
-            let (spaces, killed) = net::clean();
-            println!("meshlab: removed {spaces} namespace(s) and {killed} process(es)");
-            true
-        }),
+        Some("clean") => clean(&args[1..]),
         Some("--help" | "-h" | "help") => {
             print!("{USAGE}");
             Ok(true)
@@ -72,17 +70,32 @@ fn main() -> ExitCode {
     }
 }
 
+fn clean(args: &[String]) -> Result<bool, String> {
+    match args {
+        [] => {}
+        [flag, name] if flag == "--name" => net::set_name(name)?,
+        _ => return Err(format!("clean takes only --name NAME\n{USAGE}")),
+    }
+    let _held = net::lock_machine()?;
+    let (spaces, killed) = net::clean();
+    println!("meshlab: removed {spaces} namespace(s) and {killed} process(es)");
+    Ok(true)
+}
+
 fn run(args: &[String]) -> Result<bool, String> {
     let mut opt = std::collections::BTreeMap::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let key = a.strip_prefix("--").filter(|k| {
-            ["scenario", "topology", "from", "release", "update", "meshd", "boot-time", "timeout", "out", "rogue", "rogue-then", "prometheus-config"]
+            ["scenario", "topology", "from", "release", "update", "meshd", "boot-time", "timeout", "out", "rogue", "rogue-then", "prometheus-config", "name"]
                 .contains(k)
         });
         let key = key.ok_or_else(|| format!("unknown option '{a}'\n{USAGE}"))?;
         let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
         opt.insert(key, value.clone());
+    }
+    if let Some(name) = opt.get("name") {
+        net::set_name(name)?;
     }
     let need = |k: &str| opt.get(k).cloned().ok_or_else(|| format!("run needs --{k}\n{USAGE}"));
     let seconds = |k: &str, default: u64| -> Result<Duration, String> {

@@ -1,17 +1,47 @@
 //! The lab's network, made with iproute2 and nftables as meshnet-lab does: a network namespace
-//! per node (`meshlab-<id>`), a veth pair per link, a token bucket (`tbf`) for each direction's
-//! rate and an nftables rule dropping each direction's share of lost packets (the kernels here
-//! have no `netem`). Everything it makes is named `meshlab-…` or lives inside such a namespace,
-//! so [`clean`] finds what a killed run left.
+//! per node (`<name>-<id>`; `meshlab-<id>` unless the lab is given a name), a veth pair per
+//! link, a token bucket (`tbf`) for each direction's rate and an nftables rule dropping each
+//! direction's share of lost packets (the kernels here have no `netem`). Everything it makes is
+//! named `<name>-…` or lives inside such a namespace, so [`clean`] finds what a killed run of
+//! that name left.
 
 use crate::topology::{Link, Topology};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-pub const PREFIX: &str = "meshlab-";
+/// The lab's name (`--name`, `meshlab` unless given): its namespaces are `<name>-<id>` and it
+/// holds `/run/<name>.lock`, so labs of different names run side by side on one machine.
+static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+pub const DEFAULT_NAME: &str = "meshlab";
+
+/// Names this run's lab; set once, before anything is made. A name is lower-case letters and
+/// digits (no `-`: no lab's namespaces then start with another lab's prefix).
+pub fn set_name(name: &str) -> Result<(), String> {
+    check_name(name)?;
+    NAME.set(name.to_string()).map_err(|_| "the lab's name is set once".to_string())
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let fits = (1..=15).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if fits {
+        Ok(())
+    } else {
+        Err(format!("--name {name}: 1 to 15 lower-case letters and digits, starting with a letter"))
+    }
+}
+
+fn name() -> &'static str {
+    NAME.get().map_or(DEFAULT_NAME, String::as_str)
+}
+
+fn prefix() -> String {
+    format!("{}-", name())
+}
 
 pub fn namespace(id: &str) -> String {
-    format!("{PREFIX}{id}")
+    format!("{}{id}", prefix())
 }
 
 /// The interface in a node's namespace that leads to node `other` (by index).
@@ -167,18 +197,21 @@ pub fn end_with_lab(cmd: &mut Command) {
     }
 }
 
-/// Held while a lab runs: one lab at a time on a machine (their namespaces share a prefix, and
-/// a new lab removes what an earlier one left). Released when the process ends, however.
+/// Held while a lab runs: one lab of a name at a time on a machine (its namespaces have the
+/// name's prefix, and a new lab removes what an earlier one of that name left). Released when
+/// the process ends, however.
 pub struct MachineLock(#[allow(dead_code)] std::fs::File);
-
-pub const LOCK_FILE: &str = "/run/meshlab.lock";
 
 pub fn lock_machine() -> Result<MachineLock, String> {
     use std::os::fd::AsRawFd;
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(LOCK_FILE).map_err(|e| format!("{LOCK_FILE}: {e}"))?;
+    let file = format!("/run/{}.lock", name());
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&file).map_err(|e| format!("{file}: {e}"))?;
     // SAFETY: flock only takes an advisory lock on the descriptor, which `f` keeps open.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(format!("another lab is running on this machine (it holds {LOCK_FILE}); wait for it, or stop it with Ctrl-C"));
+        return Err(format!(
+            "a lab named {} is running on this machine (it holds {file}); wait for it, stop it with Ctrl-C, or give this one another --name",
+            name()
+        ));
     }
     Ok(MachineLock(f))
 }
@@ -186,7 +219,7 @@ pub fn lock_machine() -> Result<MachineLock, String> {
 /// The lab's namespaces on this machine (of this run or one that was killed).
 pub fn lab_namespaces() -> Vec<String> {
     let list = run("ip", &["netns", "list"]).unwrap_or_default();
-    list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with(PREFIX)).map(String::from).collect()
+    list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with(&prefix())).map(String::from).collect()
 }
 
 /// Ends every process in the lab's namespaces and removes the namespaces (with them go their
@@ -209,4 +242,21 @@ pub fn clean() -> (usize, usize) {
         eprintln!("meshlab: {e}");
     }
     (spaces.len(), killed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_name;
+
+    #[test]
+    fn a_name_cannot_reach_into_another_labs_namespaces() {
+        for good in ["meshlab", "faults", "lab2"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        // With a '-' one lab's prefix ("a-") would start another's ("a-b-"), and its clean
+        // would remove the other's nodes; the rest would not make a namespace name.
+        for bad in ["", "a-b", "Lab", "2lab", "lab/x", "sixteen-letters!", "abcdefghijklmnop"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
 }
