@@ -70,7 +70,7 @@ for n in $names; do
 done
 ok "each node's keys and address were made by its cjdroute: $(for n in $names; do printf '%s %s ' "${n^^}" "$(address "$n")"; done)"
 
-on_a() { ssh -q -i "$WORK/key" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 root@127.0.0.1 "$@"; }
+on_a() { ssh -q -i "$WORK/key" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 root@127.0.0.1 "$@"; }
 # cjdroute's resident memory (KiB, all its processes) on a node: cjdroute_rss on_a|on_b.
 # /proc/PID/status has a tab after "VmRSS:".
 cjdroute_rss() {

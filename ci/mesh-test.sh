@@ -209,7 +209,7 @@ A=$(address a) B=$(address b) C=$(address c)
 [ -n "$A" ] && [ -n "$B" ] && [ -n "$C" ] || fail "a node did not print its overlay address"
 echo "mesh-test: A $A, B $B, C $C"
 
-on_a() { ssh -q -i "$WORK/key" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 root@127.0.0.1 "$@"; }
+on_a() { ssh -q -i "$WORK/key" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 root@127.0.0.1 "$@"; }
 wait_for 120 on_a true || fail "ssh to A with the key from its mesh.yaml"
 ok "ssh into A with the key from mesh.yaml (no password exists)"
 [ "$(on_a cat /etc/motd)" = "meshos mesh test node" ] || fail "A did not apply conf.d/50-motd.tar.gz over /etc"
@@ -292,8 +292,10 @@ echo "mesh-test: figure: meshd RSS on A idle ${idle} KiB, after 100 scrapes $(rs
 # A's mesh.yaml); the last goes to "client", an ordinary Wi-Fi client (wpa_supplicant, udhcpc)
 # in its own network, mount and UTS namespace with its own resolv.conf; with four, the third
 # goes to "mesh", a mesh point driven by its own meshd in its own namespace.
-# The setup starts again from scratch if ssh lost its connection (exit 255): it did once while
-# A's meshd took its first gateway lease.
+# The setup starts again from scratch if ssh lost its connection (exit 255; ssh gives up on a
+# silent connection after half a minute): A was once reset by its watchdog while the module
+# reloaded on a busy host, when the virtual board's watchdog still had 15 s (now 60, see
+# board-defs/qemu-arm64.yaml).
 radios_on_a() { # RADIOS
   local rc
   for _ in 1 2; do
@@ -351,7 +353,8 @@ wifi_client_joins() {
   # A minute of asking: A's dnsmasq starts with the access point, and on a loaded host an
   # emulated node can take a while to answer. If none comes, what A ran says why.
   if ! in_ns client "udhcpc -i wcl0 -n -q -t 30 -T 2 -s /usr/share/meshos/udhcpc.script" > "$WORK/client-dhcp.log" 2>&1; then
-    on_a "meshd status; ps; cat /run/meshd/dnsmasq-*.log" >&2 || true
+    on_a "meshd status; ps; ip addr; tail -n 30 /run/meshd/dnsmasq-*.log /run/meshd/hostapd-*.log /tmp/ns/client/wpa.log" >&2 || true
+    cat "$WORK/client-dhcp.log" >&2
     fail "the client got no address from A's access point: $(tail -3 "$WORK/client-dhcp.log")"
   fi
   lease=$(in_ns client "ip -4 addr show wcl0" | sed -n 's/.*inet \([0-9.]*\).*/\1/p')

@@ -4,6 +4,10 @@
 pub const SLOT_KEY: &str = "meshos.slot";
 /// MBR disk signature of the card the node booted from, 8 hex digits: `meshos.disk=1a2b3c4d`.
 pub const DISK_KEY: &str = "meshos.disk";
+/// Seconds of silence after which the hardware watchdog resets the node, when the board's
+/// definition sets one (the virtual board: a busy host can hold an emulated node back for
+/// longer than a real board's 15 s): `meshos.watchdog=60`.
+pub const WATCHDOG_KEY: &str = "meshos.watchdog";
 
 /// The value of `key=` in a kernel command line, if present (the last occurrence wins, as in Linux).
 pub fn value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {

@@ -204,7 +204,11 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
     state.slots = health.report.clone();
 
     let device = crate::machine::current().watchdog();
-    let mut watchdog = match device.map(|d| Watchdog::arm(d, watchdog::WANTED)) {
+    let wanted = watchdog::wanted(&crate::machine::current().cmdline().unwrap_or_default()).unwrap_or_else(|(default, why)| {
+        logln!("meshd: watchdog: {why}");
+        default
+    });
+    let mut watchdog = match device.map(|d| Watchdog::arm(d, wanted)) {
         Some(Ok(Some(w))) => {
             logln!("meshd: watchdog {} armed ({} s)", device.unwrap_or(Path::new("?")).display(), w.timeout.as_secs());
             Some(w)

@@ -11,8 +11,25 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-/// What meshd asks for; drivers with a shorter hardware limit (bcm2835: 15 s) get their limit.
+/// What meshd asks for unless the board's kernel command line says otherwise ([`wanted`]);
+/// drivers with a shorter hardware limit (bcm2835: 15 s) get their limit.
 pub const WANTED: Duration = Duration::from_secs(15);
+/// The longest timeout a command line may ask for: beyond it a hung node stays hung too long.
+const LONGEST: u64 = 300;
+
+/// The timeout to ask for: `meshos.watchdog=SECONDS` on the kernel command line (set by the
+/// board's definition), else [`WANTED`]. A value that is not a number of seconds from 1 to
+/// [`LONGEST`] is named in the error, and the default stays.
+pub fn wanted(cmdline: &str) -> Result<Duration, (Duration, String)> {
+    let key = meshos_common::cmdline::WATCHDOG_KEY;
+    match meshos_common::cmdline::value(cmdline, key) {
+        None => Ok(WANTED),
+        Some(v) => match v.parse::<u64>() {
+            Ok(secs) if (1..=LONGEST).contains(&secs) => Ok(Duration::from_secs(secs)),
+            _ => Err((WANTED, format!("kernel command line {key}={v}: not a number of seconds from 1 to {LONGEST}; asking for {} s", WANTED.as_secs()))),
+        },
+    }
+}
 
 // <linux/watchdog.h>: WDIOC_SETTIMEOUT is _IOWR('W', 6, int), WDIOC_GETTIMEOUT _IOR('W', 7, int).
 nix::ioctl_readwrite!(wdioc_settimeout, b'W', 6, libc::c_int);
@@ -110,4 +127,20 @@ pub fn reboot() -> Result<(), String> {
         }
     }
     crate::command::run("reboot", &[]).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_board_may_ask_for_a_longer_timeout_within_bounds() {
+        assert_eq!(wanted("console=ttyAMA0 meshos.slot=a"), Ok(WANTED));
+        assert_eq!(wanted("console=ttyAMA0,115200 meshos.watchdog=60 meshos.slot=b"), Ok(Duration::from_secs(60)));
+        for bad in ["0", "301", "sixty", "-5", ""] {
+            let (fallback, why) = wanted(&format!("meshos.watchdog={bad} quiet")).unwrap_err();
+            assert_eq!(fallback, WANTED);
+            assert!(why.contains(&format!("meshos.watchdog={bad}:")), "{why}");
+        }
+    }
 }
