@@ -74,6 +74,33 @@ pub enum LockError {
     Resolve { board: String, source: ResolveError },
     #[error("{path}: cannot write: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("{url} is dated {found}, older than the release {path} was locked from ({locked}); nothing was changed\nhint: the mirror may be stale or replaying an old release (which would bring back fixed vulnerabilities): try another mirror, or pass --allow-older to go back on purpose")]
+    Older { url: String, found: String, path: PathBuf, locked: String },
+}
+
+/// The release an earlier lock was made from, which a new lock of the same suite must not
+/// predate: its date as written and as Unix time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotBefore {
+    pub path: PathBuf,
+    pub date: String,
+    pub epoch: i64,
+}
+
+impl NotBefore {
+    /// Reads the lock at `path` for `suite`: None when there is none, or it is of another suite
+    /// (a board moved to a new suite starts afresh) or cannot be read as a lock (then nothing
+    /// earlier is known; the new lock replaces it).
+    pub fn read(path: &Path, suite: &str) -> Option<NotBefore> {
+        #[derive(Deserialize)]
+        struct Earlier {
+            suite: String,
+            release_date: String,
+            source_date_epoch: i64,
+        }
+        let earlier: Earlier = toml::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+        (earlier.suite == suite).then(|| NotBefore { path: path.into(), date: earlier.release_date, epoch: earlier.source_date_epoch })
+    }
 }
 
 pub fn lock_path(root: &Path, board: &str) -> PathBuf {
@@ -120,12 +147,23 @@ impl Lock {
     }
 }
 
-/// Verifies the archive, resolves the board's packages and returns the new lock.
-pub fn resolve(board: &Board, log: &dyn Fn(&str)) -> Result<Lock, LockError> {
+/// Verifies the archive, resolves the board's packages and returns the new lock. A release
+/// older than `not_before` (the one the earlier lock was made from) is refused before any index
+/// is read.
+pub fn resolve(board: &Board, not_before: Option<&NotBefore>, log: &dyn Fn(&str)) -> Result<Lock, LockError> {
     let d = &board.debian;
     let verifier = Verifier::load(&d.keyring, &d.trusted_keys)?;
     log(&format!("verifying {}/dists/{}/InRelease", d.mirror, d.suite));
     let rel = release::fetch_release(&d.mirror, &d.suite, &verifier)?;
+    check_not_older(&rel, not_before)?;
+    if !rel.unknown_keys.is_empty() {
+        log(&format!(
+            "{}: also signed by key(s) {} not in {} (ignored: a trusted key's signature verified it)",
+            rel.url,
+            rel.unknown_keys.join(", "),
+            d.keyring.display()
+        ));
+    }
     let mut index = Index::new(&board.arch);
     for component in &d.components {
         log(&format!("fetching {component}/binary-{} index", board.arch));
@@ -164,10 +202,53 @@ pub fn resolve(board: &Board, log: &dyn Fn(&str)) -> Result<Lock, LockError> {
     })
 }
 
+fn check_not_older(rel: &release::Release, not_before: Option<&NotBefore>) -> Result<(), LockError> {
+    match not_before {
+        Some(nb) if rel.date_epoch < nb.epoch => {
+            Err(LockError::Older { url: rel.url.clone(), found: rel.date.clone(), path: nb.path.clone(), locked: nb.date.clone() })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Writes the lock atomically (temp file + rename), so a failed lock leaves the old one whole.
 pub fn write(path: &Path, lock: &Lock) -> Result<(), LockError> {
     let tmp = path.with_extension("lock.tmp");
     let werr = |source| LockError::Write { path: path.into(), source };
     std::fs::write(&tmp, lock.render()).map_err(werr)?;
     std::fs::rename(&tmp, path).map_err(werr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(date: &str) -> release::Release {
+        let text = format!("Suite: stable\nCodename: trixie\nDate: {date}\nSHA256:\n 00 1 main/binary-arm64/Packages.xz\n");
+        release::Release::parse("http://mirror/debian/dists/trixie/InRelease", &text).unwrap()
+    }
+
+    #[test]
+    fn a_release_older_than_the_locked_one_is_refused_as_a_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qemu-arm64.lock");
+        std::fs::write(&path, "format = 1\nboard = \"qemu-arm64\"\nsuite = \"trixie\"\nmirror = \"m\"\nrelease_date = \"Sat, 21 Nov 2026 09:15:44 UTC\"\nsource_date_epoch = 1795252544\ninputs_sha256 = \"x\"\n").unwrap();
+        let nb = NotBefore::read(&path, "trixie").unwrap();
+        assert_eq!(nb.date, "Sat, 21 Nov 2026 09:15:44 UTC");
+        let e = check_not_older(&release("Sat, 14 Nov 2026 08:00:00 UTC"), Some(&nb)).unwrap_err().to_string();
+        assert!(
+            e.contains("dated Sat, 14 Nov 2026 08:00:00 UTC, older than the release") && e.contains("qemu-arm64.lock was locked from (Sat, 21 Nov 2026"),
+            "{e}"
+        );
+        assert!(e.contains("--allow-older"), "{e}");
+        // The same release again, or a newer one, is fine; so is no earlier lock.
+        assert!(check_not_older(&release("Sat, 21 Nov 2026 09:15:44 UTC"), Some(&nb)).is_ok());
+        assert!(check_not_older(&release("Sat, 28 Nov 2026 09:00:00 UTC"), Some(&nb)).is_ok());
+        assert!(check_not_older(&release("Sat, 14 Nov 2026 08:00:00 UTC"), None).is_ok());
+        // A lock of another suite, or one that is not a lock, says nothing about this suite.
+        assert_eq!(NotBefore::read(&path, "forky"), None);
+        std::fs::write(&path, "not a lock").unwrap();
+        assert_eq!(NotBefore::read(&path, "trixie"), None);
+        assert_eq!(NotBefore::read(&dir.path().join("none.lock"), "trixie"), None);
+    }
 }

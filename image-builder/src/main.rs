@@ -37,6 +37,10 @@ enum Command {
         cache: Option<PathBuf>,
         #[command(flatten)]
         sources: SourcesArg,
+        /// Accept a release older than the one the current lock was made from (going back on
+        /// purpose, e.g. to a snapshot mirror); without it an older release is refused as a replay.
+        #[arg(long)]
+        allow_older: bool,
     },
     /// Show what a build would do (partitions, packages, boot files) without doing it.
     Plan {
@@ -312,17 +316,18 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Lock { board: name, cache, sources } => {
+        Command::Lock { board: name, cache, sources, allow_older } => {
             let board_path = board::board_path(&cli.root, &name);
             let b = board::Board::load(&board_path)?;
             let log = |m: &str| eprintln!("lock: {m}");
-            let mut new = lock::resolve(&b, &log).with_context(|| format!("locking {}", board_path.display()))?;
+            let path = lock::lock_path(&cli.root, &name);
+            let not_before = if allow_older { None } else { lock::NotBefore::read(&path, &b.debian.suite) };
+            let mut new = lock::resolve(&b, not_before.as_ref(), &log).with_context(|| format!("locking {}", board_path.display()))?;
             if let Some(set) = &b.cjdns_sources {
                 let cache = cache.unwrap_or_else(package_cache::cache_dir);
                 new.sources =
                     source::Sources::new(&cache, sources.dir).lock(set, &log).with_context(|| format!("locking {}'s sources", board_path.display()))?;
             }
-            let path = lock::lock_path(&cli.root, &name);
             lock::write(&path, &new)?;
             let total: u64 = new.packages.iter().map(|p| p.size).sum();
             eprintln!(

@@ -57,8 +57,9 @@ impl Verifier {
     }
 
     /// Verifies a clearsigned `InRelease` and returns the text its signatures cover (gpgv's
-    /// output: nothing outside the signed part can reach the parser).
-    pub fn verify(&self, url: &str, inrelease: &[u8]) -> Result<String, ReleaseError> {
+    /// output: nothing outside the signed part can reach the parser), with the keys of any
+    /// further signatures the keyring does not hold.
+    pub fn verify(&self, url: &str, inrelease: &[u8]) -> Result<Verified, ReleaseError> {
         let gpgv_err = |message: String| ReleaseError::Gpgv { url: url.into(), message };
         // Its own empty home directory: no user's keyrings or options take part.
         let dir = tempfile::Builder::new().prefix("meshimg-gpgv.").tempdir().map_err(|e| gpgv_err(e.to_string()))?;
@@ -86,8 +87,40 @@ impl Verifier {
             detail: detail.replace("{keyring}", &self.keyring.display().to_string()),
             hint,
         })?;
+        if !out.status.success() {
+            unexplained_failure(&signatures, &status).map_or(Ok(()), |why| {
+                let said = String::from_utf8_lossy(&out.stderr);
+                let said: Vec<&str> = said.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+                Err(gpgv_err(format!("gpgv exited with {} ({why}): {}", out.status, said.join(" / "))))
+            })?;
+        }
         let text = std::fs::read(&data).map_err(|e| gpgv_err(format!("{}: {e}", data.display())))?;
-        String::from_utf8(text).map_err(|e| ReleaseError::NotSigned { url: url.into(), message: e.to_string() })
+        let text = String::from_utf8(text).map_err(|e| ReleaseError::NotSigned { url: url.into(), message: e.to_string() })?;
+        Ok(Verified { text, unknown_keys: signatures.iter().filter_map(|s| s.missing.clone()).collect() })
+    }
+}
+
+/// A release's signed text, and the keys of signatures on it that the keyring does not hold
+/// (beside the trusted one that verified it: a key the archive added since the keyring was made).
+#[derive(Debug)]
+pub struct Verified {
+    pub text: String,
+    pub unknown_keys: Vec<String>,
+}
+
+/// gpgv fails when any signature on the file cannot be checked. One that only lacks its key in
+/// the keyring, beside a good signature by a trusted key, is what apt accepts too (archives sign
+/// with their next key before every keyring has it). Anything else that made gpgv fail is
+/// named: a release is used only when gpgv's status explains its exit.
+fn unexplained_failure(sigs: &[Signature], status: &str) -> Option<String> {
+    if let Some(line) = status.lines().find(|l| l.starts_with("[GNUPG:] FAILURE") || l.starts_with("[GNUPG:] ERROR")) {
+        return Some(line.trim_start_matches("[GNUPG:] ").to_string());
+    }
+    let unchecked = sigs.iter().filter(|s| !(s.good && s.valid.is_some()) && s.missing.is_none()).count();
+    match (unchecked, sigs.iter().filter(|s| s.missing.is_some()).count()) {
+        (0, 0) => Some("every signature verified, yet it failed".into()),
+        (0, _) => None,
+        (n, _) => Some(format!("{n} signature(s) neither good nor by a key the keyring lacks")),
     }
 }
 
@@ -104,6 +137,8 @@ struct Signature {
     missing: Option<String>,
     /// EXPKEYSIG, REVKEYSIG, EXPSIG: the key id and what is wrong.
     unusable: Option<(String, &'static str)>,
+    /// ERRSIG: the key id and gpgv's reason code (4 an unknown algorithm, 9 a missing key).
+    error: Option<(String, String)>,
 }
 
 impl Signature {
@@ -128,6 +163,8 @@ impl Signature {
                 "EXPKEYSIG" => sig.unusable = Some((first(), "whose key has expired")),
                 "REVKEYSIG" => sig.unusable = Some((first(), "whose key has been revoked")),
                 "EXPSIG" => sig.unusable = Some((first(), "which has expired")),
+                // ERRSIG keyid pkalgo hashalgo class time rc [fpr]
+                "ERRSIG" => sig.error = Some((first(), fields.get(5).unwrap_or(&"?").to_string())),
                 // VALIDSIG fpr date timestamp expires version reserved pkalgo hashalgo class [primary-fpr]
                 "VALIDSIG" if fields.len() >= 9 => {
                     let primary = fields.get(9).unwrap_or(&fields[0]).to_ascii_uppercase();
@@ -164,6 +201,8 @@ fn judge(sigs: &[Signature], trusted: &[String]) -> Result<(), (String, &'static
                     why.push(format!("signed by key {key}, which is not in {{keyring}}"));
                 } else if let Some((key, what)) = &s.unusable {
                     why.push(format!("signed by key {key}, {what}"));
+                } else if let Some((key, rc)) = &s.error {
+                    why.push(format!("a signature by key {key} that gpgv could not check (ERRSIG code {rc})"));
                 }
             }
         }
@@ -190,6 +229,8 @@ pub struct Release {
     pub date_epoch: i64,
     pub by_hash: bool,
     pub files: BTreeMap<String, IndexEntry>,
+    /// Keys of further signatures the keyring does not hold (see [`Verified`]).
+    pub unknown_keys: Vec<String>,
 }
 
 impl Release {
@@ -210,7 +251,7 @@ impl Release {
         let by_hash = p.get("Acquire-By-Hash").is_some_and(|v| v.eq_ignore_ascii_case("yes"));
         let suite = p.get("Suite").ok_or_else(|| field_err("Suite"))?.trim().to_string();
         let codename = p.get("Codename").ok_or_else(|| field_err("Codename"))?.trim().to_string();
-        Ok(Release { url: url.into(), suite, codename, date, date_epoch, by_hash, files })
+        Ok(Release { url: url.into(), suite, codename, date, date_epoch, by_hash, files, unknown_keys: Vec::new() })
     }
 
     /// A release signed for one suite must not stand in for another: the board names its
@@ -227,8 +268,9 @@ impl Release {
 pub fn fetch_release(mirror: &str, suite: &str, verifier: &Verifier) -> Result<Release, ReleaseError> {
     let url = format!("{}/dists/{suite}/InRelease", mirror.trim_end_matches('/'));
     let body = http::with_retries(|| http::get(&url))?;
-    let text = verifier.verify(&url, &body)?;
-    let release = Release::parse(&url, &text)?;
+    let verified = verifier.verify(&url, &body)?;
+    let mut release = Release::parse(&url, &verified.text)?;
+    release.unknown_keys = verified.unknown_keys;
     release.check_suite(suite)?;
     Ok(release)
 }
@@ -367,6 +409,45 @@ mod tests {
         let e = judge(&Signature::parse(&sha1), &[BOOKWORM.into()]).unwrap_err().0;
         assert!(e.contains(&format!("key {BOOKWORM} signed with the weak digest SHA-1")), "{e}");
         assert!(Signature::parse("gpgv: no signature found\n").is_empty());
+    }
+
+    /// tests/data/gpgv: an InRelease signed by two keys, a keyring with only the first.
+    fn fixture() -> (PathBuf, Vec<u8>) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gpgv");
+        (dir.join("archive.gpg"), std::fs::read(dir.join("InRelease")).unwrap())
+    }
+    const ARCHIVE: &str = "D775D2F62988DC13789FD8268A57F1DEBE1ADE3C";
+    const NEWER: &str = "2D4AE75919FABF644697DEF73F4AD2C4CABBF51D";
+
+    #[test]
+    fn gpgv_failing_for_a_signature_whose_key_the_keyring_lacks_beside_a_trusted_good_one() {
+        let (keyring, inrelease) = fixture();
+        // gpgv exits 2 here (one signature cannot be checked); its status explains it.
+        let v = Verifier::load(&keyring, &[ARCHIVE.into()]).unwrap().verify("u", &inrelease).unwrap();
+        assert!(v.text.starts_with("Origin: meshos test\n"), "{}", v.text);
+        assert_eq!(v.unknown_keys, [NEWER[24..].to_string()]);
+        // Trusting only the key the keyring lacks, nothing verifies.
+        let e = Verifier::load(&keyring, &[NEWER.into()]).unwrap().verify("u", &inrelease).unwrap_err().to_string();
+        assert!(e.contains(&format!("signed by key {ARCHIVE}, which the board file does not trust")) && e.contains("not in"), "{e}");
+        // A changed text fails the good signature.
+        let tampered = String::from_utf8(inrelease).unwrap().replace("Suite: stable", "Suite: stabel");
+        let e = Verifier::load(&keyring, &[ARCHIVE.into()]).unwrap().verify("u", tampered.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("BAD SIGNATURE") && e.contains("does not match the text"), "{e}");
+    }
+
+    #[test]
+    fn a_failing_gpgv_is_trusted_only_where_its_status_explains_the_failure() {
+        let sigs = Signature::parse(DEBIAN);
+        assert!(unexplained_failure(&sigs, DEBIAN).unwrap().contains("every signature verified, yet it failed"));
+        let with_failure = format!("{DEBIAN}[GNUPG:] FAILURE gpgv 33554433\n");
+        assert_eq!(unexplained_failure(&sigs, &with_failure).as_deref(), Some("FAILURE gpgv 33554433"));
+        // A signature gpgv could not check for another reason (an unknown algorithm: ERRSIG 4).
+        let odd = format!("{DEBIAN}[GNUPG:] NEWSIG\n[GNUPG:] ERRSIG 3F4AD2C4CABBF51D 99 10 01 1796652137 4 -\n");
+        let odd_sigs = Signature::parse(&odd);
+        assert_eq!(judge(&odd_sigs, &[BOOKWORM.into()]), Ok(()), "judged alone it would pass");
+        assert!(unexplained_failure(&odd_sigs, &odd).unwrap().contains("1 signature(s) neither good nor by a key the keyring lacks"));
+        let missing = format!("{DEBIAN}[GNUPG:] NEWSIG\n[GNUPG:] ERRSIG 3F4AD2C4CABBF51D 22 10 01 1796652137 9 -\n[GNUPG:] NO_PUBKEY 3F4AD2C4CABBF51D\n");
+        assert_eq!(unexplained_failure(&Signature::parse(&missing), &missing), None);
     }
 
     #[test]
