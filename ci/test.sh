@@ -6,7 +6,7 @@
 #               packages and checked with independent tools, the Orange Pi built again
 #               elsewhere to prove it reproducible, each real board booted through its own
 #               U-Boot (the Orange Pi also installs, tries and commits an upgrade), cjdns on
-#               three nodes, the mesh of three (ci/mesh-test.sh), the mesh lab's faults and
+#               three nodes, the mesh of two (ci/mesh-test.sh), the mesh lab's faults and
 #               monitoring, the A/B rollback and refusals (ci/upgrade-test.sh) and three
 #               power cuts and a hang (ci/powercut-test.py) on the virtual board;
 #   TIER=all    `make test-all`, for a release: besides, the Dockerfile's container built and
@@ -189,9 +189,9 @@ build() { # BOARD [NICE]: build it, check the image with other tools and its sig
 # in the background while the other boards build (niced: a VM gets its core when it needs it;
 # its watchdog and the moments of the cuts depend on it) and the Orange Pi builds again
 # elsewhere. Once the builds are done the cores idle unless the chains are short, so the
-# longest ones (the lab's, the mesh of three) start early and wait for nothing:
-#   vm      the virtual board: a boot, three nodes running cjdns, the mesh of three (whose VMs
-#           wait on timers most of the time: alone it kept 35 % of the two cores busy);
+# longest ones (the lab's, the mesh of two) start early and wait for nothing:
+#   vm      the virtual board: a boot, three nodes running cjdns, the mesh of two (whose VMs
+#           wait on timers most of the time);
 #   power   beside it, the power cuts and the hang;
 #   lab     the mesh lab's gateways, then its monitoring: no VM, little CPU but long waits
 #           on meshd's timers, so it runs at the builds' priority;
@@ -225,7 +225,7 @@ if has qemu-arm64; then
     stage_bg --chain vm "cjdns on three qemu-arm64 nodes" ci/cjdns-test.sh "$(image qemu-arm64)" 3
     rounds=3; tier all && rounds=12
     stage_bg --chain power "power cuts ($rounds) and a hang on qemu-arm64" env POWERCUT_ROUNDS=$rounds ci/powercut-test.py
-    stage_bg --chain vm --after next "mesh of three qemu-arm64 nodes" ci/mesh-test.sh "$(image qemu-arm64)"
+    stage_bg --chain vm --after next "mesh of two qemu-arm64 nodes" ci/mesh-test.sh "$(image qemu-arm64)"
   fi
   # The mesh lab (docs/lab.md): 16 real meshd nodes in network namespaces (a line, a ring with
   # a hub, a second island behind one link) take N+1 from one of them by themselves; with
