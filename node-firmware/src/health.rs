@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 
 /// How long the node must look healthy before its slot is marked good.
 pub const HEALTHY_FOR: Duration = Duration::from_secs(10);
+/// How many more health timeouts a trial gets while the node finds no overlay peer at all
+/// (its router runs, the data partition is mounted): its neighbours may be the ones rebooting
+/// or out of power, and a release is not to be rolled back for them. Bounded, so a release that
+/// cannot mesh is still rolled back.
+const ISOLATED_EXTRA: u32 = 2;
 
 /// The health check that commits a boot: meshd up (it runs this), the data partition mounted,
 /// the router running without a restart for a while. Then the running slot is marked good in
@@ -23,6 +28,9 @@ pub struct Health {
     /// This boot tries a newly installed slot: if it is not healthy by `deadline`, reboot.
     pub trial: Option<crate::upgrade::Record>,
     deadline: Instant,
+    timeout: Duration,
+    /// Health timeouts added to this trial while the node was cut off.
+    extended: u32,
     state_dir: PathBuf,
     /// Set once, when this boot's slot was just marked good.
     pub committed_now: bool,
@@ -45,6 +53,8 @@ impl Health {
             report: crate::slots::SlotReport::default(),
             trial,
             deadline: Instant::now() + timeout,
+            timeout,
+            extended: 0,
             state_dir: state_dir.to_path_buf(),
             committed_now: false,
         };
@@ -69,22 +79,30 @@ impl Health {
         }
         let data = crate::machine::current().data_mounted();
         let router = services.iter().find(|s| s.name == "yggdrasil" || s.name == "cjdns").map(|s| s.status());
-        let router_ok = router.is_some_and(|r| r.running);
+        let router_ok = router.as_ref().is_some_and(|r| r.running);
         // A new slot must find again one of the neighbours the node had before it rebooted
         // (when it had any): a release that boots but cannot mesh would cut the node off.
         let before = self.trial.as_ref().map(|r| r.neighbours.clone()).unwrap_or_default();
-        let regained = before.is_empty() || crate::router::peers(run_dir).is_ok_and(|p| p.iter().any(|p| p.up && before.contains(&p.address)));
+        let peers = crate::router::peers(run_dir).unwrap_or_default();
+        let regained = before.is_empty() || peers.iter().any(|p| p.up && before.contains(&p.address));
         if !(data && router_ok && regained) {
             self.healthy_since = None;
             if self.trial.is_some() && Instant::now() > self.deadline {
-                let why = if !data {
-                    "the data partition is not mounted"
-                } else if !router_ok {
-                    "the router is not running"
-                } else {
-                    "it found none of the overlay neighbours it had before the reboot"
-                };
-                logln!("meshd: upgrade: slot {slot} is not healthy ({why}); rebooting so U-Boot counts the failed attempt");
+                // (A router that has crashed this boot is the release's fault, not the neighbours'.)
+                let alone = !peers.iter().any(|p| p.up) && router.as_ref().is_some_and(|r| r.restarts == 0);
+                match verdict(data, router_ok, alone, self.extended) {
+                    Verdict::Extend => {
+                        self.extended += 1;
+                        self.deadline = Instant::now() + self.timeout;
+                        logln!(
+                            "meshd: upgrade: slot {slot} finds no overlay peer at all (its neighbours may be rebooting); {} s more before the attempt counts ({} of {ISOLATED_EXTRA})",
+                            self.timeout.as_secs(),
+                            self.extended
+                        );
+                        return;
+                    }
+                    Verdict::Fail(why) => logln!("meshd: upgrade: slot {slot} is not healthy ({why}); rebooting so U-Boot counts the failed attempt"),
+                }
                 if let Err(e) = crate::machine::current().reboot() {
                     logln!("meshd: {e}");
                 }
@@ -121,6 +139,30 @@ impl Health {
     }
 }
 
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// Cut off from every peer: wait another health timeout.
+    Extend,
+    /// Not healthy in time: why.
+    Fail(&'static str),
+}
+
+/// What a trial past its deadline comes to, healthy but for the neighbours it had before:
+/// `alone` when the router has no peer up at all.
+fn verdict(data: bool, router_ok: bool, alone: bool, extended: u32) -> Verdict {
+    if !data {
+        Verdict::Fail("the data partition is not mounted")
+    } else if !router_ok {
+        Verdict::Fail("the router is not running")
+    } else if alone && extended < ISOLATED_EXTRA {
+        Verdict::Extend
+    } else if alone {
+        Verdict::Fail("it found no overlay peer, also after waiting for its neighbours")
+    } else {
+        Verdict::Fail("it found none of the overlay neighbours it had before the reboot")
+    }
+}
+
 /// A meshd that cannot start cannot mark its slot good. On a slot on trial it still reboots once
 /// the health timeout has passed, as for a slot that starts but is unhealthy, so U-Boot counts the
 /// attempt (else the node would stay on the broken slot); elsewhere the error ends meshd.
@@ -136,5 +178,23 @@ pub fn cannot_start(e: String, node: &Node, state_dir: &Path, timeout: Duration)
     }
     loop {
         std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trial_cut_off_from_every_peer_waits_for_its_neighbours_but_not_for_ever() {
+        // Alone (neighbours rebooting or without power): two more health timeouts, then it counts.
+        assert_eq!(verdict(true, true, true, 0), Verdict::Extend);
+        assert_eq!(verdict(true, true, true, 1), Verdict::Extend);
+        assert_eq!(verdict(true, true, true, 2), Verdict::Fail("it found no overlay peer, also after waiting for its neighbours"));
+        // Peers up, but none it had before: the release may not mesh with them; no waiting.
+        assert_eq!(verdict(true, true, false, 0), Verdict::Fail("it found none of the overlay neighbours it had before the reboot"));
+        // What is the node's own fault is never waited for.
+        assert_eq!(verdict(true, false, true, 0), Verdict::Fail("the router is not running"));
+        assert_eq!(verdict(false, true, true, 0), Verdict::Fail("the data partition is not mounted"));
     }
 }
