@@ -67,7 +67,12 @@ release)
   cargo build --locked --release -p meshd --target x86_64-unknown-linux-musl
   BIN=target/release MESHD=target/x86_64-unknown-linux-musl/release/meshd
   ;;
-dev) cargo build --locked -p meshd -p meshlab; BIN=target/debug MESHD=target/debug/meshd ;;
+dev)
+  # With the tests, as `cargo test --workspace` builds them: the dependencies' features then
+  # match that build's, so after it only meshd and meshlab are compiled (18 s against 90).
+  cargo build --locked --workspace --bins --tests
+  BIN=target/debug MESHD=target/debug/meshd
+  ;;
 *) echo "lab: LAB_PROFILE is release or dev" >&2; exit 2 ;;
 esac
 
