@@ -238,9 +238,12 @@ PY
 sd_lists() { curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/sd.json" > "$WORK/a-sd.json" && lists "$WORK/a-sd.json" "$@"; }
 t=$SECONDS
 wait_for 150 sd_lists "$A" "$B" || fail "A's /sd.json does not list A and B: $(cat "$WORK/a-sd.json")"
-on_a wget -q -O - "http://[$B]:9100/nodeinfo.json" > "$WORK/b-nodeinfo.json" || fail "GET B's /nodeinfo.json from A"
-python3 -c 'import json,sys; n=json.load(open(sys.argv[1]))["neighbours"]; sys.exit(0 if set(sys.argv[2:]) <= set(n) else 1)' "$WORK/b-nodeinfo.json" "$A" \
-  || fail "B's nodeinfo does not name A as its neighbour: $(cat "$WORK/b-nodeinfo.json")"
+# (B's list of neighbours is its mesh view's, refreshed as A's is: it is waited for as well.)
+b_names_a() {
+  on_a wget -q -O - "http://[$B]:9100/nodeinfo.json" > "$WORK/b-nodeinfo.json" &&
+    python3 -c 'import json,sys; n=json.load(open(sys.argv[1]))["neighbours"]; sys.exit(0 if sys.argv[2] in n else 1)' "$WORK/b-nodeinfo.json" "$A"
+}
+wait_for 150 b_names_a || fail "B's nodeinfo does not name A as its neighbour: $(cat "$WORK/b-nodeinfo.json")"
 grep -q "\"address\":\"$B\"" "$WORK/b-nodeinfo.json" || fail "B's nodeinfo does not carry its address: $(cat "$WORK/b-nodeinfo.json")"
 ok "A's /sd.json lists A and B ($((SECONDS - t)) s after they were routed); B's nodeinfo, fetched over the overlay, names A as its neighbour"
 prometheus_start "$A"
@@ -335,7 +338,9 @@ EOF
 }
 in_ns() { on_a "nsenter -t \$(cat /tmp/ns/$1.pid) -n -m -u sh -c '$2'"; }
 # The client associates with A's access point, takes an IPv4 lease and pings the node.
-associated() { in_ns client "iw dev wcl0 link" | grep -q 'SSID: meshos-test'; }
+# Associated is not enough: until the WPA2 handshake completes, the access point drops the
+# client's frames, so the client must say COMPLETED for A's SSID.
+associated() { in_ns client "wpa_cli -p /run/wpa_supplicant-client -i wcl0 status" | grep -q '^wpa_state=COMPLETED' && in_ns client "iw dev wcl0 link" | grep -q 'SSID: meshos-test'; }
 wifi_client_joins() {
   if ! wait_for 90 associated; then
     on_a "cat /run/meshd/hostapd-*.log /tmp/ns/client/wpa.log; meshd status" >&2 || true
