@@ -19,6 +19,9 @@ pub fn subnet(index: u32) -> (String, String) {
 
 /// hostapd's configuration. The SSID goes in hex (`ssid2=`), so no byte of it can end its
 /// line and add a directive; the passphrase is printable ASCII (checked in crate::config).
+/// The WPA2 handshakes' key messages are sent up to 8 times (hostapd's default 4, a second
+/// apart after the first): a small board that is busy, or a phone that wakes slowly, answers
+/// late, and with 4 the access point gave up on such a client (reason 15) again and again.
 pub fn hostapd_conf(interface: &str, ssid: &str, passphrase: &str, config: &Config) -> String {
     let ssid: String = ssid.bytes().map(|b| format!("{b:02x}")).collect();
     let channel = channel_of(config.mesh.frequency).unwrap_or(1);
@@ -27,7 +30,7 @@ pub fn hostapd_conf(interface: &str, ssid: &str, passphrase: &str, config: &Conf
         "# Written by meshd from mesh.yaml; changes here are lost.\n\
 interface={interface}\ndriver=nl80211\nctrl_interface={ctrl}\nssid2={ssid}\ncountry_code={country}\nieee80211d=1\n\
 hw_mode={band}\nchannel={channel}\nieee80211n=1\nwmm_enabled=1\nauth_algs=1\nwpa=2\nwpa_key_mgmt=WPA-PSK\nrsn_pairwise=CCMP\n\
-wpa_passphrase={passphrase}\n",
+wpa_passphrase={passphrase}\nwpa_pairwise_update_count=8\nwpa_group_update_count=8\n",
         ctrl = "/run/hostapd",
         country = config.mesh.country,
     )
@@ -111,6 +114,7 @@ mod tests {
             "country_code=DE\n",
             "wpa_passphrase=correct horse\n",
             "wpa=2\n",
+            "wpa_pairwise_update_count=8\n",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
