@@ -83,13 +83,14 @@ impl Health {
         // A new slot must find again one of the neighbours the node had before it rebooted
         // (when it had any): a release that boots but cannot mesh would cut the node off.
         let before = self.trial.as_ref().map(|r| r.neighbours.clone()).unwrap_or_default();
-        let peers = crate::router::peers(run_dir).unwrap_or_default();
-        let regained = before.is_empty() || peers.iter().any(|p| p.up && before.contains(&p.address));
+        // Asked of the router only when a trial needs it (not on every pass of an ordinary boot).
+        let peers = || crate::router::peers(run_dir).unwrap_or_default();
+        let regained = before.is_empty() || peers().iter().any(|p| p.up && before.contains(&p.address));
         if !(data && router_ok && regained) {
             self.healthy_since = None;
             if self.trial.is_some() && Instant::now() > self.deadline {
                 // (A router that has crashed this boot is the release's fault, not the neighbours'.)
-                let alone = !peers.iter().any(|p| p.up) && router.as_ref().is_some_and(|r| r.restarts == 0);
+                let alone = !peers().iter().any(|p| p.up) && router.as_ref().is_some_and(|r| r.restarts == 0);
                 match verdict(data, router_ok, alone, self.extended) {
                     Verdict::Extend => {
                         self.extended += 1;
