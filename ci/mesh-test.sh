@@ -220,10 +220,12 @@ wait_for 180 on_a ping6 -c 1 -W 3 "$B" || fail "A cannot reach B's overlay addre
 ok "A pings B's overlay address, $((SECONDS - ready_at)) s after the last node was ready"
 
 peers() { grep -q "^meshd_router_peers{router=\"yggdrasil\"} $2\$" "$1"; }
-curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/metrics" > "$WORK/a.metrics" || fail "A's metrics through --forward $METRICS_PORT:9100"
-peers "$WORK/a.metrics" 2 || fail "A's metrics do not show its two peers (B and the monitoring machine): $(grep router_peers "$WORK/a.metrics")"
-on_a wget -q -O - "http://[$B]:9100/metrics" > "$WORK/b.metrics" || fail "GET B's /metrics from A"
-peers "$WORK/b.metrics" 1 || fail "B's metrics do not show its one peer: $(grep router_peers "$WORK/b.metrics")"
+# The monitoring machine's router finds A by multicast on its own schedule, and meshd samples
+# its router's peers every few seconds: both may trail the ping, so the counts are waited for.
+a_peers() { curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/metrics" > "$WORK/a.metrics" && peers "$WORK/a.metrics" 2; }
+wait_for 120 a_peers || fail "A's metrics (--forward $METRICS_PORT:9100) do not show its two peers (B and the monitoring machine): $(grep router_peers "$WORK/a.metrics"; tail -5 "$WORK/monitor-yggdrasil.log")"
+b_peers() { on_a wget -q -O - "http://[$B]:9100/metrics" > "$WORK/b.metrics" && peers "$WORK/b.metrics" 1; }
+wait_for 60 b_peers || fail "B's metrics, read from A, do not show its one peer: $(grep router_peers "$WORK/b.metrics")"
 ok "metrics show the peers: A 2 (B and the monitoring machine), B 1 (A's read at http://127.0.0.1:$METRICS_PORT/metrics)"
 
 # --- the mesh view: every node learns the others from its neighbours; A's /sd.json (Prometheus
