@@ -31,6 +31,10 @@ pub fn cache_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("chunks")
 }
 
+/// Chunk requests in flight to one neighbour at most, however many workers fetch: a node's HTTP
+/// face gives one source a share of its places (crate::admission), and a fetch stays well inside it.
+pub const PER_NEIGHBOUR: usize = 6;
+
 /// A neighbour's whole answer to a chunk request (at most [`MAX_CHUNK`], 64 KiB) must come
 /// within this long, about 1 KiB/s: one that trickles holds no fetch for long.
 const CHUNK_WITHIN: Duration = Duration::from_secs(60);
@@ -168,9 +172,11 @@ fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record
     Ok(version)
 }
 
-/// Fetches `needed` into the cache: `opts.parallel` workers, each chunk from the neighbours in
-/// turn (a different first one per chunk, spreading the load), a bad or failed chunk asked of
-/// the next neighbour; a chunk no neighbour serves after three rounds fails the install.
+/// Fetches `needed` into the cache: `opts.parallel` workers (at most [`PER_NEIGHBOUR`] a
+/// neighbour), each chunk from the neighbours in turn (a different first one per chunk,
+/// spreading the load; one with [`PER_NEIGHBOUR`] requests in flight is passed over), a bad or
+/// failed chunk asked of the next neighbour; a chunk no neighbour serves after three rounds
+/// fails the install.
 fn fetch_all(needed: &[&Chunk], peers: &[String], opts: &Options, state_dir: &Path, record: &mut Record) -> Result<(), InstallError> {
     if needed.is_empty() {
         return Ok(());
@@ -186,15 +192,17 @@ fn fetch_all(needed: &[&Chunk], peers: &[String], opts: &Options, state_dir: &Pa
     let next = AtomicUsize::new(0);
     let shared = Mutex::new((record.clone(), None::<String>, 0usize));
     let pace = opts.rate.map(|r| Pace { rate: r.max(1), next_free: Mutex::new(Instant::now()) });
+    let in_flight = InFlight::default();
     std::thread::scope(|scope| {
-        for _ in 0..opts.parallel.min(needed.len()) {
+        // So many that a worker always finds a neighbour with room.
+        for _ in 0..opts.parallel.min(needed.len()).min(PER_NEIGHBOUR * peers.len()) {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(chunk) = needed.get(i) else { return };
                 if shared.lock().map(|s| s.1.is_some()).unwrap_or(true) {
                     return;
                 }
-                let outcome = fetch_one(&agent, chunk, i, peers, opts, pace.as_ref(), &shared);
+                let outcome = fetch_one(&agent, chunk, i, peers, opts, pace.as_ref(), &shared, &in_flight);
                 let mut s = shared.lock().expect("fetch tallies");
                 match outcome {
                     Ok(()) => {
@@ -221,7 +229,44 @@ fn fetch_all(needed: &[&Chunk], peers: &[String], opts: &Options, state_dir: &Pa
 
 type Shared = Mutex<(Record, Option<String>, usize)>;
 
-fn fetch_one(agent: &ureq::Agent, chunk: &Chunk, i: usize, peers: &[String], opts: &Options, pace: Option<&Pace>, shared: &Shared) -> Result<(), String> {
+/// Requests in flight, by neighbour.
+#[derive(Default)]
+struct InFlight(Mutex<std::collections::HashMap<String, usize>>);
+
+impl InFlight {
+    /// Counts a request to `peer` until the returned guard is dropped, unless it has
+    /// [`PER_NEIGHBOUR`] already.
+    fn take<'a>(&'a self, peer: &'a str) -> Option<impl Drop + 'a> {
+        struct Taken<'a>(&'a InFlight, &'a str);
+        impl Drop for Taken<'_> {
+            fn drop(&mut self) {
+                let mut m = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = m.get_mut(self.1) {
+                    *n -= 1;
+                }
+            }
+        }
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(peer.to_string()).or_default();
+        if *n >= PER_NEIGHBOUR {
+            return None;
+        }
+        *n += 1;
+        Some(Taken(self, peer))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fetch_one(
+    agent: &ureq::Agent,
+    chunk: &Chunk,
+    i: usize,
+    peers: &[String],
+    opts: &Options,
+    pace: Option<&Pace>,
+    shared: &Shared,
+    in_flight: &InFlight,
+) -> Result<(), String> {
     let mut why = Vec::new();
     // A neighbour that served bad bytes once is asked no more in this install.
     let all_bad = || shared.lock().map(|s| peers.iter().all(|p| served_bad(&s.0, p))).unwrap_or(true);
@@ -237,10 +282,12 @@ fn fetch_one(agent: &ureq::Agent, chunk: &Chunk, i: usize, peers: &[String], opt
             if shared.lock().map(|s| served_bad(&s.0, peer)).unwrap_or(true) {
                 continue;
             }
+            let Some(taken) = in_flight.take(peer) else { continue };
             if let Some(p) = pace {
                 p.take(u64::from(chunk.size));
             }
             let got = get_within(agent, &format!("{peer}/chunk/{}", chunk.sha256), MAX_CHUNK as u64, CHUNK_WITHIN);
+            drop(taken);
             let mut s = shared.lock().expect("fetch tallies");
             let transfer = s.0.transfer.get_or_insert_with(Transfer::default);
             let tally = transfer.peers.entry(peer.clone()).or_default();
@@ -428,6 +475,16 @@ mod tests {
         };
         let json = serde_json::to_vec(&m).unwrap();
         (bundle::header(&json, None), chunks::sha256_hex(&json))
+    }
+
+    #[test]
+    fn a_neighbour_has_a_bounded_number_of_requests_in_flight() {
+        let in_flight = InFlight::default();
+        let taken: Vec<_> = (0..PER_NEIGHBOUR).map(|_| in_flight.take("http://[200::1]:9100").unwrap()).collect();
+        assert!(in_flight.take("http://[200::1]:9100").is_none());
+        assert!(in_flight.take("http://[200::2]:9100").is_some());
+        drop(taken);
+        assert!(in_flight.take("http://[200::1]:9100").is_some());
     }
 
     #[test]

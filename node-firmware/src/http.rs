@@ -5,13 +5,15 @@
 //! internet, when the node is a gateway: crate::gateway), on every address (the overlay too, so a mesh
 //! operator can scrape any node and a neighbour can upgrade from it).
 //!
-//! hyper on a one-thread tokio runtime serves many neighbours at once; file reads and metrics
-//! run on a few blocking threads. No client can hold the face: the request's headers must arrive
-//! within [`Limits::headers`], every connection must move at least [`Limits::min_bytes`] in each
-//! [`Limits::window`] and end within its deadline, a request longer than [`MAX_REQUEST`] is
-//! refused, and past [`MAX_CONNECTIONS`] new ones are closed at once. One request per connection (`Connection: close`), as every client here
-//! makes them.
+//! hyper on a one-thread tokio runtime serves many neighbours at once; file reads, parsing,
+//! large pages and metrics run on a few blocking threads. No client can hold the face: a source
+//! holds a share of the places and the mesh's own nodes keep a way in (crate::admission), the
+//! request's headers must arrive within [`Limits::headers`] ([`Limits::crowded_headers`] when
+//! the face is crowded), every connection must move at least [`Limits::min_bytes`] in each
+//! [`Limits::window`] and end within its deadline, and a request longer than [`MAX_REQUEST`] is
+//! refused. One request per connection (`Connection: close`), as every client here makes them.
 
+use crate::admission::{Place, Places};
 use crate::held::Shelf;
 use crate::meshview::View;
 use crate::metrics::{self, Collectors};
@@ -36,8 +38,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, Semaphore};
 
-/// Connections served at once; more are closed as they come.
-pub const MAX_CONNECTIONS: usize = 32;
 /// A request's line and headers; a longer one is refused (431). The clients here send 100 bytes.
 const MAX_REQUEST: usize = 16 * 1024;
 /// Bundle transfers at once (each holds a blocking thread); more are told to come back later.
@@ -49,8 +49,10 @@ const ASKED_WITHIN: Duration = Duration::from_secs(5);
 /// What a connection must do to keep its place.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// The whole request line and headers within this.
+    /// The whole request line and headers within this ...
     pub headers: Duration,
+    /// ... or this, when the face is crowded or the place is a kept one (crate::admission).
+    pub crowded_headers: Duration,
     /// At least `min_bytes` moved, either way, in every window of this length.
     pub window: Duration,
     pub min_bytes: u64,
@@ -67,6 +69,7 @@ impl Default for Limits {
         // byte every few seconds is cut off after 10.
         Limits {
             headers: Duration::from_secs(10),
+            crowded_headers: Duration::from_secs(2),
             window: Duration::from_secs(20),
             min_bytes: 16 * 1024,
             deadline: Duration::from_secs(120),
@@ -159,7 +162,7 @@ async fn accept(listener: std::net::TcpListener, face: Arc<Face>, limits: Limits
         Ok(l) => l,
         Err(e) => return logln!("meshd: http: {e}"),
     };
-    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let places = Arc::new(Places::default());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -170,31 +173,44 @@ async fn accept(listener: std::net::TcpListener, face: Arc<Face>, limits: Limits
                 continue;
             }
         };
-        // Full: closed at once, costing nothing.
-        let Ok(place) = places.clone().try_acquire_owned() else { continue };
+        let known = |ip: std::net::IpAddr| {
+            let v6 = match ip {
+                std::net::IpAddr::V6(a) => a,
+                std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
+            };
+            face.mesh.lock().is_ok_and(|v| v.knows(&v6))
+        };
+        let place = match places.admit(peer.ip(), known) {
+            Ok(place) => place,
+            Err(refused) => {
+                // Told in one write without reading its request, then closed: costing nothing.
+                let _ = stream.try_write(refused.reply());
+                continue;
+            }
+        };
         let face = face.clone();
         tokio::spawn(async move {
-            if let Err(why) = connection(stream, peer, face, limits).await {
+            if let Err(why) = connection(stream, peer, face, limits, &place).await {
                 logln!("meshd: http: {peer}: {why}");
             }
-            drop(place);
         });
     }
 }
 
 /// Serves one connection, dropping it when it moves too little or lasts too long.
-async fn connection(stream: tokio::net::TcpStream, peer: std::net::SocketAddr, face: Arc<Face>, limits: Limits) -> Result<(), String> {
+async fn connection(stream: tokio::net::TcpStream, peer: std::net::SocketAddr, face: Arc<Face>, limits: Limits, place: &Place) -> Result<(), String> {
     let moved = Arc::new(AtomicU64::new(0));
     let bundle = Arc::new(AtomicBool::new(false));
     let io = TokioIo::new(Metered { inner: stream, moved: moved.clone() });
-    let marks = bundle.clone();
+    let (marks, reserved) = (bundle.clone(), place.reserved);
     let service = hyper::service::service_fn(move |req| {
         let (face, marks) = (face.clone(), marks.clone());
-        async move { Ok::<_, std::convert::Infallible>(respond(&face, req, peer, &marks).await) }
+        async move { Ok::<_, std::convert::Infallible>(respond(&face, req, peer, &marks, reserved).await) }
     });
+    let headers = if place.crowded || place.reserved { limits.crowded_headers } else { limits.headers };
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.headers)
+        .header_read_timeout(headers)
         .max_buf_size(MAX_REQUEST)
         .keep_alive(false)
         .serve_connection(io, service);
@@ -220,8 +236,11 @@ async fn connection(stream: tokio::net::TcpStream, peer: std::net::SocketAddr, f
     }
 }
 
-async fn respond(face: &Arc<Face>, req: Request<Incoming>, peer: std::net::SocketAddr, bundle: &AtomicBool) -> Reply {
+async fn respond(face: &Arc<Face>, req: Request<Incoming>, peer: std::net::SocketAddr, bundle: &AtomicBool, reserved: bool) -> Reply {
     let path = req.uri().path();
+    if reserved && !matches!((req.method(), path), (&Method::GET, "/nodeinfo.json") | (&Method::POST, "/gateway/lease")) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "busy: only nodeinfo and gateway leases are served now; try again in a minute\n".into());
+    }
     if path == "/gateway/lease" && req.method() == Method::POST {
         return gateway_lease(face, peer).await;
     }
@@ -230,7 +249,7 @@ async fn respond(face: &Arc<Face>, req: Request<Incoming>, peer: std::net::Socke
     }
     if path == "/bundle" {
         bundle.store(true, Ordering::Relaxed);
-        return send_bundle(face);
+        return send_bundle(face).await;
     }
     if path.starts_with("/chunk/") || path.starts_with("/header/") {
         return send_held(face, path.to_string()).await;
@@ -267,8 +286,20 @@ async fn respond(face: &Arc<Face>, req: Request<Incoming>, peer: std::net::Socke
             reply(StatusCode::OK, "application/json", (info.to_string() + "\n").into())
         }
         "/map" => reply(StatusCode::OK, "text/html; charset=utf-8", Bytes::from_static(MAP.as_bytes())),
-        "/mesh.json" => reply(StatusCode::OK, "application/json", (json!(face.mesh_nodes()).to_string() + "\n").into()),
-        "/sd.json" => reply(StatusCode::OK, "application/json", (crate::meshview::service_discovery(&face.mesh_nodes()).to_string() + "\n").into()),
+        // Up to a thousand nodes: made on a blocking thread.
+        "/mesh.json" | "/sd.json" => {
+            let (face, sd) = (face.clone(), path == "/sd.json");
+            let page = tokio::task::spawn_blocking(move || {
+                let nodes = face.mesh_nodes();
+                let page = if sd { crate::meshview::service_discovery(&nodes) } else { json!(nodes) };
+                page.to_string() + "\n"
+            })
+            .await;
+            match page {
+                Ok(page) => reply(StatusCode::OK, "application/json", page.into()),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}\n")),
+            }
+        }
         "/" => reply(
             StatusCode::OK,
             "text/plain; charset=utf-8",
@@ -348,18 +379,21 @@ async fn send_held(face: &Arc<Face>, path: String) -> Reply {
     }
 }
 
-/// `GET /bundle`: the running slot, read on a blocking thread and streamed a piece at a time.
-fn send_bundle(face: &Arc<Face>) -> Reply {
+/// `GET /bundle`: the running slot, opened (its header parsed) and read on a blocking thread
+/// and streamed a piece at a time.
+async fn send_bundle(face: &Arc<Face>) -> Reply {
     let source = match &face.bundle {
         Ok(s) => s.clone(),
         Err(why) => return text(StatusCode::NOT_FOUND, format!("this node serves no bundle: {why}\n")),
     };
-    let served = match source.open() {
-        Ok(s) => s,
-        Err(why) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("not serving slot {}: {why}\n", source.slot)),
-    };
     let Ok(permit) = face.transfers.clone().try_acquire_owned() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "busy sending the bundle to other nodes; try again in a minute\n".into());
+    };
+    let slot = source.slot;
+    let served = match tokio::task::spawn_blocking(move || source.open()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(why)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("not serving slot {slot}: {why}\n")),
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("not serving slot {slot}: {e}\n")),
     };
     let name = served.manifest.file_name();
     let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{name}\""));
@@ -470,25 +504,46 @@ mod tests {
     use std::io::Write;
     use std::net::{SocketAddr, TcpStream};
 
-    fn face() -> Face {
+    fn face(mesh: Arc<Mutex<View>>) -> Face {
         let state = NodeState { name: "test-node".into(), ..NodeState::default() };
-        Face::new(Arc::new(Mutex::new(state)), PathBuf::from("/nonexistent"), Err("none here".into()), None, Arc::default(), Arc::default())
+        Face::new(Arc::new(Mutex::new(state)), PathBuf::from("/nonexistent"), Err("none here".into()), None, mesh, Arc::default())
     }
 
     fn serve(limits: Limits) -> SocketAddr {
+        serve_knowing(limits, Arc::default())
+    }
+
+    fn serve_knowing(limits: Limits, mesh: Arc<Mutex<View>>) -> SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        serve_on(listener, face(), limits).unwrap();
+        serve_on(listener, face(mesh), limits).unwrap();
         addr
     }
 
+    /// A connection to `addr` from `source` (any of loopback's 127.0.0.0/8).
+    fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+        rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+            socket.connect(addr).await.unwrap().into_std().unwrap()
+        })
+    }
+
     fn get(addr: SocketAddr, path: &str) -> String {
-        let mut s = TcpStream::connect(addr).unwrap();
+        get_from("127.0.0.1", addr, path)
+    }
+
+    fn get_from(source: &str, addr: SocketAddr, path: &str) -> String {
+        let mut s = connect_from(source, addr);
+        s.set_nonblocking(false).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").unwrap();
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).unwrap();
-        reply
+        // A refused connection is answered before its request arrives, and may be closed
+        // before all of it does.
+        let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: node\r\n\r\n");
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        String::from_utf8_lossy(&reply).into_owned()
     }
 
     /// Sends a request a byte at a time, `gap` apart, until the face closes the connection or
@@ -518,6 +573,7 @@ mod tests {
     fn limits(headers: u64, window_ms: u64, min_bytes: u64) -> Limits {
         Limits {
             headers: Duration::from_secs(headers),
+            crowded_headers: Duration::from_secs(headers),
             window: Duration::from_millis(window_ms),
             min_bytes,
             deadline: Duration::from_secs(120),
@@ -549,7 +605,7 @@ mod tests {
         let addr = serve(limits(2, 60_000, 1));
         let slow: Vec<_> = (0..4).map(|_| std::thread::spawn(move || trickle(addr, Duration::from_millis(200), 100))).collect();
         std::thread::sleep(Duration::from_millis(300));
-        let quick: Vec<_> = (0..20).map(|_| std::thread::spawn(move || get(addr, "/nodeinfo.json"))).collect();
+        let quick: Vec<_> = sources(3, 20).map(|s| std::thread::spawn(move || get_from(&s, addr, "/nodeinfo.json"))).collect();
         for q in quick {
             let reply = q.join().unwrap();
             assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
@@ -583,18 +639,63 @@ mod tests {
         assert!(sent < 200, "cut off only after {sent} bytes");
     }
 
+    /// Opens a connection from each of `sources` that sends nothing, and lets the face take them.
+    fn idle(addr: SocketAddr, sources: impl Iterator<Item = String>) -> Vec<TcpStream> {
+        let held = sources.map(|source| connect_from(&source, addr)).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        held
+    }
+
+    /// `n` addresses of loopback's 127.0.`net`.0/24.
+    fn sources(net: u8, n: usize) -> impl Iterator<Item = String> {
+        (0..n).map(move |i| format!("127.0.{net}.{}", i + 1))
+    }
+
+    #[test]
+    fn one_source_cannot_lock_the_face() {
+        let addr = serve(limits(60, 60_000, 1));
+        // 40 idle connections from one address: it gets its share, the rest are told at once.
+        let held = idle(addr, std::iter::repeat_n("127.0.0.66".to_string(), 40));
+        let refused = get_from("127.0.0.66", addr, "/nodeinfo.json");
+        assert!(refused.starts_with("HTTP/1.1 503") && refused.contains("your address holds too many"), "{refused}");
+        let info = get_from("127.0.0.2", addr, "/nodeinfo.json");
+        assert!(info.starts_with("HTTP/1.1 200") && info.contains("test-node"), "{info}");
+        drop(held);
+    }
+
+    #[test]
+    fn the_mesh_keeps_a_way_in_when_the_face_is_full() {
+        let mesh = Arc::new(Mutex::new(View::default()));
+        let me = crate::meshview::Node { address: "200::1".into(), neighbours: vec!["::ffff:127.0.0.9".into()], ..Default::default() };
+        mesh.lock().unwrap().set_me(me);
+        let addr = serve_knowing(limits(60, 60_000, 1), mesh);
+        // Many sources, each within its share, take every general place.
+        let held = idle(addr, sources(1, crate::admission::GENERAL));
+        let stranger = get_from("127.0.0.2", addr, "/nodeinfo.json");
+        assert!(stranger.starts_with("HTTP/1.1 503") && stranger.contains("as many requests as it can"), "{stranger}");
+        // A neighbour gets its nodeinfo through a kept place, and only the mesh's short requests.
+        let info = get_from("127.0.0.9", addr, "/nodeinfo.json");
+        assert!(info.starts_with("HTTP/1.1 200") && info.contains("test-node"), "{info}");
+        let map = get_from("127.0.0.9", addr, "/mesh.json");
+        assert!(map.starts_with("HTTP/1.1 503") && map.contains("only nodeinfo and gateway leases"), "{map}");
+        drop(held);
+    }
+
+    #[test]
+    fn refusals_are_whole_http_replies() {
+        for r in [crate::admission::Refused::Source, crate::admission::Refused::Full] {
+            let text = std::str::from_utf8(r.reply()).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.contains(&format!("Content-Length: {}", body.len())), "{text:?}");
+        }
+    }
+
     #[test]
     fn connections_past_the_limit_are_closed_and_places_come_back() {
         let addr = serve(limits(2, 60_000, 1));
-        let held: Vec<TcpStream> = (0..MAX_CONNECTIONS).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        // Let the face take them all before asking once more.
-        std::thread::sleep(Duration::from_millis(300));
-        let mut extra = TcpStream::connect(addr).unwrap();
-        extra.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let _ = write!(extra, "GET / HTTP/1.1\r\n\r\n");
-        let mut reply = String::new();
-        let _ = extra.read_to_string(&mut reply);
-        assert_eq!(reply, "", "a connection past the limit was served");
+        let held = idle(addr, sources(2, crate::admission::GENERAL));
+        let reply = get_from("127.0.0.3", addr, "/");
+        assert!(reply.starts_with("HTTP/1.1 503"), "a connection past the limit was served: {reply}");
         // The held ones send nothing, so the header limit frees their places.
         std::thread::sleep(Duration::from_secs(3));
         assert!(get(addr, "/").starts_with("HTTP/1.1 200"));

@@ -18,7 +18,7 @@ pub const MAX_NODES: usize = 1024;
 const MAX_BODY: u64 = 1 << 20;
 
 /// One node, as it last described itself.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Node {
     pub address: String,
     pub name: String,
@@ -85,7 +85,9 @@ impl View {
     /// Takes from a neighbour's view what is fresher than what this node knows.
     pub fn learn(&mut self, nodes: Vec<Node>, now: Instant) {
         let me = self.me.as_ref().map(|m| m.address.clone());
-        for n in nodes.into_iter().filter(Node::plausible) {
+        for mut n in nodes.into_iter().filter(Node::plausible) {
+            // One spelling of each address, so that a node is one entry however it is written.
+            n.address = n.address.parse::<Ipv6Addr>().expect("plausible").to_string();
             let age = Duration::from_secs(n.age_s);
             let Some(said) = now.checked_sub(age).filter(|_| age < MAX_AGE) else { continue };
             if Some(&n.address) == me.as_ref() || self.known.get(&n.address).is_some_and(|(_, t)| *t >= said) {
@@ -98,6 +100,12 @@ impl View {
             let oldest = self.known.iter().min_by_key(|(_, (_, said))| *said).map(|(a, _)| a.clone()).expect("not empty");
             self.known.remove(&oldest);
         }
+    }
+
+    /// Whether `address` is a node of this view or one of this node's neighbours.
+    pub fn knows(&self, address: &Ipv6Addr) -> bool {
+        let neighbour = |m: &Node| m.neighbours.iter().any(|n| n.parse::<Ipv6Addr>().ok().as_ref() == Some(address));
+        self.known.contains_key(&address.to_string()) || self.me.as_ref().is_some_and(neighbour)
     }
 
     /// This node first, then every other it knows, each with its age now.
@@ -202,8 +210,13 @@ mod tests {
         pointing.neighbours = vec!["::1".into()];
         let mut port0 = node(3, 0, &[]);
         port0.metrics_port = Some(0);
-        view.learn(vec![pointing, port0, named("fc12::1"), node(4, 0, &[5])], Instant::now());
+        view.learn(vec![pointing, port0, named("fc12:0::01"), node(4, 0, &[5])], Instant::now());
         assert_eq!(view.known.keys().collect::<Vec<_>>(), ["200::4", "fc12::1"]);
+        // Known however it is spelt; this node's neighbours are known before their word arrives.
+        view.set_me(node(1, 0, &[9]));
+        let knows = |a: &str| view.knows(&a.parse().unwrap());
+        assert!(knows("fc12::0:1") && knows("200::4") && knows("200::9"));
+        assert!(!knows("200::5") && !knows("::1"));
     }
 
     #[test]
