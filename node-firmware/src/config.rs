@@ -40,8 +40,11 @@ pub struct Gateway {
     #[serde(rename = "use")]
     pub use_gateways: GatewayUse,
     /// Who may use this gateway, by Yggdrasil public key (64 hex digits) or overlay address;
-    /// empty: every node of the mesh.
+    /// empty: every node of this gateway's mesh view.
     pub allow: Vec<String>,
+    /// Let the mesh reach the uplink's own networks (the owner's router and LAN: RFC 1918,
+    /// link-local, shared and the uplink's prefixes); by default only the internet beyond.
+    pub allow_lan: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]

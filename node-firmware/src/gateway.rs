@@ -5,11 +5,15 @@
 //! mesh view (crate::meshview) whether it offers, and hands each node that asks — `POST
 //! /gateway/lease` on its metrics port, over the overlay, so the asker is known by its
 //! key-derived address — an address in 100.64.0.0/10 and an IPv4 tunnel between their overlay
-//! addresses (`ip6tnl` on a board; crate::machine makes it). What comes out of the tunnels may
-//! only leave by the uplink, masqueraded onto it.
+//! addresses (`ip6tnl` on a board; crate::machine makes it). It leases to the nodes of its own
+//! mesh view (or of `gateway.allow`), not to any address of a global overlay. What comes out of
+//! the tunnels may only leave by the uplink, masqueraded onto it, and only for the internet:
+//! never for the uplink's own networks (its owner's router and LAN) but a ping of its router,
+//! unless `gateway.allowLan`.
 //!
 //! Every other node (`gateway.use: auto`) takes a lease from the live gateway the fewest
-//! overlay hops away (counted in the mesh view's links) and sends IPv4 from its access point
+//! overlay hops away (counted in the mesh view's links), checks it ([`check_lease`]: a lease
+//! can route nothing but the tunnel's own addresses), and sends IPv4 from its access point
 //! clients and itself into its tunnel, `gw0`, by policy routing, masqueraded onto its lease.
 //! Every [`EVERY`] it checks that the tunnel passes traffic: bytes came out of it since the
 //! last check, or else a ping of the gateway's uplink router through it is answered. It renews
@@ -163,7 +167,47 @@ struct Uplink {
     interface: String,
     router: Ipv4Addr,
     up: bool,
+    /// The networks of the uplink's own addresses (the owner's LAN).
+    networks: Vec<Net>,
 }
+
+/// An IPv4 network: its address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net(pub Ipv4Addr, pub u8);
+
+impl Net {
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.1.min(32))).unwrap_or(0);
+        u32::from(a) & mask == u32::from(self.0) & mask
+    }
+
+    /// `10.1.2.3/24` (the network of an address) or `10.1.2.0` (a host).
+    fn parse(text: &str) -> Option<Net> {
+        let (a, len) = text.split_once('/').unwrap_or((text, "32"));
+        let (a, len): (Ipv4Addr, u8) = (a.parse().ok()?, len.parse().ok().filter(|l| *l <= 32)?);
+        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        Some(Net(Ipv4Addr::from(u32::from(a) & mask), len))
+    }
+}
+
+impl std::fmt::Display for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
+    }
+}
+
+/// Where tunnels' addresses come from: the shared address space (RFC 6598).
+const LEASES: Net = Net(Ipv4Addr::new(100, 64, 0, 0), 10);
+
+/// What a gateway's clients may not reach through its uplink: private, link-local and shared
+/// networks (RFC 1918, 3927, 6598), besides the uplink's own.
+const LAN: [Net; 5] = [
+    Net(Ipv4Addr::new(10, 0, 0, 0), 8),
+    Net(Ipv4Addr::new(172, 16, 0, 0), 12),
+    Net(Ipv4Addr::new(192, 168, 0, 0), 16),
+    Net(Ipv4Addr::new(169, 254, 0, 0), 16),
+    LEASES,
+];
 
 /// The tunnel address of lease `n` (2 and up; 100.64.0.1 is the gateway's).
 fn lease_address(n: u32) -> Ipv4Addr {
@@ -171,8 +215,9 @@ fn lease_address(n: u32) -> Ipv4Addr {
 }
 
 impl Served {
-    /// `POST /gateway/lease` from `client`: the same lease again when it has one.
-    pub fn lease(&mut self, client: Ipv6Addr, now: Instant) -> Result<(Lease, Option<u32>), Refusal> {
+    /// `POST /gateway/lease` from `client`, which this node's mesh view holds or not (`known`):
+    /// the same lease again when it has one.
+    pub fn lease(&mut self, client: Ipv6Addr, known: bool, now: Instant) -> Result<(Lease, Option<u32>), Refusal> {
         let (Some(uplink), true) = (self.uplink.as_ref().filter(|u| u.up), self.offering) else {
             return Err(Refusal::Unavailable("this node offers no internet access now".into()));
         };
@@ -183,6 +228,11 @@ impl Served {
             return Err(Refusal::NotAllowed(format!("{client} is not in this gateway's gateway.allow")));
         }
         let fresh = !self.leases.contains_key(&client);
+        // A node of another mesh (the global overlay reaches any) gets nothing; one of this
+        // mesh whose word has not reached this node yet asks again soon.
+        if self.allow.is_empty() && fresh && !known {
+            return Err(Refusal::Unavailable(format!("{client} is not in this gateway's mesh view (yet): it leases to the nodes of its own mesh")));
+        }
         let n = match self.leases.get(&client) {
             Some((n, _)) => *n,
             None if self.leases.len() >= MAX_LEASES => return Err(Refusal::Unavailable(format!("this gateway serves {MAX_LEASES} nodes already"))),
@@ -208,10 +258,10 @@ pub fn is_node_address(a: &Ipv6Addr) -> bool {
 }
 
 /// Gives a client its lease and, the first time, its tunnel. Called by the HTTP face.
-pub fn serve_lease(served: &Mutex<Served>, client: Ipv6Addr) -> Result<Lease, Refusal> {
+pub fn serve_lease(served: &Mutex<Served>, client: Ipv6Addr, known: bool) -> Result<Lease, Refusal> {
     let (lease, new, me) = {
         let mut s = served.lock().map_err(|_| Refusal::Unavailable("gateway state poisoned".into()))?;
-        let (lease, new) = s.lease(client, Instant::now())?;
+        let (lease, new) = s.lease(client, known, Instant::now())?;
         (lease, new, s.me)
     };
     if let (Some(n), Some(me)) = (new, me) {
@@ -344,7 +394,8 @@ impl Agent {
 
             // The firewall and DNS follow the role.
             let internet = if offering { uplink.as_ref().map(|u| u.interface.clone()) } else { using.then(|| TUNNEL.to_string()) };
-            let wanted = nft_ruleset(internet.as_deref(), offering, using);
+            let lan = uplink.as_ref().filter(|_| offering && !self.settings.allow_lan);
+            let wanted = nft_ruleset(internet.as_deref(), offering, using, lan.map(|u| (u.router, u.networks.as_slice())));
             if wanted != ruleset {
                 // Tried once per change of role, so a node without nft says so once.
                 if let Err(e) = apply_ruleset(&self.run_dir, &wanted) {
@@ -426,7 +477,8 @@ impl UplinkWatch {
     fn check(&mut self, wired: &Wired, offer: bool) -> Option<Uplink> {
         let uplink = find_uplink(wired).map(|(interface, router)| {
             self.failures = if ping(&interface, router) { 0 } else { self.failures + 1 };
-            Uplink { interface, router, up: self.failures < FAILURES }
+            let networks = command::run("ip", &["-4", "-o", "addr", "show", "dev", &interface]).map(|t| parse_networks(&t)).unwrap_or_default();
+            Uplink { interface, router, up: self.failures < FAILURES, networks }
         });
         if offer && uplink != self.was {
             match &uplink {
@@ -567,6 +619,7 @@ impl Client {
         }
         for c in candidates {
             let leased = request_lease(&self.http, &c.address, agent.port).unwrap_or_else(|e| Err(Refusal::Unavailable(e))).and_then(|lease| {
+                check_lease(&lease, &router_peer_addresses(&agent.peers), &local_networks()).map_err(Refusal::Unavailable)?;
                 open_tunnel(agent.me, &c, &lease, &agent.peers).map_err(Refusal::Unavailable)?;
                 first_traffic(&lease)?;
                 Ok(lease)
@@ -665,6 +718,55 @@ fn request_lease(http: &ureq::Agent, gateway: &Ipv6Addr, port: u16) -> Result<Re
     })
 }
 
+/// Whether a gateway's lease may be applied: its addresses become a route through the tunnel,
+/// so they must be the tunnel's own (in [`LEASES`], the gateway's end [`INNER`]), and neither
+/// the router's IPv4 peers nor a network this node already reaches (`local`) may be taken over.
+pub fn check_lease(lease: &Lease, peers: &[Ipv4Addr], local: &[Net]) -> Result<(), String> {
+    let a = lease.address;
+    if lease.gateway != INNER {
+        return Err(format!("the lease names {} as the gateway's end of the tunnel, not {INNER}", lease.gateway));
+    }
+    let edge = [LEASES.0, Ipv4Addr::from(u32::from(LEASES.0) | (u32::MAX >> LEASES.1))];
+    if !LEASES.contains(a) || a == INNER || edge.contains(&a) {
+        return Err(format!("the lease's address {a} is not a tunnel address (in {LEASES}, not {INNER})"));
+    }
+    if peers.contains(&a) {
+        return Err(format!("the lease's address {a} is one of the router's peers"));
+    }
+    if let Some(net) = local.iter().find(|n| n.contains(a) || n.contains(INNER)) {
+        return Err(format!("the lease's tunnel ({a}, {INNER}) lies in {net}, a network this node already reaches"));
+    }
+    let c = lease.check;
+    if c.is_loopback() || c.is_multicast() || c.is_broadcast() || c.is_unspecified() {
+        return Err(format!("the lease's check address {c} is not a router's"));
+    }
+    Ok(())
+}
+
+/// The networks this node reaches by routes of its own (main table; not the tunnel's).
+fn local_networks() -> Vec<Net> {
+    let routes = command::run("ip", &["-4", "route", "show", "table", "main"]).unwrap_or_default();
+    parse_routes(&routes)
+}
+
+fn parse_routes(text: &str) -> Vec<Net> {
+    text.lines()
+        .filter(|l| !l.split_whitespace().collect::<Vec<_>>().windows(2).any(|w| w == ["dev", TUNNEL]))
+        .filter_map(|l| Net::parse(l.split_whitespace().next()?))
+        .collect()
+}
+
+/// The networks of `ip -4 -o addr show`'s addresses.
+fn parse_networks(text: &str) -> Vec<Net> {
+    text.lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let i = words.iter().position(|w| *w == "inet")?;
+            Net::parse(words.get(i + 1)?)
+        })
+        .collect()
+}
+
 /// The client's tunnel and the policy routing that sends IPv4 into it.
 fn open_tunnel(me: Ipv6Addr, gateway: &Candidate, lease: &Lease, peers: &[String]) -> Result<(), String> {
     close_tunnel();
@@ -710,14 +812,21 @@ fn router_peer_addresses(peers: &[String]) -> Vec<Ipv4Addr> {
 
 /// The nftables table meshd owns, whole: the access points' clients reach by IPv4 only the
 /// internet (`internet`: the uplink or the tunnel), a gateway's tunnels only its uplink, and
-/// what leaves by `internet` is masqueraded. On a node using a gateway, connections made to
+/// what leaves by `internet` is masqueraded. On a gateway that keeps its owner's LAN (`lan`:
+/// the uplink's router and networks), nothing forwarded reaches the LAN but a ping of the
+/// router (a client's check of its tunnel). On a node using a gateway, connections made to
 /// the node from elsewhere are marked so that their replies keep to the main table.
-pub fn nft_ruleset(internet: Option<&str>, gateway: bool, client: bool) -> String {
+pub fn nft_ruleset(internet: Option<&str>, gateway: bool, client: bool, lan: Option<(Ipv4Addr, &[Net])>) -> String {
     let mut forward = String::new();
     let mut nat = String::new();
     let mut extra = String::new();
     match internet {
         Some(out) => {
+            if let Some((router, own)) = lan {
+                let nets: Vec<String> = LAN.iter().chain(own).map(Net::to_string).collect();
+                let _ = writeln!(forward, "    oifname \"{out}\" ip daddr {router} icmp type echo-request accept");
+                let _ = writeln!(forward, "    oifname \"{out}\" ip daddr {{ {} }} drop", nets.join(", "));
+            }
             let _ = writeln!(forward, "    iifname \"ap*\" oifname != \"{out}\" drop");
             let _ = writeln!(nat, "    oifname \"{out}\" masquerade");
         }
@@ -817,7 +926,7 @@ mod tests {
             offering: true,
             me: Some(a("200::c")),
             allow: allow.iter().map(|e| node_address(e).unwrap()).collect(),
-            uplink: Some(Uplink { interface: "eth3".into(), router: Ipv4Addr::new(198, 51, 100, 1), up: true }),
+            uplink: Some(Uplink { interface: "eth3".into(), router: Ipv4Addr::new(198, 51, 100, 1), up: true, networks: vec![] }),
             leases: BTreeMap::new(),
         }
     }
@@ -826,15 +935,15 @@ mod tests {
     fn leases_are_stable_unique_and_expire() {
         let mut s = served(&[]);
         let t = Instant::now();
-        let (l1, new1) = s.lease(a("200::a"), t).unwrap();
-        let (l2, _) = s.lease(a("201:1::b"), t).unwrap();
+        let (l1, new1) = s.lease(a("200::a"), true, t).unwrap();
+        let (l2, _) = s.lease(a("201:1::b"), true, t).unwrap();
         assert_eq!((l1.address, new1, l2.address), (Ipv4Addr::new(100, 64, 0, 2), Some(2), Ipv4Addr::new(100, 64, 0, 3)));
         assert_eq!((l1.gateway, l1.check), (INNER, Ipv4Addr::new(198, 51, 100, 1)));
         // Renewing gives the same lease and no new tunnel.
-        assert_eq!(s.lease(a("200::a"), t + RENEW).unwrap(), (l1.clone(), None));
+        assert_eq!(s.lease(a("200::a"), true, t + RENEW).unwrap(), (l1.clone(), None));
         assert_eq!(s.expire(t + LEASE + Duration::from_secs(1)), vec![3]);
         // The freed number is handed out again.
-        assert_eq!(s.lease(a("200::d"), t + LEASE).unwrap().0.address, Ipv4Addr::new(100, 64, 0, 3));
+        assert_eq!(s.lease(a("200::d"), true, t + LEASE).unwrap().0.address, Ipv4Addr::new(100, 64, 0, 3));
         assert_eq!(lease_address(258), Ipv4Addr::new(100, 64, 1, 2));
     }
 
@@ -846,18 +955,60 @@ mod tests {
         assert!(is_node_address(&b) && !is_node_address(&a("300:1::5")));
         let mut s = served(&[key]);
         let t = Instant::now();
-        assert!(s.lease(b, t).is_ok());
-        match s.lease(a("200::a"), t) {
+        assert!(s.lease(b, true, t).is_ok());
+        match s.lease(a("200::a"), true, t) {
             Err(Refusal::NotAllowed(why)) => assert!(why.contains("gateway.allow"), "{why}"),
             other => panic!("{other:?}"),
         }
         // Not a node's overlay address: neither a LAN host nor a phone in a node's prefix.
-        assert!(matches!(served(&[]).lease(a("fe80::1"), t), Err(Refusal::NotAllowed(_))));
-        assert!(matches!(served(&[]).lease(a("300:1::5"), t), Err(Refusal::NotAllowed(_))));
+        assert!(matches!(served(&[]).lease(a("fe80::1"), true, t), Err(Refusal::NotAllowed(_))));
+        assert!(matches!(served(&[]).lease(a("300:1::5"), true, t), Err(Refusal::NotAllowed(_))));
         let mut down = served(&[]);
         down.uplink.as_mut().unwrap().up = false;
-        assert!(matches!(down.lease(a("200::a"), t), Err(Refusal::Unavailable(_))));
+        assert!(matches!(down.lease(a("200::a"), true, t), Err(Refusal::Unavailable(_))));
         assert!(node_address("beef").is_none() && node_address(&"g".repeat(64)).is_none());
+    }
+
+    #[test]
+    fn leases_go_to_the_nodes_of_the_mesh_view() {
+        let t = Instant::now();
+        let mut s = served(&[]);
+        match s.lease(a("200::77"), false, t) {
+            Err(Refusal::Unavailable(why)) => assert!(why.contains("not in this gateway's mesh view"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.leases.is_empty());
+        // Known now; its renewals count even if the view loses it for a while.
+        let (lease, _) = s.lease(a("200::77"), true, t).unwrap();
+        assert_eq!(s.lease(a("200::77"), false, t + RENEW).unwrap(), (lease, None));
+        // An allow list decides by itself.
+        let key = "9d01fe7e0ba2a9a1e5d2b7e8df83e6c3b2a86e8d1b4a6e5f2c3d4e5f6a7b8c9d";
+        assert!(served(&[key]).lease(node_address(key).unwrap(), false, t).is_ok());
+    }
+
+    #[test]
+    fn a_lease_routes_nothing_but_its_tunnel() {
+        let good = Lease { address: Ipv4Addr::new(100, 64, 0, 9), gateway: INNER, check: Ipv4Addr::new(198, 51, 100, 1), lease_s: 120 };
+        let peers = [Ipv4Addr::new(192, 0, 2, 1)];
+        let local = parse_routes("default via 10.0.2.2 dev eth0\n10.0.2.0/24 dev eth0 proto kernel scope link src 10.0.2.15\n100.64.0.1 dev gw0 proto kernel scope link src 100.64.0.3\n10.41.0.0/24 dev ap0 scope link\n");
+        assert_eq!(local, [Net(Ipv4Addr::new(10, 0, 2, 0), 24), Net(Ipv4Addr::new(10, 41, 0, 0), 24)]);
+        assert_eq!(check_lease(&good, &peers, &local), Ok(()));
+        let with = |f: &dyn Fn(&mut Lease)| {
+            let mut l = good.clone();
+            f(&mut l);
+            check_lease(&l, &peers, &local).unwrap_err()
+        };
+        // A gateway that would route the router's peer, the LAN's DNS server or this node's own
+        // networks through itself.
+        assert!(with(&|l| l.gateway = Ipv4Addr::new(192, 0, 2, 1)).contains("gateway's end"));
+        assert!(with(&|l| l.gateway = Ipv4Addr::new(10, 0, 2, 3)).contains("gateway's end"));
+        assert!(with(&|l| l.address = Ipv4Addr::new(192, 0, 2, 1)).contains("not a tunnel address"));
+        assert!(with(&|l| l.address = INNER).contains("not a tunnel address"));
+        assert!(with(&|l| l.address = Ipv4Addr::new(100, 127, 255, 255)).contains("not a tunnel address"));
+        assert!(with(&|l| l.check = Ipv4Addr::new(127, 0, 0, 1)).contains("check address"));
+        let cgnat = [Net(Ipv4Addr::new(100, 64, 0, 0), 16)];
+        assert!(check_lease(&good, &peers, &cgnat).unwrap_err().contains("already reaches"));
+        assert!(check_lease(&good, &[Ipv4Addr::new(100, 64, 0, 9)], &local).unwrap_err().contains("router's peers"));
     }
 
     #[test]
@@ -865,19 +1016,29 @@ mod tests {
         let routes = "default via 198.51.100.1 dev eth3 \ndefault dev gw0 scope link\ndefault via 10.0.2.2 dev usb0 metric 5\n";
         assert_eq!(parse_default_routes(routes), [("eth3".into(), Ipv4Addr::new(198, 51, 100, 1)), ("usb0".into(), Ipv4Addr::new(10, 0, 2, 2))]);
         let wired = Wired { peering: vec![], dhcp: vec!["eth*".into()] };
+        let addrs = "3: eth3    inet 198.51.100.57/24 brd 198.51.100.255 scope global dynamic eth3\\       valid_lft 3599sec\n3: eth3    inet 10.9.8.7/8 scope global eth3\n";
+        assert_eq!(parse_networks(addrs), [Net(Ipv4Addr::new(198, 51, 100, 0), 24), Net(Ipv4Addr::new(10, 0, 0, 0), 8)]);
         assert!(Wired::matches(&wired.dhcp, "eth3") && !Wired::matches(&wired.dhcp, "usb0"));
     }
 
     #[test]
     fn rulesets_keep_clients_to_the_internet() {
-        let gw = nft_ruleset(Some("eth3"), true, false);
-        for want in ["iifname \"ap*\" oifname != \"eth3\" drop", "iifname \"gwc*\" oifname != \"eth3\" drop", "oifname \"eth3\" masquerade"] {
+        let uplink = [Net(Ipv4Addr::new(198, 51, 100, 0), 24)];
+        let gw = nft_ruleset(Some("eth3"), true, false, Some((Ipv4Addr::new(198, 51, 100, 1), &uplink)));
+        for want in [
+            "iifname \"ap*\" oifname != \"eth3\" drop",
+            "iifname \"gwc*\" oifname != \"eth3\" drop",
+            "oifname \"eth3\" masquerade",
+            "oifname \"eth3\" ip daddr 198.51.100.1 icmp type echo-request accept\n    oifname \"eth3\" ip daddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 169.254.0.0/16, 100.64.0.0/10, 198.51.100.0/24 } drop",
+        ] {
             assert!(gw.contains(want), "{want} missing:\n{gw}");
         }
         assert!(!gw.contains("ct mark"));
-        let client = nft_ruleset(Some(TUNNEL), false, true);
+        // gateway.allowLan: the LAN is the owner's to open.
+        assert!(!nft_ruleset(Some("eth3"), true, false, None).contains("daddr"));
+        let client = nft_ruleset(Some(TUNNEL), false, true, None);
         assert!(client.contains("oifname \"gw0\" masquerade") && client.contains("ct mark set 0x4d50"), "{client}");
-        let none = nft_ruleset(None, false, false);
+        let none = nft_ruleset(None, false, false, None);
         assert!(none.contains("iifname \"ap*\" drop") && !none.contains("masquerade"), "{none}");
         assert!(none.starts_with("# Written by meshd") && none.contains("delete table ip meshos\n"));
     }

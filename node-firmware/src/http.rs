@@ -321,8 +321,9 @@ async fn gateway_lease(face: &Arc<Face>, peer: std::net::SocketAddr) -> Reply {
         std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
     };
     let served = face.gateway.clone();
+    let known = face.mesh.lock().is_ok_and(|v| v.knows(&client));
     // It makes the tunnel with `ip`.
-    match tokio::task::spawn_blocking(move || crate::gateway::serve_lease(&served, client)).await {
+    match tokio::task::spawn_blocking(move || crate::gateway::serve_lease(&served, client, known)).await {
         Ok(Ok(lease)) => reply(StatusCode::OK, "application/json", (json!(lease).to_string() + "\n").into()),
         Ok(Err(crate::gateway::Refusal::NotAllowed(why))) => text(StatusCode::FORBIDDEN, why + "\n"),
         Ok(Err(crate::gateway::Refusal::Unavailable(why))) => text(StatusCode::SERVICE_UNAVAILABLE, why + "\n"),
