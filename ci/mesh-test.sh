@@ -19,6 +19,8 @@
 #             in A's overlay prefix by router advertisement
 #   access    the client fetches the internet's page by name through A's tunnel (ip6tnl) to
 #             gateway B, and B's /nodeinfo.json over IPv6 through the mesh
+#   firewall  the client loads A's map and reaches the overlay, but no node's ssh (A's answers
+#             the overlay); nothing on the overlay opens a connection to the client
 #   upgrade   over the mesh into real slots through U-Boot, by itself: B is switched on again
 #             with N+1 (ci/next-releases.sh) in its updates/ and installs it; A takes it from
 #             B, fetching only the chunks it lacks (at most 5% of the bundle, from meshd's own
@@ -413,6 +415,28 @@ wait_for 240 uses "$B" || fail "A does not use gateway B, its nearest: $(on_a me
 echo "mesh-test: A took gateway B $((SECONDS - t)) s into the wait: $(on_a meshd status | grep '^gateway')"
 wait_for 60 internet_page || fail "the client cannot fetch http://www.internet.test/ through A and B: $(on_a 'meshd status; cat /run/meshd/dns/resolv.upstream')"
 ok "the client fetched http://www.internet.test/ by name through A's tunnel to gateway B, its nearest"
+
+# --- the firewall (node-firmware's firewall.rs): the people on A's Wi-Fi keep the map but reach
+# no node's ssh, and nothing on the overlay opens a connection to them. The monitoring machine
+# is the overlay's side: it reaches A's ssh, and serves on its ports 22 and 8080.
+MON=$(as_root ip -n "$MON_NS" -6 addr show scope global | sed -n 's/.*inet6 \(2[0-9a-f]*:[0-9a-f:]*\).*/\1/p' | head -1)
+[ -n "$MON" ] || fail "the monitoring machine has no overlay address"
+for port in 22 8080; do
+  exec_as_root ip netns exec "$MON_NS" python3 -m http.server --bind "$MON" --directory "$WORK/internet" "$port" > "$WORK/mon-http-$port.log" 2>&1 &
+  pids+=($!)
+done
+in_ns client "wget -q -T 15 -O - http://[$A]:9100/map" | grep -q 'mesh.json' || fail "the client cannot load A's map"
+wait_for 20 in_ns client "wget -q -T 5 -O /dev/null http://[$MON]:8080/" || fail "the client cannot reach the monitoring machine's port 8080 over the overlay"
+! in_ns client "wget -q -T 5 -O /dev/null http://[$MON]:22/" || fail "a Wi-Fi client reached port 22 on the overlay"
+ssh_banner() { timeout 10 bash -c "exec 3<>/dev/tcp/$1/22 && head -c 4 <&3"; }
+[ "$(as_root ip netns exec "$MON_NS" bash -c "$(declare -f ssh_banner); ssh_banner $A")" = "SSH-" ] || fail "the monitoring machine does not reach A's ssh over the overlay"
+[ -n "$(in_ns client "echo | busybox nc -w 5 $MON 8080")" ] || fail "busybox nc in the client's namespace reaches nothing"
+[ -z "$(in_ns client "busybox nc -w 5 $A 22 </dev/null")" ] || fail "a Wi-Fi client reached A's ssh"
+ok "a Wi-Fi client loads A's map and reaches the overlay, but no node's ssh; the overlay reaches A's ssh"
+in_ns client "echo meshos-client > /tmp/ns/client/index.html; busybox httpd -p 8080 -h /tmp/ns/client"
+wait_for 20 on_a "wget -q -T 5 -O - http://[$v6]:8080/index.html | grep -q meshos-client" || fail "A cannot reach its Wi-Fi client's port 8080"
+! as_root ip netns exec "$MON_NS" curl -sf -m 8 -o /dev/null "http://[$v6]:8080/index.html" || fail "the overlay opened a connection to a Wi-Fi client's port"
+ok "nothing on the overlay opens a connection to a Wi-Fi client ($v6:8080 answers its own node only)"
 
 metrics_of() { if [ "$1" = a ]; then curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/metrics"; else on_a wget -q -T 10 -O - "http://[$(address "$1")]:9100/metrics"; fi; }
 metrics_of b > "$WORK/b-gateway.metrics"

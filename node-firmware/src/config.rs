@@ -174,6 +174,9 @@ pub struct AccessPoint {
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Ssh {
     pub authorized_keys: Vec<String>,
+    /// Let the people on the access points reach ssh (this node's and, over the overlay, other
+    /// nodes'); by default only the mesh and wired networks do (crate::firewall).
+    pub from_access_points: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

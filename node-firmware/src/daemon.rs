@@ -91,6 +91,15 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
         logln!("meshd: this image trusts no signing key: it will accept no upgrade");
     }
 
+    // Before anything listens: what the access points' clients and the overlay may reach.
+    let policy = crate::firewall::Policy {
+        overlay: router::TUN_NAME.into(),
+        pages: cfg.metrics.enabled.then_some(cfg.metrics.port),
+        ssh_from_clients: cfg.ssh.from_access_points,
+    };
+    if let Err(e) = crate::firewall::apply(&dirs.run, &policy) {
+        logln!("meshd: {e}");
+    }
     let mut services: Vec<Service> = Vec::new();
     match services::start_router(&cfg, &id, dirs) {
         Ok(s) => services.push(s),

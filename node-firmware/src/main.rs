@@ -16,6 +16,7 @@ mod daemon;
 mod dirs;
 mod durable;
 mod entropy;
+mod firewall;
 mod gateway;
 mod health;
 mod held;
