@@ -2,7 +2,8 @@
 //! meshd nodes farthest apart become gateways, each with an uplink to a simulated internet (a
 //! namespace with a router that gives DHCP and DNS, and a web server at `www.internet.test`);
 //! every other node takes a lease from its nearest gateway and must reach the web server by
-//! name, asking the gateway's DNS through its tunnel. Then the second gateway is switched on
+//! name, asking the gateway's DNS through its tunnel, and must not reach a host on the
+//! gateways' own LAN (the owner's NAS, beside the router). Then the second gateway is switched on
 //! again with a `gateway.allow` list that leaves out one node, the first gateway's uplink is
 //! cut, and every node must move to the second gateway but the one left out, which must say
 //! that it was refused, and why.
@@ -28,6 +29,9 @@ const ROUTER: &str = "198.51.100.1";
 const WEB: &str = "203.0.113.80";
 const WEB_NAME: &str = "www.internet.test";
 const PAGE: &str = "meshos simulated internet";
+/// A host on the gateways' uplink network, as an owner's NAS is: no node may reach it through
+/// a gateway (node-firmware's gateway.rs keeps the LAN closed).
+const NAS: &str = "198.51.100.20";
 /// A gateway's end of every tunnel, and its DNS server (node-firmware's `gateway::INNER`).
 const GATEWAY_END: &str = "100.64.0.1";
 /// A gateway's uplink, in its namespace: its mesh.yaml has DHCP on it.
@@ -51,6 +55,8 @@ pub struct Report {
     pub seconds_to_all_online: Option<f64>,
     pub first_gateway: BTreeMap<String, usize>,
     pub never_online: Vec<String>,
+    /// Nodes that reached the NAS on a gateway's LAN through their gateway (none should).
+    pub reached_lan: Vec<String>,
     /// The node the second gateway's allow list leaves out, and how long that gateway took to
     /// offer again after it was switched on with the list.
     pub left_out: String,
@@ -130,6 +136,7 @@ impl Internet {
         ip(&["addr", "add", &format!("{WEB}/32"), "dev", "lo"])?;
         ip(&["link", "add", "br0", "address", "02:00:00:00:0b:01", "type", "bridge"])?;
         ip(&["addr", "add", &format!("{ROUTER}/24"), "dev", "br0"])?;
+        ip(&["addr", "add", &format!("{NAS}/24"), "dev", "br0"])?;
         ip(&["link", "set", "br0", "up"])?;
         for (k, &g) in gateways.iter().enumerate() {
             let port = format!("port{k}");
@@ -159,6 +166,7 @@ impl Internet {
         internet.spawn(&dnsmasq, &dir.join("dnsmasq.log"))?;
         let www = www.display().to_string();
         internet.spawn(&["python3", "-m", "http.server", "--bind", WEB, "--directory", &www, "80"], &dir.join("http.log"))?;
+        internet.spawn(&["python3", "-m", "http.server", "--bind", NAS, "--directory", &www, "80"], &dir.join("nas.log"))?;
         Ok(internet)
     }
 
@@ -194,10 +202,20 @@ fn reach_internet(lab: &Lab, nodes: &[usize]) -> Vec<bool> {
         "a=$(timeout 4 busybox nslookup {WEB_NAME} {GATEWAY_END} | sed -n '/^Name:/,$ s/^Address: *//p' | head -1) && [ -n \"$a\" ] && \
          curl -sf -m 5 --resolve {WEB_NAME}:80:$a http://{WEB_NAME}/ | grep -q '{PAGE}'"
     );
+    probe(lab, nodes, &script)
+}
+
+/// Which of `nodes` reach the NAS on the gateways' LAN (the same page as the web server's).
+fn reach_lan(lab: &Lab, nodes: &[usize]) -> Vec<bool> {
+    probe(lab, nodes, &format!("curl -sf -m 5 http://{NAS}/ | grep -q '{PAGE}'"))
+}
+
+/// Which of `nodes` run `script` (sh) with success, asked of all at once.
+fn probe(lab: &Lab, nodes: &[usize], script: &str) -> Vec<bool> {
     let probes: Vec<Option<Child>> = nodes
         .iter()
         .map(|&k| {
-            Command::new("ip").args(["netns", "exec", &lab.nodes[k].namespace, "sh", "-c", &script]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()
+            Command::new("ip").args(["netns", "exec", &lab.nodes[k].namespace, "sh", "-c", script]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()
         })
         .collect();
     probes.into_iter().map(|p| p.and_then(|mut c| c.wait().ok()).is_some_and(|s| s.success())).collect()
@@ -296,6 +314,10 @@ pub fn run(lab: &mut Lab, plan: &Gateways) -> Result<Report, String> {
         *report.first_gateway.entry(g.clone()).or_default() += 1;
     }
     report.never_online = clients.iter().filter(|k| !online.contains_key(k)).map(|&k| id(k)).collect();
+    // Online, but only to the internet: the gateways' own LAN stays closed.
+    let lan = reach_lan(lab, &clients);
+    report.reached_lan = clients.iter().zip(lan).filter(|(_, r)| *r).map(|(&k, _)| id(k)).collect();
+    eprintln!("meshlab: {:>5.0} s: {} nodes reach the NAS on a gateway's LAN (none should)", lab.seconds(), report.reached_lan.len());
 
     // 2. The second gateway, switched on again allowing every node but one.
     let allow: Vec<String> = clients.iter().filter(|&&k| k != out).filter_map(|&k| address(lab, k)).collect();
@@ -359,6 +381,9 @@ impl Report {
         if self.seconds_to_all_online.is_none() {
             failed.push(format!("{} node(s) never reached the internet through a gateway: {}", self.never_online.len(), some(&self.never_online)));
         }
+        if !self.reached_lan.is_empty() {
+            failed.push(format!("{} node(s) reached the NAS on a gateway's own LAN through it: {}", self.reached_lan.len(), some(&self.reached_lan)));
+        }
         if self.seconds_to_reoffer.is_none() {
             failed.push(format!("gateway {} did not offer again after it was switched on with its allow list", self.gateways[1]));
         }
@@ -389,7 +414,7 @@ impl Report {
         let rss = self.meshd_peak_rss_kib.values().max().copied().unwrap_or(0);
         let gw_rss: Vec<String> = self.gateways.iter().map(|g| format!("{g} {} KiB", self.meshd_peak_rss_kib.get(g).copied().unwrap_or(0))).collect();
         format!(
-            "gateways {} and {} for {} nodes ({} links)\n  up       set up in {:.0} s, then all up {}\n  online   every node through a gateway {} ({})\n  allow    {} switched on again leaving out node {}: offering again {}\n  failover {}'s uplink cut: all moved to {} {}; {} says: {}\n  memory   meshd at most {rss} KiB (gateways: {}); host memory in use grew by at most {} MiB\n",
+            "gateways {} and {} for {} nodes ({} links)\n  up       set up in {:.0} s, then all up {}\n  online   every node through a gateway {} ({}); {} reached the gateways' LAN\n  allow    {} switched on again leaving out node {}: offering again {}\n  failover {}'s uplink cut: all moved to {} {}; {} says: {}\n  memory   meshd at most {rss} KiB (gateways: {}); host memory in use grew by at most {} MiB\n",
             self.gateways[0],
             self.gateways[1],
             self.nodes,
@@ -398,6 +423,7 @@ impl Report {
             secs(self.seconds_to_all_up),
             secs(self.seconds_to_all_online),
             first.join(", "),
+            self.reached_lan.len(),
             self.gateways[1],
             self.left_out,
             secs(self.seconds_to_reoffer),
