@@ -7,5 +7,7 @@ pub mod boot_state;
 pub mod bundle;
 pub mod chunks;
 pub mod cmdline;
+#[cfg(feature = "http-face")]
+pub mod http_face;
 pub mod minisign;
 pub mod os_release;

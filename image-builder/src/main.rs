@@ -461,7 +461,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve { bundle, listen } => {
             let offer = meshimg::serve::Offer::open(&bundle)?;
-            meshimg::serve::serve(&offer, &listen)
+            meshimg::serve::serve(offer, &listen)
         }
         Command::Export { bundle, dir } => {
             let offer = meshimg::serve::Offer::open(&bundle)?;

@@ -2,14 +2,21 @@
 //! offers a release the way a node does, so the mesh takes it from there: `/nodeinfo.json`
 //! announcing it, `/header/<manifest sha256>`, `/chunk/<sha256>` read from the bundle where the
 //! manifest places it, and `/bundle` whole. Nodes check every byte against the signed manifest;
-//! the server vouches for nothing.
+//! the server vouches for nothing. It serves on the nodes' own HTTP face
+//! (meshos_common::http_face), so no one client can stall it.
 
 use anyhow::Context;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH};
+use hyper::{Method, Request, StatusCode};
 use meshos_common::bundle;
+use meshos_common::http_face::{self, reply, text, Conn, Handler, Limits, Reply, Replying};
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A bundle indexed for serving.
 pub struct Offer {
@@ -102,40 +109,82 @@ impl Offer {
 }
 
 /// Serves `offer` on `listen` until the process is stopped; one line per request on stderr.
-pub fn serve(offer: &Offer, listen: &str) -> anyhow::Result<()> {
-    let server = tiny_http::Server::http(listen).map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
+/// It serves as a node does (meshos_common::http_face): no one client can hold it.
+pub fn serve(offer: Offer, listen: &str) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     eprintln!("serve: {} (release {}, {} chunks) on http://{listen}/nodeinfo.json", offer.name, offer.manifest_sha256, offer.chunk_count());
-    std::thread::scope(|scope| {
-        for _ in 0..4 {
-            scope.spawn(|| {
-                for request in server.incoming_requests() {
-                    let url = request.url().split('?').next().unwrap_or("").to_string();
-                    let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-                    let result = if request.method() != &tiny_http::Method::Get {
-                        request.respond(tiny_http::Response::from_string("only GET\n").with_status_code(405))
-                    } else if url == "/bundle" {
-                        match File::open(&offer.path) {
-                            Ok(f) => request.respond(tiny_http::Response::from_file(f)),
-                            Err(e) => request.respond(tiny_http::Response::from_string(format!("{e}\n")).with_status_code(500)),
-                        }
-                    } else {
-                        match offer.get(&url) {
-                            Ok(Some(body)) => {
-                                eprintln!("serve: {peer} {url} ({} bytes)", body.len());
-                                request.respond(tiny_http::Response::from_data(body))
-                            }
-                            Ok(None) => request.respond(tiny_http::Response::from_string("not held here\n").with_status_code(404)),
-                            Err(e) => request.respond(tiny_http::Response::from_string(format!("{e:#}\n")).with_status_code(500)),
-                        }
-                    };
-                    if let Err(e) = result {
-                        eprintln!("serve: {peer} {url}: {e}");
-                    }
-                }
-            });
+    spawn(listener, offer)?;
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Whole bundles sent at once (each holds a blocking thread); more are told to come back.
+const MAX_TRANSFERS: usize = 2;
+
+struct Served {
+    offer: Offer,
+    transfers: Arc<tokio::sync::Semaphore>,
+}
+
+fn spawn(listener: std::net::TcpListener, offer: Offer) -> anyhow::Result<()> {
+    let served = Served { offer, transfers: Arc::new(tokio::sync::Semaphore::new(MAX_TRANSFERS)) };
+    // The transfers, and chunk reads beside them.
+    http_face::spawn(listener, served, Limits::default(), MAX_TRANSFERS + 2, "serve").map_err(|e| anyhow::anyhow!(e))
+}
+
+impl Handler for Served {
+    fn handle(self: Arc<Self>, req: Request<Incoming>, conn: &Conn) -> Replying {
+        let path = req.uri().path().to_string();
+        let peer = conn.peer;
+        if req.method() != Method::GET {
+            return Box::pin(std::future::ready(text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into())));
         }
-    });
-    Ok(())
+        if path == "/bundle" {
+            conn.long_transfer();
+            return Box::pin(std::future::ready(self.send_bundle(peer)));
+        }
+        Box::pin(async move {
+            let served = self.clone();
+            let url = path.clone();
+            match tokio::task::spawn_blocking(move || served.offer.get(&url)).await {
+                Ok(Ok(Some(body))) => {
+                    self.log(&format!("{peer} {path} ({} bytes)", body.len()));
+                    reply(StatusCode::OK, "application/octet-stream", body.into())
+                }
+                Ok(Ok(None)) => text(StatusCode::NOT_FOUND, "not held here\n".into()),
+                Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        })
+    }
+
+    fn log(&self, line: &str) {
+        use std::io::Write;
+        let _ = std::io::stderr().lock().write_all(format!("serve: {line}\n").as_bytes());
+    }
+}
+
+impl Served {
+    fn send_bundle(self: &Arc<Self>, peer: std::net::SocketAddr) -> Reply {
+        let Ok(permit) = self.transfers.clone().try_acquire_owned() else {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "busy sending the bundle to others; try again in a minute\n".into());
+        };
+        let file = match File::open(&self.offer.path) {
+            Ok(f) => f,
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {e}\n", self.offer.path.display())),
+        };
+        let (me, len) = (self.clone(), self.offer.bundle_bytes);
+        let mut r = http_face::stream(file.take(len), move |sent, outcome| {
+            let _permit = permit;
+            match outcome {
+                Ok(()) => me.log(&format!("{peer} /bundle ({sent} bytes)")),
+                Err(e) => me.log(&format!("{peer} /bundle: ended after {sent} of {len} bytes: {e}")),
+            }
+        });
+        r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
+        r
+    }
 }
 
 #[cfg(test)]
@@ -143,16 +192,22 @@ mod tests {
     use super::*;
     use meshos_common::minisign::SecretKey;
 
-    #[test]
-    fn a_bundle_is_offered_as_a_node_offers_its_release() {
-        let dir = std::env::temp_dir().join(format!("meshimg-serve-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// A signed two-image bundle in `dir`, its root `size` bytes: its path, header and root.
+    fn bundle(dir: &Path, size: u32) -> (PathBuf, Vec<u8>, Vec<u8>) {
+        std::fs::create_dir_all(dir).unwrap();
         let key = SecretKey::generate().unwrap();
-        let root: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        let root: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
         let images = vec![("root".to_string(), root.clone()), ("boot/vmlinuz".to_string(), b"kernel".to_vec())];
         let path = dir.join("meshos-rpi3-2.0.bundle");
         let header = crate::update_bundle::header("meshos-rpi3", "2.0", "b", &images, Some(&key), 0).unwrap();
         crate::update_bundle::write(&path, &header, &images).unwrap();
+        (path, header, root)
+    }
+
+    #[test]
+    fn a_bundle_is_offered_as_a_node_offers_its_release() {
+        let dir = std::env::temp_dir().join(format!("meshimg-serve-{}", std::process::id()));
+        let (path, header, root) = bundle(&dir, 200_000);
         let offer = Offer::open(&path).unwrap();
         let info: serde_json::Value = serde_json::from_slice(&offer.get("/nodeinfo.json").unwrap().unwrap()).unwrap();
         assert_eq!((info["board"].as_str(), info["upgrade"]["releases"][0]["manifest"].as_str()), (Some("rpi3"), Some(offer.manifest_sha256())));
@@ -170,6 +225,62 @@ mod tests {
         // An unsigned or cut bundle is not offered.
         std::fs::write(&path, &std::fs::read(&path).unwrap()[..1000]).unwrap();
         assert!(format!("{:#}", Offer::open(&path).err().unwrap()).contains("cut short"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A connection to `addr` from `source` (any of loopback's 127.0.0.0/8).
+    fn connect_from(source: &str, addr: std::net::SocketAddr) -> std::net::TcpStream {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+        let s = rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+            socket.connect(addr).await.unwrap().into_std().unwrap()
+        });
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        s
+    }
+
+    fn get_from(source: &str, addr: std::net::SocketAddr, path: &str) -> Vec<u8> {
+        use std::io::Write;
+        let mut s = connect_from(source, addr);
+        let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: serve\r\n\r\n");
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        reply
+    }
+
+    #[test]
+    fn no_one_client_stalls_the_server() {
+        let dir = std::env::temp_dir().join(format!("meshimg-serve-stall-{}", std::process::id()));
+        // Larger than what the sockets' buffers take, so a client that stops reading holds it.
+        let (path, _, _) = bundle(&dir, 32 << 20);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        spawn(listener, Offer::open(&path).unwrap()).unwrap();
+        // One address opens 40 connections and sends nothing; two more read the bundle and
+        // stop reading.
+        let idle: Vec<_> = (0..40).map(|_| connect_from("127.0.0.66", addr)).collect();
+        let stalled: Vec<_> = (0..2)
+            .map(|i| {
+                use std::io::Write;
+                let mut s = connect_from(&format!("127.0.0.7{i}"), addr);
+                write!(s, "GET /bundle HTTP/1.1\r\nHost: serve\r\n\r\n").unwrap();
+                s
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Others are served all the same: the release's nodeinfo and a whole bundle.
+        let info = String::from_utf8(get_from("127.0.0.2", addr, "/nodeinfo.json")).unwrap();
+        assert!(info.starts_with("HTTP/1.1 200") && info.contains("meshos-rpi3-2.0"), "{info}");
+        let busy = String::from_utf8_lossy(&get_from("127.0.0.3", addr, "/bundle")).into_owned();
+        assert!(busy.starts_with("HTTP/1.1 503"), "{}", &busy[..busy.len().min(200)]);
+        drop(stalled);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let whole = get_from("127.0.0.3", addr, "/bundle");
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        assert!(whole.starts_with(b"HTTP/1.1 200") && whole.ends_with(&std::fs::read(&path).unwrap()) && whole.len() > len);
+        drop(idle);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

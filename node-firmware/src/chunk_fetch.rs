@@ -32,7 +32,7 @@ pub fn cache_dir(state_dir: &Path) -> PathBuf {
 }
 
 /// Chunk requests in flight to one neighbour at most, however many workers fetch: a node's HTTP
-/// face gives one source a share of its places (crate::admission), and a fetch stays well inside it.
+/// face gives one source a share of its places (meshos_common::http_face::admission), and a fetch stays well inside it.
 pub const PER_NEIGHBOUR: usize = 6;
 
 /// A neighbour's whole answer to a chunk request (at most [`MAX_CHUNK`], 64 KiB) must come

@@ -2,18 +2,14 @@
 //! running slot as an update bundle, for neighbours), and for upgrades over the mesh
 //! `GET /header/<manifest sha256>` (a release's signed header) and `GET /chunk/<sha256>` (one
 //! chunk of either slot or of the fetch cache), and `POST /gateway/lease` (a tunnel to the
-//! internet, when the node is a gateway: crate::gateway), on every address (the overlay too, so a mesh
-//! operator can scrape any node and a neighbour can upgrade from it).
+//! internet, when the node is a gateway: crate::gateway), on every address (the overlay too, so a
+//! mesh operator can scrape any node and a neighbour can upgrade from it).
 //!
-//! hyper on a one-thread tokio runtime serves many neighbours at once; file reads, parsing,
-//! large pages and metrics run on a few blocking threads. No client can hold the face: a source
-//! holds a share of the places and the mesh's own nodes keep a way in (crate::admission), the
-//! request's headers must arrive within [`Limits::headers`] ([`Limits::crowded_headers`] when
-//! the face is crowded), every connection must move at least [`Limits::min_bytes`] in each
-//! [`Limits::window`] and end within its deadline, and a request longer than [`MAX_REQUEST`] is
-//! refused. One request per connection (`Connection: close`), as every client here makes them.
+//! It serves on meshos_common::http_face, which no one client can hold: a source holds a share
+//! of the places, and when they are all taken the nodes of this node's mesh view keep a way in
+//! for `/nodeinfo.json` and gateway leases. File reads, parsing, large pages and metrics run on
+//! a few blocking threads.
 
-use crate::admission::{Place, Places};
 use crate::held::Shelf;
 use crate::meshview::View;
 use crate::metrics::{self, Collectors};
@@ -22,61 +18,22 @@ use crate::router;
 use crate::slot_bundle::SlotSource;
 use crate::status::NodeState;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming};
-use hyper::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_LENGTH};
+use hyper::{Method, Request, StatusCode};
+use meshos_common::http_face::{self, reply, text, Conn, Handler, Limits, Reply, Replying};
 use serde_json::json;
-use std::io::Read;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
-/// A request's line and headers; a longer one is refused (431). The clients here send 100 bytes.
-const MAX_REQUEST: usize = 16 * 1024;
 /// Bundle transfers at once (each holds a blocking thread); more are told to come back later.
 const MAX_TRANSFERS: usize = 2;
 /// How long a scrape's stations and router peers serve later scrapes (Prometheus scrapes every
 /// 15 s or more).
 const ASKED_WITHIN: Duration = Duration::from_secs(5);
-
-/// What a connection must do to keep its place.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// The whole request line and headers within this ...
-    pub headers: Duration,
-    /// ... or this, when the face is crowded or the place is a kept one (crate::admission).
-    pub crowded_headers: Duration,
-    /// At least `min_bytes` moved, either way, in every window of this length.
-    pub window: Duration,
-    pub min_bytes: u64,
-    /// A connection ends within this: anything but a bundle (at most 64 KiB of chunk, a header
-    /// or a page of metrics) ...
-    pub deadline: Duration,
-    /// ... and a whole bundle, which over a slow mesh link takes a while.
-    pub bundle_deadline: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        // 16 KiB per 20 s is 0.8 KiB/s: a link that slow serves nobody, and a client sending a
-        // byte every few seconds is cut off after 10.
-        Limits {
-            headers: Duration::from_secs(10),
-            crowded_headers: Duration::from_secs(2),
-            window: Duration::from_secs(20),
-            min_bytes: 16 * 1024,
-            deadline: Duration::from_secs(120),
-            bundle_deadline: Duration::from_secs(3600),
-        }
-    }
-}
 
 /// The radios' stations and the router's peers (or why the router did not say).
 type Scraped = (Vec<radio::Station>, Result<Vec<router::Peer>, String>);
@@ -98,8 +55,6 @@ struct Face {
     gateway: Arc<Mutex<crate::gateway::Served>>,
 }
 
-type Reply = Response<Box<dyn Body<Data = Bytes, Error = std::io::Error> + Send + Unpin>>;
-
 /// The mesh map: one page, its script and style inline (a mesh often has no internet), drawing
 /// the mesh from `/mesh.json`.
 const MAP: &str = include_str!("../assets/map.html");
@@ -116,6 +71,33 @@ pub fn spawn(
     // [::] also takes IPv4 (Linux's bindv6only is 0).
     let listener = std::net::TcpListener::bind(("::", port)).map_err(|e| format!("metrics on port {port}: {e}"))?;
     serve_on(listener, Face::new(state, run_dir, bundle, shelf, mesh, gateway), Limits::default())
+}
+
+/// Two bundle transfers, and chunk reads and metrics beside them.
+fn serve_on(listener: std::net::TcpListener, face: Face, limits: Limits) -> Result<(), String> {
+    http_face::spawn(listener, face, limits, MAX_TRANSFERS + 2, "http")
+}
+
+impl Handler for Face {
+    fn handle(self: Arc<Self>, req: Request<Incoming>, conn: &Conn) -> Replying {
+        let (peer, reserved) = (conn.peer, conn.reserved);
+        if req.uri().path() == "/bundle" {
+            conn.long_transfer();
+        }
+        Box::pin(async move { respond(&self, req, peer, reserved).await })
+    }
+
+    fn known(&self, peer: std::net::IpAddr) -> bool {
+        let v6 = match peer {
+            std::net::IpAddr::V6(a) => a,
+            std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
+        };
+        self.mesh.lock().is_ok_and(|v| v.knows(&v6))
+    }
+
+    fn log(&self, line: &str) {
+        logln!("meshd: http: {line}");
+    }
 }
 
 impl Face {
@@ -138,105 +120,7 @@ impl Face {
     }
 }
 
-fn serve_on(listener: std::net::TcpListener, face: Face, limits: Limits) -> Result<(), String> {
-    listener.set_nonblocking(true).map_err(|e| format!("http: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        // Two bundle transfers, and chunk reads and metrics beside them.
-        .max_blocking_threads(MAX_TRANSFERS + 2)
-        .thread_stack_size(256 * 1024)
-        .thread_name("http-io")
-        .build()
-        .map_err(|e| format!("http runtime: {e}"))?;
-    std::thread::Builder::new()
-        .name("http".into())
-        .stack_size(256 * 1024)
-        .spawn(move || runtime.block_on(accept(listener, Arc::new(face), limits)))
-        .map_err(|e| format!("http thread: {e}"))?;
-    Ok(())
-}
-
-async fn accept(listener: std::net::TcpListener, face: Arc<Face>, limits: Limits) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => return logln!("meshd: http: {e}"),
-    };
-    let places = Arc::new(Places::default());
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of descriptors, most likely: let some connections end first.
-                logln!("meshd: http: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let known = |ip: std::net::IpAddr| {
-            let v6 = match ip {
-                std::net::IpAddr::V6(a) => a,
-                std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
-            };
-            face.mesh.lock().is_ok_and(|v| v.knows(&v6))
-        };
-        let place = match places.admit(peer.ip(), known) {
-            Ok(place) => place,
-            Err(refused) => {
-                // Told in one write without reading its request, then closed: costing nothing.
-                let _ = stream.try_write(refused.reply());
-                continue;
-            }
-        };
-        let face = face.clone();
-        tokio::spawn(async move {
-            if let Err(why) = connection(stream, peer, face, limits, &place).await {
-                logln!("meshd: http: {peer}: {why}");
-            }
-        });
-    }
-}
-
-/// Serves one connection, dropping it when it moves too little or lasts too long.
-async fn connection(stream: tokio::net::TcpStream, peer: std::net::SocketAddr, face: Arc<Face>, limits: Limits, place: &Place) -> Result<(), String> {
-    let moved = Arc::new(AtomicU64::new(0));
-    let bundle = Arc::new(AtomicBool::new(false));
-    let io = TokioIo::new(Metered { inner: stream, moved: moved.clone() });
-    let (marks, reserved) = (bundle.clone(), place.reserved);
-    let service = hyper::service::service_fn(move |req| {
-        let (face, marks) = (face.clone(), marks.clone());
-        async move { Ok::<_, std::convert::Infallible>(respond(&face, req, peer, &marks, reserved).await) }
-    });
-    let headers = if place.crowded || place.reserved { limits.crowded_headers } else { limits.headers };
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(headers)
-        .max_buf_size(MAX_REQUEST)
-        .keep_alive(false)
-        .serve_connection(io, service);
-    let watch = async {
-        let start = Instant::now();
-        let mut before = 0;
-        loop {
-            tokio::time::sleep(limits.window).await;
-            let now = moved.load(Ordering::Relaxed);
-            if now - before < limits.min_bytes {
-                return format!("dropped: {} bytes in {} s, under the minimum of {}", now - before, limits.window.as_secs_f32(), limits.min_bytes);
-            }
-            before = now;
-            let deadline = if bundle.load(Ordering::Relaxed) { limits.bundle_deadline } else { limits.deadline };
-            if start.elapsed() >= deadline {
-                return format!("dropped: still open after {} s", deadline.as_secs());
-            }
-        }
-    };
-    tokio::select! {
-        done = conn => done.map_err(|e| e.to_string()),
-        why = watch => Err(why),
-    }
-}
-
-async fn respond(face: &Arc<Face>, req: Request<Incoming>, peer: std::net::SocketAddr, bundle: &AtomicBool, reserved: bool) -> Reply {
+async fn respond(face: &Arc<Face>, req: Request<Incoming>, peer: std::net::SocketAddr, reserved: bool) -> Reply {
     let path = req.uri().path();
     if reserved && !matches!((req.method(), path), (&Method::GET, "/nodeinfo.json") | (&Method::POST, "/gateway/lease")) {
         return text(StatusCode::SERVICE_UNAVAILABLE, "busy: only nodeinfo and gateway leases are served now; try again in a minute\n".into());
@@ -248,7 +132,6 @@ async fn respond(face: &Arc<Face>, req: Request<Incoming>, peer: std::net::Socke
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET (and POST to /gateway/lease)\n".into());
     }
     if path == "/bundle" {
-        bundle.store(true, Ordering::Relaxed);
         return send_bundle(face).await;
     }
     if path.starts_with("/chunk/") || path.starts_with("/header/") {
@@ -331,17 +214,6 @@ async fn gateway_lease(face: &Arc<Face>, peer: std::net::SocketAddr) -> Reply {
     }
 }
 
-fn reply(status: StatusCode, kind: &'static str, body: Bytes) -> Reply {
-    let mut r = Response::new(Box::new(Full::new(body).map_err(|never: std::convert::Infallible| -> std::io::Error { match never {} })) as _);
-    *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(kind));
-    r
-}
-
-fn text(status: StatusCode, body: String) -> Reply {
-    reply(status, "text/plain; charset=utf-8", body.into())
-}
-
 /// A chunk (at most 64 KiB) or a release's header, read from where the node holds it and
 /// checked against its name on the way (see crate::held).
 async fn send_held(face: &Arc<Face>, path: String) -> Reply {
@@ -399,89 +271,18 @@ async fn send_bundle(face: &Arc<Face>) -> Reply {
     let name = served.manifest.file_name();
     let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{name}\""));
     let len = served.len;
-    // Two pieces in flight: a transfer costs 128 KiB at most, however slow the neighbour.
-    let (tx, rx) = mpsc::channel(2);
-    tokio::task::spawn_blocking(move || {
+    let mut r = http_face::stream(served.reader, move |sent, outcome| {
         let _permit = permit;
-        let mut reader = served.reader;
-        let mut sent = 0u64;
-        let outcome = loop {
-            let mut buf = vec![0u8; 64 * 1024];
-            match reader.read(&mut buf) {
-                Ok(0) => break Ok(()),
-                Ok(n) => {
-                    buf.truncate(n);
-                    sent += n as u64;
-                    // The neighbour went away (or was dropped for being too slow).
-                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                        break Err("the neighbour went away".to_string());
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
-                    break Err(e.to_string());
-                }
-            }
-        };
         match outcome {
             Ok(()) => logln!("meshd: sent {name} ({sent} bytes)"),
             Err(e) => logln!("meshd: sending {name}: ended after {sent} of {len} bytes: {e}"),
         }
     });
-    let mut r = reply(StatusCode::OK, "application/octet-stream", Bytes::new());
-    *r.body_mut() = Box::new(Pieces { rx });
     r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
     if let Ok(v) = disposition {
         r.headers_mut().insert(CONTENT_DISPOSITION, v);
     }
     r
-}
-
-/// A body fed a piece at a time from a blocking reader.
-struct Pieces {
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
-}
-
-impl Body for Pieces {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.rx.poll_recv(cx).map(|piece| piece.map(|r| r.map(Frame::data)))
-    }
-}
-
-/// A connection that counts the bytes it moves, both ways.
-struct Metered {
-    inner: tokio::net::TcpStream,
-    moved: Arc<AtomicU64>,
-}
-
-impl AsyncRead for Metered {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.moved.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
-        r
-    }
-}
-
-impl AsyncWrite for Metered {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.moved.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 pub fn nodeinfo(s: &NodeState) -> serde_json::Value {
@@ -502,7 +303,7 @@ pub fn nodeinfo(s: &NodeState) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpStream};
 
     fn face(mesh: Arc<Mutex<View>>) -> Face {
@@ -578,7 +379,7 @@ mod tests {
             window: Duration::from_millis(window_ms),
             min_bytes,
             deadline: Duration::from_secs(120),
-            bundle_deadline: Duration::from_secs(3600),
+            long_deadline: Duration::from_secs(3600),
         }
     }
 
@@ -671,7 +472,7 @@ mod tests {
         mesh.lock().unwrap().set_me(me);
         let addr = serve_knowing(limits(60, 60_000, 1), mesh);
         // Many sources, each within its share, take every general place.
-        let held = idle(addr, sources(1, crate::admission::GENERAL));
+        let held = idle(addr, sources(1, meshos_common::http_face::admission::GENERAL));
         let stranger = get_from("127.0.0.2", addr, "/nodeinfo.json");
         assert!(stranger.starts_with("HTTP/1.1 503") && stranger.contains("as many requests as it can"), "{stranger}");
         // A neighbour gets its nodeinfo through a kept place, and only the mesh's short requests.
@@ -684,7 +485,7 @@ mod tests {
 
     #[test]
     fn refusals_are_whole_http_replies() {
-        for r in [crate::admission::Refused::Source, crate::admission::Refused::Full] {
+        for r in [meshos_common::http_face::admission::Refused::Source, meshos_common::http_face::admission::Refused::Full] {
             let text = std::str::from_utf8(r.reply()).unwrap();
             let (head, body) = text.split_once("\r\n\r\n").unwrap();
             assert!(head.contains(&format!("Content-Length: {}", body.len())), "{text:?}");
@@ -694,7 +495,7 @@ mod tests {
     #[test]
     fn connections_past_the_limit_are_closed_and_places_come_back() {
         let addr = serve(limits(2, 60_000, 1));
-        let held = idle(addr, sources(2, crate::admission::GENERAL));
+        let held = idle(addr, sources(2, meshos_common::http_face::admission::GENERAL));
         let reply = get_from("127.0.0.3", addr, "/");
         assert!(reply.starts_with("HTTP/1.1 503"), "a connection past the limit was served: {reply}");
         // The held ones send nothing, so the header limit frees their places.

@@ -5,7 +5,6 @@
 mod log;
 
 mod access_point;
-mod admission;
 mod boot_check;
 mod bundle_source;
 mod chunk_fetch;

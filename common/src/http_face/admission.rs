@@ -1,4 +1,4 @@
-//! Who gets a place on the HTTP face (crate::http), so that no one source can lock it: a source
+//! Who gets a place on an HTTP face, so that no one source can lock it: a source
 //! holds at most [`PER_SOURCE`] of its [`GENERAL`] places, and when those are all taken
 //! [`RESERVED`] more are kept for the mesh's own nodes (one each), for the short requests the
 //! mesh runs on: a neighbour's `/nodeinfo.json` and a gateway lease. A source is an IPv4
@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 
 /// Places for anyone.
 pub const GENERAL: usize = 32;
-/// Places one source may hold. A neighbour's meshd uses at most
-/// [`crate::chunk_fetch::PER_NEIGHBOUR`] for chunks, one for its mesh view, one for its
-/// rollout's look at this node and one for a lease.
+/// Places one source may hold. A neighbour's meshd uses at most six for chunks (its
+/// `chunk_fetch::PER_NEIGHBOUR`), one for its mesh view, one for its rollout's look at this
+/// node and one for a lease.
 pub const PER_SOURCE: usize = 10;
 /// Places kept for nodes of the mesh view when the general ones are all taken.
 pub const RESERVED: usize = 4;
