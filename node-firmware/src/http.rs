@@ -484,15 +484,6 @@ mod tests {
     }
 
     #[test]
-    fn refusals_are_whole_http_replies() {
-        for r in [meshos_common::http_face::admission::Refused::Source, meshos_common::http_face::admission::Refused::Full] {
-            let text = std::str::from_utf8(r.reply()).unwrap();
-            let (head, body) = text.split_once("\r\n\r\n").unwrap();
-            assert!(head.contains(&format!("Content-Length: {}", body.len())), "{text:?}");
-        }
-    }
-
-    #[test]
     fn connections_past_the_limit_are_closed_and_places_come_back() {
         let addr = serve(limits(2, 60_000, 1));
         let held = idle(addr, sources(2, meshos_common::http_face::admission::GENERAL));

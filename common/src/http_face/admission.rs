@@ -183,4 +183,13 @@ mod tests {
         assert_eq!(places.taken(), (0, 0, 0));
         assert!(!places.admit(ip("200::66"), never).unwrap().reserved);
     }
+
+    #[test]
+    fn refusals_are_whole_http_replies() {
+        for r in [Refused::Source, Refused::Full] {
+            let text = std::str::from_utf8(r.reply()).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.contains(&format!("Content-Length: {}", body.len())), "{text:?}");
+        }
+    }
 }
