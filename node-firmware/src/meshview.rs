@@ -2,7 +2,10 @@
 //! neighbours. Each node serves its view at `/mesh.json` and reads its overlay neighbours'
 //! views every [`EVERY`], keeping of each node the freshest word (an age in seconds, not a
 //! time: nodes have no clocks they agree on). A node not heard of for [`MAX_AGE`] is dropped,
-//! and the view never holds more than [`MAX_NODES`]. `/sd.json` gives the same nodes as
+//! and the view never holds more than [`MAX_NODES`]: when full, it drops first what only one
+//! neighbour vouches for, from the neighbour that alone vouches for the most, so one neighbour
+//! flooding the view with nodes of its own invention pushes out its own inventions, not the
+//! nodes others vouch for too. `/sd.json` gives the same nodes as
 //! Prometheus HTTP service discovery, so a Prometheus that reaches one node finds them all.
 
 use serde::{Deserialize, Serialize};
@@ -72,9 +75,13 @@ fn is_overlay(address: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct View {
     me: Option<Node>,
-    /// Address → the node and when it said it (estimated: when heard less its age).
-    known: BTreeMap<String, (Node, Instant)>,
+    /// Address → the node, when it said it (estimated: when heard less its age), and the
+    /// neighbours that told of it (at most [`MAX_TOLD_BY`]).
+    known: BTreeMap<String, (Node, Instant, Vec<String>)>,
 }
+
+/// Neighbours remembered per node as having told of it.
+const MAX_TOLD_BY: usize = 4;
 
 impl View {
     pub fn set_me(&mut self, me: Node) {
@@ -82,23 +89,52 @@ impl View {
         self.me = Some(me);
     }
 
-    /// Takes from a neighbour's view what is fresher than what this node knows.
-    pub fn learn(&mut self, nodes: Vec<Node>, now: Instant) {
+    /// Takes from neighbour `from`'s view what is fresher than what this node knows, and
+    /// notes that `from` told of each node.
+    pub fn learn(&mut self, from: &str, nodes: Vec<Node>, now: Instant) {
         let me = self.me.as_ref().map(|m| m.address.clone());
         for mut n in nodes.into_iter().filter(Node::plausible) {
             // One spelling of each address, so that a node is one entry however it is written.
             n.address = n.address.parse::<Ipv6Addr>().expect("plausible").to_string();
             let age = Duration::from_secs(n.age_s);
             let Some(said) = now.checked_sub(age).filter(|_| age < MAX_AGE) else { continue };
-            if Some(&n.address) == me.as_ref() || self.known.get(&n.address).is_some_and(|(_, t)| *t >= said) {
+            if Some(&n.address) == me.as_ref() {
                 continue;
             }
-            self.known.insert(n.address.clone(), (n, said));
+            let entry = self.known.entry(n.address.clone()).or_insert_with(|| (n.clone(), said, Vec::new()));
+            if entry.1 < said {
+                (entry.0, entry.1) = (n, said);
+            }
+            if !entry.2.iter().any(|t| t == from) && entry.2.len() < MAX_TOLD_BY {
+                entry.2.push(from.to_string());
+            }
         }
-        self.known.retain(|_, (_, said)| now.duration_since(*said) < MAX_AGE);
+        self.known.retain(|_, (_, said, _)| now.duration_since(*said) < MAX_AGE);
         while self.known.len() > MAX_NODES - 1 {
-            let oldest = self.known.iter().min_by_key(|(_, (_, said))| *said).map(|(a, _)| a.clone()).expect("not empty");
-            self.known.remove(&oldest);
+            let drop = self.to_drop().expect("not empty");
+            self.known.remove(&drop);
+        }
+    }
+
+    /// The entry to drop from a full view: of the neighbour that alone told of the most nodes,
+    /// the oldest of those; when every node was told of by two or more, the oldest.
+    fn to_drop(&self) -> Option<String> {
+        let mut sole: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, _, told) in self.known.values() {
+            if let [only] = told.as_slice() {
+                *sole.entry(only.as_str()).or_default() += 1;
+            }
+        }
+        let oldest = |only: Option<&str>| {
+            self.known
+                .iter()
+                .filter(|(_, (_, _, told))| only.is_none_or(|o| matches!(told.as_slice(), [t] if t == o)))
+                .min_by_key(|(_, (_, said, _))| *said)
+                .map(|(a, _)| a.clone())
+        };
+        match sole.into_iter().max_by_key(|(_, n)| *n) {
+            Some((flooder, _)) => oldest(Some(flooder)),
+            None => oldest(None),
         }
     }
 
@@ -113,8 +149,8 @@ impl View {
         let others = self
             .known
             .values()
-            .filter(|(_, said)| now.duration_since(*said) < MAX_AGE)
-            .map(|(n, said)| Node { age_s: now.duration_since(*said).as_secs(), ..n.clone() });
+            .filter(|(_, said, _)| now.duration_since(*said) < MAX_AGE)
+            .map(|(n, said, _)| Node { age_s: now.duration_since(*said).as_secs(), ..n.clone() });
         self.me.iter().cloned().chain(others).collect()
     }
 }
@@ -169,7 +205,7 @@ pub fn spawn(view: Arc<Mutex<View>>, me: impl Fn() -> Option<Node> + Send + 'sta
                     .ok()
                     .and_then(|b| serde_json::from_slice::<Vec<Node>>(&b).ok());
                 if let (Some(nodes), Ok(mut v)) = (got, view.lock()) {
-                    v.learn(nodes, Instant::now());
+                    v.learn(&n, nodes, Instant::now());
                 }
             }
         }
@@ -204,13 +240,13 @@ mod tests {
         let mut view = View::default();
         let named = |address: &str| Node { address: address.into(), ..node(1, 0, &[]) };
         let bad = ["::1", "::ffff:169.254.169.254", "fe80::1", "fd00::1", "2001:db8::1", "300::1", "not an address"];
-        view.learn(bad.iter().map(|a| named(a)).collect(), Instant::now());
+        view.learn("200::99", bad.iter().map(|a| named(a)).collect(), Instant::now());
         assert!(view.known.is_empty(), "{:?}", view.known.keys());
         let mut pointing = node(2, 0, &[]);
         pointing.neighbours = vec!["::1".into()];
         let mut port0 = node(3, 0, &[]);
         port0.metrics_port = Some(0);
-        view.learn(vec![pointing, port0, named("fc12:0::01"), node(4, 0, &[5])], Instant::now());
+        view.learn("200::99", vec![pointing, port0, named("fc12:0::01"), node(4, 0, &[5])], Instant::now());
         assert_eq!(view.known.keys().collect::<Vec<_>>(), ["200::4", "fc12::1"]);
         // Known however it is spelt; this node's neighbours are known before their word arrives.
         view.set_me(node(1, 0, &[9]));
@@ -239,16 +275,16 @@ mod tests {
         let now = Instant::now() + Duration::from_secs(3600);
         let mut v = View::default();
         v.set_me(node(1, 0, &[2]));
-        v.learn(vec![node(2, 0, &[1, 3]), node(3, 40, &[2])], now);
+        v.learn("200::2", vec![node(2, 0, &[1, 3]), node(3, 40, &[2])], now);
         // Another neighbour heard of 3 more recently, with other neighbours; and of 2 earlier.
-        v.learn(vec![node(3, 10, &[2, 4]), node(2, 30, &[])], now);
+        v.learn("200::3", vec![node(3, 10, &[2, 4]), node(2, 30, &[])], now);
         let got = v.nodes(now);
         assert_eq!(got.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n1", "n2", "n3"]);
         assert_eq!(got[1].neighbours, ["200::1", "200::3"]);
         assert_eq!((got[2].neighbours.len(), got[2].age_s), (2, 10));
         // Ten minutes without a word: gone; a word that old is not taken.
         let later = now + MAX_AGE;
-        v.learn(vec![node(5, MAX_AGE.as_secs(), &[])], later);
+        v.learn("200::2", vec![node(5, MAX_AGE.as_secs(), &[])], later);
         assert_eq!(v.nodes(later).len(), 1);
     }
 
@@ -262,13 +298,33 @@ mod tests {
         bad.address = "not an address".into();
         let mut long = node(10, 0, &[]);
         long.name = "x".repeat(500);
-        v.learn(vec![node(1, 0, &[7]), bad, long], now);
+        v.learn("200::2", vec![node(1, 0, &[7]), bad, long], now);
         assert_eq!(v.nodes(now), [node(1, 0, &[])]);
         // A flood keeps the view at MAX_NODES, the freshest kept.
-        v.learn((2..3000).map(|i| node(i, (i % 500).into(), &[])).collect(), now);
+        v.learn("200::2", (2..3000).map(|i| node(i, (i % 500).into(), &[])).collect(), now);
         let got = v.nodes(now);
         assert_eq!(got.len(), MAX_NODES);
         assert!(got.iter().all(|n| n.age_s < 500));
+    }
+
+    #[test]
+    fn a_flooding_neighbour_pushes_out_its_own_inventions() {
+        let now = Instant::now() + Duration::from_secs(3600);
+        let mut v = View::default();
+        v.set_me(node(1, 0, &[2, 3, 9]));
+        // Two honest neighbours tell of the same 300 real nodes (older words than the flood's).
+        let real: Vec<Node> = (10..310).map(|i| node(i, 60, &[])).collect();
+        v.learn("200::2", real.clone(), now);
+        v.learn("200::3", real.clone(), now);
+        // The third invents 2,000 nodes, all said this very second.
+        v.learn("200::9", (0x1000..0x1000 + 2000).map(|i| node(i, 0, &[])).collect(), now);
+        let got = v.nodes(now);
+        assert_eq!(got.len(), MAX_NODES);
+        assert!(real.iter().all(|r| got.iter().any(|n| n.address == r.address)), "a real node was pushed out");
+        // A node only one honest neighbour tells of stays too: the flooder's go first.
+        v.learn("200::2", vec![node(5000, 30, &[])], now);
+        v.learn("200::9", (0x3000..0x3000 + 100).map(|i| node(i, 0, &[])).collect(), now);
+        assert!(v.nodes(now).iter().any(|n| n.address == "200::1388"));
     }
 
     #[test]
