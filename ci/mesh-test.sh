@@ -412,7 +412,12 @@ client_v6() {
   [ -n "$v6" ] && python3 -c 'import ipaddress, sys; sys.exit(0 if ipaddress.IPv6Address(sys.argv[1]) in ipaddress.IPv6Network(sys.argv[2] + "/64") else 1)' "$v6" "$prefix"
 }
 wait_for 60 client_v6 || fail "the client has no address in A's prefix $prefix/64: $(in_ns client 'ip -6 addr show dev wcl0')"
-in_ns client "wget -q -T 15 -O - http://[$B]:9100/nodeinfo.json" > "$WORK/client-b-nodeinfo.json" || fail "the client cannot fetch B's /nodeinfo.json over IPv6"
+client_fetches_b() { in_ns client "wget -q -T 15 -O - http://[$B]:9100/nodeinfo.json" > "$WORK/client-b-nodeinfo.json"; }
+if ! wait_for 90 client_fetches_b; then
+  # What A knows of the overlay then: its peers, its routes, whether it reaches B itself.
+  on_a "yggdrasilctl -json getPeers; ip -6 route; ip -6 addr show scope global; ping6 -c 2 -W 3 $B; nft list table inet meshos; meshd status" >&2 || true
+  fail "the client cannot fetch B's /nodeinfo.json over IPv6"
+fi
 grep -q "\"address\":\"$B\"" "$WORK/client-b-nodeinfo.json" || fail "the client's fetch of B's nodeinfo: $(cat "$WORK/client-b-nodeinfo.json")"
 ok "the client took $v6 in A's prefix by router advertisement and fetched B's /nodeinfo.json over IPv6 through the mesh"
 uses() { a_gateway "(g['using'] or {}).get('address') == '$1'"; }
