@@ -174,9 +174,9 @@ fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record
 
 /// Fetches `needed` into the cache: `opts.parallel` workers (at most [`PER_NEIGHBOUR`] a
 /// neighbour), each chunk from the neighbours in turn (a different first one per chunk,
-/// spreading the load; one with [`PER_NEIGHBOUR`] requests in flight is passed over), a bad or
-/// failed chunk asked of the next neighbour; a chunk no neighbour serves after three rounds
-/// fails the install.
+/// spreading the load; a worker waits while its neighbour has [`PER_NEIGHBOUR`] requests in
+/// flight), a bad or failed chunk asked of the next neighbour; a chunk no neighbour serves after
+/// three rounds fails the install.
 fn fetch_all(needed: &[&Chunk], peers: &[String], opts: &Options, state_dir: &Path, record: &mut Record) -> Result<(), InstallError> {
     if needed.is_empty() {
         return Ok(());
@@ -254,6 +254,17 @@ impl InFlight {
         *n += 1;
         Some(Taken(self, peer))
     }
+
+    /// [`InFlight::take`], waiting for a place as long as it takes: the requests that hold
+    /// them end within their deadline.
+    fn wait<'a>(&'a self, peer: &'a str) -> impl Drop + 'a {
+        loop {
+            if let Some(taken) = self.take(peer) {
+                return taken;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -282,7 +293,7 @@ fn fetch_one(
             if shared.lock().map(|s| served_bad(&s.0, peer)).unwrap_or(true) {
                 continue;
             }
-            let Some(taken) = in_flight.take(peer) else { continue };
+            let taken = in_flight.wait(peer);
             if let Some(p) = pace {
                 p.take(u64::from(chunk.size));
             }
@@ -554,6 +565,14 @@ mod tests {
             "{t:?}"
         );
         assert!(served_bad(&Record { transfer: Some(t.clone()), ..Record::new("x".into()) }, &rogue));
+
+        // More workers than the good neighbour's share: those beyond it wait for a place, and
+        // none gives up for it.
+        let opts16 = Options { parallel: 16, rate: None, cache: dir.join("cache16") };
+        std::fs::create_dir_all(&opts16.cache).unwrap();
+        let all: Vec<&Chunk> = chunks.iter().collect();
+        fetch_all(&all, &[rogue.clone(), good.clone()], &opts16, &dir, &mut Record::new("test".into())).unwrap();
+        assert!(chunks.iter().all(|c| opts16.cache.join(&c.sha256).exists()));
 
         // Only the rogue offers it: the install stops at once, naming it.
         let err = fetch_all(&[&chunks[0]], std::slice::from_ref(&rogue), &opts, &dir, &mut Record::new("test".into())).unwrap_err();
