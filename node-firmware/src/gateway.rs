@@ -177,7 +177,7 @@ pub struct Net(pub Ipv4Addr, pub u8);
 
 impl Net {
     pub fn contains(&self, a: Ipv4Addr) -> bool {
-        let mask = u32::MAX.checked_shl(32 - u32::from(self.1.min(32))).unwrap_or(0);
+        let mask = mask(self.1);
         u32::from(a) & mask == u32::from(self.0) & mask
     }
 
@@ -185,9 +185,13 @@ impl Net {
     fn parse(text: &str) -> Option<Net> {
         let (a, len) = text.split_once('/').unwrap_or((text, "32"));
         let (a, len): (Ipv4Addr, u8) = (a.parse().ok()?, len.parse().ok().filter(|l| *l <= 32)?);
-        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-        Some(Net(Ipv4Addr::from(u32::from(a) & mask), len))
+        Some(Net(Ipv4Addr::from(u32::from(a) & mask(len)), len))
     }
+}
+
+/// The netmask of a prefix length (0..=32), as a number.
+fn mask(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0)
 }
 
 impl std::fmt::Display for Net {
@@ -471,13 +475,21 @@ impl Agent {
 struct UplinkWatch {
     failures: u32,
     was: Option<Uplink>,
+    /// The uplink's networks, read once for its interface and router (a new DHCP lease on
+    /// another network comes with another router).
+    networks: Option<((String, Ipv4Addr), Vec<Net>)>,
 }
 
 impl UplinkWatch {
     fn check(&mut self, wired: &Wired, offer: bool) -> Option<Uplink> {
         let uplink = find_uplink(wired).map(|(interface, router)| {
             self.failures = if ping(&interface, router) { 0 } else { self.failures + 1 };
-            let networks = command::run("ip", &["-4", "-o", "addr", "show", "dev", &interface]).map(|t| parse_networks(&t)).unwrap_or_default();
+            let key = (interface.clone(), router);
+            if self.networks.as_ref().is_none_or(|(k, _)| *k != key) {
+                let read = command::run("ip", &["-4", "-o", "addr", "show", "dev", &interface]).map(|t| parse_networks(&t)).unwrap_or_default();
+                self.networks = Some((key, read));
+            }
+            let networks = self.networks.as_ref().map(|(_, n)| n.clone()).unwrap_or_default();
             Uplink { interface, router, up: self.failures < FAILURES, networks }
         });
         if offer && uplink != self.was {
@@ -726,7 +738,7 @@ pub fn check_lease(lease: &Lease, peers: &[Ipv4Addr], local: &[Net]) -> Result<(
     if lease.gateway != INNER {
         return Err(format!("the lease names {} as the gateway's end of the tunnel, not {INNER}", lease.gateway));
     }
-    let edge = [LEASES.0, Ipv4Addr::from(u32::from(LEASES.0) | (u32::MAX >> LEASES.1))];
+    let edge = [LEASES.0, Ipv4Addr::from(u32::from(LEASES.0) | !mask(LEASES.1))];
     if !LEASES.contains(a) || a == INNER || edge.contains(&a) {
         return Err(format!("the lease's address {a} is not a tunnel address (in {LEASES}, not {INNER})"));
     }
