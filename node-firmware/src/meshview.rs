@@ -111,31 +111,39 @@ impl View {
         }
         self.known.retain(|_, (_, said, _)| now.duration_since(*said) < MAX_AGE);
         while self.known.len() > MAX_NODES - 1 {
-            let drop = self.to_drop().expect("not empty");
-            self.known.remove(&drop);
+            let excess = self.known.len() - (MAX_NODES - 1);
+            for address in self.to_drop(excess) {
+                self.known.remove(&address);
+            }
         }
     }
 
-    /// The entry to drop from a full view: of the neighbour that alone told of the most nodes,
-    /// the oldest of those; when every node was told of by two or more, the oldest.
-    fn to_drop(&self) -> Option<String> {
+    /// Up to `n` entries to drop from a full view: of the neighbour that alone told of the most
+    /// nodes, the oldest of those (once it no longer alone tells of the most, the next call
+    /// picks again); when every node was told of by two or more, the oldest.
+    fn to_drop(&self, n: usize) -> Vec<String> {
         let mut sole: BTreeMap<&str, usize> = BTreeMap::new();
         for (_, _, told) in self.known.values() {
             if let [only] = told.as_slice() {
                 *sole.entry(only.as_str()).or_default() += 1;
             }
         }
-        let oldest = |only: Option<&str>| {
-            self.known
-                .iter()
-                .filter(|(_, (_, _, told))| only.is_none_or(|o| matches!(told.as_slice(), [t] if t == o)))
-                .min_by_key(|(_, (_, said, _))| *said)
-                .map(|(a, _)| a.clone())
+        let mut counts: Vec<usize> = sole.values().copied().collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        let flooder = sole.into_iter().max_by_key(|(_, c)| *c);
+        // Down to the next neighbour's count at most, so that the choice stays fair.
+        let n = match (flooder, counts.get(1)) {
+            (Some((_, most)), Some(next)) => n.min(most - next + 1),
+            _ => n,
         };
-        match sole.into_iter().max_by_key(|(_, n)| *n) {
-            Some((flooder, _)) => oldest(Some(flooder)),
-            None => oldest(None),
-        }
+        let mut candidates: Vec<(&String, Instant)> = self
+            .known
+            .iter()
+            .filter(|(_, (_, _, told))| flooder.is_none_or(|(o, _)| matches!(told.as_slice(), [t] if t == o)))
+            .map(|(a, (_, said, _))| (a, *said))
+            .collect();
+        candidates.sort_by_key(|(_, said)| *said);
+        candidates.into_iter().take(n.max(1)).map(|(a, _)| a.clone()).collect()
     }
 
     /// Whether `address` is a node of this view or one of this node's neighbours.
