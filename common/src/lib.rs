@@ -10,4 +10,6 @@ pub mod cmdline;
 #[cfg(feature = "http-face")]
 pub mod http_face;
 pub mod minisign;
+#[cfg(feature = "node-record")]
+pub mod node_record;
 pub mod os_release;

@@ -184,13 +184,15 @@ impl Topology {
     /// The mesh as a live node sees it: its `/mesh.json` (every node it heard of, with its
     /// overlay neighbours). Nodes are numbered in address order; links are radio links.
     pub fn from_mesh_json(text: &str) -> Result<Topology, String> {
-        let nodes: Vec<Value> = serde_json::from_str(text).map_err(|e| format!("not a /mesh.json (a list of nodes): {e}"))?;
+        let entries: Vec<Value> = serde_json::from_str(text).map_err(|e| format!("not a /mesh.json (a list of nodes): {e}"))?;
+        // Each entry is a node's signed record (older releases served the records bare).
+        let nodes: Vec<&Value> = entries.iter().map(|e| e.get("record").unwrap_or(e)).collect();
         let mut addresses: Vec<String> = nodes.iter().filter_map(|n| n["address"].as_str().map(String::from)).collect();
         addresses.sort();
         addresses.dedup();
         let index: BTreeMap<&str, usize> = addresses.iter().enumerate().map(|(i, a)| (a.as_str(), i)).collect();
         let mut pairs = BTreeSet::new();
-        for n in &nodes {
+        for n in nodes {
             let Some(&a) = n["address"].as_str().and_then(|a| index.get(a)) else { continue };
             for nb in n["neighbours"].as_array().into_iter().flatten().filter_map(Value::as_str) {
                 if let Some(&b) = index.get(nb) {
@@ -379,6 +381,11 @@ mod tests {
                        {"address":"200::3","neighbours":["200::9"]}]"#;
         let t = Topology::from_mesh_json(text).unwrap();
         assert_eq!((t.nodes.len(), t.links.len()), (3, 2), "a neighbour it does not list as a node is no node");
+        // As nodes serve it now: each record with its signature and age.
+        let signed = r#"[{"record":{"address":"200::1","neighbours":["200::2"]},"sig":"00","age_s":0},
+                         {"record":{"address":"200::2","neighbours":["200::1"]},"sig":"00","age_s":3}]"#;
+        let t = Topology::from_mesh_json(signed).unwrap();
+        assert_eq!((t.nodes.len(), t.links.len()), (2, 1));
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct Gateway {
     /// Who may use this gateway, by Yggdrasil public key (64 hex digits) or overlay address;
     /// empty: every node of this gateway's mesh view.
     pub allow: Vec<String>,
+    /// The gateways this node and its clients may use, by Yggdrasil public key or overlay
+    /// address; empty: any gateway of the mesh view.
+    pub trusted: Vec<String>,
     /// Let the mesh reach the uplink's own networks (the owner's router and LAN: RFC 1918,
     /// link-local, shared and the uplink's prefixes); by default only the internet beyond.
     pub allow_lan: bool,
@@ -370,13 +373,15 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     if config.metrics.port == 0 {
         return Err(at("metrics.port", "0 is not a port".into()));
     }
-    for (i, entry) in config.gateway.allow.iter().enumerate() {
-        if crate::identity::node_address(entry).is_none() {
-            return Err(err(
-                line_of_item(text, "gateway.allow", i),
-                &format!("gateway.allow[{i}]"),
-                format!("'{entry}' is neither a Yggdrasil public key (64 hex digits, `meshd status` shows a node's) nor an overlay IPv6 address"),
-            ));
+    for (list, entries) in [("allow", &config.gateway.allow), ("trusted", &config.gateway.trusted)] {
+        for (i, entry) in entries.iter().enumerate() {
+            if crate::identity::node_address(entry).is_none() {
+                return Err(err(
+                    line_of_item(text, &format!("gateway.{list}"), i),
+                    &format!("gateway.{list}[{i}]"),
+                    format!("'{entry}' is neither a Yggdrasil public key (64 hex digits, `meshd status` shows a node's) nor an overlay IPv6 address"),
+                ));
+            }
         }
     }
     if config.gateway.offer && !config.metrics.enabled {

@@ -133,6 +133,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
             logln!("meshd: {e}");
         }
         let view = mesh.clone();
+        let trusted: Vec<std::net::Ipv6Addr> = cfg.gateway.trusted.iter().filter_map(|e| crate::identity::node_address(e)).collect();
         let agent = crate::gateway::Agent {
             settings: cfg.gateway.clone(),
             wired: cfg.wired.clone(),
@@ -142,7 +143,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
             run_dir: dirs.run.clone(),
             served,
             report: gateway.clone(),
-            candidates: Box::new(move || view.lock().map(|v| crate::gateway::candidates(&v.nodes(Instant::now()))).unwrap_or_default()),
+            candidates: Box::new(move || view.lock().map(|v| crate::gateway::candidates(&v.nodes(Instant::now()), &trusted)).unwrap_or_default()),
         };
         if let Err(e) = crate::gateway::spawn(agent) {
             logln!("meshd: {e}");
@@ -166,12 +167,14 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
                 neighbours: links.keys().cloned().collect(),
                 link_bytes: links.into_values().collect(),
                 uptime_s: crate::node::uptime_s().unwrap_or(0),
-                age_s: 0,
                 gateway: s.gateway.offer.as_ref().is_some_and(|o| o.uplink_up),
+                ..Default::default()
             })
         };
-        if let Err(e) = crate::meshview::spawn(mesh, me) {
-            logln!("meshd: {e}");
+        let signer = crate::router::record_secret(&cfg, &id, &dirs.state).and_then(|secret| crate::identity::record_signer(secret, &dirs.state));
+        match signer.and_then(|signer| crate::meshview::spawn(mesh, signer, me)) {
+            Ok(()) => {}
+            Err(e) => logln!("meshd: mesh view: {e}"),
         }
     }
     let rollout = Arc::new(Mutex::new(crate::rollout::Rollout::default()));

@@ -59,6 +59,11 @@ const FAILED_FOR: Duration = Duration::from_secs(60);
 const REFUSED_FOR: Duration = Duration::from_secs(300);
 /// Tunnels one gateway serves at once.
 pub const MAX_LEASES: usize = 1000;
+/// New leases (new tunnels) a gateway hands out at once, and how often one more becomes
+/// possible: a whole mesh's nodes lease within minutes of a gateway's offer, while a neighbour
+/// with a thousand keys of its own takes the pool only over hours (and the allow list stops it).
+const NEW_LEASES_AT_ONCE: u32 = 64;
+const NEW_LEASE_EVERY: Duration = Duration::from_secs(3);
 
 /// The gateway's end of every tunnel, and the DNS server its clients ask.
 pub const INNER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
@@ -160,6 +165,8 @@ pub struct Served {
     uplink: Option<Uplink>,
     /// Client overlay address → lease number and when it was last renewed.
     leases: BTreeMap<Ipv6Addr, (u32, Instant)>,
+    /// New leases that may be handed out now ([`NEW_LEASES_AT_ONCE`] at most), as of when.
+    new_leases: Option<(u32, Instant)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -222,7 +229,7 @@ impl Served {
     /// `POST /gateway/lease` from `client`, which this node's mesh view holds or not (`known`):
     /// the same lease again when it has one.
     pub fn lease(&mut self, client: Ipv6Addr, known: bool, now: Instant) -> Result<(Lease, Option<u32>), Refusal> {
-        let (Some(uplink), true) = (self.uplink.as_ref().filter(|u| u.up), self.offering) else {
+        let (Some(router), true) = (self.uplink.as_ref().filter(|u| u.up).map(|u| u.router), self.offering) else {
             return Err(Refusal::Unavailable("this node offers no internet access now".into()));
         };
         if !is_node_address(&client) {
@@ -240,11 +247,29 @@ impl Served {
         let n = match self.leases.get(&client) {
             Some((n, _)) => *n,
             None if self.leases.len() >= MAX_LEASES => return Err(Refusal::Unavailable(format!("this gateway serves {MAX_LEASES} nodes already"))),
-            None => (2..).find(|n| !self.leases.values().any(|(m, _)| m == n)).expect("fewer than MAX_LEASES taken"),
+            None => {
+                self.take_new_lease(now)?;
+                (2..).find(|n| !self.leases.values().any(|(m, _)| m == n)).expect("fewer than MAX_LEASES taken")
+            }
         };
         self.leases.insert(client, (n, now));
-        let lease = Lease { address: lease_address(n), gateway: INNER, check: uplink.router, lease_s: LEASE.as_secs() };
+        let lease = Lease { address: lease_address(n), gateway: INNER, check: router, lease_s: LEASE.as_secs() };
         Ok((lease, fresh.then_some(n)))
+    }
+
+    /// One of the new leases that may be handed out now, or how long until there is one.
+    fn take_new_lease(&mut self, now: Instant) -> Result<(), Refusal> {
+        let (left, since) = self.new_leases.unwrap_or((NEW_LEASES_AT_ONCE, now));
+        let earned = (now.saturating_duration_since(since).as_secs() / NEW_LEASE_EVERY.as_secs()) as u32;
+        let left = (left + earned).min(NEW_LEASES_AT_ONCE);
+        // Time not yet turned into a lease is kept.
+        let since = if left == NEW_LEASES_AT_ONCE { now } else { since + NEW_LEASE_EVERY * earned };
+        if left == 0 {
+            self.new_leases = Some((0, since));
+            return Err(Refusal::Unavailable(format!("this gateway hands out at most one new lease every {} s now", NEW_LEASE_EVERY.as_secs())));
+        }
+        self.new_leases = Some((left - 1, since));
+        Ok(())
     }
 
     /// Leases not renewed in time, removed.
@@ -908,16 +933,18 @@ fn counters(interface: &str) -> (u64, u64) {
     (read("rx_bytes"), read("tx_bytes"))
 }
 
-/// The gateways in `nodes` (this node first, as the mesh view gives them), nearest first: by
-/// overlay hops through the nodes' neighbour lists, then by address so every node breaks a
-/// tie the same way.
-pub fn candidates(nodes: &[crate::meshview::Node]) -> Vec<Candidate> {
+/// The gateways in `nodes` (this node first, as the mesh view gives them; each offer signed by
+/// its gateway, crate::record), nearest first: by overlay hops through the nodes' neighbour
+/// lists, then by address so every node breaks a tie the same way. With `trusted` (mesh.yaml's
+/// `gateway.trusted`), only those.
+pub fn candidates(nodes: &[crate::meshview::Node], trusted: &[Ipv6Addr]) -> Vec<Candidate> {
     let Some(me) = nodes.first() else { return Vec::new() };
     let hops = crate::meshview::hops(nodes, &me.address);
+    let pinned = |n: &crate::meshview::Node| trusted.is_empty() || n.address.parse().is_ok_and(|a| trusted.contains(&a));
     let mut out: Vec<Candidate> = nodes
         .iter()
         .skip(1)
-        .filter(|n| n.gateway)
+        .filter(|n| n.gateway && pinned(n))
         .filter_map(|n| Some(Candidate { address: n.address.parse().ok()?, name: n.name.clone(), hops: hops.get(&n.address).copied() }))
         .collect();
     out.sort_by_key(|c| (c.hops.unwrap_or(usize::MAX), c.address));
@@ -940,7 +967,32 @@ mod tests {
             allow: allow.iter().map(|e| node_address(e).unwrap()).collect(),
             uplink: Some(Uplink { interface: "eth3".into(), router: Ipv4Addr::new(198, 51, 100, 1), up: true, networks: vec![] }),
             leases: BTreeMap::new(),
+            new_leases: None,
         }
+    }
+
+    #[test]
+    fn new_leases_come_at_a_bounded_rate() {
+        let mut s = served(&[]);
+        let t = Instant::now();
+        let client = |i: u32| Ipv6Addr::from(u128::from(a("200::")) + u128::from(i));
+        // A neighbour with a thousand keys of its own: the first 64 at once, then one every 3 s.
+        for i in 0..NEW_LEASES_AT_ONCE {
+            s.lease(client(i), true, t).unwrap();
+        }
+        match s.lease(client(1000), true, t) {
+            Err(Refusal::Unavailable(why)) => assert!(why.contains("one new lease every 3 s"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Renewals are not new leases.
+        assert!(s.lease(client(0), true, t + Duration::from_secs(1)).is_ok());
+        assert!(s.lease(client(1000), true, t + Duration::from_secs(3)).is_ok());
+        assert!(s.lease(client(1001), true, t + Duration::from_secs(4)).is_err());
+        assert!(s.lease(client(1001), true, t + Duration::from_secs(6)).is_ok());
+        // Quiet for long enough, the whole allowance is back, and no more.
+        let later = t + Duration::from_secs(3600);
+        assert!((2000..2064).all(|i| s.lease(client(i), true, later).is_ok()));
+        assert!(s.lease(client(3000), true, later).is_err());
     }
 
     #[test]

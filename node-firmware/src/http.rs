@@ -151,7 +151,8 @@ async fn respond(face: &Arc<Face>, req: Request<Incoming>, peer: std::net::Socke
                     (stations, router::peers(&face.run_dir))
                 });
                 let mut c = face.collectors.lock().unwrap_or_else(|e| e.into_inner());
-                metrics::render(&snapshot, &asked.0, &asked.1, &mut c)
+                let view = face.mesh.lock().map(|v| metrics::mesh_view(v.nodes(Instant::now()).len(), v.refused())).unwrap_or_default();
+                metrics::render(&snapshot, &asked.0, &asked.1, &mut c) + &view
             })
             .await;
             match page {
@@ -172,10 +173,9 @@ async fn respond(face: &Arc<Face>, req: Request<Incoming>, peer: std::net::Socke
         // Up to a thousand nodes: made on a blocking thread.
         "/mesh.json" | "/sd.json" => {
             let (face, sd) = (face.clone(), path == "/sd.json");
-            let page = tokio::task::spawn_blocking(move || {
-                let nodes = face.mesh_nodes();
-                let page = if sd { crate::meshview::service_discovery(&nodes) } else { json!(nodes) };
-                page.to_string() + "\n"
+            let page = tokio::task::spawn_blocking(move || match sd {
+                true => crate::meshview::service_discovery(&face.mesh_nodes()).to_string() + "\n",
+                false => face.mesh.lock().map(|v| v.page(Instant::now())).unwrap_or_else(|_| "[]\n".into()),
             })
             .await;
             match page {
@@ -469,7 +469,7 @@ mod tests {
     fn the_mesh_keeps_a_way_in_when_the_face_is_full() {
         let mesh = Arc::new(Mutex::new(View::default()));
         let me = crate::meshview::Node { address: "200::1".into(), neighbours: vec!["::ffff:127.0.0.9".into()], ..Default::default() };
-        mesh.lock().unwrap().set_me(me);
+        mesh.lock().unwrap().set_me(meshos_common::node_record::Signer::starting(meshos_common::node_record::Secret::Yggdrasil([1; 32]), 1).sign(me));
         let addr = serve_knowing(limits(60, 60_000, 1), mesh);
         // Many sources, each within its share, take every general place.
         let held = idle(addr, sources(1, meshos_common::http_face::admission::GENERAL));

@@ -8,6 +8,10 @@ use std::net::Ipv6Addr;
 use std::path::Path;
 use std::process::Command;
 
+pub use meshos_common::chunks::{hex, unhex};
+pub use meshos_common::node_record::address_for_key;
+use meshos_common::node_record::{Secret, Signer};
+
 pub struct Identity {
     /// Yggdrasil's ed25519 private key, hex (seed then public key, 64 bytes).
     pub private_key: String,
@@ -66,37 +70,6 @@ fn new_private_key() -> Result<Vec<u8>, String> {
     unhex(key).filter(|k| k.len() == 64).ok_or_else(|| "yggdrasil -genconf printed a PrivateKey that is not 64 hex bytes".into())
 }
 
-/// Yggdrasil's address for a public key (its `address.AddrForKey`): 0x02, the number of
-/// leading ones of the inverted key, then the bits after the first zero.
-pub fn address_for_key(public_key: &[u8; 32]) -> Ipv6Addr {
-    let inverted: Vec<u8> = public_key.iter().map(|b| !b).collect();
-    let mut out = [0u8; 16];
-    out[0] = 0x02;
-    let (mut ones, mut done, mut acc, mut nbits, mut at) = (0u8, false, 0u8, 0, 2);
-    for i in 0..256 {
-        let bit = (inverted[i / 8] >> (7 - i % 8)) & 1;
-        if !done {
-            if bit == 1 {
-                ones = ones.wrapping_add(1); // as yggdrasil's byte does
-            } else {
-                done = true;
-            }
-            continue;
-        }
-        acc = (acc << 1) | bit;
-        nbits += 1;
-        if nbits == 8 {
-            if at < 16 {
-                out[at] = acc;
-            }
-            at += 1;
-            nbits = 0;
-        }
-    }
-    out[1] = ones;
-    Ipv6Addr::from(out)
-}
-
 /// The access point passphrase: the configured one, else one made for this node and written
 /// next to mesh.yaml so the owner can read it from the SD card.
 pub fn ap_passphrase(configured: Option<&str>, state_dir: &Path, boot_dir: &Path) -> Result<String, String> {
@@ -128,20 +101,26 @@ pub fn random_bytes(n: usize) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
+/// Where the count of meshd's starts is kept, in the state directory: the high half of its
+/// records' sequence numbers (meshos_common::node_record).
+const STARTS_FILE: &str = "record-starts";
+
+/// The signer of this node's records in the mesh view, with this start counted.
+pub fn record_signer(secret: Secret, state_dir: &Path) -> Result<Signer, String> {
+    let path = state_dir.join(STARTS_FILE);
+    let before = match fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|_| format!("{}: not a count; remove it (this node's records start again from 1)", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let starts = (before + 1).min(u32::MAX.into());
+    crate::durable::write(&path, format!("{starts}\n").as_bytes(), 0o644).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Signer::starting(secret, starts))
+}
+
 /// Mode 0600, and a power cut leaves the old file or the new one, never half a key.
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
     crate::durable::write(path, format!("{text}\n").as_bytes(), 0o600).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// The overlay address a node is named by in configuration (`gateway.allow`): its Yggdrasil
@@ -159,23 +138,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_match_yggdrasil() {
-        // Checked against `yggdrasil -useconffile <conf> -address` (0.5.12) for this key.
-        let key = unhex(KNOWN_PUBLIC_KEY).unwrap();
-        let addr = address_for_key(&key.try_into().unwrap());
-        assert_eq!(addr.to_string(), KNOWN_ADDRESS);
-        // Nine leading ones after inversion: 0x00 then 0x7f.
-        let mut k = [0x55u8; 32];
-        (k[0], k[1]) = (0x00, 0x7f);
-        assert_eq!(address_for_key(&k).octets()[..3], [0x02, 9, 0x02]);
-    }
-
-    const KNOWN_PUBLIC_KEY: &str = "8e37ac305a749108b7118a2c5662ab846516f9345fceb0bf9296990116bb10fc";
-    const KNOWN_ADDRESS: &str = "200:e390:a79f:4b16:ddee:91dc:eba7:533a";
-
-    #[test]
-    fn hex_round_trips() {
-        assert_eq!(unhex(&hex(&[0, 1, 0xab, 0xff])).unwrap(), [0, 1, 0xab, 0xff]);
-        assert!(unhex("abc").is_none() && unhex("zz").is_none());
+    fn each_start_is_counted_for_the_records_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = |dir: &Path| record_signer(Secret::Yggdrasil([1; 32]), dir);
+        let mut first = signer(dir.path()).unwrap();
+        let mut second = signer(dir.path()).unwrap();
+        let address = first.yggdrasil_address();
+        let seq = |s: &mut Signer| meshos_common::node_record::read(&s.sign(Default::default())).unwrap().seq;
+        assert!(seq(&mut second) > seq(&mut first) && !address.is_empty());
+        fs::write(dir.path().join(STARTS_FILE), "garbage").unwrap();
+        let e = signer(dir.path()).err().unwrap();
+        assert!(e.contains("record-starts") && e.contains("remove it"), "{e}");
     }
 }

@@ -1,14 +1,19 @@
-//! The mesh as this node knows it, for monitoring: every node it has heard of, with its overlay
-//! neighbours. Each node serves its view at `/mesh.json` and reads its overlay neighbours'
-//! views every [`EVERY`], keeping of each node the freshest word (an age in seconds, not a
-//! time: nodes have no clocks they agree on). A node not heard of for [`MAX_AGE`] is dropped,
-//! and the view never holds more than [`MAX_NODES`]: when full, it drops first what only one
+//! The mesh as this node knows it, for monitoring and for choosing gateways: every node it has
+//! heard of, with its overlay neighbours. Each node serves its view at `/mesh.json` and reads
+//! its overlay neighbours' views every [`EVERY`]. Every entry is a record its node signed with
+//! the key its address comes from (crate::record), so a neighbour can pass words on but not
+//! write them: of each node the view keeps the highest sequence number it has checked. A node
+//! whose latest word is [`MAX_AGE`] old is dropped (its age counted from when this node first
+//! heard that word, or earlier if the relay says so: nodes have no clocks they agree on), and
+//! the view never holds more than [`MAX_NODES`]: when full, it drops first what only one
 //! neighbour vouches for, from the neighbour that alone vouches for the most, so one neighbour
-//! flooding the view with nodes of its own invention pushes out its own inventions, not the
-//! nodes others vouch for too. `/sd.json` gives the same nodes as
-//! Prometheus HTTP service discovery, so a Prometheus that reaches one node finds them all.
+//! flooding the view with nodes of its own keys pushes out its own inventions, not the nodes
+//! others vouch for too. `/mesh.json` serves the best-vouched entries first and always fits in
+//! what a neighbour reads; `/sd.json` gives the same nodes as Prometheus HTTP service discovery,
+//! so a Prometheus that reaches one node finds them all.
 
-use serde::{Deserialize, Serialize};
+pub use meshos_common::node_record::Node;
+use meshos_common::node_record::{Entry, Refused};
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 use std::sync::{Arc, Mutex};
@@ -17,99 +22,89 @@ use std::time::{Duration, Instant};
 pub const EVERY: Duration = Duration::from_secs(30);
 pub const MAX_AGE: Duration = Duration::from_secs(600);
 pub const MAX_NODES: usize = 1024;
-/// A neighbour's `/mesh.json` larger than this is not read.
-const MAX_BODY: u64 = 1 << 20;
+/// A neighbour's `/mesh.json` larger than this is not read, and this node's is never larger.
+pub const MAX_BODY: usize = 1 << 20;
 
-/// One node, as it last described itself.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Node {
-    pub address: String,
-    pub name: String,
-    pub version: String,
-    pub board: String,
-    pub slot: String,
-    /// Where its metrics are served (None: turned off).
-    pub metrics_port: Option<u16>,
-    /// Its overlay neighbours, by address.
-    #[serde(default)]
-    pub neighbours: Vec<String>,
-    /// Bytes moved with each neighbour (same order), for shading links.
-    #[serde(default)]
-    pub link_bytes: Vec<u64>,
-    #[serde(default)]
-    pub uptime_s: u64,
-    /// What is wrong on the node, in words (a config error, a rollback, a radio down…).
-    #[serde(default)]
-    pub alerts: Vec<String>,
-    /// Seconds since the node itself said this (0 for the node serving the view).
-    #[serde(default)]
-    pub age_s: u64,
-    /// It offers internet access now (crate::gateway): its uplink answers.
-    #[serde(default)]
-    pub gateway: bool,
-}
-
-impl Node {
-    /// What a view takes from outside: an overlay address, short text, a bounded list. The
-    /// addresses end up as Prometheus targets (`/sd.json`) and as gateways to tunnel to, so only
-    /// a node's overlay address passes: never loopback, link-local, a LAN's or a mapped IPv4.
-    fn plausible(&self) -> bool {
-        let short = |s: &str| s.len() <= 128 && !s.contains(['\n', '\r']);
-        is_overlay(&self.address)
-            && self.metrics_port != Some(0)
-            && [&self.name, &self.version, &self.board, &self.slot].iter().all(|s| short(s))
-            && self.neighbours.len() <= 64
-            && self.neighbours.iter().all(|n| is_overlay(n))
-            && self.link_bytes.len() <= self.neighbours.len()
-            && self.alerts.len() <= 16
-            && self.alerts.iter().all(|a| a.len() <= 256)
-    }
-}
-
-/// Whether `address` is a node's address on an overlay: Yggdrasil's 200::/8 (300::/8 holds the
-/// nodes' client prefixes, not nodes) or cjdns's fc00::/8.
-fn is_overlay(address: &str) -> bool {
-    address.parse::<Ipv6Addr>().is_ok_and(|a| matches!(a.octets()[0], 0x02 | 0xfc))
+/// A node's latest checked record.
+#[derive(Debug)]
+struct Held {
+    node: Node,
+    entry: Entry,
+    /// When the node said it (estimated: when first heard, less the age the relay gave).
+    said: Instant,
+    /// The neighbours that passed it on (at most [`MAX_TOLD_BY`]).
+    told: Vec<String>,
 }
 
 #[derive(Debug, Default)]
 pub struct View {
-    me: Option<Node>,
-    /// Address → the node, when it said it (estimated: when heard less its age), and the
-    /// neighbours that told of it (at most [`MAX_TOLD_BY`]).
-    known: BTreeMap<String, (Node, Instant, Vec<String>)>,
+    me: Option<Held>,
+    known: BTreeMap<String, Held>,
+    /// Records each neighbour passed on that failed their check (for metrics).
+    refused: BTreeMap<String, u64>,
 }
 
 /// Neighbours remembered per node as having told of it.
 const MAX_TOLD_BY: usize = 4;
 
 impl View {
-    pub fn set_me(&mut self, me: Node) {
-        self.known.remove(&me.address);
-        self.me = Some(me);
+    /// This node's own record, signed.
+    pub fn set_me(&mut self, entry: Entry) {
+        let Ok(node) = meshos_common::node_record::read(&entry) else { return };
+        self.known.remove(&node.address);
+        self.refused.retain(|n, _| node.neighbours.contains(n));
+        self.me = Some(Held { node, entry, said: Instant::now(), told: Vec::new() });
     }
 
-    /// Takes from neighbour `from`'s view what is fresher than what this node knows, and
-    /// notes that `from` told of each node.
-    pub fn learn(&mut self, from: &str, nodes: Vec<Node>, now: Instant) {
-        let me = self.me.as_ref().map(|m| m.address.clone());
-        for mut n in nodes.into_iter().filter(Node::plausible) {
-            // One spelling of each address, so that a node is one entry however it is written.
-            n.address = n.address.parse::<Ipv6Addr>().expect("plausible").to_string();
-            let age = Duration::from_secs(n.age_s);
+    /// Takes from neighbour `from`'s view the records that check out and are newer than what
+    /// this node holds, and notes that `from` told of each node.
+    pub fn learn(&mut self, from: &str, entries: Vec<Entry>, now: Instant) {
+        let me = self.me.as_ref().map(|m| m.node.address.clone());
+        for e in entries {
+            let age = Duration::from_secs(e.age_s);
             let Some(said) = now.checked_sub(age).filter(|_| age < MAX_AGE) else { continue };
-            if Some(&n.address) == me.as_ref() {
+            let mut node = match meshos_common::node_record::read(&e) {
+                Ok(n) if n.plausible() => n,
+                Ok(_) => {
+                    self.refuse(from, Refused::Malformed("implausible".into()));
+                    continue;
+                }
+                Err(why) => {
+                    self.refuse(from, why);
+                    continue;
+                }
+            };
+            // One spelling of each address, so that a node is one entry however it is written.
+            let address = node.address.parse::<Ipv6Addr>().expect("plausible").to_string();
+            if Some(&address) == me.as_ref() {
                 continue;
             }
-            let entry = self.known.entry(n.address.clone()).or_insert_with(|| (n.clone(), said, Vec::new()));
-            if entry.1 < said {
-                (entry.0, entry.1) = (n, said);
+            match self.known.get_mut(&address) {
+                // The word held: only who passed it on is news.
+                Some(h) if h.node.seq == node.seq && h.entry.sig == e.sig && h.entry.record.get() == e.record.get() => {
+                    if !h.told.iter().any(|t| t == from) && h.told.len() < MAX_TOLD_BY {
+                        h.told.push(from.to_string());
+                    }
+                    continue;
+                }
+                // Older, or another word under the same number: the held word stands.
+                Some(h) if h.node.seq >= node.seq => continue,
+                _ => {}
             }
-            if !entry.2.iter().any(|t| t == from) && entry.2.len() < MAX_TOLD_BY {
-                entry.2.push(from.to_string());
+            if let Err(why) = meshos_common::node_record::verify(&e, &node) {
+                self.refuse(from, why);
+                continue;
             }
+            node.address = address.clone();
+            let entry = Entry { age_s: 0, ..e };
+            let told = self.known.remove(&address).map(|h| h.told).unwrap_or_default();
+            let mut held = Held { node, entry, said, told };
+            if !held.told.iter().any(|t| t == from) && held.told.len() < MAX_TOLD_BY {
+                held.told.push(from.to_string());
+            }
+            self.known.insert(address, held);
         }
-        self.known.retain(|_, (_, said, _)| now.duration_since(*said) < MAX_AGE);
+        self.known.retain(|_, h| now.duration_since(h.said) < MAX_AGE);
         while self.known.len() > MAX_NODES - 1 {
             let excess = self.known.len() - (MAX_NODES - 1);
             for address in self.to_drop(excess) {
@@ -118,13 +113,22 @@ impl View {
         }
     }
 
+    fn refuse(&mut self, from: &str, _why: Refused) {
+        *self.refused.entry(from.to_string()).or_default() += 1;
+    }
+
+    /// Records each neighbour passed on that did not check out, since this node last started.
+    pub fn refused(&self) -> &BTreeMap<String, u64> {
+        &self.refused
+    }
+
     /// Up to `n` entries to drop from a full view: of the neighbour that alone told of the most
     /// nodes, the oldest of those (once it no longer alone tells of the most, the next call
     /// picks again); when every node was told of by two or more, the oldest.
     fn to_drop(&self, n: usize) -> Vec<String> {
         let mut sole: BTreeMap<&str, usize> = BTreeMap::new();
-        for (_, _, told) in self.known.values() {
-            if let [only] = told.as_slice() {
+        for h in self.known.values() {
+            if let [only] = h.told.as_slice() {
                 *sole.entry(only.as_str()).or_default() += 1;
             }
         }
@@ -136,30 +140,47 @@ impl View {
             (Some((_, most)), Some(next)) => n.min(most - next + 1),
             _ => n,
         };
-        let mut candidates: Vec<(&String, Instant)> = self
-            .known
-            .iter()
-            .filter(|(_, (_, _, told))| flooder.is_none_or(|(o, _)| matches!(told.as_slice(), [t] if t == o)))
-            .map(|(a, (_, said, _))| (a, *said))
-            .collect();
+        let mut candidates: Vec<(&String, Instant)> =
+            self.known.iter().filter(|(_, h)| flooder.is_none_or(|(o, _)| matches!(h.told.as_slice(), [t] if t == o))).map(|(a, h)| (a, h.said)).collect();
         candidates.sort_by_key(|(_, said)| *said);
         candidates.into_iter().take(n.max(1)).map(|(a, _)| a.clone()).collect()
     }
 
     /// Whether `address` is a node of this view or one of this node's neighbours.
     pub fn knows(&self, address: &Ipv6Addr) -> bool {
-        let neighbour = |m: &Node| m.neighbours.iter().any(|n| n.parse::<Ipv6Addr>().ok().as_ref() == Some(address));
+        let neighbour = |m: &Held| m.node.neighbours.iter().any(|n| n.parse::<Ipv6Addr>().ok().as_ref() == Some(address));
         self.known.contains_key(&address.to_string()) || self.me.as_ref().is_some_and(neighbour)
     }
 
-    /// This node first, then every other it knows, each with its age now.
+    /// This node first, then every other it knows.
     pub fn nodes(&self, now: Instant) -> Vec<Node> {
-        let others = self
-            .known
-            .values()
-            .filter(|(_, said, _)| now.duration_since(*said) < MAX_AGE)
-            .map(|(n, said, _)| Node { age_s: now.duration_since(*said).as_secs(), ..n.clone() });
-        self.me.iter().cloned().chain(others).collect()
+        self.held(now).into_iter().map(|h| h.node.clone()).collect()
+    }
+
+    /// This node first, then the others, best vouched for first (told by more neighbours, then
+    /// heard more recently).
+    fn held(&self, now: Instant) -> Vec<&Held> {
+        let mut others: Vec<&Held> = self.known.values().filter(|h| now.duration_since(h.said) < MAX_AGE).collect();
+        others.sort_by_key(|h| (std::cmp::Reverse(h.told.len()), std::cmp::Reverse(h.said)));
+        self.me.iter().chain(others).collect()
+    }
+
+    /// `/mesh.json`: the signed entries with their ages, as many as fit in [`MAX_BODY`].
+    pub fn page(&self, now: Instant) -> String {
+        let mut page = String::from("[");
+        for h in self.held(now) {
+            let entry = Entry { age_s: now.duration_since(h.said).as_secs(), ..h.entry.clone() };
+            let text = serde_json::to_string(&entry).expect("an entry serialises");
+            // Room for the comma, the closing bracket and the newline.
+            if page.len() + text.len() + 3 > MAX_BODY {
+                break;
+            }
+            if page.len() > 1 {
+                page.push(',');
+            }
+            page.push_str(&text);
+        }
+        page + "]\n"
     }
 }
 
@@ -196,24 +217,25 @@ pub fn service_discovery(nodes: &[Node]) -> serde_json::Value {
 }
 
 /// Reads the overlay neighbours' views every [`EVERY`]; `me` says what this node is now (its
-/// neighbours included).
-pub fn spawn(view: Arc<Mutex<View>>, me: impl Fn() -> Option<Node> + Send + 'static) -> Result<(), String> {
+/// neighbours included), and `signer` signs it.
+pub fn spawn(view: Arc<Mutex<View>>, mut signer: meshos_common::node_record::Signer, me: impl Fn() -> Option<Node> + Send + 'static) -> Result<(), String> {
     let http = crate::chunk_fetch::agent();
     let run = move || loop {
         if let Some(me) = me() {
             let neighbours = me.neighbours.clone();
             let port = me.metrics_port;
+            let entry = signer.sign(me);
             if let Ok(mut v) = view.lock() {
-                v.set_me(me);
+                v.set_me(entry);
             }
             for n in neighbours {
                 let Some(port) = port else { break };
                 let url = format!("http://[{n}]:{port}/mesh.json");
-                let got = crate::chunk_fetch::get_within(&http, &url, MAX_BODY, Duration::from_secs(5))
+                let got = crate::chunk_fetch::get_within(&http, &url, MAX_BODY as u64, Duration::from_secs(5))
                     .ok()
-                    .and_then(|b| serde_json::from_slice::<Vec<Node>>(&b).ok());
-                if let (Some(nodes), Ok(mut v)) = (got, view.lock()) {
-                    v.learn(&n, nodes, Instant::now());
+                    .and_then(|b| serde_json::from_slice::<Vec<Entry>>(&b).ok());
+                if let (Some(entries), Ok(mut v)) = (got, view.lock()) {
+                    v.learn(&n, entries, Instant::now());
                 }
             }
         }
@@ -225,74 +247,109 @@ pub fn spawn(view: Arc<Mutex<View>>, me: impl Fn() -> Option<Node> + Send + 'sta
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshos_common::node_record::{Secret, Signer};
 
-    fn node(last: u16, age_s: u64, neighbours: &[u16]) -> Node {
+    /// Test node `i`: its key, and so its address.
+    fn key(i: u16) -> Signer {
+        let mut seed = [0x5au8; 32];
+        seed[..2].copy_from_slice(&i.to_le_bytes());
+        Signer::starting(Secret::Yggdrasil(seed), 1)
+    }
+
+    fn address(i: u16) -> String {
+        key(i).yggdrasil_address()
+    }
+
+    fn node(i: u16, neighbours: &[u16]) -> Node {
         Node {
-            address: format!("200::{last:x}"),
-            name: format!("n{last}"),
+            address: address(i),
+            name: format!("n{i}"),
             version: "0.1.0".into(),
             board: "rpi3".into(),
             slot: "a".into(),
             metrics_port: Some(9100),
-            neighbours: neighbours.iter().map(|n| format!("200::{n:x}")).collect(),
-            link_bytes: vec![],
+            neighbours: neighbours.iter().map(|n| address(*n)).collect(),
             uptime_s: 60,
-            alerts: vec![],
-            age_s,
-            gateway: false,
+            ..Default::default()
         }
     }
 
+    /// Node `i`'s record, signed, as a relay `age_s` late gives it.
+    fn said(i: u16, age_s: u64, neighbours: &[u16]) -> Entry {
+        Entry { age_s, ..key(i).sign(node(i, neighbours)) }
+    }
+
+    fn names(v: &View, now: Instant) -> Vec<String> {
+        v.nodes(now).into_iter().map(|n| n.name).collect()
+    }
+
     #[test]
-    fn only_overlay_addresses_enter_the_view() {
+    fn only_signed_overlay_records_enter_the_view() {
+        let now = Instant::now() + Duration::from_secs(3600);
         let mut view = View::default();
-        let named = |address: &str| Node { address: address.into(), ..node(1, 0, &[]) };
-        let bad = ["::1", "::ffff:169.254.169.254", "fe80::1", "fd00::1", "2001:db8::1", "300::1", "not an address"];
-        view.learn("200::99", bad.iter().map(|a| named(a)).collect(), Instant::now());
-        assert!(view.known.is_empty(), "{:?}", view.known.keys());
-        let mut pointing = node(2, 0, &[]);
-        pointing.neighbours = vec!["::1".into()];
-        let mut port0 = node(3, 0, &[]);
-        port0.metrics_port = Some(0);
-        view.learn("200::99", vec![pointing, port0, named("fc12:0::01"), node(4, 0, &[5])], Instant::now());
-        assert_eq!(view.known.keys().collect::<Vec<_>>(), ["200::4", "fc12::1"]);
+        view.set_me(said(1, 0, &[9]));
+        // A record pointing at ::1, one with port 0, and a neighbour's record for another
+        // node's address under its own key: none taken, each counted against the neighbour.
+        let pointing = Node { neighbours: vec!["::1".into()], ..node(2, &[]) };
+        let port0 = Node { metrics_port: Some(0), ..node(3, &[]) };
+        let forged = Node { address: address(4), ..node(5, &[]) };
+        let bad = [key(2).sign(pointing), key(3).sign(port0), key(5).sign(forged)];
+        view.learn("200::9", bad.to_vec(), now);
+        assert_eq!(names(&view, now), ["n1"]);
+        assert_eq!(view.refused().get("200::9"), Some(&3));
+        // A real record with one word changed on the way: refused too.
+        let mut e = said(6, 0, &[]);
+        e.record = serde_json::value::RawValue::from_string(e.record.get().replace("\"gateway\":false", "\"gateway\":true")).unwrap();
+        view.learn("200::9", vec![e, said(7, 0, &[])], now);
+        assert_eq!(names(&view, now), ["n1", "n7"]);
         // Known however it is spelt; this node's neighbours are known before their word arrives.
-        view.set_me(node(1, 0, &[9]));
         let knows = |a: &str| view.knows(&a.parse().unwrap());
-        assert!(knows("fc12::0:1") && knows("200::4") && knows("200::9"));
-        assert!(!knows("200::5") && !knows("::1"));
+        assert!(knows(&address(7)) && knows(&address(9)));
+        assert!(!knows(&address(6)) && !knows("::1"));
+        assert_eq!(service_discovery(&view.nodes(now)).as_array().unwrap().len(), 2);
     }
 
     #[test]
     fn hops_follow_the_neighbour_lists() {
         // 1 - 2 - 3 - 4, and 5 known but unlinked.
-        let nodes = [node(1, 0, &[2]), node(2, 0, &[1, 3]), node(3, 0, &[2, 4]), node(4, 0, &[3]), node(5, 0, &[])];
-        let h = hops(&nodes, "200::1");
-        assert_eq!((h["200::1"], h["200::3"], h["200::4"], h.get("200::5")), (0, 2, 3, None));
+        let nodes = [node(1, &[2]), node(2, &[1, 3]), node(3, &[2, 4]), node(4, &[3]), node(5, &[])];
+        let h = hops(&nodes, &address(1));
+        assert_eq!((h[&address(1)], h[&address(3)], h[&address(4)], h.get(&address(5))), (0, 2, 3, None));
         let mut gw = nodes.to_vec();
         gw[2].gateway = true;
         gw[3].gateway = true;
         gw[4].gateway = true;
-        let c = crate::gateway::candidates(&gw);
+        let c = crate::gateway::candidates(&gw, &[]);
         let got: Vec<_> = c.iter().map(|c| (c.address.to_string(), c.hops)).collect();
-        assert_eq!(got, [("200::3".to_string(), Some(2)), ("200::4".into(), Some(3)), ("200::5".into(), None)]);
+        let mut want = vec![(address(3), Some(2)), (address(4), Some(3)), (address(5), None)];
+        want.sort_by_key(|(a, h)| (h.unwrap_or(usize::MAX), a.parse::<Ipv6Addr>().unwrap()));
+        assert_eq!(got, want);
+        // Pinned gateways: only those.
+        let trusted = [address(4).parse().unwrap()];
+        assert_eq!(crate::gateway::candidates(&gw, &trusted).iter().map(|c| c.address).collect::<Vec<_>>(), trusted);
     }
 
     #[test]
-    fn the_freshest_word_on_each_node_wins_and_old_words_expire() {
+    fn the_newest_word_on_each_node_wins_and_old_words_expire() {
         let now = Instant::now() + Duration::from_secs(3600);
         let mut v = View::default();
-        v.set_me(node(1, 0, &[2]));
-        v.learn("200::2", vec![node(2, 0, &[1, 3]), node(3, 40, &[2])], now);
-        // Another neighbour heard of 3 more recently, with other neighbours; and of 2 earlier.
-        v.learn("200::3", vec![node(3, 10, &[2, 4]), node(2, 30, &[])], now);
+        v.set_me(said(1, 0, &[2]));
+        let mut three = key(3);
+        let older = three.sign(node(3, &[2]));
+        let newer = three.sign(node(3, &[2, 4]));
+        v.learn(&address(2), vec![said(2, 0, &[1, 3]), Entry { age_s: 40, ..newer.clone() }], now);
+        // Another neighbour passes on 3's older word, as if just said: the newer stays.
+        v.learn(&address(4), vec![Entry { age_s: 0, ..older }], now);
         let got = v.nodes(now);
         assert_eq!(got.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n1", "n2", "n3"]);
-        assert_eq!(got[1].neighbours, ["200::1", "200::3"]);
-        assert_eq!((got[2].neighbours.len(), got[2].age_s), (2, 10));
-        // Ten minutes without a word: gone; a word that old is not taken.
+        assert_eq!(got[2].neighbours.len(), 2);
+        // Its age is counted from when it was first heard: passing it on again later as
+        // fresh does not keep it.
+        v.learn(&address(2), vec![Entry { age_s: 0, ..newer }], now + MAX_AGE - Duration::from_secs(39));
+        assert_eq!(v.nodes(now + MAX_AGE - Duration::from_secs(39)).len(), 2);
+        // A word that old is not taken.
         let later = now + MAX_AGE;
-        v.learn("200::2", vec![node(5, MAX_AGE.as_secs(), &[])], later);
+        v.learn(&address(2), vec![said(5, MAX_AGE.as_secs(), &[])], later);
         assert_eq!(v.nodes(later).len(), 1);
     }
 
@@ -300,51 +357,83 @@ mod tests {
     fn what_a_neighbour_says_is_bounded_and_checked() {
         let now = Instant::now() + Duration::from_secs(3600);
         let mut v = View::default();
-        v.set_me(node(1, 0, &[]));
-        // It cannot speak for this node, nor pass off junk.
-        let mut bad = node(9, 0, &[]);
-        bad.address = "not an address".into();
-        let mut long = node(10, 0, &[]);
-        long.name = "x".repeat(500);
-        v.learn("200::2", vec![node(1, 0, &[7]), bad, long], now);
-        assert_eq!(v.nodes(now), [node(1, 0, &[])]);
+        v.set_me(said(1, 0, &[]));
+        // It cannot speak for this node, not even with this node's own older word.
+        v.learn(&address(2), vec![said(1, 0, &[7])], now);
+        assert_eq!(names(&v, now), ["n1"]);
+        assert!(v.nodes(now)[0].neighbours.is_empty());
         // A flood keeps the view at MAX_NODES, the freshest kept.
-        v.learn("200::2", (2..3000).map(|i| node(i, (i % 500).into(), &[])).collect(), now);
+        v.learn(&address(2), (2..3000).map(|i| said(i, (i % 500).into(), &[])).collect(), now);
         let got = v.nodes(now);
         assert_eq!(got.len(), MAX_NODES);
-        assert!(got.iter().all(|n| n.age_s < 500));
+        let page = v.page(now);
+        assert!(page.len() <= MAX_BODY);
+        let entries: Vec<Entry> = serde_json::from_str(&page).unwrap();
+        assert!(entries[1..].iter().all(|e| e.age_s < 500));
     }
 
     #[test]
     fn a_flooding_neighbour_pushes_out_its_own_inventions() {
         let now = Instant::now() + Duration::from_secs(3600);
         let mut v = View::default();
-        v.set_me(node(1, 0, &[2, 3, 9]));
+        v.set_me(said(1, 0, &[2, 3, 9]));
         // Two honest neighbours tell of the same 300 real nodes (older words than the flood's).
-        let real: Vec<Node> = (10..310).map(|i| node(i, 60, &[])).collect();
+        let real: Vec<Entry> = (10..310).map(|i| said(i, 60, &[])).collect();
         v.learn("200::2", real.clone(), now);
         v.learn("200::3", real.clone(), now);
-        // The third invents 2,000 nodes, all said this very second.
-        v.learn("200::9", (0x1000..0x1000 + 2000).map(|i| node(i, 0, &[])).collect(), now);
-        let got = v.nodes(now);
+        // The third invents 2,000 nodes, all signed by keys of its own, said this very second.
+        v.learn("200::9", (0x1000..0x1000 + 2000).map(|i| said(i, 0, &[])).collect(), now);
+        let got: Vec<String> = v.nodes(now).into_iter().map(|n| n.address).collect();
         assert_eq!(got.len(), MAX_NODES);
-        assert!(real.iter().all(|r| got.iter().any(|n| n.address == r.address)), "a real node was pushed out");
+        assert!((10..310).all(|i| got.contains(&address(i))), "a real node was pushed out");
         // A node only one honest neighbour tells of stays too: the flooder's go first.
-        v.learn("200::2", vec![node(5000, 30, &[])], now);
-        v.learn("200::9", (0x3000..0x3000 + 100).map(|i| node(i, 0, &[])).collect(), now);
-        assert!(v.nodes(now).iter().any(|n| n.address == "200::1388"));
+        v.learn("200::2", vec![said(5000, 30, &[])], now);
+        v.learn("200::9", (0x3000..0x3000 + 100).map(|i| said(i, 0, &[])).collect(), now);
+        assert!(v.nodes(now).iter().any(|n| n.address == address(5000)));
+        // The best vouched for come first in what this node serves.
+        let page: Vec<Entry> = serde_json::from_str(&v.page(now)).unwrap();
+        let first = meshos_common::node_record::read(&page[1]).unwrap();
+        assert!((10..310).any(|i| first.address == address(i)));
+    }
+
+    #[test]
+    fn the_page_fits_what_neighbours_read() {
+        let now = Instant::now();
+        let mut v = View::default();
+        v.set_me(said(1, 0, &[]));
+        // 1,000 nodes each saying all they may: 64 neighbours, 16 long alerts.
+        let big = |i: u16| {
+            let n = Node {
+                neighbours: (0..64).map(|k| format!("200:{i:x}:{k:x}::1")).collect(),
+                link_bytes: vec![u64::MAX; 64],
+                alerts: vec!["x".repeat(200); 16],
+                ..node(i, &[])
+            };
+            key(i).sign(n)
+        };
+        v.learn("200::2", (2..1000).map(big).collect(), now);
+        assert!(v.nodes(now).len() > 900);
+        let page = v.page(now);
+        assert!(page.len() <= MAX_BODY && page.ends_with("]\n"), "{}", page.len());
+        let entries: Vec<Entry> = serde_json::from_str(&page).unwrap();
+        assert!(entries.len() > 100 && entries.len() < 1000, "{}", entries.len());
+        // What a neighbour reads of it checks out.
+        let mut other = View::default();
+        other.set_me(said(5000, 0, &[]));
+        other.learn("200::1", entries.clone(), now);
+        assert_eq!(other.nodes(now).len(), entries.len() + 1);
+        assert!(other.refused().is_empty());
     }
 
     #[test]
     fn service_discovery_lists_every_node_that_serves_metrics() {
-        let mut quiet = node(3, 0, &[]);
-        quiet.metrics_port = None;
-        let sd = service_discovery(&[node(1, 0, &[]), node(2, 5, &[]), quiet]);
+        let quiet = Node { metrics_port: None, ..node(3, &[]) };
+        let sd = service_discovery(&[node(1, &[]), node(2, &[]), quiet]);
         assert_eq!(
             sd,
             serde_json::json!([
-                {"targets": ["[200::1]:9100"], "labels": {"meshos_node": "n1", "meshos_board": "rpi3", "meshos_version": "0.1.0"}},
-                {"targets": ["[200::2]:9100"], "labels": {"meshos_node": "n2", "meshos_board": "rpi3", "meshos_version": "0.1.0"}},
+                {"targets": [format!("[{}]:9100", address(1))], "labels": {"meshos_node": "n1", "meshos_board": "rpi3", "meshos_version": "0.1.0"}},
+                {"targets": [format!("[{}]:9100", address(2))], "labels": {"meshos_node": "n2", "meshos_board": "rpi3", "meshos_version": "0.1.0"}},
             ])
         );
     }

@@ -397,6 +397,19 @@ fn router(e: &mut Exposition, state: &NodeState, peers: &Result<Vec<Peer>, Strin
     }
 }
 
+/// The mesh view (crate::meshview): how many nodes it holds, and the records each neighbour
+/// passed on that did not check out (another node's address under its own key, a changed word,
+/// junk): what a hostile neighbour shows up as.
+pub fn mesh_view(nodes: usize, refused: &std::collections::BTreeMap<String, u64>) -> String {
+    let mut e = Exposition { out: String::new(), family: String::new() };
+    e.one("meshd_mesh_view_nodes", "gauge", "Nodes in this node's mesh view, itself included.", &[], nodes);
+    e.family("meshd_mesh_view_refused_total", "counter", "Records a neighbour passed on that failed their check, since meshd started.");
+    for (peer, n) in refused {
+        e.sample("meshd_mesh_view_refused_total", &[("peer", peer)], n);
+    }
+    e.out
+}
+
 /// Internet access (crate::gateway): the node's offer, the gateway it uses, refusals.
 fn gateway(e: &mut Exposition, g: &crate::gateway::Report) {
     if let Some(o) = &g.offer {

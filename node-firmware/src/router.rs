@@ -110,6 +110,21 @@ pub fn overlay_address(config: &Config, id: &Identity, state_dir: &Path) -> Resu
     }
 }
 
+/// The secret this node's overlay address comes from, which signs its records
+/// (crate::record): Yggdrasil's seed, or cjdns's private key.
+pub fn record_secret(config: &Config, id: &Identity, state_dir: &Path) -> Result<meshos_common::node_record::Secret, String> {
+    let bytes = |hex: &str| crate::identity::unhex(hex).and_then(|b| b.get(..32).and_then(|b| <[u8; 32]>::try_from(b).ok()));
+    match config.router {
+        Router::Yggdrasil => bytes(&id.private_key).map(meshos_common::node_record::Secret::Yggdrasil).ok_or_else(|| "the node's key is not hex".into()),
+        Router::Cjdns => {
+            let keys = cjdns_keys(state_dir)?;
+            bytes(keys["privateKey"].as_str().unwrap_or(""))
+                .map(meshos_common::node_record::Secret::Cjdns)
+                .ok_or_else(|| format!("{}: privateKey is not 64 hex digits; move it away to make new cjdns keys", state_dir.join("cjdns.keys.json").display()))
+        }
+    }
+}
+
 /// Removes the config of the router not chosen, so that what reads `run_dir` (peers, status)
 /// asks the one that runs.
 pub fn forget_other(config: &Config, run_dir: &Path) {
@@ -321,11 +336,7 @@ fn parse_cjdns_peers(reply: &[u8]) -> Result<(Vec<Peer>, bool), String> {
 /// A cjdns node's address from its public key (`<base32>.k`): the first 16 bytes of
 /// sha512(sha512(key)), which start with 0xfc for every key cjdns accepts.
 pub fn cjdns_address(key: &str) -> Option<std::net::Ipv6Addr> {
-    use sha2::{Digest, Sha512};
-    let raw = cjdns_base32(key.strip_suffix(".k")?)?;
-    let hash = Sha512::digest(Sha512::digest(&raw));
-    let bytes: [u8; 16] = hash[..16].try_into().ok()?;
-    (bytes[0] == 0xfc).then(|| std::net::Ipv6Addr::from(bytes))
+    meshos_common::node_record::cjdns_address_for(&cjdns_base32(key.strip_suffix(".k")?)?)
 }
 
 /// cjdns's base32: alphabet 0-9 b-d f-h j-n p-z, least significant bits first.
@@ -416,6 +427,9 @@ mod tests {
         let a = cjdns_address("qgkjd0stfvk9r3j28s4gh8rgslbgx2r5xgxzxkgm5vdxqwn8xsu0.k").unwrap();
         assert_eq!(a, "fcf5:c1ec:be67:9ad5:1f6c:f31b:5d74:37b0".parse::<std::net::Ipv6Addr>().unwrap());
         assert_eq!(cjdns_address("qgkjd0stfvk9r3j28s4gh8rgslbgx2r5xgxzxkgm5vdxqwn8xsu0"), None, "no .k");
+        // cjdns's example key, whose private half signs records (meshos_common::node_record).
+        let example = cjdns_address("f09rvtmr2s25942ygutztv8bf70ny8zd0kpffk8lmbzm40qty9k0.k").unwrap();
+        assert_eq!(example.to_string(), "fcea:4775:eacd:7c3b:6fbc:c02b:43d6:53e1");
         assert_eq!(cjdns_address("qgkjd0stfvk9r3j28s4gh8rgslbgx2r5xgxzxkgm5vdxqwn8xsua.k"), None, "'a' is not in the alphabet");
     }
 
