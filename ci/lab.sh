@@ -3,7 +3,7 @@
 #   TOPOLOGY=FILE   meshnet-lab JSON (default: mesh-lab/topologies/freifunk-ulm.json)
 #   FROM=URL        instead, the mesh a live node sees (http://[address]:9100)
 #   SCENARIO=NAME   rollout (the default), faults, broken (N+1's router never starts),
-#                   monitoring or gateways
+#                   monitoring, gateways or hostile
 #   BOOT_TIME=S     how long a node's reboot takes (default 20)
 #   TIMEOUT=S       when a scenario gives up (default 3600)
 #   LAB_RELEASE=BUNDLE  release N as built already (make test: the virtual board's), signed
@@ -47,7 +47,7 @@ else
   N=$REL/n/qemu-arm64/meshos-qemu-arm64-$V.bundle
 fi
 update=()
-if [ "${SCENARIO:-rollout}" = monitoring ] || [ "${SCENARIO:-rollout}" = gateways ]; then
+if [ "${SCENARIO:-rollout}" = monitoring ] || [ "${SCENARIO:-rollout}" = gateways ] || [ "${SCENARIO:-rollout}" = hostile ]; then
   : # no new release: the mesh as it is
 elif [ -n "${LAB_UPDATE:-}" ]; then
   UPDATE=$LAB_UPDATE

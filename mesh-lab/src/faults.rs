@@ -93,7 +93,7 @@ const SERVE_WWW: &str = "exec python3 -m http.server --bind :: --directory \"$ME
 
 /// Adds a node named `name` (or so, made unique) running `command`, linked by radio to the
 /// node with the most neighbours.
-fn add_beside_hub(topology: &mut Topology, name: &str, command: String) -> Result<(), String> {
+pub(crate) fn add_beside_hub(topology: &mut Topology, name: &str, command: String) -> Result<(), String> {
     let nb = topology.neighbours();
     let hub = (0..topology.nodes.len())
         .filter(|&k| topology.nodes[k].run.is_none())

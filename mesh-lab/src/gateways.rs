@@ -102,7 +102,7 @@ fn left_out(topology: &Topology, g: (usize, usize), clients: &[usize]) -> usize 
 
 /// A gateway's mesh.yaml: the lab's, with DHCP on its uplink, offering, allowing `allow`
 /// (everyone when empty).
-fn gateway_config(allow: &[String]) -> String {
+pub(crate) fn gateway_config(allow: &[String]) -> String {
     let mut text = MESH_YAML.replace("  dhcp: []", &format!("  dhcp: [\"{UPLINK}\"]"));
     text.push_str("gateway:\n  offer: true\n");
     if !allow.is_empty() {
@@ -116,14 +116,14 @@ fn gateway_config(allow: &[String]) -> String {
 
 /// The simulated internet: a namespace cabled to each gateway's uplink through a bridge, with
 /// dnsmasq (DHCP and DNS) and a web server. Its processes end with it.
-struct Internet {
+pub(crate) struct Internet {
     namespace: String,
     ports: Vec<String>,
     children: Vec<Child>,
 }
 
 impl Internet {
-    fn start(lab: &Lab, gateways: &[usize], dir: &Path) -> Result<Internet, String> {
+    pub(crate) fn start(lab: &Lab, gateways: &[usize], dir: &Path) -> Result<Internet, String> {
         let mut name = "internet".to_string();
         while lab.topology.nodes.iter().any(|n| n.id == name) {
             name.push('x');
@@ -197,7 +197,7 @@ impl Drop for Internet {
 /// Which of `nodes` reach the web server by name: its address from the DNS server at their
 /// gateway's end of the tunnel (busybox's nslookup), then the page. Asked of all at once, each
 /// within a few seconds.
-fn reach_internet(lab: &Lab, nodes: &[usize]) -> Vec<bool> {
+pub(crate) fn reach_internet(lab: &Lab, nodes: &[usize]) -> Vec<bool> {
     let script = format!(
         "a=$(timeout 4 busybox nslookup {WEB_NAME} {GATEWAY_END} | sed -n '/^Name:/,$ s/^Address: *//p' | head -1) && [ -n \"$a\" ] && \
          curl -sf -m 5 --resolve {WEB_NAME}:80:$a http://{WEB_NAME}/ | grep -q '{PAGE}'"
@@ -226,17 +226,17 @@ fn gateway_of(lab: &Lab, k: usize) -> serde_json::Value {
     lab.nodes[k].status().map(|s| s["gateway"].clone()).unwrap_or_default()
 }
 
-fn using(lab: &Lab, k: usize) -> Option<String> {
+pub(crate) fn using(lab: &Lab, k: usize) -> Option<String> {
     gateway_of(lab, k)["using"]["address"].as_str().map(String::from)
 }
 
-fn address(lab: &Lab, k: usize) -> Option<String> {
+pub(crate) fn address(lab: &Lab, k: usize) -> Option<String> {
     lab.nodes[k].status().and_then(|s| s["address"].as_str().map(String::from))
 }
 
 /// Ticks the lab until `done` (asked every [`EVERY`]) holds or `limit` passes; the seconds it
 /// took, if it held.
-fn wait(lab: &mut Lab, limit: Duration, host_peak: &mut u64, baseline: u64, mut done: impl FnMut(&mut Lab) -> bool) -> Result<Option<f64>, String> {
+pub(crate) fn wait(lab: &mut Lab, limit: Duration, host_peak: &mut u64, baseline: u64, mut done: impl FnMut(&mut Lab) -> bool) -> Result<Option<f64>, String> {
     let start = Instant::now();
     let mut last = start - EVERY;
     loop {

@@ -5,6 +5,7 @@
 mod broken;
 mod faults;
 mod gateways;
+mod hostile;
 mod lab;
 mod monitoring;
 mod net;
@@ -21,7 +22,7 @@ use topology::Topology;
 const USAGE: &str = "usage: meshlab <command> [options]
 
 commands:
-  run --scenario rollout|faults|broken|monitoring|gateways
+  run --scenario rollout|faults|broken|monitoring|gateways|hostile
       (--topology FILE | --from URL)
       --release BUNDLE [--update BUNDLE] [--meshd PATH] [--boot-time S]
       [--timeout S] [--out DIR] [--rogue DIR [--rogue-then DIR]]
@@ -37,7 +38,9 @@ commands:
              signature); monitoring cables a host running
              Prometheus with FILE (default monitoring/prometheus.yml) to a node;
              gateways gives the two nodes farthest apart uplinks to a simulated
-             internet, then cuts one. Labs of different --name (default
+             internet, then cuts one; hostile adds gateways and a hostile
+             neighbour of the hub (fake nodes, forged records, a false
+             gateway, held connections). Labs of different --name (default
              meshlab; its namespaces are NAME-<node>) run side by side
   generate line N | ring N | grid W H | random N [RADIUS [SEED]]
              print a topology in meshnet-lab's JSON format
@@ -108,12 +111,15 @@ fn run(args: &[String]) -> Result<bool, String> {
     };
     let scenario = need("scenario")?;
     let with_faults = match scenario.as_str() {
-        "rollout" | "monitoring" | "broken" | "gateways" => false,
+        "rollout" | "monitoring" | "broken" | "gateways" | "hostile" => false,
         "faults" => true,
-        other => return Err(format!("scenario '{other}': rollout, faults, broken, monitoring or gateways")),
+        other => return Err(format!("scenario '{other}': rollout, faults, broken, monitoring, gateways or hostile")),
     };
     if scenario == "monitoring" {
         monitoring::add_monitor(&mut topology)?;
+    }
+    if scenario == "hostile" {
+        hostile::add_hostile(&mut topology)?;
     }
     if with_faults {
         faults::lossy(&mut topology);
@@ -155,6 +161,12 @@ fn run(args: &[String]) -> Result<bool, String> {
         let report = {
             let mut lab = lab::Lab::create(topology, &options)?;
             gateways::run(&mut lab, &gateways::Gateways { timeout })?
+        };
+        (serde_json::to_string_pretty(&report), report.summary(), report.failed_checks())
+    } else if scenario == "hostile" {
+        let report = {
+            let mut lab = lab::Lab::create(topology, &options)?;
+            hostile::run(&mut lab, &hostile::Hostile { timeout })?
         };
         (serde_json::to_string_pretty(&report), report.summary(), report.failed_checks())
     } else if scenario == "broken" {

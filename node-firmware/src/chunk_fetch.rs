@@ -9,6 +9,7 @@
 
 use crate::held::Held;
 use crate::upgrade::{self, InstallError, Record, SlotWriter, Step, Target, Transfer};
+use meshos_common::boot_state::Slot;
 use meshos_common::bundle::{self, BundleError, ErrorKind, MAX_CHUNK};
 use meshos_common::chunks::{self, Chunk};
 use std::io::Read;
@@ -85,12 +86,32 @@ fn holds_manifest(bytes: &[u8], manifest_sha256: &str) -> bool {
     bundle::open(bytes).is_ok_and(|opened| opened.manifest_sha256() == manifest_sha256)
 }
 
-/// Installs the release whose signed header this is, its chunks from `peers`.
+/// Installs the release whose signed header this is, its chunks from `peers`. The install
+/// lock is held to check the release and to write the slot, not while chunks come over the mesh:
+/// a neighbour that trickles holds up this agent, not `meshd upgrade install` or `updates/`. An
+/// install by hand that runs meanwhile wins: the fetch stops at its next chunk, and the slot is
+/// left to it.
 pub fn install(header: &Header, peers: &[String], node: &Target, opts: &Options) -> Result<String, InstallError> {
-    let _lock = upgrade::lock(node.state_dir)?;
-    upgrade::refuse_on_trial(node)?;
     let mut record = Record { by_agent: true, ..Record::new(header.origin.clone()) };
-    let result = run(header, peers, node, opts, &mut record);
+    let opened = bundle::open(&header.bytes[..]).map_err(|e| InstallError::new(Step::Verify, e.kind(), format!("{}: {e}", header.origin)))?;
+    let prepared = {
+        let _lock = upgrade::lock(node.state_dir)?;
+        upgrade::refuse_on_trial(node)?;
+        match prepare(header, &opened, node, opts, &mut record) {
+            Ok(p) => p,
+            Err(e) => {
+                let result = Err(e);
+                upgrade::conclude(node, &mut record, &result);
+                return result;
+            }
+        }
+    };
+    let fetched = fetch_all(&prepared.needed, peers, opts, node.state_dir, &mut record);
+    let _lock = upgrade::lock(node.state_dir)?;
+    if !still_ours(node.state_dir, &record) {
+        return Err(InstallError { step: Step::Fetch, kind: ErrorKind::Busy, message: TAKEN_OVER.into() });
+    }
+    let result = fetched.and_then(|()| write(header, &opened, prepared.target, node, opts, &mut record));
     if result.is_ok() {
         // The slot holds them now; a later install starts from an empty cache.
         let _ = std::fs::remove_dir_all(&opts.cache);
@@ -99,15 +120,28 @@ pub fn install(header: &Header, peers: &[String], node: &Target, opts: &Options)
     result
 }
 
-fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record: &mut Record) -> Result<String, InstallError> {
+const TAKEN_OVER: &str = "an install by hand (meshd upgrade install, updates/) ran while the chunks came: it has the slot";
+
+/// What [`prepare`] found: the slot to write and the chunks to fetch.
+struct Prepared<'a> {
+    target: Slot,
+    needed: Vec<&'a Chunk>,
+}
+
+/// Whether the install record is still this install's (no install by hand took over).
+fn still_ours(state_dir: &Path, record: &Record) -> bool {
+    upgrade::read_record(state_dir).is_some_and(|r| r.step == Step::Fetch && r.by_agent && r.manifest_sha256 == record.manifest_sha256)
+}
+
+/// Under the install lock: checks the release against the node, and what it needs.
+fn prepare<'a>(fetched: &Header, opened: &'a bundle::Opened<&[u8]>, node: &Target, opts: &Options, record: &mut Record) -> Result<Prepared<'a>, InstallError> {
     let (header, origin) = (&fetched.bytes[..], fetched.origin.as_str());
     let bundle_err = |step: Step| move |e: BundleError| InstallError::new(step, e.kind(), format!("{origin}: {e}"));
-    let opened = bundle::open(header).map_err(bundle_err(Step::Verify))?;
     // Named before the signature is checked, so a refusal says which release it refused.
     record.version = Some(opened.manifest.version.clone());
     record.manifest_sha256 = Some(opened.manifest_sha256());
     opened.verify(node.trusted, node.required).map_err(bundle_err(Step::Verify))?;
-    let target = upgrade::check(&opened, node, false, record, origin)?;
+    let target = upgrade::check(opened, node, false, record, origin)?;
     let manifest = &opened.manifest;
     let sha = opened.manifest_sha256();
 
@@ -135,21 +169,25 @@ fn run(fetched: &Header, peers: &[String], node: &Target, opts: &Options, record
     transfer.needed_bytes = all.iter().filter(|c| !held.in_slot(&c.sha256)).map(|c| u64::from(c.size)).sum();
     let to_fetch: u64 = needed.iter().map(|c| u64::from(c.size)).sum();
     logln!(
-        "meshd: upgrade: {} {}: {} of {} chunks to fetch ({to_fetch} bytes; {} bytes found in slot {}) from {} neighbour(s)",
+        "meshd: upgrade: {} {}: {} of {} chunks to fetch ({to_fetch} bytes; {} bytes found in slot {})",
         manifest.compatible,
         manifest.version,
         needed.len(),
         all.len(),
         transfer.reused_bytes,
         node.running,
-        peers.len()
     );
     record.step = Step::Fetch;
     record.transfer = Some(transfer);
     upgrade::save(node.state_dir, record);
+    Ok(Prepared { target, needed })
+}
 
-    fetch_all(&needed, peers, opts, node.state_dir, record)?;
-
+/// Under the install lock again, the chunks all here: the slot written and marked.
+fn write(fetched: &Header, opened: &bundle::Opened<&[u8]>, target: Slot, node: &Target, opts: &Options, record: &mut Record) -> Result<String, InstallError> {
+    let (header, origin) = (&fetched.bytes[..], fetched.origin.as_str());
+    let bundle_err = |step: Step| move |e: BundleError| InstallError::new(step, e.kind(), format!("{origin}: {e}"));
+    let manifest = &opened.manifest;
     upgrade::mark_target_bad(node, target, manifest, record)?;
     let mut writer = SlotWriter::open(node, target)?;
     // Re-scanned: the cache now holds what was fetched.
@@ -209,7 +247,9 @@ fn fetch_all(needed: &[&Chunk], peers: &[String], opts: &Options, state_dir: &Pa
                         s.2 += 1;
                         // The tallies go to the card with each chunk: after a power cut the
                         // count of bytes fetched goes on from every chunk kept.
-                        upgrade::save(state_dir, &s.0);
+                        if !save_progress(state_dir, &s.0) {
+                            s.1.get_or_insert(TAKEN_OVER.into());
+                        }
                     }
                     Err(e) => {
                         s.1.get_or_insert(e);
@@ -220,11 +260,23 @@ fn fetch_all(needed: &[&Chunk], peers: &[String], opts: &Options, state_dir: &Pa
     });
     let (r, error, _) = shared.into_inner().expect("fetch tallies");
     *record = r;
-    upgrade::save(state_dir, record);
+    save_progress(state_dir, record);
     match error {
+        Some(message) if message == TAKEN_OVER => Err(InstallError { step: Step::Fetch, kind: ErrorKind::Busy, message }),
         Some(message) => Err(InstallError { step: Step::Fetch, kind: ErrorKind::Fetch, message }),
         None => Ok(()),
     }
+}
+
+/// Saves the fetch's tallies while no other install runs; false once an install by hand has
+/// taken the record (and the slot) over.
+fn save_progress(state_dir: &Path, record: &Record) -> bool {
+    let Ok(_lock) = upgrade::lock(state_dir) else { return true };
+    if !still_ours(state_dir, record) {
+        return false;
+    }
+    upgrade::save(state_dir, record);
+    true
 }
 
 type Shared = Mutex<(Record, Option<String>, usize)>;
@@ -488,6 +540,37 @@ mod tests {
         (bundle::header(&json, None), chunks::sha256_hex(&json))
     }
 
+    /// The record of an agent's install fetching its chunks, saved.
+    fn fetching(state_dir: &Path) -> Record {
+        let r = Record { step: Step::Fetch, by_agent: true, manifest_sha256: Some("m".into()), ..Record::new("test".into()) };
+        upgrade::save(state_dir, &r);
+        r
+    }
+
+    #[test]
+    fn chunks_come_without_the_install_lock_and_an_install_by_hand_takes_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"abcd".to_vec();
+        let chunk = Chunk { size: 4, sha256: chunks::sha256_hex(&data) };
+        // A byte every half second: two seconds for the chunk.
+        let trickler = server(move |_| ("200 OK", String::new(), data.clone(), true));
+        let opts = Options { parallel: 1, rate: None, cache: dir.path().join("cache") };
+        std::fs::create_dir_all(&opts.cache).unwrap();
+        let mut record = fetching(dir.path());
+        let fetch = std::thread::scope(|scope| {
+            let fetch = scope.spawn(|| fetch_all(&[&chunk], std::slice::from_ref(&trickler), &opts, dir.path(), &mut record));
+            std::thread::sleep(Duration::from_millis(500));
+            // meshd upgrade install, meanwhile: not busy, and its record is its own.
+            let lock = upgrade::lock(dir.path()).expect("the fetch holds no install lock");
+            upgrade::save(dir.path(), &Record { step: Step::Installed, ..Record::new("by hand".into()) });
+            drop(lock);
+            fetch.join().unwrap()
+        });
+        let e = fetch.unwrap_err();
+        assert!(e.message.contains("install by hand") && e.kind == ErrorKind::Busy, "{e}");
+        assert_eq!(upgrade::read_record(dir.path()).unwrap().source, "by hand");
+    }
+
     #[test]
     fn a_neighbour_has_a_bounded_number_of_requests_in_flight() {
         let in_flight = InFlight::default();
@@ -550,7 +633,7 @@ mod tests {
         // One chunk is already in the cache (an earlier attempt): it is not fetched again.
         let needed: Vec<&Chunk> = chunks[1..].iter().collect();
         let opts = Options { parallel: 3, rate: None, cache: dir.join("cache") };
-        let mut record = Record::new("test".into());
+        let mut record = fetching(&dir);
         fetch_all(&needed, &[rogue.clone(), good.clone()], &opts, &dir, &mut record).unwrap();
         for (c, d) in chunks[1..].iter().zip(&data[1..]) {
             assert_eq!(std::fs::read(dir.join("cache").join(&c.sha256)).unwrap(), *d);
@@ -571,11 +654,11 @@ mod tests {
         let opts16 = Options { parallel: 16, rate: None, cache: dir.join("cache16") };
         std::fs::create_dir_all(&opts16.cache).unwrap();
         let all: Vec<&Chunk> = chunks.iter().collect();
-        fetch_all(&all, &[rogue.clone(), good.clone()], &opts16, &dir, &mut Record::new("test".into())).unwrap();
+        fetch_all(&all, &[rogue.clone(), good.clone()], &opts16, &dir, &mut fetching(&dir)).unwrap();
         assert!(chunks.iter().all(|c| opts16.cache.join(&c.sha256).exists()));
 
         // Only the rogue offers it: the install stops at once, naming it.
-        let err = fetch_all(&[&chunks[0]], std::slice::from_ref(&rogue), &opts, &dir, &mut Record::new("test".into())).unwrap_err();
+        let err = fetch_all(&[&chunks[0]], std::slice::from_ref(&rogue), &opts, &dir, &mut fetching(&dir)).unwrap_err();
         assert!(err.message.contains("every neighbour offering it served bad bytes") && err.message.contains(&rogue), "{}", err.message);
         std::fs::remove_dir_all(&dir).unwrap();
     }

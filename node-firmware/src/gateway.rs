@@ -57,6 +57,8 @@ const UNKNOWN_HOPS_FOR: Duration = Duration::from_secs(90);
 /// A gateway given up is not tried again for this long (one that refused, for [`REFUSED_FOR`]).
 const FAILED_FOR: Duration = Duration::from_secs(60);
 const REFUSED_FOR: Duration = Duration::from_secs(300);
+/// A gateway whose lease failed its check ([`check_lease`]) is not tried again for this long.
+const BAD_LEASE_FOR: Duration = Duration::from_secs(3600);
 /// Tunnels one gateway serves at once.
 pub const MAX_LEASES: usize = 1000;
 /// New leases (new tunnels) a gateway hands out at once, and how often one more becomes
@@ -655,8 +657,12 @@ impl Client {
             candidates.retain(|c| c.hops.is_some());
         }
         for c in candidates {
+            let mut bad_lease = false;
             let leased = request_lease(&self.http, &c.address, agent.port).unwrap_or_else(|e| Err(Refusal::Unavailable(e))).and_then(|lease| {
-                check_lease(&lease, &router_peer_addresses(&agent.peers), &local_networks()).map_err(Refusal::Unavailable)?;
+                check_lease(&lease, &router_peer_addresses(&agent.peers), &local_networks()).map_err(|e| {
+                    bad_lease = true;
+                    Refusal::Unavailable(e)
+                })?;
                 open_tunnel(agent.me, &c, &lease, &agent.peers).map_err(Refusal::Unavailable)?;
                 first_traffic(&lease)?;
                 Ok(lease)
@@ -677,6 +683,9 @@ impl Client {
                             self.refused.insert(c.address, refused_report(&c, reason));
                             now + REFUSED_FOR
                         }
+                        // A lease no node may apply is a lie or a broken gateway, not a busy
+                        // one: not tried again, even as a nearer one, for long.
+                        Refusal::Unavailable(_) if bad_lease => now + BAD_LEASE_FOR,
                         Refusal::Unavailable(_) => now + FAILED_FOR,
                     };
                     self.avoid.insert(c.address, until);
