@@ -6,8 +6,8 @@
 #               packages and checked with independent tools, the Orange Pi built again
 #               elsewhere to prove it reproducible, each real board booted through its own
 #               U-Boot (the Orange Pi on its own armv7 cjdroute), cjdns on
-#               three nodes, the mesh of two (ci/mesh-test.sh), the mesh lab's faults and
-#               monitoring, the A/B rollback and refusals (ci/upgrade-test.sh) and three
+#               three nodes, the mesh of two (ci/mesh-test.sh), the mesh lab's faults,
+#               monitoring and hostile neighbour, the A/B rollback and refusals (ci/upgrade-test.sh) and three
 #               power cuts and a hang (ci/powercut-test.py) on the virtual board;
 #   TIER=all    `make test-all`, for a release: besides, the Dockerfile's container built and
 #               rpi3 built in it (the same image bit for bit), the A/B upgrades through the
@@ -208,7 +208,7 @@ build() { # BOARD [NICE]: build it, check the image with other tools and its sig
 #   vm      the virtual board: a boot, three nodes running cjdns, the mesh of two (whose VMs
 #           wait on timers most of the time);
 #   power   beside it, the power cuts and the hang;
-#   lab     the mesh lab's gateways, then its monitoring: no VM, little CPU but long waits
+#   lab     the mesh lab's gateways, then its monitoring and hostile neighbour: no VM, little CPU but long waits
 #           on meshd's timers, so it runs at the builds' priority;
 #   faults  beside it, a second lab (another LAB_NAME): the rollout with faults, once N+1 is
 #           built;
@@ -257,6 +257,10 @@ if has qemu-arm64; then
   if tier test; then
     stage_bg --chain lab "mesh lab: monitoring over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=monitoring BOOT_TIME=5 TIMEOUT=600 \
       LAB_PROFILE=dev LAB_RELEASE="$lab_release" LAB_OUT=out/lab-monitoring ci/lab.sh
+    # A hostile neighbour beside the hub: fake nodes, forged gateway records, a false gateway,
+    # held connections; every node keeps its real gateway and its view (docs/lab.md).
+    stage_bg --chain lab "mesh lab: a hostile neighbour among 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=hostile BOOT_TIME=5 TIMEOUT=900 \
+      LAB_PROFILE=dev LAB_RELEASE="$lab_release" LAB_OUT=out/lab-hostile ci/lab.sh
   fi
 fi
 # The Orange Pi first and at full priority: its build (armv7 meshd and cjdns, compiled cold)

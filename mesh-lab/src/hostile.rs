@@ -120,7 +120,7 @@ pub struct Report {
     pub switched: Vec<String>,
     /// Nodes whose view lacked a real node, or held a real gateway's offer other than it
     /// made it, at the end.
-    pub views_missing_real: BTreeMap<String, usize>,
+    pub views_missing_real: BTreeMap<String, Vec<String>>,
     pub views_with_forged_offer: Vec<String>,
     /// Fake nodes in the views at the end: the most any node held, and the hub's.
     pub fakes_in_views_max: usize,
@@ -318,13 +318,13 @@ pub fn run(lab: &mut Lab, plan: &Hostile) -> Result<Report, String> {
     // 3. The views.
     for &k in &members {
         let Some(entries) = mesh_json(lab, k) else {
-            report.views_missing_real.insert(id(k), members.len());
+            report.views_missing_real.insert(id(k), vec!["(no /mesh.json)".into()]);
             continue;
         };
         let nodes: Vec<Node> = entries.iter().filter_map(|e| node_record::read(e).ok()).collect();
         let held: BTreeSet<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
-        let missing = addresses.values().filter(|a| !held.contains(a.as_str())).count();
-        if missing > 0 {
+        let missing: Vec<String> = addresses.iter().filter(|(_, a)| !held.contains(a.as_str())).map(|(&m, _)| id(m)).collect();
+        if !missing.is_empty() {
             report.views_missing_real.insert(id(k), missing);
         }
         if nodes.iter().any(|n| real_gateways.contains(&n.address) && (!n.gateway || n.neighbours.contains(&hostile_address))) {
@@ -350,7 +350,7 @@ impl Report {
             failed.push(format!("{} node(s) used the hostile node as their gateway: {}", self.used_hostile.len(), some(&self.used_hostile)));
         }
         if !self.views_missing_real.is_empty() {
-            let v: Vec<String> = self.views_missing_real.iter().map(|(k, n)| format!("{k} ({n})")).collect();
+            let v: Vec<String> = self.views_missing_real.iter().map(|(k, m)| format!("{k} (lacks {})", m.join(" "))).collect();
             failed.push(format!("real nodes missing from the views of: {}", some(&v)));
         }
         if !self.views_with_forged_offer.is_empty() {

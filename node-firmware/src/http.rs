@@ -173,9 +173,14 @@ async fn respond(face: &Arc<Face>, req: Request<Incoming>, peer: std::net::Socke
         // Up to a thousand nodes: made on a blocking thread.
         "/mesh.json" | "/sd.json" => {
             let (face, sd) = (face.clone(), path == "/sd.json");
+            // A neighbour is not told again what it told this node (split horizon).
+            let asker = match peer.ip() {
+                std::net::IpAddr::V6(a) => Some(a.to_string()),
+                std::net::IpAddr::V4(_) => None,
+            };
             let page = tokio::task::spawn_blocking(move || match sd {
                 true => crate::meshview::service_discovery(&face.mesh_nodes()).to_string() + "\n",
-                false => face.mesh.lock().map(|v| v.page(Instant::now())).unwrap_or_else(|_| "[]\n".into()),
+                false => face.mesh.lock().map(|v| v.page(Instant::now(), asker.as_deref())).unwrap_or_else(|_| "[]\n".into()),
             })
             .await;
             match page {

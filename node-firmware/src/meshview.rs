@@ -42,6 +42,11 @@ pub struct View {
     known: BTreeMap<String, Held>,
     /// Records each neighbour passed on that failed their check (for metrics).
     refused: BTreeMap<String, u64>,
+    /// The last sequence number of nodes dropped from the view (full, or silent too long), so
+    /// that a relay cannot bring the same word back as new: at most [`MAX_NODES`], oldest
+    /// forgotten first.
+    dropped: BTreeMap<String, u64>,
+    dropped_order: std::collections::VecDeque<String>,
 }
 
 /// Neighbours remembered per node as having told of it.
@@ -79,6 +84,9 @@ impl View {
             if Some(&address) == me.as_ref() {
                 continue;
             }
+            if self.dropped.get(&address).is_some_and(|&seq| seq >= node.seq) {
+                continue;
+            }
             match self.known.get_mut(&address) {
                 // The word held: only who passed it on is news.
                 Some(h) if h.node.seq == node.seq && h.entry.sig == e.sig && h.entry.record.get() == e.record.get() => {
@@ -104,13 +112,45 @@ impl View {
             }
             self.known.insert(address, held);
         }
-        self.known.retain(|_, h| now.duration_since(h.said) < MAX_AGE);
+        let silent: Vec<String> = self.known.iter().filter(|(_, h)| now.duration_since(h.said) >= MAX_AGE).map(|(a, _)| a.clone()).collect();
+        for address in silent {
+            self.drop_node(address);
+        }
         while self.known.len() > MAX_NODES - 1 {
             let excess = self.known.len() - (MAX_NODES - 1);
             for address in self.to_drop(excess) {
-                self.known.remove(&address);
+                self.drop_node(address);
             }
         }
+    }
+
+    fn drop_node(&mut self, address: String) {
+        let Some(h) = self.known.remove(&address) else { return };
+        if self.dropped.insert(address.clone(), h.node.seq).is_none() {
+            self.dropped_order.push_back(address);
+        }
+        while self.dropped_order.len() > MAX_NODES {
+            if let Some(old) = self.dropped_order.pop_front() {
+                self.dropped.remove(&old);
+            }
+        }
+    }
+
+    /// The nodes this node reaches through the neighbour lists of the view, from its own.
+    fn linked(&self) -> std::collections::BTreeSet<&str> {
+        let Some(me) = &self.me else { return Default::default() };
+        let mut seen = std::collections::BTreeSet::from([me.node.address.as_str()]);
+        let mut queue = vec![&me.node];
+        while let Some(at) = queue.pop() {
+            for n in &at.neighbours {
+                if let Some((a, h)) = self.known.get_key_value(n.as_str()) {
+                    if seen.insert(a.as_str()) {
+                        queue.push(&h.node);
+                    }
+                }
+            }
+        }
+        seen
     }
 
     fn refuse(&mut self, from: &str, _why: Refused) {
@@ -122,12 +162,17 @@ impl View {
         &self.refused
     }
 
-    /// Up to `n` entries to drop from a full view: of the neighbour that alone told of the most
-    /// nodes, the oldest of those (once it no longer alone tells of the most, the next call
-    /// picks again); when every node was told of by two or more, the oldest.
+    /// Up to `n` entries to drop from a full view. Of the nodes no neighbour list links to this
+    /// node (a real node is some node's neighbour; an invented one is not, unless its inventor
+    /// links it to itself), or of all when every one is linked: those of the neighbour that
+    /// alone told of the most of them, the oldest first (once it no longer alone tells of the
+    /// most, the next call picks again); when every one was told of by two or more, the oldest.
     fn to_drop(&self, n: usize) -> Vec<String> {
+        let linked = self.linked();
+        let unlinked: Vec<(&String, &Held)> = self.known.iter().filter(|(a, _)| !linked.contains(a.as_str())).collect();
+        let pool = if unlinked.is_empty() { self.known.iter().collect() } else { unlinked };
         let mut sole: BTreeMap<&str, usize> = BTreeMap::new();
-        for h in self.known.values() {
+        for (_, h) in &pool {
             if let [only] = h.told.as_slice() {
                 *sole.entry(only.as_str()).or_default() += 1;
             }
@@ -141,7 +186,7 @@ impl View {
             _ => n,
         };
         let mut candidates: Vec<(&String, Instant)> =
-            self.known.iter().filter(|(_, h)| flooder.is_none_or(|(o, _)| matches!(h.told.as_slice(), [t] if t == o))).map(|(a, h)| (a, h.said)).collect();
+            pool.into_iter().filter(|(_, h)| flooder.is_none_or(|(o, _)| matches!(h.told.as_slice(), [t] if t == o))).map(|(a, h)| (a, h.said)).collect();
         candidates.sort_by_key(|(_, said)| *said);
         candidates.into_iter().take(n.max(1)).map(|(a, _)| a.clone()).collect()
     }
@@ -165,10 +210,12 @@ impl View {
         self.me.iter().chain(others).collect()
     }
 
-    /// `/mesh.json`: the signed entries with their ages, as many as fit in [`MAX_BODY`].
-    pub fn page(&self, now: Instant) -> String {
+    /// `/mesh.json`: the signed entries with their ages, as many as fit in [`MAX_BODY`], but for
+    /// those `asker` (a neighbour's overlay address) told this node of: echoed back, they would
+    /// count as another neighbour's word for them.
+    pub fn page(&self, now: Instant, asker: Option<&str>) -> String {
         let mut page = String::from("[");
-        for h in self.held(now) {
+        for h in self.held(now).into_iter().filter(|h| asker.is_none_or(|a| !h.told.iter().any(|t| t == a))) {
             let entry = Entry { age_s: now.duration_since(h.said).as_secs(), ..h.entry.clone() };
             let text = serde_json::to_string(&entry).expect("an entry serialises");
             // Room for the comma, the closing bracket and the newline.
@@ -366,7 +413,7 @@ mod tests {
         v.learn(&address(2), (2..3000).map(|i| said(i, (i % 500).into(), &[])).collect(), now);
         let got = v.nodes(now);
         assert_eq!(got.len(), MAX_NODES);
-        let page = v.page(now);
+        let page = v.page(now, None);
         assert!(page.len() <= MAX_BODY);
         let entries: Vec<Entry> = serde_json::from_str(&page).unwrap();
         assert!(entries[1..].iter().all(|e| e.age_s < 500));
@@ -391,9 +438,35 @@ mod tests {
         v.learn("200::9", (0x3000..0x3000 + 100).map(|i| said(i, 0, &[])).collect(), now);
         assert!(v.nodes(now).iter().any(|n| n.address == address(5000)));
         // The best vouched for come first in what this node serves.
-        let page: Vec<Entry> = serde_json::from_str(&v.page(now)).unwrap();
+        let page: Vec<Entry> = serde_json::from_str(&v.page(now, None)).unwrap();
         let first = meshos_common::node_record::read(&page[1]).unwrap();
         assert!((10..310).any(|i| first.address == address(i)));
+        // Not echoed back to the neighbour that told of them: echoes would count as another
+        // neighbour's word for the flood.
+        let to_flooder: Vec<Entry> = serde_json::from_str(&v.page(now, Some("200::9"))).unwrap();
+        let flood: Vec<String> = (0x1000..0x1000 + 2000).chain(0x3000..0x3000 + 100).filter(|&i| i != 5000).map(address).collect();
+        assert!(to_flooder.iter().all(|e| !flood.contains(&meshos_common::node_record::read(e).unwrap().address)));
+        assert!(to_flooder.len() > 300);
+    }
+
+    #[test]
+    fn a_node_with_one_neighbour_keeps_the_real_mesh_under_a_flood() {
+        let now = Instant::now() + Duration::from_secs(3600);
+        let mut v = View::default();
+        v.set_me(said(1, 0, &[2]));
+        // A line 1 - 2 - … - 20 behind the one neighbour, the far end's words older, and a
+        // flood of fresher inventions passed on by the same neighbour.
+        let line: Vec<Entry> = (2..=20).map(|i| said(i, 25 * u64::from(i), &[i - 1, i + 1])).collect();
+        let fakes: Vec<Entry> = (0x1000..0x1000 + 1100).map(|i| said(i, 0, &[])).collect();
+        let real = |v: &View| (2..=20).filter(|&i| v.knows(&address(i).parse().unwrap())).count();
+        v.learn("200::2", [line.clone(), fakes.clone()].concat(), now);
+        assert_eq!((real(&v), v.nodes(now).len()), (19, MAX_NODES));
+        // Passed on again as if just said, the dropped inventions do not come back as new.
+        let later = now + Duration::from_secs(30);
+        v.learn("200::2", fakes.iter().map(|e| Entry { age_s: 0, ..e.clone() }).collect(), later);
+        assert_eq!(real(&v), 19);
+        let dropped_back = (0x1000..0x1000 + 1100).filter(|&i| v.knows(&address(i).parse().unwrap())).count();
+        assert_eq!(dropped_back, MAX_NODES - 20);
     }
 
     #[test]
@@ -413,7 +486,7 @@ mod tests {
         };
         v.learn("200::2", (2..1000).map(big).collect(), now);
         assert!(v.nodes(now).len() > 900);
-        let page = v.page(now);
+        let page = v.page(now, None);
         assert!(page.len() <= MAX_BODY && page.ends_with("]\n"), "{}", page.len());
         let entries: Vec<Entry> = serde_json::from_str(&page).unwrap();
         assert!(entries.len() > 100 && entries.len() < 1000, "{}", entries.len());
