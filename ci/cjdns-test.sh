@@ -99,6 +99,11 @@ ok "A pings C's cjdns address through B, $((SECONDS - t)) s after the nodes were
 on_a wget -q -T 20 -O - "http://[$C]:9100/nodeinfo.json" > "$WORK/c-nodeinfo.json" || fail "GET C's /nodeinfo.json from A over cjdns"
 grep -q "\"address\":\"$C\"" "$WORK/c-nodeinfo.json" || fail "C's nodeinfo does not carry its address: $(cat "$WORK/c-nodeinfo.json")"
 ok "A fetched C's nodeinfo over cjdns: $(cut -c1-90 "$WORK/c-nodeinfo.json")"
+# cjdroute's core parses every radio neighbour's frames: it runs as nobody (the angel, which
+# only starts it, stays root).
+core_users=$(on_a 'for p in $(pidof cjdroute); do sed -n "s/^Uid:[[:space:]]*\([0-9]*\).*/\1/p" /proc/$p/status; done' | sort -u | paste -sd ' ')
+[[ " $core_users " == *" 65534 "* ]] || fail "no cjdroute process on A runs as nobody (uids: $core_users)"
+ok "cjdroute's core on A runs as nobody (uids of its processes: $core_users)"
 
 # --- metrics and status: peers by their addresses.
 peers_of() { # NODE-ADDRESS COUNT PEER...: the node's metrics count COUNT cjdns peers, PEER among them

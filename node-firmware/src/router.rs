@@ -187,7 +187,10 @@ fn cjdns(config: &Config, state_dir: &Path, run_dir: &Path) -> Result<Launch, St
         "router": { "interface": { "type": "TUNInterface", "tunDevice": TUN_NAME } },
         "admin": { "bind": CJDNS_ADMIN },
         "pipe": run_dir.join("cjdroute.sock"),
-        "security": [{ "setuser": 0 }],
+        // The core parses frames from any radio neighbour: once its interfaces and tunnel are
+        // up it runs as nobody (keeping CAP_NET_ADMIN for the tunnel's addresses), chrooted in
+        // /var/run and unable to fork, as cjdns's own default config has it.
+        "security": [{ "setuser": "nobody", "keepNetAdmin": 1 }, { "noforks": 1 }],
     });
     let config_path = run_dir.join(CJDNS_CONF);
     Ok(Launch {
