@@ -315,19 +315,29 @@ pub fn run(lab: &mut Lab, plan: &Hostile) -> Result<Report, String> {
     report.used_hostile = used_hostile.iter().map(|&k| id(k)).collect();
     report.switched = switched.iter().map(|&k| id(k)).collect();
 
-    // 3. The views.
+    // 3. The views; then the gateways' own latest words (a gateway's sequence only grows, so
+    // no genuine record of it in a view read before is ahead of them).
+    let mut views: Vec<(usize, Vec<Node>)> = Vec::new();
     for &k in &members {
-        let Some(entries) = mesh_json(lab, k) else {
-            report.views_missing_real.insert(id(k), vec!["(no /mesh.json)".into()]);
-            continue;
-        };
-        let nodes: Vec<Node> = entries.iter().filter_map(|e| node_record::read(e).ok()).collect();
+        match mesh_json(lab, k) {
+            Some(entries) => views.push((k, entries.iter().filter_map(|e| node_record::read(e).ok()).collect())),
+            None => {
+                report.views_missing_real.insert(id(k), vec!["(no /mesh.json)".into()]);
+            }
+        }
+    }
+    let own_seq: BTreeMap<String, u64> =
+        [g1, g2].iter().filter_map(|&g| mesh_json(lab, g)?.first().and_then(|e| node_record::read(e).ok())).map(|n| (n.address, n.seq)).collect();
+    for (k, nodes) in views {
         let held: BTreeSet<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
         let missing: Vec<String> = addresses.iter().filter(|(_, a)| !held.contains(a.as_str())).map(|(&m, _)| id(m)).collect();
         if !missing.is_empty() {
             report.views_missing_real.insert(id(k), missing);
         }
-        if nodes.iter().any(|n| real_gateways.contains(&n.address) && (!n.gateway || n.neighbours.contains(&hostile_address))) {
+        // What only a forgery says: the attacker as a gateway's neighbour, or a sequence
+        // number ahead of the gateway's own (a gateway may withdraw its offer, truly).
+        let forged = |n: &Node| n.neighbours.contains(&hostile_address) || own_seq.get(&n.address).is_some_and(|&s| n.seq > s);
+        if nodes.iter().any(|n| real_gateways.contains(&n.address) && forged(n)) {
             report.views_with_forged_offer.push(id(k));
         }
         report.fakes_in_views_max = report.fakes_in_views_max.max(nodes.iter().filter(|n| fake_addresses.contains(&n.address)).count());
