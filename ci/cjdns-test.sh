@@ -115,6 +115,10 @@ peers_of() { # NODE-ADDRESS COUNT PEER...: the node's metrics count COUNT cjdns 
 wait_for 60 peers_of "$B" 2 "$A" "$C" || fail "B's metrics do not show A and C as cjdns peers: $(grep router_peer "$WORK/m.metrics")"
 wait_for 60 peers_of "$A" 1 "$B" || fail "A's metrics do not show B as its cjdns peer: $(grep router_peer "$WORK/m.metrics")"
 ok "metrics show the cjdns peers by address: B has A and C, A has B"
+# The mesh view: C's record, signed with C's cjdns key, reaches A through B and checks out.
+view_has_c() { on_a wget -q -T 20 -O - "http://[::1]:9100/mesh.json" > "$WORK/a-mesh.json" && grep -q "\"address\":\"$C\"" "$WORK/a-mesh.json"; }
+wait_for 150 view_has_c || fail "A's mesh view has no record of C: $(cut -c1-300 "$WORK/a-mesh.json"); A's metrics: $(on_a wget -q -O - http://[::1]:9100/metrics | grep mesh_view)"
+ok "A's mesh view holds C's record, signed with C's cjdns key, through B"
 on_a meshd status > "$WORK/a-status.txt" || fail "meshd status on A"
 grep -q "^PEER (cjdns)" "$WORK/a-status.txt" && grep -q "^$B " "$WORK/a-status.txt" || fail "meshd status on A does not show cjdns and B: $(cat "$WORK/a-status.txt")"
 ok "meshd status on A: $(grep "^$B " "$WORK/a-status.txt" | tr -s ' ' | cut -c1-100)"

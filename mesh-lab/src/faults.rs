@@ -82,10 +82,11 @@ pub fn add_rogue(topology: &mut Topology, files: &Path) -> Result<(), String> {
     add_beside_hub(topology, "rogue", serve)
 }
 
-/// Adds the liar beside the hub: a plain web server over `www` in its directory, which
-/// [`arm_liar`] fills once the lab is made.
+/// Adds the liar beside the hub: the lab's hostile program (crate::hostile; a web server over
+/// `www` in its directory, which [`arm_liar`] fills once the lab is made, holding idle
+/// connections to the hub all along).
 pub fn add_liar(topology: &mut Topology) -> Result<(), String> {
-    add_beside_hub(topology, "liar", format!("mkdir -p \"$MESHLAB_DIR/www\" && {SERVE_WWW}"))
+    add_beside_hub(topology, "liar", crate::hostile::RUN_ATTACK.into())
 }
 
 /// A plain web server over the node's `www`, on meshd's port.
@@ -129,7 +130,7 @@ pub fn arm_liar(lab: &Lab, board: &str, update: (&str, &str), other_header: &[u8
     for sha in [fake.as_str(), update.1] {
         std::fs::write(www.join("header").join(sha), other_header).map_err(err)?;
     }
-    Ok(())
+    crate::hostile::write_attack(&lab.nodes[l].dir)
 }
 
 /// Raises every radio link's loss to at least [`RADIO_LOSS`].

@@ -32,29 +32,25 @@ const HELD: usize = 40;
 const HOLD: Duration = Duration::from_secs(90);
 const STEP: Duration = Duration::from_secs(300);
 
-/// The attacker: a web server answering from files the lab writes (`hostile/mesh.json`), a
-/// lease no node may take, and connections held open to every address in `hostile/targets`.
+/// A hostile neighbour's program (the lab's `run:` for the hostile node, and for the faults
+/// scenario's liar): a web server over the node's `www` (what the lab writes there), which
+/// answers every lease request with a lease no node may apply, and holds [`HELD`] idle
+/// connections open to each of its router's peers (from its Yggdrasil admin socket), opening
+/// new ones as the peers close them.
 const ATTACK: &str = r#"import json, os, socket, threading, time
-from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
-d = os.path.join(os.environ["MESHLAB_DIR"], "hostile")
+from functools import partial
+from http.server import ThreadingHTTPServer, SimpleHTTPRequestHandler
+home = os.environ["MESHLAB_DIR"]
 
-class Face(BaseHTTPRequestHandler):
-    def reply(self, body):
+class Face(SimpleHTTPRequestHandler):
+    def do_POST(self):
+        # A lease whose address lies outside the tunnels' range: a node must refuse it.
+        body = json.dumps({"address": "192.168.1.2", "gateway": "100.64.0.1", "check": "192.168.1.1", "lease_s": 120}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-    def do_GET(self):
-        try:
-            self.reply(open(os.path.join(d, "mesh.json"), "rb").read() if self.path == "/mesh.json" else None)
-        except (OSError, TypeError):
-            self.send_error(404)
-
-    def do_POST(self):
-        # A lease whose address lies outside the tunnels' range: a node must refuse it.
-        self.reply(json.dumps({"address": "192.168.1.2", "gateway": "100.64.0.1", "check": "192.168.1.1", "lease_s": 120}).encode())
 
     def log_message(self, *args):
         pass
@@ -63,14 +59,30 @@ class Server(ThreadingHTTPServer):
     address_family = socket.AF_INET6
     daemon_threads = True
 
+def peers():
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(2)
+        s.connect(os.path.join(home, "run", "yggdrasil.sock"))
+        s.sendall(b'{"request":"getpeers"}')
+        reply = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        s.close()
+    except OSError:
+        return []
+    try:
+        return [p["address"] for p in json.loads(reply)["response"]["peers"] if p.get("up")]
+    except (ValueError, KeyError, TypeError):
+        return []
+
 def hold():
     held = {}
     while True:
-        try:
-            targets = open(os.path.join(d, "targets")).read().split()
-        except OSError:
-            targets = []
-        for t in targets:
+        for t in peers():
             alive = []
             for s in held.get(t, []):
                 try:
@@ -92,8 +104,18 @@ def hold():
         time.sleep(1)
 
 threading.Thread(target=hold, daemon=True).start()
-Server(("::", 9100), Face).serve_forever()
+Server(("::", 9100), partial(Face, directory=os.path.join(home, "www"))).serve_forever()
 "#;
+
+/// How a hostile node runs: once the lab has written its program.
+pub(crate) const RUN_ATTACK: &str =
+    r#"mkdir -p "$MESHLAB_DIR/www"; until [ -s "$MESHLAB_DIR/attack.py" ]; do sleep 1; done; exec python3 "$MESHLAB_DIR/attack.py""#;
+
+/// Writes the hostile program into the node directory `dir` (the node then starts it).
+pub(crate) fn write_attack(dir: &std::path::Path) -> Result<(), String> {
+    let path = dir.join("attack.py");
+    fs::write(&path, ATTACK.replace("HELD", &HELD.to_string())).map_err(|e| format!("{}: {e}", path.display()))
+}
 
 pub struct Hostile {
     pub timeout: Duration,
@@ -135,8 +157,7 @@ pub struct Report {
 
 /// Adds the attacker beside the hub.
 pub fn add_hostile(topology: &mut crate::topology::Topology) -> Result<(), String> {
-    let wait_then_run = r#"until [ -s "$MESHLAB_DIR/hostile/attack.py" ]; do sleep 1; done; exec python3 "$MESHLAB_DIR/hostile/attack.py""#;
-    crate::faults::add_beside_hub(topology, "hostile", wait_then_run.into())
+    crate::faults::add_beside_hub(topology, "hostile", RUN_ATTACK.into())
 }
 
 /// The attacker's key, from the router config the lab wrote for it.
@@ -220,8 +241,8 @@ pub fn run(lab: &mut Lab, plan: &Hostile) -> Result<Report, String> {
     }
     let internet = Internet::start(lab, &[g1, g2], &lab.work_dir().join("internet"))?;
 
-    // The attacker's files: its script, its page (fakes signed by keys of its own).
-    let dir = lab.nodes[h].dir.join("hostile");
+    // The attacker's program and its page (fakes signed by keys of its own).
+    let dir = lab.nodes[h].dir.join("www");
     let write = |name: &str, text: &str| fs::write(dir.join(name), text).map_err(|e| format!("{}: {e}", dir.join(name).display()));
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut me = hostile_signer(lab, h)?;
@@ -236,7 +257,7 @@ pub fn run(lab: &mut Lab, plan: &Hostile) -> Result<Report, String> {
         .collect();
     let fake_addresses: BTreeSet<String> = fakes.iter().filter_map(|e| node_record::read(e).ok()).map(|n| n.address).collect();
     write("mesh.json", &page(&mut me, &fakes, &[]))?;
-    write("attack.py", &ATTACK.replace("HELD", &HELD.to_string()))?;
+    write_attack(&lab.nodes[h].dir)?;
     eprintln!(
         "meshlab: hostile: node {} beside hub {} floods {FAKES} fake nodes, forges the gateways' records, offers itself as gateway and holds {HELD} connections to the hub; gateways {} and {}",
         id(h),
@@ -253,7 +274,6 @@ pub fn run(lab: &mut Lab, plan: &Hostile) -> Result<Report, String> {
     report.seconds_to_all_up = gateways::wait(lab, limit(), &mut host_peak, baseline, |lab| members.iter().all(|&k| lab.nodes[k].is_up()))?;
     let addresses: BTreeMap<usize, String> = members.iter().filter_map(|&k| gateways::address(lab, k).map(|a| (k, a))).collect();
     let hub_address = addresses.get(&hub).cloned().unwrap_or_default();
-    write("targets", &hub_address)?;
     let real_gateways: BTreeSet<String> = [g1, g2].iter().filter_map(|k| addresses.get(k).cloned()).collect();
     let hostile_address = me.yggdrasil_address();
     // Forges the gateways' records as they are now (their offers appear once their uplinks
