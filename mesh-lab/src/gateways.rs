@@ -377,7 +377,7 @@ pub fn run(lab: &mut Lab, plan: &Gateways) -> Result<Report, String> {
 impl Report {
     pub fn failed_checks(&self) -> Vec<String> {
         let mut failed = Vec::new();
-        let some = |ids: &[String]| ids.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+        let some = crate::scenario::first_ids;
         if self.seconds_to_all_online.is_none() {
             failed.push(format!("{} node(s) never reached the internet through a gateway: {}", self.never_online.len(), some(&self.never_online)));
         }

@@ -115,6 +115,11 @@ impl DownWatch {
     }
 }
 
+/// The first ten of `ids`, for a failed check's line.
+pub(crate) fn first_ids(ids: &[String]) -> String {
+    ids.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+}
+
 pub(crate) fn mem_used_kib() -> u64 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let get = |k: &str| text.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
