@@ -460,8 +460,11 @@ promql 'up{job="meshos"}' > "$WORK/prometheus-up.txt"
 ok "Prometheus scrapes $(grep -c ' 1$' "$WORK/prometheus-up.txt") nodes found through A's /sd.json: $(sed 's/.*"instance": "\([^"]*\)".*/\1/' "$WORK/prometheus-up.txt" | tr '\n' ' ' | cut -c1-200)"
 python3 -c 'import json,sys; [print(t["expr"]) for p in json.load(open(sys.argv[1]))["panels"] for t in p.get("targets", [])]' \
   monitoring/grafana/dashboards/meshos.json | sed -e 's/\$node/.*/g' -e 's/\$__rate_interval/1m/g' > "$WORK/dashboard-queries.txt"
+# A scrape that a starved VM answers too late leaves a stale marker until the next one: each
+# query is asked again for up to a minute and a half.
+has_data() { [ -n "$(promql "$1")" ]; }
 while read -r q; do
-  [ -n "$(promql "$q")" ] || fail "the dashboard's query returns no data: $q"
+  wait_for 90 has_data "$q" || fail "the dashboard's query returns no data: $q (targets: $(promql 'up{job="meshos"}' | sed 's/.*"instance": "\([^"]*\)".* /\1 up=/' | tr '\n' ' '))"
 done < "$WORK/dashboard-queries.txt"
 ok "all $(wc -l < "$WORK/dashboard-queries.txt") queries of the Grafana dashboard return data"
 
