@@ -151,7 +151,7 @@ async fn respond(face: &Arc<Face>, req: Request<Incoming>, peer: std::net::Socke
                     (stations, router::peers(&face.run_dir))
                 });
                 let mut c = face.collectors.lock().unwrap_or_else(|e| e.into_inner());
-                let view = face.mesh.lock().map(|v| metrics::mesh_view(v.nodes(Instant::now()).len(), v.refused())).unwrap_or_default();
+                let view = face.mesh.lock().map(|v| metrics::mesh_view(v.count(Instant::now()), v.refused())).unwrap_or_default();
                 metrics::render(&snapshot, &asked.0, &asked.1, &mut c) + &view
             })
             .await;
