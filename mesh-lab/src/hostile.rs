@@ -31,6 +31,9 @@ const HELD: usize = 40;
 /// How long every node is watched once all are online through a gateway.
 const HOLD: Duration = Duration::from_secs(90);
 const STEP: Duration = Duration::from_secs(300);
+/// How long the views may take, once every node is online, to hold every real node: a record
+/// crosses a hop per neighbour read (every 30 s), so eight reads and some.
+const VIEWS_WITHIN: Duration = Duration::from_secs(300);
 
 /// A hostile neighbour's program (the lab's `run:` for the hostile node, and for the faults
 /// scenario's liar): a web server over the node's `www` (what the lab writes there), which
@@ -140,8 +143,10 @@ pub struct Report {
     pub used_hostile: Vec<String>,
     /// Nodes that moved off a real gateway during the watch.
     pub switched: Vec<String>,
-    /// Nodes whose view lacked a real node, or held a real gateway's offer other than it
-    /// made it, at the end.
+    /// When every meshd node's view first held every real node (at most [`VIEWS_WITHIN`]
+    /// after all were online); the nodes whose view lacked a real node at the last look; and
+    /// those whose view held a real gateway's offer other than it made it, at any look.
+    pub seconds_to_views_complete: Option<f64>,
     pub views_missing_real: BTreeMap<String, Vec<String>>,
     pub views_with_forged_offer: Vec<String>,
     /// Fake nodes in the views at the end: the most any node held, and the hub's.
@@ -335,33 +340,43 @@ pub fn run(lab: &mut Lab, plan: &Hostile) -> Result<Report, String> {
     report.used_hostile = used_hostile.iter().map(|&k| id(k)).collect();
     report.switched = switched.iter().map(|&k| id(k)).collect();
 
-    // 3. The views; then the gateways' own latest words (a gateway's sequence only grows, so
-    // no genuine record of it in a view read before is ahead of them).
-    let mut views: Vec<(usize, Vec<Node>)> = Vec::new();
-    for &k in &members {
-        match mesh_json(lab, k) {
-            Some(entries) => views.push((k, entries.iter().filter_map(|e| node_record::read(e).ok()).collect())),
-            None => {
-                report.views_missing_real.insert(id(k), vec!["(no /mesh.json)".into()]);
+    // 3. The views, until each holds every real node (a record crosses one hop per neighbour
+    // read, every half minute, so the far side of the mesh comes last): each read is checked
+    // for forged offers against the gateways' own latest words, read after it (a gateway's
+    // sequence only grows, so no genuine record of it in a view read before is ahead of them).
+    let t = lab.seconds();
+    let complete = gateways::wait(lab, VIEWS_WITHIN.min(limit()), &mut host_peak, baseline, |lab| {
+        forge(lab, &mut me);
+        report.views_missing_real.clear();
+        let mut views: Vec<(usize, Vec<Node>)> = Vec::new();
+        for &k in &members {
+            match mesh_json(lab, k) {
+                Some(entries) => views.push((k, entries.iter().filter_map(|e| node_record::read(e).ok()).collect())),
+                None => {
+                    report.views_missing_real.insert(id(k), vec!["(no /mesh.json)".into()]);
+                }
             }
         }
-    }
-    let own_seq: BTreeMap<String, u64> =
-        [g1, g2].iter().filter_map(|&g| mesh_json(lab, g)?.first().and_then(|e| node_record::read(e).ok())).map(|n| (n.address, n.seq)).collect();
-    for (k, nodes) in views {
-        let held: BTreeSet<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
-        let missing: Vec<String> = addresses.iter().filter(|(_, a)| !held.contains(a.as_str())).map(|(&m, _)| id(m)).collect();
-        if !missing.is_empty() {
-            report.views_missing_real.insert(id(k), missing);
+        let own_seq: BTreeMap<String, u64> =
+            [g1, g2].iter().filter_map(|&g| mesh_json(lab, g)?.first().and_then(|e| node_record::read(e).ok())).map(|n| (n.address, n.seq)).collect();
+        for (k, nodes) in views {
+            let held: BTreeSet<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
+            let missing: Vec<String> = addresses.iter().filter(|(_, a)| !held.contains(a.as_str())).map(|(&m, _)| id(m)).collect();
+            if !missing.is_empty() {
+                report.views_missing_real.insert(id(k), missing);
+            }
+            // What only a forgery says: the attacker as a gateway's neighbour, or a sequence
+            // number ahead of the gateway's own (a gateway may withdraw its offer, truly).
+            let forged = |n: &Node| n.neighbours.contains(&hostile_address) || own_seq.get(&n.address).is_some_and(|&s| n.seq > s);
+            if nodes.iter().any(|n| real_gateways.contains(&n.address) && forged(n)) && !report.views_with_forged_offer.contains(&id(k)) {
+                report.views_with_forged_offer.push(id(k));
+            }
+            report.fakes_in_views_max = report.fakes_in_views_max.max(nodes.iter().filter(|n| fake_addresses.contains(&n.address)).count());
         }
-        // What only a forgery says: the attacker as a gateway's neighbour, or a sequence
-        // number ahead of the gateway's own (a gateway may withdraw its offer, truly).
-        let forged = |n: &Node| n.neighbours.contains(&hostile_address) || own_seq.get(&n.address).is_some_and(|&s| n.seq > s);
-        if nodes.iter().any(|n| real_gateways.contains(&n.address) && forged(n)) {
-            report.views_with_forged_offer.push(id(k));
-        }
-        report.fakes_in_views_max = report.fakes_in_views_max.max(nodes.iter().filter(|n| fake_addresses.contains(&n.address)).count());
-    }
+        eprintln!("meshlab: {:>5.0} s: {}/{} views hold every real node", lab.seconds(), members.len() - report.views_missing_real.len(), members.len());
+        report.views_missing_real.is_empty()
+    })?;
+    report.seconds_to_views_complete = complete.map(|s| s + t);
     report.hub_refused_from_hostile = metric(lab, hub, "meshd_mesh_view_refused_total", &hostile_address);
     report.meshd_peak_rss_kib = members.iter().map(|&k| (id(k), lab.nodes[k].peak_rss_kib)).collect();
     report.host_memory_peak_kib = host_peak;
@@ -381,7 +396,7 @@ impl Report {
         }
         if !self.views_missing_real.is_empty() {
             let v: Vec<String> = self.views_missing_real.iter().map(|(k, m)| format!("{k} (lacks {})", m.join(" "))).collect();
-            failed.push(format!("real nodes missing from the views of: {}", some(&v)));
+            failed.push(format!("real nodes still missing, {} s after all were online, from the views of: {}", VIEWS_WITHIN.as_secs(), some(&v)));
         }
         if !self.views_with_forged_offer.is_empty() {
             failed.push(format!("a real gateway's offer forged in the views of: {}", some(&self.views_with_forged_offer)));
@@ -402,7 +417,7 @@ impl Report {
         let secs = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("{s:.0} s"));
         let rss = self.meshd_peak_rss_kib.values().max().copied().unwrap_or(0);
         format!(
-            "hostile node {} beside hub {} ({} nodes, {} links; gateways {} and {})\n  online   every node through a real gateway {}; through the hostile node: {}; moved during the watch: {}\n  views    real nodes missing: {}; forged offers: {}; fakes held at most {} of {}\n  hub      refused {} records from it; answered {} of {} nodeinfo requests while held\n  memory   meshd at most {rss} KiB; host memory in use grew by at most {} MiB\n",
+            "hostile node {} beside hub {} ({} nodes, {} links; gateways {} and {})\n  online   every node through a real gateway {}; through the hostile node: {}; moved during the watch: {}\n  views    every real node in every view {}; views lacking one at the end: {}; forged offers: {}; fakes held at most {} of {}\n  hub      refused {} records from it; answered {} of {} nodeinfo requests while held\n  memory   meshd at most {rss} KiB; host memory in use grew by at most {} MiB\n",
             self.hostile,
             self.hub,
             self.nodes,
@@ -412,6 +427,7 @@ impl Report {
             secs(self.seconds_to_all_online),
             self.used_hostile.len(),
             self.switched.len(),
+            secs(self.seconds_to_views_complete),
             self.views_missing_real.len(),
             self.views_with_forged_offer.len(),
             self.fakes_in_views_max,
