@@ -20,7 +20,8 @@
 #   access    the client fetches the internet's page by name through A's tunnel (ip6tnl) to
 #             gateway B, and B's /nodeinfo.json over IPv6 through the mesh
 #   firewall  the client loads A's map and reaches the overlay, but no node's ssh (A's answers
-#             the overlay); nothing on the overlay opens a connection to the client
+#             the overlay); nothing on the overlay opens a connection to the client; the client
+#             cannot forge gateway B's tunnel packets to A
 #   upgrade   over the mesh into real slots through U-Boot, by itself: B is switched on again
 #             with N+1 (ci/next-releases.sh) in its updates/ and installs it; A takes it from
 #             B, fetching only the chunks it lacks (at most 5% of the bundle, from meshd's own
@@ -451,6 +452,31 @@ in_ns client "echo meshos-client > /tmp/ns/client/index.html; busybox httpd -p 8
 wait_for 20 on_a "wget -q -T 5 -O - http://[$v6]:8080/index.html | grep -q meshos-client" || fail "A cannot reach its Wi-Fi client's port 8080"
 ! as_root ip netns exec "$MON_NS" curl -sf -m 8 -o /dev/null "http://[$v6]:8080/index.html" || fail "the overlay opened a connection to a Wi-Fi client's port"
 ok "nothing on the overlay opens a connection to a Wi-Fi client ($v6:8080 answers its own node only)"
+# A client forges what gateway B sends down A's tunnel: IPv4 in IPv6 from B's overlay address
+# (an ip6tnl of its own, B's address on its loopback). The kernel takes a tunnel packet on any
+# interface if its outer source is the tunnel's far end; the firewall takes it from the overlay
+# only. A probe table on A counts what comes out of A's tunnel gw0 from the forged source:
+# first with the firewall's prerouting rules set aside (the forgery must arrive, or this check
+# proves nothing), then with them (none may arrive, and the rule counts the drops).
+in_ns client "ip -6 addr add $B/128 dev lo nodad && ip -6 tunnel add forged mode ipip6 local $B remote $A encaplimit none && ip addr add 198.51.100.7/32 dev forged && ip link set forged up && ip route add 198.51.100.8/32 dev forged" ||
+  fail "could not set up the forged tunnel in the client's namespace"
+forge() { in_ns client "ping -c 5 -i 0.3 -W 1 198.51.100.8 > /dev/null 2>&1; true"; }
+count() { on_a "nft list chain $1" | sed -n "/$2/s/.*counter packets \\([0-9]*\\).*/\\1/p" | head -1; }
+on_a "nft add table inet probe && nft add chain inet probe pre '{ type filter hook prerouting priority -400; }' && nft add rule inet probe pre iifname gw0 ip saddr 198.51.100.7 counter comment forged" ||
+  fail "could not add the probe table on A"
+on_a "nft flush chain inet meshos prerouting"
+forge
+open=$(count "inet probe pre" forged)
+on_a "nft -f /run/meshd/firewall.nft" || fail "could not load A's firewall again from /run/meshd/firewall.nft"
+[ "${open:-0}" -gt 0 ] || fail "without the firewall's prerouting rules no forged packet came out of A's tunnel gw0: the forgery check would prove nothing"
+before=$(count "inet probe pre" forged) dropped_before=$(count "inet meshos prerouting" "tunnel packets")
+forge
+after=$(count "inet probe pre" forged) dropped=$(( $(count "inet meshos prerouting" "tunnel packets") - ${dropped_before:-0} ))
+on_a "nft delete table inet probe" || true
+in_ns client "ip link del forged; ip -6 addr del $B/128 dev lo" || true
+[ "$after" = "$before" ] || fail "a Wi-Fi client's forged tunnel packets came out of A's tunnel gw0 ($((after - before)) of 5)"
+[ "$dropped" -ge 5 ] || fail "A's firewall counted $dropped forged tunnel packets dropped, of 5"
+ok "a Wi-Fi client cannot forge B's tunnel packets: without the firewall $open of 5 came out of A's tunnel, with it none, and its rule dropped $dropped"
 
 metrics_of() { if [ "$1" = a ]; then curl -sf -m 10 "http://127.0.0.1:$METRICS_PORT/metrics"; else on_a wget -q -T 10 -O - "http://[$(address "$1")]:9100/metrics"; fi; }
 metrics_of b > "$WORK/b-gateway.metrics"
