@@ -54,6 +54,32 @@ pub struct Node {
     /// It offers internet access now (meshd's gateway): its uplink answers.
     #[serde(default)]
     pub gateway: bool,
+    /// Releases that failed their trial on it and were rolled back, the newest last (at most
+    /// [`MAX_FAILED`]): what other nodes hold instead of installing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedTrial>,
+}
+
+/// A release that failed its trial on a node: its manifest's sha256 (its name on the mesh) and
+/// why, in a word (`router_down`, `data_missing`, `neighbours_lost`, `meshd_failed`,
+/// `did_not_boot`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FailedTrial {
+    pub manifest: String,
+    pub kind: String,
+}
+
+/// Trial failures a record may name.
+pub const MAX_FAILED: usize = 8;
+
+impl FailedTrial {
+    /// A sha256 and a short word of lower-case letters and underscores.
+    pub fn plausible(&self) -> bool {
+        crate::chunks::is_sha256_hex(&self.manifest)
+            && !self.kind.is_empty()
+            && self.kind.len() <= 32
+            && self.kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    }
 }
 
 impl Node {
@@ -70,6 +96,8 @@ impl Node {
             && self.link_bytes.len() <= self.neighbours.len()
             && self.alerts.len() <= 16
             && self.alerts.iter().all(|a| a.len() <= 256)
+            && self.failed.len() <= MAX_FAILED
+            && self.failed.iter().all(FailedTrial::plausible)
     }
 }
 
@@ -266,6 +294,20 @@ mod tests {
 
     fn node(address: &str) -> Node {
         Node { address: address.into(), name: "n".into(), metrics_port: Some(9100), ..Default::default() }
+    }
+
+    #[test]
+    fn a_record_names_a_few_failed_trials_by_sha_and_word() {
+        let failed = |manifest: &str, kind: &str| FailedTrial { manifest: manifest.into(), kind: kind.into() };
+        let sha = "ab".repeat(32);
+        let with = |f: Vec<FailedTrial>| Node { failed: f, ..node("200::1") }.plausible();
+        assert!(with(vec![failed(&sha, "router_down")]));
+        assert!(!with(vec![failed("../../etc", "router_down")]));
+        assert!(!with(vec![failed(&sha, "Router down\n")]));
+        assert!(!with(vec![failed(&sha, &"x".repeat(33))]));
+        assert!(!with(vec![failed(&sha, "router_down"); MAX_FAILED + 1]));
+        // A record without failures reads as before, and writes no field for them.
+        assert!(!serde_json::to_string(&node("200::1")).unwrap().contains("failed"));
     }
 
     #[test]

@@ -125,9 +125,9 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
             Err(e) => logln!("meshd: gateway: {e}"),
         }
     }
+    let mesh = Arc::new(Mutex::new(crate::meshview::View::default()));
     if cfg.metrics.enabled {
         let shelf = card.as_ref().ok().map(|(disk, _)| Shelf::new(&dirs.boot, disk, &cache, true));
-        let mesh = Arc::new(Mutex::new(crate::meshview::View::default()));
         let served = Arc::new(Mutex::new(crate::gateway::Served::default()));
         if let Err(e) = http::spawn(cfg.metrics.port, shared.clone(), dirs.run.clone(), bundle.map(|(source, _)| source), shelf, mesh.clone(), served.clone()) {
             logln!("meshd: {e}");
@@ -168,11 +168,12 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
                 link_bytes: links.into_values().collect(),
                 uptime_s: crate::node::uptime_s().unwrap_or(0),
                 gateway: s.gateway.offer.as_ref().is_some_and(|o| o.uplink_up),
+                failed: s.upgrade.failed,
                 ..Default::default()
             })
         };
         let signer = crate::router::record_secret(&cfg, &id, &dirs.state).and_then(|secret| crate::identity::record_signer(secret, &dirs.state));
-        match signer.and_then(|signer| crate::meshview::spawn(mesh, signer, me)) {
+        match signer.and_then(|signer| crate::meshview::spawn(mesh.clone(), signer, me)) {
             Ok(()) => {}
             Err(e) => logln!("meshd: mesh view: {e}"),
         }
@@ -200,6 +201,7 @@ pub fn run(dirs: &Dirs) -> Result<(), String> {
                     cache,
                 },
                 shared: rollout.clone(),
+                view: mesh,
             };
             if let Err(e) = crate::rollout::spawn(agent) {
                 logln!("meshd: {e}");

@@ -102,7 +102,10 @@ impl Health {
                         );
                         return;
                     }
-                    Verdict::Fail(why) => logln!("meshd: upgrade: slot {slot} is not healthy ({why}); rebooting so U-Boot counts the failed attempt"),
+                    Verdict::Fail(kind, why) => {
+                        logln!("meshd: upgrade: slot {slot} is not healthy ({why}); rebooting so U-Boot counts the failed attempt");
+                        note_failure(&self.state_dir, kind);
+                    }
                 }
                 if let Err(e) = crate::machine::current().reboot() {
                     logln!("meshd: {e}");
@@ -140,27 +143,36 @@ impl Health {
     }
 }
 
+/// Notes in the record of the install on trial why this attempt failed: if the boot loader
+/// rolls the slot back, the last attempt's kind is what the node announces (crate::rollout).
+fn note_failure(state_dir: &Path, kind: &str) {
+    if let Some(mut r) = crate::upgrade::read_record(state_dir).filter(|r| r.step == crate::upgrade::Step::Installed) {
+        r.trial_failure = Some(kind.to_string());
+        crate::upgrade::save(state_dir, &r);
+    }
+}
+
 #[derive(Debug, PartialEq)]
 enum Verdict {
     /// Cut off from every peer: wait another health timeout.
     Extend,
-    /// Not healthy in time: why.
-    Fail(&'static str),
+    /// Not healthy in time: the kind of failure (announced to the mesh, crate::rollout) and why.
+    Fail(&'static str, &'static str),
 }
 
 /// What a trial past its deadline comes to, healthy but for the neighbours it had before:
 /// `alone` when the router has no peer up at all.
 fn verdict(data: bool, router_ok: bool, alone: bool, extended: u32) -> Verdict {
     if !data {
-        Verdict::Fail("the data partition is not mounted")
+        Verdict::Fail("data_missing", "the data partition is not mounted")
     } else if !router_ok {
-        Verdict::Fail("the router is not running")
+        Verdict::Fail("router_down", "the router is not running")
     } else if alone && extended < ISOLATED_EXTRA {
         Verdict::Extend
     } else if alone {
-        Verdict::Fail("it found no overlay peer, also after waiting for its neighbours")
+        Verdict::Fail("neighbours_lost", "it found no overlay peer, also after waiting for its neighbours")
     } else {
-        Verdict::Fail("it found none of the overlay neighbours it had before the reboot")
+        Verdict::Fail("neighbours_lost", "it found none of the overlay neighbours it had before the reboot")
     }
 }
 
@@ -172,6 +184,7 @@ pub fn cannot_start(e: String, node: &Node, state_dir: &Path, timeout: Duration)
         return e;
     }
     logln!("meshd: cannot start: {e}");
+    note_failure(state_dir, "meshd_failed");
     logln!("meshd: upgrade: slot {} is not healthy; rebooting in {} s so U-Boot counts the failed attempt", node.slot, timeout.as_secs());
     std::thread::sleep(timeout);
     if let Err(e) = crate::machine::current().reboot() {
@@ -191,11 +204,11 @@ mod tests {
         // Alone (neighbours rebooting or without power): two more health timeouts, then it counts.
         assert_eq!(verdict(true, true, true, 0), Verdict::Extend);
         assert_eq!(verdict(true, true, true, 1), Verdict::Extend);
-        assert_eq!(verdict(true, true, true, 2), Verdict::Fail("it found no overlay peer, also after waiting for its neighbours"));
+        assert_eq!(verdict(true, true, true, 2), Verdict::Fail("neighbours_lost", "it found no overlay peer, also after waiting for its neighbours"));
         // Peers up, but none it had before: the release may not mesh with them; no waiting.
-        assert_eq!(verdict(true, true, false, 0), Verdict::Fail("it found none of the overlay neighbours it had before the reboot"));
+        assert_eq!(verdict(true, true, false, 0), Verdict::Fail("neighbours_lost", "it found none of the overlay neighbours it had before the reboot"));
         // What is the node's own fault is never waited for.
-        assert_eq!(verdict(true, false, true, 0), Verdict::Fail("the router is not running"));
-        assert_eq!(verdict(false, true, true, 0), Verdict::Fail("the data partition is not mounted"));
+        assert_eq!(verdict(true, false, true, 0), Verdict::Fail("router_down", "the router is not running"));
+        assert_eq!(verdict(false, true, true, 0), Verdict::Fail("data_missing", "the data partition is not mounted"));
     }
 }

@@ -196,6 +196,8 @@ fn upgrade_command(args: &[String], dirs: dirs::Dirs) -> Result<(), String> {
                     "phase": agent.as_ref().map(|a| a.phase), "note": agent.as_ref().and_then(|a| a.note.clone()),
                     "releases": agent.as_ref().map(|a| a.releases.clone()),
                     "false_claims": agent.as_ref().map(|a| a.false_claims.clone()),
+                    "holding": agent.as_ref().map(|a| a.holding.clone()),
+                    "failed": agent.as_ref().map(|a| a.failed.clone()),
                 });
                 println!("{}", serde_json::to_string_pretty(&v).expect("JSON value serialises"));
             } else {
@@ -236,6 +238,12 @@ fn upgrade_command(args: &[String], dirs: dirs::Dirs) -> Result<(), String> {
                     println!("mesh     {phase}{}", a.note.map(|n| format!(": {n}")).unwrap_or_default());
                     for (peer, what) in &a.false_claims {
                         println!("  FALSE  {peer}: {what}");
+                    }
+                    for (manifest, why) in &a.holding {
+                        println!("  HELD   {manifest}: it {why}");
+                    }
+                    for f in &a.failed {
+                        println!("  FAILED {} here ({})", f.manifest, f.kind);
                     }
                 }
             }

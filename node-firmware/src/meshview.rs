@@ -215,6 +215,26 @@ impl View {
         self.me.iter().chain(others).collect()
     }
 
+    /// The releases that nodes of this view say failed their trial on them (their signed
+    /// records' `failed`), each with who says so and through which of this node's neighbours
+    /// each sayer is reached. Only nodes the neighbour lists link to this node count: a node
+    /// one neighbour invents, however many, is reached through that neighbour alone.
+    pub fn trial_failures(&self, now: Instant) -> BTreeMap<String, TrialReports> {
+        let nodes = self.held(now);
+        let Some(me) = nodes.first().filter(|_| self.me.is_some()) else { return BTreeMap::new() };
+        let through = first_hops(&nodes.iter().map(|h| &h.node).collect::<Vec<_>>(), &me.node.address);
+        let mut out: BTreeMap<String, TrialReports> = BTreeMap::new();
+        for h in &nodes[1..] {
+            let Some(hop) = through.get(h.node.address.as_str()) else { continue };
+            for f in &h.node.failed {
+                let r = out.entry(f.manifest.clone()).or_default();
+                r.by.push((h.node.name.clone(), f.kind.clone()));
+                r.through.insert(hop.to_string());
+            }
+        }
+        out
+    }
+
     /// `/mesh.json`: the signed entries with their ages, as many as fit in [`MAX_BODY`], but for
     /// those `asker` (a neighbour's overlay address) told this node of: echoed back, they would
     /// count as another neighbour's word for them.
@@ -251,6 +271,38 @@ pub fn hops(nodes: &[Node], from: &str) -> BTreeMap<String, usize> {
         }
     }
     dist
+}
+
+/// Who says a release failed its trial (name and kind of failure, each), and the neighbours of
+/// the asking node through which they are reached.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TrialReports {
+    pub by: Vec<(String, String)>,
+    pub through: std::collections::BTreeSet<String>,
+}
+
+/// For every node `from` reaches through the neighbour lists: the neighbour of `from` on its
+/// shortest path (the first found, by the lists' order), a neighbour being its own.
+fn first_hops<'a>(nodes: &[&'a Node], from: &str) -> BTreeMap<&'a str, &'a str> {
+    let links: BTreeMap<&str, &'a [String]> = nodes.iter().map(|n| (n.address.as_str(), n.neighbours.as_slice())).collect();
+    let mut first: BTreeMap<&'a str, &'a str> = BTreeMap::new();
+    let mut queue = std::collections::VecDeque::new();
+    for n in links.get(from).copied().unwrap_or_default() {
+        if n != from && !first.contains_key(n.as_str()) {
+            first.insert(n.as_str(), n.as_str());
+            queue.push_back(n.as_str());
+        }
+    }
+    while let Some(at) = queue.pop_front() {
+        let hop = first[at];
+        for next in links.get(at).copied().unwrap_or_default() {
+            if next != from && !first.contains_key(next.as_str()) {
+                first.insert(next.as_str(), hop);
+                queue.push_back(next.as_str());
+            }
+        }
+    }
+    first
 }
 
 /// Prometheus HTTP service discovery: one target group a node that serves metrics.
@@ -452,6 +504,40 @@ mod tests {
         let flood: Vec<String> = (0x1000..0x1000 + 2000).chain(0x3000..0x3000 + 100).filter(|&i| i != 5000).map(address).collect();
         assert!(to_flooder.iter().all(|e| !flood.contains(&meshos_common::node_record::read(e).unwrap().address)));
         assert!(to_flooder.len() > 300);
+    }
+
+    /// Node `i`'s record saying `manifests` failed their trial on it.
+    fn failed(i: u16, neighbours: &[u16], manifests: &[&str]) -> Entry {
+        let failed = manifests.iter().map(|m| meshos_common::node_record::FailedTrial { manifest: m.repeat(64), kind: "router_down".into() }).collect();
+        key(i).sign(Node { failed, ..node(i, neighbours) })
+    }
+
+    #[test]
+    fn trial_failures_count_by_the_neighbour_they_come_through() {
+        let now = Instant::now() + Duration::from_secs(3600);
+        let mut v = View::default();
+        // 1 has neighbours 2 and 3; 4 lies behind 2, 5 behind 3; 6 and 7 behind 4 (a liar's
+        // inventions, linked to it); 8 is linked to no one.
+        v.set_me(said(1, 0, &[2, 3]));
+        let records = vec![
+            said(2, 0, &[1, 4]),
+            said(3, 0, &[1, 5]),
+            failed(4, &[2, 6, 7], &["a", "b"]),
+            failed(5, &[3], &["a"]),
+            failed(6, &[4], &["b", "c"]),
+            failed(7, &[4], &["b"]),
+            failed(8, &[], &["d"]),
+        ];
+        v.learn(&address(2), records, now);
+        let r = v.trial_failures(now);
+        let through = |m: &str| r[&m.repeat(64)].through.iter().cloned().collect::<Vec<_>>();
+        // "a": from 4 (through 2) and from 5 (through 3).
+        assert_eq!(through("a").len(), 2);
+        // "b" three times, all behind neighbour 2: one way in, however many say it.
+        assert_eq!((r[&"b".repeat(64)].by.len(), through("b")), (3, vec![address(2)]));
+        assert_eq!(through("c"), vec![address(2)]);
+        // A node no neighbour list links to counts for nothing.
+        assert!(!r.contains_key(&"d".repeat(64)));
     }
 
     #[test]

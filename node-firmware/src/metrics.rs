@@ -221,6 +221,8 @@ fn upgrade(e: &mut Exposition, state: &NodeState) {
             e.sample("meshd_upgrade_false_claims", &[("peer", peer)], 1);
         }
     }
+    e.one("meshd_upgrade_releases_held", "gauge", "Releases this node holds because other nodes report they failed their trial.", &[], u.holding.len());
+    e.one("meshd_upgrade_failed_trials", "gauge", "Releases that failed their trial on this node and were rolled back (the newest kept).", &[], u.failed.len());
     e.one(
         "meshd_upgrade_served_chunks_total",
         "counter",

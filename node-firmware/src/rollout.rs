@@ -25,11 +25,13 @@
 
 use crate::chunk_fetch;
 use crate::held::Shelf;
+use crate::meshview::{TrialReports, View};
 use crate::router;
 use crate::upgrade::{self, Step, Target};
 use meshos_common::boot_state::Slot;
 use meshos_common::bundle::{newer, ErrorKind};
 use meshos_common::minisign::PublicKey;
+use meshos_common::node_record::{FailedTrial, MAX_FAILED};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -76,6 +78,14 @@ pub struct Rollout {
     /// did): a header for a release that was not it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub false_claims: BTreeMap<String, String>,
+    /// Releases that failed their trial here (rolled back), the newest last: announced in this
+    /// node's signed record, so that other nodes hold them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedTrial>,
+    /// Releases this node holds because other nodes report they failed their trial (by
+    /// manifest), and why.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub holding: BTreeMap<String, String>,
 }
 
 /// What the agent needs of the node.
@@ -97,6 +107,8 @@ pub struct Agent {
     pub health_timeout: Duration,
     pub fetch: chunk_fetch::Options,
     pub shared: Arc<Mutex<Rollout>>,
+    /// The mesh view, for the trial failures other nodes report.
+    pub view: Arc<Mutex<View>>,
 }
 
 const LOOK_EVERY: Duration = Duration::from_secs(15);
@@ -113,6 +125,12 @@ const MAX_ANNOUNCED: usize = 4;
 const MAX_CANDIDATES: usize = 8;
 /// The longest version string taken from an announcement.
 const MAX_VERSION_LEN: usize = 32;
+/// How long a release is held when the nodes that report it failed their trial are all reached
+/// through one neighbour (a liar there, or its inventions, hold a release this long at most);
+/// reports through two neighbours or more hold it as long as they stand.
+const HOLD_FOR: Duration = Duration::from_secs(12 * 3600);
+/// Releases remembered with when a failure report of them was first heard, at most.
+const MAX_HELD: usize = 64;
 
 /// What the agent remembers between rounds of what neighbours said.
 #[derive(Default)]
@@ -122,6 +140,9 @@ struct Memory {
     false_claims: BTreeMap<String, String>,
     /// Since when each neighbour has held reboots back the way it does now.
     holding: BTreeMap<String, (Holding, Instant)>,
+    /// When a failure report of each release was first heard (kept when the reports go, so
+    /// that one reporter coming and going holds a release no longer than [`HOLD_FOR`] in all).
+    reported_since: BTreeMap<String, Instant>,
 }
 
 /// How a neighbour holds back a node's reboot: it does not answer (it may be rebooting), it is
@@ -191,17 +212,33 @@ impl Agent {
             });
             if let Some(r) = record.as_ref().filter(|r| r.step == Step::RolledBack) {
                 self.refuse(r.manifest_sha256.as_deref(), "it failed its trial on this node and was rolled back");
+                self.note_failed(r);
             }
+            let reports = self.view.lock().map(|v| v.trial_failures(Instant::now())).unwrap_or_default();
+            let staged_held = record.as_ref().filter(|_| staged).and_then(|r| r.manifest_sha256.as_ref()).and_then(|m| {
+                let why = hold(m, &reports, &mut memory.reported_since, Instant::now())?;
+                Some((m.clone(), why))
+            });
+            self.publish(|r| {
+                r.failed = failed_trials(&self.state_dir);
+                r.holding = staged_held.iter().cloned().collect();
+            });
             let neighbours = self.neighbours(&mut seen);
             if !on_trial {
                 let heard = only_nodes(self.listen(&http, &neighbours), &mut members);
                 track(&mut memory.holding, &heard, Instant::now());
-                if staged && record.as_ref().is_some_and(|r| r.by_agent) {
+                if let Some((_, why)) = staged_held.filter(|_| record.as_ref().is_some_and(|r| r.by_agent)) {
+                    // Not booted: something newer that no node reports failed may take its slot.
+                    self.publish(|r| r.note = Some(format!("not rebooting into slot {}: its release {why}", self.running.other())));
+                    if self.auto {
+                        self.look_for_newer(&heard, &releases, &reports, &mut memory);
+                    }
+                } else if staged && record.as_ref().is_some_and(|r| r.by_agent) {
                     self.reboot_when_allowed(&http, &neighbours, heard, &mut members, &mut memory);
                 } else if staged {
                     self.publish(|r| r.note = Some(format!("slot {} was installed by hand and boots at the next reboot", self.running.other())));
                 } else if self.auto {
-                    self.look_for_newer(&heard, &releases, &mut memory);
+                    self.look_for_newer(&heard, &releases, &reports, &mut memory);
                 }
             }
             std::thread::sleep(LOOK_EVERY);
@@ -271,10 +308,23 @@ impl Agent {
         }
     }
 
+    /// Announces a release that failed its trial here (from the install record the rollback
+    /// left), with the kind of its last failed attempt.
+    fn note_failed(&self, r: &upgrade::Record) {
+        let Some(manifest) = r.manifest_sha256.clone() else { return };
+        let kind = r.trial_failure.clone().unwrap_or_else(|| "did_not_boot".into());
+        if let Some(list) = with_failure(failed_trials(&self.state_dir), FailedTrial { manifest, kind }) {
+            let p = failed_path(&self.state_dir);
+            if let Err(e) = crate::durable::write(&p, &serde_json::to_vec(&list).expect("a list serialises"), 0o644) {
+                logln!("meshd: upgrade: {}: {e}", p.display());
+            }
+        }
+    }
+
     /// Installs the newest release a neighbour offers that is newer than what runs here and
     /// proves to be what it was announced as; a candidate that does not is passed over for
     /// the next.
-    fn look_for_newer(&self, heard: &BTreeMap<String, Option<Announced>>, ours: &[Release], memory: &mut Memory) {
+    fn look_for_newer(&self, heard: &BTreeMap<String, Option<Announced>>, ours: &[Release], reports: &BTreeMap<String, TrialReports>, memory: &mut Memory) {
         if nix::sys::statvfs::statvfs(&self.boot_dir).is_ok_and(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY)) {
             self.publish(|r| {
                 r.note = Some(format!("no installs: {} is read-only (the kernel found damage on it); the next boot repairs it", self.boot_dir.display()))
@@ -285,7 +335,13 @@ impl Agent {
         memory.unserved.retain(|_, at| now.duration_since(*at) < UNSERVED_FOR);
         let skip: Vec<String> = self.refused().into_iter().chain(memory.unserved.keys().cloned()).collect();
         let mut notes = Vec::new();
+        let mut holding = BTreeMap::new();
         for (best, offering) in candidates(heard, &self.board, &self.version, &skip, ours) {
+            if let Some(why) = hold(&best.manifest, reports, &mut memory.reported_since, now) {
+                notes.push(format!("holding {}: it {why}", best.version));
+                holding.insert(best.manifest.clone(), why);
+                continue;
+            }
             let offering: Vec<String> = offering.iter().map(|a| self.base(a)).collect();
             // Neighbours that served bad bytes of this release before are not asked again.
             let earlier = upgrade::read_record(&self.state_dir).filter(|r| r.manifest_sha256.as_deref() == Some(best.manifest.as_str()));
@@ -354,6 +410,7 @@ impl Agent {
                 }
             }
         }
+        self.publish(|r| r.holding.extend(holding));
         if !notes.is_empty() {
             self.publish(|r| {
                 r.phase = Phase::Idle;
@@ -521,6 +578,54 @@ fn refused_path(state_dir: &Path) -> PathBuf {
     state_dir.join("refused-releases.json")
 }
 
+fn failed_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("failed-trials.json")
+}
+
+/// The trial failures this node announces, read from its data partition (what is not
+/// plausible is dropped: the file is the node's own, but a card may be damaged).
+pub fn failed_trials(state_dir: &Path) -> Vec<FailedTrial> {
+    let list: Vec<FailedTrial> = std::fs::read(failed_path(state_dir)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    list.into_iter().filter(FailedTrial::plausible).collect()
+}
+
+/// `list` with `failure` added, the oldest dropped beyond [`MAX_FAILED`]; None when it is
+/// there already.
+fn with_failure(mut list: Vec<FailedTrial>, failure: FailedTrial) -> Option<Vec<FailedTrial>> {
+    if !failure.plausible() || list.iter().any(|f| f.manifest == failure.manifest) {
+        return None;
+    }
+    list.push(failure);
+    let excess = list.len().saturating_sub(MAX_FAILED);
+    list.drain(..excess);
+    Some(list)
+}
+
+/// Whether to hold `manifest`, and why, from the failure reports of the view: held as long as
+/// nodes reached through two of this node's neighbours or more report it, or for [`HOLD_FOR`]
+/// from its first report when all come through one (a liar there, or what it invents). `since`
+/// notes first reports of the releases asked about, at most [`MAX_HELD`] (the oldest
+/// forgotten; only candidates are asked about, so a flood of reports does not push one out).
+fn hold(manifest: &str, reports: &BTreeMap<String, TrialReports>, since: &mut BTreeMap<String, Instant>, now: Instant) -> Option<String> {
+    let r = reports.get(manifest)?;
+    let first = *since.entry(manifest.to_string()).or_insert(now);
+    while since.len() > MAX_HELD {
+        let Some(oldest) = since.iter().min_by_key(|(_, t)| **t).map(|(m, _)| m.clone()) else { break };
+        since.remove(&oldest);
+    }
+    let by: Vec<String> = r.by.iter().take(3).map(|(name, kind)| format!("{name} ({kind})")).collect();
+    let more = if r.by.len() > 3 { format!(" and {} more", r.by.len() - 3) } else { String::new() };
+    if r.through.len() >= 2 {
+        return Some(format!("failed its trial on {}{more}, reached through {} neighbours", by.join(", "), r.through.len()));
+    }
+    let left = HOLD_FOR.checked_sub(now.duration_since(first))?;
+    Some(format!(
+        "failed its trial on {}{more}, all reached through one neighbour: held {} min more unless a node reached through another says so too",
+        by.join(", "),
+        left.as_secs().div_ceil(60)
+    ))
+}
+
 /// A random number below `n`, from the kernel.
 fn random_below(n: u64) -> u64 {
     let mut b = [0u8; 8];
@@ -540,6 +645,54 @@ mod tests {
         list.iter()
             .map(|(a, p)| (a.to_string(), p.map(|phase| Announced { board: "rpi3".into(), upgrade: AnnouncedUpgrade { phase, releases: vec![] } })))
             .collect()
+    }
+
+    fn reports(by: &[(&str, &str)]) -> TrialReports {
+        TrialReports {
+            by: by.iter().map(|(name, _)| (name.to_string(), "router_down".into())).collect(),
+            through: by.iter().map(|(_, hop)| hop.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_release_others_report_failed_is_held_by_one_way_in_for_a_while_by_two_for_good() {
+        let (one, two, quiet) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        let all = BTreeMap::from([
+            (one.clone(), reports(&[("liar", "200::2"), ("its-invention", "200::2")])),
+            (two.clone(), reports(&[("x", "200::2"), ("y", "200::3")])),
+        ]);
+        let mut since = BTreeMap::new();
+        let t0 = Instant::now();
+        assert!(hold(&one, &all, &mut since, t0).unwrap().contains("held 720 min more"));
+        assert!(hold(&two, &all, &mut since, t0).unwrap().contains("reached through 2 neighbours"));
+        assert_eq!(hold(&quiet, &all, &mut since, t0), None);
+        // Past HOLD_FOR, one way in holds no more; two still do.
+        let later = t0 + HOLD_FOR + Duration::from_secs(1);
+        assert_eq!(hold(&one, &all, &mut since, later), None);
+        assert!(hold(&two, &all, &mut since, later).is_some());
+        // A reporter that went quiet and came back does not start the hold again.
+        let gone = BTreeMap::new();
+        assert_eq!(hold(&one, &gone, &mut since, later), None);
+        assert_eq!(hold(&one, &all, &mut since, later + Duration::from_secs(60)), None);
+        // The first reports kept are bounded, the oldest forgotten.
+        for i in 0..2 * MAX_HELD {
+            let m = format!("{i:064x}");
+            let r = BTreeMap::from([(m.clone(), reports(&[("z", "200::2")]))]);
+            hold(&m, &r, &mut since, later + Duration::from_secs(i as u64));
+        }
+        assert_eq!(since.len(), MAX_HELD);
+    }
+
+    #[test]
+    fn the_trial_failures_a_node_announces_are_few_and_well_formed() {
+        let failure = |i: usize| FailedTrial { manifest: format!("{i:064x}"), kind: "router_down".into() };
+        let mut list = Vec::new();
+        for i in 0..MAX_FAILED + 3 {
+            list = with_failure(list, failure(i)).unwrap();
+        }
+        assert_eq!((list.len(), list[0].manifest.clone()), (MAX_FAILED, failure(3).manifest));
+        assert_eq!(with_failure(list.clone(), failure(MAX_FAILED + 2)), None);
+        assert_eq!(with_failure(list, FailedTrial { manifest: "../x".into(), kind: "router_down".into() }), None);
     }
 
     #[test]

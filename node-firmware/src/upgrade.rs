@@ -112,6 +112,10 @@ pub struct Record {
     /// allows (an install by hand with --no-reboot waits for its operator).
     #[serde(default)]
     pub by_agent: bool,
+    /// Why the last attempt of this install's trial failed (crate::health): the kind a node
+    /// announces if the slot is rolled back; none when it never got as far as meshd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial_failure: Option<String>,
 }
 
 impl Record {
@@ -127,6 +131,7 @@ impl Record {
             transfer: None,
             neighbours: Vec::new(),
             by_agent: false,
+            trial_failure: None,
         }
     }
 }
