@@ -3,7 +3,8 @@
 #   TOPOLOGY=FILE   meshnet-lab JSON (default: mesh-lab/topologies/freifunk-ulm.json)
 #   FROM=URL        instead, the mesh a live node sees (http://[address]:9100)
 #   SCENARIO=NAME   rollout (the default), faults, broken (N+1's router never starts),
-#                   monitoring, gateways or hostile
+#                   bad-release (the same, but N+1 works on its canary), monitoring,
+#                   gateways or hostile
 #   BOOT_TIME=S     how long a node's reboot takes (default 20)
 #   TIMEOUT=S       when a scenario gives up (default 3600)
 #   LAB_RELEASE=BUNDLE  release N as built already (make test: the virtual board's), signed

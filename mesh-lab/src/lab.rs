@@ -109,7 +109,7 @@ impl Lab {
             started.elapsed().as_secs()
         );
         let meshd = opts.meshd.canonicalize().map_err(|e| format!("{}: {e}", opts.meshd.display()))?;
-        let launch = Launch { meshd, path: node_path(&work)?, boot_time: opts.boot_time, broken: None };
+        let launch = Launch { meshd, path: node_path(&work)?, boot_time: opts.boot_time, broken: None, works_on: Vec::new() };
         let mut lab = Lab {
             topology,
             nodes,
@@ -144,9 +144,9 @@ impl Lab {
         fs::copy(bundle, dir.join(name)).map(drop).map_err(|e| format!("{}: {e}", dir.display()))
     }
 
-    /// Marks release `version` broken: a node that boots it finds a `yggdrasil` that fails at
-    /// once, as a release whose router never starts would have it.
-    pub fn mark_broken(&mut self, version: &str) -> Result<(), String> {
+    /// Marks release `version` broken but on the nodes `works_on`: a node that boots it finds a
+    /// `yggdrasil` that fails at once, as a release whose router never starts would have it.
+    pub fn mark_broken(&mut self, version: &str, works_on: &[usize]) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
         let bin = self.work.join("broken-bin");
         let router = bin.join("yggdrasil");
@@ -157,6 +157,7 @@ impl Lab {
             .and_then(|()| fs::set_permissions(&router, fs::Permissions::from_mode(0o755)))
             .map_err(|e| format!("{}: {e}", router.display()))?;
         self.launch.broken = Some((version.to_string(), bin));
+        self.launch.works_on = works_on.iter().map(|&i| self.nodes[i].id.clone()).collect();
         Ok(())
     }
 

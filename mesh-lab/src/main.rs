@@ -22,7 +22,7 @@ use topology::Topology;
 const USAGE: &str = "usage: meshlab <command> [options]
 
 commands:
-  run --scenario rollout|faults|broken|monitoring|gateways|hostile
+  run --scenario rollout|faults|broken|bad-release|monitoring|gateways|hostile
       (--topology FILE | --from URL)
       --release BUNDLE [--update BUNDLE] [--meshd PATH] [--boot-time S]
       [--timeout S] [--out DIR] [--rogue DIR [--rogue-then DIR]]
@@ -31,7 +31,8 @@ commands:
              (default out/lab) and remove everything the lab made. --from reads
              a live node's /mesh.json (http://[address]:9100) for the topology;
              --update: the new release (rollout, faults; broken: marked so, its
-             router never starts); --rogue (faults) adds
+             router never starts; bad-release: the same, but it works on the
+             node it is put on, the one with the most neighbours); --rogue (faults) adds
              a neighbour serving DIR, a release as 'meshimg export' lays it
              out, its chunks corrupted; once all committed, it serves
              --rogue-then DIR (a release its neighbours must refuse at the
@@ -111,9 +112,9 @@ fn run(args: &[String]) -> Result<bool, String> {
     };
     let scenario = need("scenario")?;
     let with_faults = match scenario.as_str() {
-        "rollout" | "monitoring" | "broken" | "gateways" | "hostile" => false,
+        "rollout" | "monitoring" | "broken" | "bad-release" | "gateways" | "hostile" => false,
         "faults" => true,
-        other => return Err(format!("scenario '{other}': rollout, faults, broken, monitoring, gateways or hostile")),
+        other => return Err(format!("scenario '{other}': rollout, faults, broken, bad-release, monitoring, gateways or hostile")),
     };
     if scenario == "monitoring" {
         monitoring::add_monitor(&mut topology)?;
@@ -169,8 +170,8 @@ fn run(args: &[String]) -> Result<bool, String> {
             hostile::run(&mut lab, &hostile::Hostile { timeout })?
         };
         (serde_json::to_string_pretty(&report), report.summary(), report.failed_checks())
-    } else if scenario == "broken" {
-        let plan = broken::Broken { update: PathBuf::from(need("update")?), timeout };
+    } else if scenario == "broken" || scenario == "bad-release" {
+        let plan = broken::Broken { update: PathBuf::from(need("update")?), timeout, canaries_pass: scenario == "bad-release" };
         let report = {
             let mut lab = lab::Lab::create(topology, &options)?;
             broken::run(&mut lab, &plan)?

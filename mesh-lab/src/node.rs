@@ -46,8 +46,9 @@ pub struct LabNode {
     /// The slot the boot loader chose last, and the version of the release it holds.
     pub slot: Option<Slot>,
     pub version: Option<String>,
-    /// Boots into a release the scenario marked broken.
+    /// Boots into a release the scenario marked broken, and when the first was.
     pub broken_boots: u32,
+    pub first_broken_boot: Option<Instant>,
     /// Whether that slot holds a release that starts (else the node resets after its boot
     /// time, and the next boot counts another attempt, as `panic=10` makes a board do).
     bootable: bool,
@@ -75,6 +76,9 @@ pub struct Launch {
     /// A release marked broken: its version, and a directory put first in meshd's PATH when a
     /// node boots it (its `yggdrasil` fails at once: a release whose router never starts).
     pub broken: Option<(String, PathBuf)>,
+    /// The nodes (by id) on which that release works all the same: the canaries it proves
+    /// itself on before it fails further on.
+    pub works_on: Vec<String>,
 }
 
 impl LabNode {
@@ -90,6 +94,7 @@ impl LabNode {
             slot: None,
             version: None,
             broken_boots: 0,
+            first_broken_boot: None,
             bootable: false,
             meshd_pid: None,
             command: None,
@@ -218,6 +223,7 @@ impl LabNode {
                 Ok(child) => {
                     if self.broken(launch).is_some() {
                         self.broken_boots += 1;
+                        self.first_broken_boot.get_or_insert_with(Instant::now);
                     }
                     self.meshd_pid = None;
                     self.power = Power::Running { child, since: Instant::now() };
@@ -246,7 +252,7 @@ impl LabNode {
 
     /// The broken release, if this node's slot holds it.
     fn broken<'a>(&self, launch: &'a Launch) -> Option<&'a (String, PathBuf)> {
-        launch.broken.as_ref().filter(|(v, _)| self.command.is_none() && self.version.as_ref() == Some(v))
+        launch.broken.as_ref().filter(|(v, _)| self.command.is_none() && self.version.as_ref() == Some(v) && !launch.works_on.contains(&self.id))
     }
 
     fn start(&self, launch: &Launch) -> Result<Child, String> {
@@ -432,7 +438,7 @@ mod tests {
         let console = fs::read_to_string(dir.path().join("console.log")).unwrap();
         assert!(console.contains("slot a does not boot") && console.contains(SLOT_HEADER_FILE), "{console}");
         // The boot time passes: the node resets and the next boot counts another attempt.
-        let launch = Launch { meshd: "/nonexistent".into(), path: String::new(), boot_time: Duration::ZERO, broken: None };
+        let launch = Launch { meshd: "/nonexistent".into(), path: String::new(), boot_time: Duration::ZERO, broken: None, works_on: Vec::new() };
         node.power = Power::Booting { until: Instant::now() };
         node.tick(&launch, &mut roots);
         assert_eq!((node.boots, record(&node.card()).a_left), (2, 1));
