@@ -460,7 +460,7 @@ ok "nothing on the overlay opens a connection to a Wi-Fi client ($v6:8080 answer
 # proves nothing), then with them (none may arrive, and the rule counts the drops).
 in_ns client "ip -6 addr add $B/128 dev lo nodad && ip -6 tunnel add forged mode ipip6 local $B remote $A encaplimit none && ip addr add 198.51.100.7/32 dev forged && ip link set forged up && ip route add 198.51.100.8/32 dev forged" ||
   fail "could not set up the forged tunnel in the client's namespace"
-forge() { in_ns client "ping -c 5 -i 0.3 -W 1 198.51.100.8 > /dev/null 2>&1; true"; }
+forge() { in_ns client "ping -c 5 -W 1 198.51.100.8 > /dev/null 2>&1; true"; }
 count() { on_a "nft list chain $1" | sed -n "/$2/s/.*counter packets \\([0-9]*\\).*/\\1/p" | head -1; }
 on_a "nft add table inet probe && nft add chain inet probe pre '{ type filter hook prerouting priority -400; }' && nft add rule inet probe pre iifname gw0 ip saddr 198.51.100.7 counter comment forged" ||
   fail "could not add the probe table on A"
