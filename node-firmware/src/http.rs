@@ -297,7 +297,7 @@ pub fn nodeinfo(s: &NodeState) -> serde_json::Value {
         "build_id": s.build_id, "router": s.router, "services": services,
         "metrics": s.metrics_port.map(|p| format!("http://[{}]:{p}/metrics", s.address)),
         "bundle": s.metrics_port.filter(|_| s.bundle.is_some()).map(|p| format!("http://[{}]:{p}/bundle", s.address)),
-        "upgrade": { "phase": s.upgrade.phase, "releases": s.upgrade.releases },
+        "upgrade": { "phase": s.upgrade.phase, "releases": s.upgrade.releases, "failed": s.upgrade.failed, "holding": s.upgrade.holding },
         "gateway": {
             "offers": s.gateway.offer.as_ref().is_some_and(|o| o.uplink_up),
             "using": s.gateway.using.as_ref().map(|u| &u.address),

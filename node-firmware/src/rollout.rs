@@ -169,6 +169,8 @@ fn hold_limit(health_timeout: Duration) -> Duration {
 #[derive(Debug, Clone, Default, Deserialize)]
 struct Announced {
     #[serde(default)]
+    name: String,
+    #[serde(default)]
     board: String,
     #[serde(default)]
     upgrade: AnnouncedUpgrade,
@@ -180,6 +182,9 @@ struct AnnouncedUpgrade {
     phase: Phase,
     #[serde(default)]
     releases: Vec<Release>,
+    /// Releases that failed their trial on it.
+    #[serde(default)]
+    failed: Vec<FailedTrial>,
 }
 
 pub fn spawn(agent: Agent) -> Result<(), String> {
@@ -214,27 +219,26 @@ impl Agent {
                 self.refuse(r.manifest_sha256.as_deref(), "it failed its trial on this node and was rolled back");
                 self.note_failed(r);
             }
-            let reports = self.view.lock().map(|v| v.trial_failures(Instant::now())).unwrap_or_default();
-            let staged_held = record.as_ref().filter(|_| staged).and_then(|r| r.manifest_sha256.as_ref()).and_then(|m| {
-                let why = hold(m, &reports, &mut memory.reported_since, Instant::now())?;
-                Some((m.clone(), why))
-            });
             self.publish(|r| {
                 r.failed = failed_trials(&self.state_dir);
-                r.holding = staged_held.iter().cloned().collect();
+                r.holding.clear();
             });
             let neighbours = self.neighbours(&mut seen);
             if !on_trial {
                 let heard = only_nodes(self.listen(&http, &neighbours), &mut members);
                 track(&mut memory.holding, &heard, Instant::now());
-                if let Some((_, why)) = staged_held.filter(|_| record.as_ref().is_some_and(|r| r.by_agent)) {
+                let reports = self.reports(&heard);
+                let staged_manifest = record.as_ref().filter(|_| staged).and_then(|r| r.manifest_sha256.as_deref());
+                let staged_held = staged_manifest.and_then(|m| hold(m, &reports, &mut memory.reported_since, Instant::now()));
+                self.publish(|r| r.holding = staged_manifest.zip(staged_held.clone()).map(|(m, why)| (m.to_string(), why)).into_iter().collect());
+                if let Some(why) = staged_held.filter(|_| record.as_ref().is_some_and(|r| r.by_agent)) {
                     // Not booted: something newer that no node reports failed may take its slot.
                     self.publish(|r| r.note = Some(format!("not rebooting into slot {}: its release {why}", self.running.other())));
                     if self.auto {
                         self.look_for_newer(&heard, &releases, &reports, &mut memory);
                     }
                 } else if staged && record.as_ref().is_some_and(|r| r.by_agent) {
-                    self.reboot_when_allowed(&http, &neighbours, heard, &mut members, &mut memory);
+                    self.reboot_when_allowed(&http, &neighbours, heard, staged_manifest, &mut members, &mut memory);
                 } else if staged {
                     self.publish(|r| r.note = Some(format!("slot {} was installed by hand and boots at the next reboot", self.running.other())));
                 } else if self.auto {
@@ -243,6 +247,13 @@ impl Agent {
             }
             std::thread::sleep(LOOK_EVERY);
         }
+    }
+
+    /// The trial failures reported in the mesh view, and those the neighbours announce (fresher:
+    /// a neighbour that just rolled a release back says so before its record has spread).
+    fn reports(&self, heard: &BTreeMap<String, Option<Announced>>) -> BTreeMap<String, TrialReports> {
+        let view = self.view.lock().map(|v| v.trial_failures(Instant::now())).unwrap_or_default();
+        with_neighbours(view, heard)
     }
 
     fn publish(&self, f: impl FnOnce(&mut Rollout)) {
@@ -425,6 +436,7 @@ impl Agent {
         http: &ureq::Agent,
         neighbours: &[String],
         heard: BTreeMap<String, Option<Announced>>,
+        staged: Option<&str>,
         members: &mut BTreeMap<String, Instant>,
         memory: &mut Memory,
     ) {
@@ -448,6 +460,15 @@ impl Agent {
         std::thread::sleep(LOOK_EVERY + Duration::from_millis(random_below(15_000)));
         let heard = only_nodes(self.listen(http, neighbours), members);
         track(&mut memory.holding, &heard, Instant::now());
+        // A neighbour that rolled the release back while this node waited holds it too.
+        if let Some(why) = staged.and_then(|m| hold(m, &self.reports(&heard), &mut memory.reported_since, Instant::now())) {
+            logln!("meshd: upgrade: not rebooting into slot {}: its release {why}", self.running.other());
+            self.publish(|r| {
+                r.phase = Phase::Staged;
+                r.note = Some(format!("not rebooting into slot {}: its release {why}", self.running.other()));
+            });
+            return;
+        }
         if let Some(why) = busy(&heard, true, memory) {
             logln!("meshd: upgrade: not rebooting yet: {why}");
             self.publish(|r| {
@@ -601,6 +622,22 @@ fn with_failure(mut list: Vec<FailedTrial>, failure: FailedTrial) -> Option<Vec<
     Some(list)
 }
 
+/// `reports` with the trial failures the neighbours announce in `heard` (each neighbour reached
+/// through itself; at most [`MAX_FAILED`] each, well-formed).
+fn with_neighbours(mut reports: BTreeMap<String, TrialReports>, heard: &BTreeMap<String, Option<Announced>>) -> BTreeMap<String, TrialReports> {
+    for (addr, a) in heard.iter().filter_map(|(addr, a)| a.as_ref().map(|a| (addr, a))) {
+        let name = if a.name.is_empty() || a.name.len() > 64 { addr.clone() } else { a.name.clone() };
+        for f in a.upgrade.failed.iter().take(MAX_FAILED).filter(|f| f.plausible()) {
+            let r = reports.entry(f.manifest.clone()).or_default();
+            if !r.by.iter().any(|(n, _)| *n == name) {
+                r.by.push((name.clone(), f.kind.clone()));
+            }
+            r.through.insert(addr.clone());
+        }
+    }
+    reports
+}
+
 /// Whether to hold `manifest`, and why, from the failure reports of the view: held as long as
 /// nodes reached through two of this node's neighbours or more report it, or for [`HOLD_FOR`]
 /// from its first report when all come through one (a liar there, or what it invents). `since`
@@ -643,7 +680,12 @@ mod tests {
 
     fn heard(list: &[(&str, Option<Phase>)]) -> BTreeMap<String, Option<Announced>> {
         list.iter()
-            .map(|(a, p)| (a.to_string(), p.map(|phase| Announced { board: "rpi3".into(), upgrade: AnnouncedUpgrade { phase, releases: vec![] } })))
+            .map(|(a, p)| {
+                (
+                    a.to_string(),
+                    p.map(|phase| Announced { board: "rpi3".into(), upgrade: AnnouncedUpgrade { phase, ..Default::default() }, ..Default::default() }),
+                )
+            })
             .collect()
     }
 
@@ -681,6 +723,23 @@ mod tests {
             hold(&m, &r, &mut since, later + Duration::from_secs(i as u64));
         }
         assert_eq!(since.len(), MAX_HELD);
+    }
+
+    #[test]
+    fn a_neighbour_that_just_rolled_back_is_heard_before_its_record_spreads() {
+        let sha = "d".repeat(64);
+        let said = |name: &str, manifest: &str| {
+            let failed = vec![FailedTrial { manifest: manifest.into(), kind: "router_down".into() }];
+            Some(Announced { name: name.into(), board: "rpi3".into(), upgrade: AnnouncedUpgrade { failed, ..Default::default() } })
+        };
+        let heard = BTreeMap::from([("200::b".to_string(), said("b", &sha)), ("200::c".to_string(), said("c", "not a sha")), ("200::d".to_string(), None)]);
+        // Nothing in the view yet: the neighbour alone holds it, through itself.
+        let r = with_neighbours(BTreeMap::new(), &heard);
+        assert_eq!((r.len(), r[&sha].by.clone(), r[&sha].through.len()), (1, vec![("b".to_string(), "router_down".to_string())], 1));
+        // With the view's report of the same node (through b) and one through e: two ways in.
+        let view = BTreeMap::from([(sha.clone(), reports(&[("b", "200::b"), ("f", "200::e")]))]);
+        let r = with_neighbours(view, &heard);
+        assert_eq!((r[&sha].by.len(), r[&sha].through.len()), (2, 2));
     }
 
     #[test]
@@ -726,7 +785,7 @@ mod tests {
 
     fn offering(releases: &[(&str, &str)]) -> Option<Announced> {
         let releases = releases.iter().map(|(v, m)| Release { version: v.to_string(), manifest: m.to_string(), slot: "a".into(), running: true }).collect();
-        Some(Announced { board: "rpi3".into(), upgrade: AnnouncedUpgrade { phase: Phase::Idle, releases } })
+        Some(Announced { board: "rpi3".into(), upgrade: AnnouncedUpgrade { phase: Phase::Idle, releases, ..Default::default() }, ..Default::default() })
     }
 
     #[test]
@@ -752,7 +811,9 @@ mod tests {
         let m = "a".repeat(64);
         let staged = Release { version: "1.1".into(), manifest: m.clone(), slot: "b".into(), running: false };
         let running = Release { running: true, ..staged.clone() };
-        let says = |phase, r: &Release| Some(Announced { board: "rpi3".into(), upgrade: AnnouncedUpgrade { phase, releases: vec![r.clone()] } });
+        let says = |phase, r: &Release| {
+            Some(Announced { board: "rpi3".into(), upgrade: AnnouncedUpgrade { phase, releases: vec![r.clone()], ..Default::default() }, ..Default::default() })
+        };
         // The canary holds it staged, then runs it on trial: nobody takes it yet.
         for a in [says(Phase::Staged, &staged), says(Phase::Rebooting, &staged), says(Phase::Trial, &running)] {
             let heard: BTreeMap<String, Option<Announced>> = [("200::b".to_string(), a)].into();
