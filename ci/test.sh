@@ -208,7 +208,8 @@ build() { # BOARD [NICE]: build it, check the image with other tools and its sig
 #   vm      the virtual board: a boot, three nodes running cjdns, the mesh of two (whose VMs
 #           wait on timers most of the time);
 #   power   beside it, the power cuts and the hang;
-#   lab     the mesh lab's hostile neighbour, then its gateways and monitoring: no VM, little CPU but long waits
+#   lab     the mesh lab's hostile neighbour, then its gateways, monitoring and a bad release
+#           past its canary: no VM, little CPU but long waits
 #           on meshd's timers, so it runs at the builds' priority;
 #   faults  beside it, a second lab (another LAB_NAME): the rollout with faults, once N+1 is
 #           built;
@@ -263,6 +264,10 @@ if has qemu-arm64; then
   if tier test; then
     stage_bg --chain lab "mesh lab: monitoring over 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=monitoring BOOT_TIME=5 TIMEOUT=600 \
       LAB_PROFILE=dev LAB_RELEASE="$lab_release" LAB_OUT=out/lab-monitoring ci/lab.sh
+    # N+1 working on the hub alone (docs/lab.md): the first neighbour to roll it back reports
+    # it and the others hold it. Mostly waiting (three failed boots a node), on little CPU.
+    stage_bg --chain lab --after next "mesh lab: a bad release past its canary, 16 nodes" env TOPOLOGY=mesh-lab/topologies/small.json SCENARIO=bad-release BOOT_TIME=5 \
+      TIMEOUT=1200 LAB_PROFILE=dev LAB_RELEASE="$lab_release" LAB_UPDATE="$NEXT_RELEASES/n1/qemu-arm64/meshos-qemu-arm64-$version.1.bundle" LAB_OUT=out/lab-bad-release ci/lab.sh
   fi
 fi
 # The Orange Pi first and at full priority: its build (armv7 meshd and cjdns, compiled cold)
