@@ -22,6 +22,11 @@
 //! is not asked for again for [`UNSERVED_FOR`]. A release that failed its trial here (rolled
 //! back) or that this node verified and found wanting (signature, board, size, not newer) is
 //! not tried again; that list is bounded ([`MAX_REFUSED`]) and never holds a neighbour's word.
+//!
+//! A release that fails its trial here is announced as failed, in the node's signed record of
+//! the mesh view and in `/nodeinfo.json` ([`failed_trials`]); a node that hears of it holds
+//! that release (no install, no reboot into it), for as long as the reports come through two of
+//! its neighbours or more, or for [`HOLD_FOR`] when they all come through one ([`hold`]).
 
 use crate::chunk_fetch;
 use crate::held::Shelf;
