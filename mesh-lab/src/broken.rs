@@ -24,9 +24,10 @@ pub struct Broken {
     pub canaries_pass: bool,
 }
 
-/// How long a rollback takes to reach the nodes around it as a report: the rollout agent's
-/// round (15 s) twice, a record signed and read every 30 s over two hops, and a round to act.
-const REPORT_WITHIN: Duration = Duration::from_secs(150);
+/// How long a rollback takes to reach the nodes around it as a report, with room for a loaded
+/// host: the rollout agent's round (15 s) to announce it, a record signed every 30 s and read
+/// every 30 s over two hops, a round to act, and the lab's own boot time.
+const REPORT_WITHIN: Duration = Duration::from_secs(180);
 
 /// The mesh counts as quiet again once every node has run N, marked good and doing nothing of
 /// an upgrade, for this long (a round of meshd's rollout agent and its neighbours' answers).
