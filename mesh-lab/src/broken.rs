@@ -131,7 +131,8 @@ pub fn run(lab: &mut Lab, plan: &Broken) -> Result<Report, String> {
                 let s = node.status();
                 // Idle, or holding the release it staged because others report it failed.
                 let done = |u: &serde_json::Value| u["phase"] == "idle" || (u["phase"] == "staged" && u["holding"].as_object().is_some_and(|h| !h.is_empty()));
-                settled[i] = node.is_up() && s.as_ref().is_some_and(|s| s["version"] == want[i].as_str() && s["slots"]["marked_good"] == true && done(&s["upgrade"]));
+                settled[i] =
+                    node.is_up() && s.as_ref().is_some_and(|s| s["version"] == want[i].as_str() && s["slots"]["marked_good"] == true && done(&s["upgrade"]));
                 if first_rollback_s.is_none() && node.install_record().is_some_and(|r| r["step"] == "rolled_back") {
                     first_rollback_s = Some(t);
                 }
