@@ -349,13 +349,21 @@ in_ns() { on_a "nsenter -t \$(cat /tmp/ns/$1.pid) -n -m -u sh -c '$2'"; }
 # client's frames, so the client must say COMPLETED for A's SSID.
 associated() { in_ns client "wpa_cli -p /run/wpa_supplicant-client -i wcl0 status" | grep -q '^wpa_state=COMPLETED' && in_ns client "iw dev wcl0 link" | grep -q 'SSID: meshos-test'; }
 wifi_client_joins() {
-  # (Both ends run in A's emulated guest: on a loaded host a handshake can time out and the
-  # client waits 10, 20, 30, 60 s before it tries again. After a minute and a half its waits
-  # are cleared once and it tries anew, as a person would switch Wi-Fi off and on.)
-  if ! wait_for 90 associated; then
+  # (Both ends run in A's emulated guest: on a loaded host hostapd can answer later than the
+  # client's radio waits for an authentication (hostapd then logs "did not acknowledge
+  # authentication response"), and the client waits 10, 20, 30, 60 s before it tries again.
+  # Every minute without a handshake its waits are cleared and it tries anew, as a person
+  # would switch Wi-Fi off and on, for up to six minutes.)
+  # hostapd first among A's processes: the client's radio waits only a tenth of a second for
+  # an answer once its frame is acknowledged.
+  on_a 'for p in $(pidof hostapd); do renice -n -10 -p $p; done' > /dev/null 2>&1 || true
+  local tries=0
+  until wait_for 60 associated || [ $tries -ge 5 ]; do
+    tries=$((tries + 1))
+    echo "mesh-test: the client has not associated yet; it tries anew ($tries of 5)"
     in_ns client "wpa_cli -p /run/wpa_supplicant-client -i wcl0 bssid_ignore clear; wpa_cli -p /run/wpa_supplicant-client -i wcl0 enable_network 0; wpa_cli -p /run/wpa_supplicant-client -i wcl0 reassociate" > /dev/null || true
-  fi
-  if ! associated && ! wait_for 120 associated; then
+  done
+  if ! associated; then
     on_a "cat /run/meshd/hostapd-*.log /tmp/ns/client/wpa.log; meshd status" >&2 || true
     fail "the client did not associate with A's access point"
   fi
