@@ -32,12 +32,12 @@ commands:
              a live node's /mesh.json (http://[address]:9100) for the topology;
              --update: the new release (rollout, faults; broken: marked so, its
              router never starts; bad-release: the same, but it works on the
-             node it is put on, the one with the most neighbours); --rogue (faults) adds
-             a neighbour serving DIR, a release as 'meshimg export' lays it
-             out, its chunks corrupted; once all committed, it serves
-             --rogue-then DIR (a release its neighbours must refuse at the
-             signature); monitoring cables a host running
-             Prometheus with FILE (default monitoring/prometheus.yml) to a node;
+             node it is put on, the one with the most neighbours); --rogue
+             (faults) adds a neighbour serving DIR, a release as 'meshimg
+             export' lays it out, its chunks corrupted; once all committed, it
+             serves --rogue-then DIR (a release its neighbours must refuse at
+             the signature); monitoring cables a host running Prometheus with
+             FILE (default monitoring/prometheus.yml) to a node;
              gateways gives the two nodes farthest apart uplinks to a simulated
              internet, then cuts one; hostile adds gateways and a hostile
              neighbour of the hub (fake nodes, forged records, a false
